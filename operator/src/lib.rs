@@ -1,0 +1,58 @@
+//! `quartet-operator`: runs the Quartet services on Kubernetes through custom resources.
+//!
+//! Today the crate holds the process shell shared with every Quartet server (configuration,
+//! admin listener with health and metrics, telemetry, graceful shutdown). The custom resources,
+//! reconcilers, `crdgen` and the database admin client arrive with issue 7.
+
+use quartet_kit::BaseSettings;
+use quartet_kit::app::{Context, Listeners, ServiceConfig};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The binary's name, also its `service.name` in traces and its `QUARTET_*` prefix.
+pub const SERVICE: &str = "quartet-operator";
+
+/// One line for `--help`.
+pub const ABOUT: &str = "Kubernetes operator for the Quartet services.";
+
+/// Every setting of `quartet-operator`; `quartet-operator --config-reference` lists them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Config {
+    /// Logging, admin listener and shutdown, shared with every Quartet process.
+    #[serde(flatten)]
+    pub base: BaseSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            base: BaseSettings::with_admin_port(7159),
+        }
+    }
+}
+
+impl ServiceConfig for Config {
+    fn base(&self) -> &BaseSettings {
+        &self.base
+    }
+}
+
+/// Serves the operator's admin listener until a stop signal.
+pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
+    ctx.serve(Listeners::admin_only(&config.base), |_| {})
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_is_documented() {
+        assert_eq!(
+            quartet_kit::config::undocumented::<Config>(),
+            Vec::<String>::new()
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! Quartet's gRPC contracts, one protobuf package per service (`quartet.<service>.v1`) and one
+//! for what every service offers alike (`quartet.kit.v1`).
+//!
+//! The Rust code is generated at build time from `proto/quartet/**.proto`; nothing here is
+//! written by hand except the module tree. [`FILE_DESCRIPTOR_SET`] feeds gRPC server reflection.
+
+#![allow(missing_docs)] // generated code carries the .proto comments, not Rust docs on every item
+
+/// The encoded `FileDescriptorSet` of every Quartet `.proto`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quartet_descriptor");
+
+/// `quartet.kit.v1`: the service-information API every Quartet server offers.
+pub mod kit {
+    pub mod v1 {
+        tonic::include_proto!("quartet.kit.v1");
+    }
+}

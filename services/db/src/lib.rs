@@ -1,0 +1,61 @@
+//! `quartet-db`: Sharded, Raft-replicated SQL database behind the MySQL wire protocol.
+//!
+//! Today the crate holds the server's shell, which every Quartet service shares through
+//! `quartet-kit`: configuration, listeners (gRPC, REST, admin), telemetry and graceful
+//! shutdown. Raft groups, the SQLite state machine and the MySQL front arrive with issue 4.
+//!
+//! Layout rule for what comes: the domain apart from the transports (gRPC, REST, MySQL wire) and
+//! the storage, so each can be tested alone.
+
+use quartet_kit::app::{Context, ServiceConfig};
+use quartet_kit::reexport::tonic::service::Routes;
+use quartet_kit::{BaseSettings, RestApi, ServerSettings};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The binary's name, also its `service.name` in traces and its `QUARTET_*` prefix.
+pub const SERVICE: &str = "quartet-db";
+
+/// One line for `--help`.
+pub const ABOUT: &str = "Sharded, Raft-replicated SQL database behind the MySQL wire protocol.";
+
+/// Every setting of `quartet-db`; `quartet-db --config-reference` lists them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Config {
+    /// Listeners, logging and shutdown, shared with every Quartet server.
+    #[serde(flatten)]
+    pub server: ServerSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings::with_ports(7140),
+        }
+    }
+}
+
+impl ServiceConfig for Config {
+    fn base(&self) -> &BaseSettings {
+        &self.server.base
+    }
+}
+
+/// Serves `quartet-db` until a stop signal, then drains.
+pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
+    let grpc = Routes::builder().routes();
+    quartet_kit::app::serve_server(ctx, &config.server, grpc, RestApi::empty()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_is_documented() {
+        assert_eq!(
+            quartet_kit::config::undocumented::<Config>(),
+            Vec::<String>::new()
+        );
+    }
+}

@@ -1,0 +1,38 @@
+//! `quartet-kit`: what every Quartet server does the same way, written once.
+//!
+//! | module | what it gives a service |
+//! |---|---|
+//! | [`config`] | flags, `QUARTET_<SERVICE>_*` variables and a TOML file, typed, every problem reported at once |
+//! | [`settings`] | the configuration sections all servers share (admin, log, shutdown, gRPC, HTTP) |
+//! | [`telemetry`] | `tracing` logs, OTLP trace export, W3C trace context in and out of every carrier |
+//! | [`health`] | readiness checks and the Prometheus registry |
+//! | [`http`] | the admin listener and the REST listener (actix-web), `/openapi.json` |
+//! | [`grpc`] | the gRPC listener (tonic) with health checking, reflection and `Info` |
+//! | [`error`] | one mapping from typed errors to problem+json and `tonic::Status` |
+//! | [`shutdown`] | the stop signal and tracked in-flight work |
+//! | [`app`] | the process life cycle: `main`, `Context::serve`, the drain |
+//!
+//! Nothing here knows a service's domain: no task, permission, shard or RPC type appears.
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod health;
+pub mod http;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use app::{Context, Listeners, ServiceConfig};
+pub use error::{ApiError, ErrorKind, Problem};
+pub use http::RestApi;
+pub use settings::{BaseSettings, ServerSettings};
+
+/// Re-exports services need to declare their APIs without naming the kit's dependency versions.
+pub mod reexport {
+    pub use actix_web;
+    pub use schemars;
+    pub use tonic;
+    pub use utoipa;
+}
