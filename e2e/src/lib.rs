@@ -1,1 +1,53 @@
+//! End-to-end harnesses for Quartet, shared by the tests in `e2e/tests/`.
+//!
+//! | module | starts |
+//! |---|---|
+//! | [`process`] | the workspace's own binaries as child processes, with their bound addresses |
+//! | [`otlp`] | an in-process OTLP/gRPC trace receiver that keeps every span it is sent |
+//! | [`docker`] | containers of Quartet images on a private Docker network, and faults on them |
+//! | [`kube`] | a real Kubernetes API server (etcd + kube-apiserver) through `e2e/k8s/envtest.sh` |
+//!
+//! Each harness cleans up on drop and, when the test is failing, prints what it collected
+//! (process output, container logs) first.
 
+pub mod docker;
+pub mod kube;
+pub mod otlp;
+pub mod process;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// Polls `probe` every 50 ms until it returns `Some`, or fails after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A plain HTTP client with a short timeout, for health probes.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .expect("a client without TLS always builds")
+}

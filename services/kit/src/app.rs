@@ -328,7 +328,9 @@ where
     match loaded.action {
         Action::Run => {}
         Action::PrintConfig => {
-            return print(&toml::to_string_pretty(&loaded.config).unwrap_or_else(|e| e.to_string()));
+            return print(
+                &toml::to_string_pretty(&loaded.config).unwrap_or_else(|e| e.to_string()),
+            );
         }
         Action::PrintReference => return print(&loader.reference::<C>()),
     }
