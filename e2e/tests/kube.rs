@@ -39,7 +39,7 @@ async fn a_crd_is_applied_and_a_custom_resource_is_watched() {
     let client = quartet_e2e::kube::client().await.expect("API server");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let manager = PatchParams::apply("quartet-e2e").force();
-    crds.patch(&Probe::crd_name(), &manager, &Patch::Apply(Probe::crd()))
+    crds.patch(Probe::crd_name(), &manager, &Patch::Apply(Probe::crd()))
         .await
         .expect("CRD applied");
     tokio::time::timeout(

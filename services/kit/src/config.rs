@@ -201,7 +201,7 @@ impl Loader {
         knobs
     }
 
-    fn command<T: JsonSchema>(&self, knobs: &[Knob]) -> Command {
+    fn command(&self, knobs: &[Knob]) -> Command {
         let mut cmd = Command::new(self.binary.clone())
             .about(self.about.clone())
             .version(env!("CARGO_PKG_VERSION"))
@@ -262,7 +262,7 @@ impl Loader {
         E: IntoIterator<Item = (String, String)>,
     {
         let knobs = self.knobs::<T>();
-        let matches = self.command::<T>(&knobs).try_get_matches_from(args)?;
+        let matches = self.command(&knobs).try_get_matches_from(args)?;
         let action = if matches.get_flag("config-reference") {
             Action::PrintReference
         } else if matches.get_flag("print-config") {

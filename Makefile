@@ -1,0 +1,68 @@
+# Quartet's single entry point. `make` (or `make help`) lists the targets.
+#
+# Build output lives outside the clone so that rebuilds in a fresh clone stay fast:
+# override CARGO_TARGET_DIR to put it elsewhere.
+export CARGO_TARGET_DIR ?= /var/tmp/quartet/target
+CARGO ?= cargo
+CRATE ?= quartet-kit
+SERVICES := quartet-auth quartet-task-gateway quartet-rpc-gateway quartet-db quartet-operator
+
+.DEFAULT_GOAL := help
+.PHONY: help setup dev build test test-fast lint fmt gen check-gen images images-test e2e bench envtest-up envtest-down clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: ## install what building and testing need (apt packages, the Kubernetes test binaries)
+	scripts/setup.sh
+
+dev: ## build and run every service on loopback with embedded defaults; Ctrl-C stops them all
+	scripts/dev.sh
+
+build: ## build every binary (debug)
+	$(CARGO) build --workspace --bins --locked
+
+test: setup lint check-gen build images-test ## the whole suite: lint, generated-file drift, unit, integration, Docker and Kubernetes tests
+	e2e/k8s/envtest.sh up
+	$(CARGO) test --workspace --locked; status=$$?; e2e/k8s/envtest.sh down; exit $$status
+
+test-fast: ## unit and integration tests of one crate while working on it: make test-fast CRATE=quartet-kit
+	$(CARGO) test -p $(CRATE)
+
+lint: ## rustfmt check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+gen: build ## regenerate generated files (configuration references under docs/reference/)
+	@mkdir -p docs/reference
+	@for s in $(SERVICES); do $(CARGO_TARGET_DIR)/debug/$$s --config-reference > docs/reference/config-$${s#quartet-}.md; done
+	@echo "generated docs/reference/config-*.md"
+
+check-gen: gen ## fail when generated files differ from what is committed
+	@git diff --exit-code -- docs/reference || { echo "generated files drifted: run 'make gen' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- docs/reference)" || { git status --porcelain -- docs/reference; echo "untracked generated files: run 'make gen' and commit"; exit 1; }
+
+images: ## release images quartet/<role>:<version>, built with the local Docker engine, no registry
+	scripts/images.sh --profile release
+
+images-test: build ## images tagged :test from the debug build, for the e2e tests
+	scripts/images.sh --profile dev --tag test
+
+e2e: images-test ## only the end-to-end tests (processes, tracing, Docker, Kubernetes)
+	e2e/k8s/envtest.sh up
+	$(CARGO) test -p quartet-e2e --locked; status=$$?; e2e/k8s/envtest.sh down; exit $$status
+
+bench: ## benchmarks against a peer in the same run, reported as ratios (docs/BENCHMARKS.md)
+	scripts/bench.sh
+
+envtest-up: ## start the test Kubernetes API server (etcd + kube-apiserver)
+	e2e/k8s/envtest.sh up
+
+envtest-down: ## stop it
+	e2e/k8s/envtest.sh down
+
+clean: ## remove build output
+	$(CARGO) clean

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# `make dev`: builds every Quartet binary and runs it on loopback with its embedded defaults,
+# prints each endpoint, shows each one answering, and stops them all on Ctrl-C (SIGTERM to each,
+# then a wait, so no process is left behind).
+#
+# Logs go to $QUARTET_DEV_DIR/logs (default /var/tmp/quartet/dev/logs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TARGET=${CARGO_TARGET_DIR:-/var/tmp/quartet/target}
+DIR=${QUARTET_DEV_DIR:-/var/tmp/quartet/dev}
+mkdir -p "$DIR/logs"
+say() { printf '[dev] %s\n' "$*" >&2; }
+
+say "building"
+CARGO_TARGET_DIR=$TARGET cargo build --workspace --bins --locked
+
+# name  gRPC  REST  admin   (ports are each service's defaults; only the address is loopback)
+SERVICES=(
+  "quartet-auth 7110 7111 7119"
+  "quartet-task-gateway 7120 7121 7129"
+  "quartet-rpc-gateway 7130 7131 7139"
+  "quartet-db 7140 7141 7149"
+  "quartet-operator - - 7159"
+)
+
+pids=()
+stop_all() {
+  trap - INT TERM EXIT
+  [[ ${#pids[@]} -eq 0 ]] && return 0
+  say "stopping ${#pids[@]} processes"
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+  say "all stopped"
+}
+trap 'stop_all; exit 0' INT TERM
+trap stop_all EXIT
+
+for line in "${SERVICES[@]}"; do
+  read -r name grpc http admin <<<"$line"
+  for port in $grpc $http $admin; do
+    [[ $port == - ]] && continue
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      say "port $port (for $name) is already in use; stop whatever holds it and retry"; exit 1
+    fi
+  done
+  args=(--admin-listen "127.0.0.1:$admin")
+  [[ $grpc != - ]] && args+=(--grpc-listen "127.0.0.1:$grpc" --http-listen "127.0.0.1:$http")
+  "$TARGET/debug/$name" "${args[@]}" >"$DIR/logs/$name.log" 2>&1 &
+  pids+=($!)
+done
+
+for line in "${SERVICES[@]}"; do
+  read -r name grpc http admin <<<"$line"
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$admin/healthz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -fsS "http://127.0.0.1:$admin/healthz" >/dev/null || { say "$name did not start; see $DIR/logs/$name.log"; tail -20 "$DIR/logs/$name.log"; exit 1; }
+done
+
+printf '\n%-22s %-24s %-32s %s\n' SERVICE gRPC REST ADMIN
+for line in "${SERVICES[@]}"; do
+  read -r name grpc http admin <<<"$line"
+  if [[ $grpc == - ]]; then g=-; r=-; else g="127.0.0.1:$grpc"; r="http://127.0.0.1:$http/v1"; fi
+  printf '%-22s %-24s %-32s %s\n' "$name" "$g" "$r" "http://127.0.0.1:$admin/healthz"
+done
+printf '\nEach answers:\n'
+for line in "${SERVICES[@]}"; do
+  read -r name grpc http admin <<<"$line"
+  if [[ $grpc == - ]]; then
+    printf '  %-22s /readyz  %s\n' "$name" "$(curl -fsS "http://127.0.0.1:$admin/readyz")"
+  else
+    printf '  %-22s /v1/info %s\n' "$name" "$(curl -fsS "http://127.0.0.1:$http/v1/info")"
+  fi
+done
+printf '\nLogs: %s/logs/. OpenAPI: http://127.0.0.1:7111/openapi.json. Press Ctrl-C to stop everything.\n' "$DIR"
+wait -n "${pids[@]}" || true
+say "a process exited on its own; see $DIR/logs"
+exit 1
