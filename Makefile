@@ -24,7 +24,7 @@ build: ## build every binary (debug)
 
 test: setup lint check-gen build images-test ## the whole suite: lint, generated-file drift, unit, integration, Docker and Kubernetes tests
 	e2e/k8s/envtest.sh up
-	$(CARGO) test --workspace --locked; status=$$?; e2e/k8s/envtest.sh down; exit $$status
+	$(CARGO) test --workspace --locked --no-fail-fast; status=$$?; e2e/k8s/envtest.sh down; exit $$status
 
 test-fast: ## unit and integration tests of one crate while working on it: make test-fast CRATE=quartet-kit
 	$(CARGO) test -p $(CRATE)

@@ -80,7 +80,14 @@ async fn a_crd_is_applied_and_a_custom_resource_is_watched() {
         )
         .await
         .expect("created");
-    let created = next_apply(&mut events).await;
+    let created = next_event(&mut events, |e| {
+        if let Event::Apply(p) = e {
+            Some(p)
+        } else {
+            None
+        }
+    })
+    .await;
     assert_eq!(created.spec.pings, 3);
 
     let status = serde_json::json!({"status": {"answered": 2}});
@@ -88,42 +95,46 @@ async fn a_crd_is_applied_and_a_custom_resource_is_watched() {
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .expect("status patched");
-    let updated = next_apply(&mut events).await;
+    let updated = next_event(&mut events, |e| {
+        if let Event::Apply(p) = e {
+            Some(p)
+        } else {
+            None
+        }
+    })
+    .await;
     assert_eq!(updated.status.map(|s| s.answered), Some(2));
 
     probes
         .delete(&name, &DeleteParams::default())
         .await
         .expect("deleted");
-    let deleted = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if let Event::Delete(p) = events
-                .next()
-                .await
-                .expect("watch stream open")
-                .expect("watch")
-            {
-                return p;
-            }
+    let deleted = next_event(&mut events, |e| {
+        if let Event::Delete(p) = e {
+            Some(p)
+        } else {
+            None
         }
     })
-    .await
-    .expect("deletion seen in time");
+    .await;
     assert_eq!(deleted.name_any(), name);
 }
 
-async fn next_apply(
+/// The first event that `pick` accepts, within 30 s.
+async fn next_event(
     events: &mut (impl futures::Stream<Item = Result<Event<Probe>, watcher::Error>> + Unpin),
+    pick: impl Fn(Event<Probe>) -> Option<Probe>,
 ) -> Probe {
     tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            if let Event::Apply(p) = events
-                .next()
-                .await
-                .expect("watch stream open")
-                .expect("watch")
-            {
-                return p;
+            if let Some(probe) = pick(
+                events
+                    .next()
+                    .await
+                    .expect("watch stream open")
+                    .expect("watch"),
+            ) {
+                return probe;
             }
         }
     })

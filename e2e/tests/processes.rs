@@ -201,3 +201,27 @@ async fn print_config_shows_the_effective_values_and_their_precedence() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn every_setting_of_every_binary_is_documented() {
+    for &(name, _) in BINARIES {
+        let out = tokio::process::Command::new(binary(name).expect("built"))
+            .arg("--config-reference")
+            .output()
+            .await
+            .expect("runs");
+        assert!(out.status.success(), "{name}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("| `")).collect();
+        assert!(rows.len() >= 4, "{name}: {text}");
+        for row in rows {
+            let meaning = row
+                .trim_end_matches('|')
+                .rsplit('|')
+                .next()
+                .unwrap_or_default()
+                .trim();
+            assert!(!meaning.is_empty(), "{name}: undocumented setting in {row}");
+        }
+    }
+}

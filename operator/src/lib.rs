@@ -43,16 +43,3 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         .await?;
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_setting_is_documented() {
-        assert_eq!(
-            quartet_kit::config::undocumented::<Config>(),
-            Vec::<String>::new()
-        );
-    }
-}

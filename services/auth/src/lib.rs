@@ -46,16 +46,3 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     let grpc = Routes::builder().routes();
     quartet_kit::app::serve_server(ctx, &config.server, grpc, RestApi::empty()).await
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_setting_is_documented() {
-        assert_eq!(
-            quartet_kit::config::undocumented::<Config>(),
-            Vec::<String>::new()
-        );
-    }
-}
