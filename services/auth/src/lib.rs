@@ -1,11 +1,17 @@
-//! `quartet-auth`: Shiro-style authentication and authorization with OAuth2 tokens.
+//! `quartet-auth`: Apache Shiro's security model as a network service, with OAuth2 tokens.
 //!
-//! Today the crate holds the server's shell, which every Quartet service shares through
-//! `quartet-kit`: configuration, listeners (gRPC, REST, admin), telemetry and graceful
-//! shutdown. Realms, permissions, sessions and tokens arrive with issue 3.
+//! | module | what it holds | depends on |
+//! |---|---|---|
+//! | [`permission`] | Shiro's `WildcardPermission`: parsing and `implies`, exactly | nothing |
+//! | [`urls`] | `[urls]` filter chains, Ant matching, path normalisation | `permission` |
+//! | [`ini`] | the INI realm file (`[users]`, `[roles]`, `[urls]`) | `permission`, `urls` |
 //!
-//! Layout rule for what comes: the domain apart from the transports (gRPC, REST) and
-//! the storage, so each can be tested alone.
+//! The domain modules above import no transport and no store; the gRPC and REST fronts and
+//! the SQL and Redis stores sit around them.
+
+pub mod ini;
+pub mod permission;
+pub mod urls;
 
 use quartet_kit::app::{Context, ServiceConfig};
 use quartet_kit::reexport::tonic::service::Routes;
