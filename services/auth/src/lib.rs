@@ -4,11 +4,13 @@
 //! |---|---|---|
 //! | [`permission`] | Shiro's `WildcardPermission`: parsing and `implies`, exactly | nothing |
 //! | [`urls`] | `[urls]` filter chains, Ant matching, path normalisation | `permission` |
+//! | [`credentials`] | argon2id hashing; verifying Shiro 1/2 and bcrypt hashes, with rehash | nothing |
 //! | [`ini`] | the INI realm file (`[users]`, `[roles]`, `[urls]`) | `permission`, `urls` |
 //!
 //! The domain modules above import no transport and no store; the gRPC and REST fronts and
 //! the SQL and Redis stores sit around them.
 
+pub mod credentials;
 pub mod ini;
 pub mod permission;
 pub mod urls;
