@@ -2,9 +2,10 @@
 //!
 //! | module | what it holds | depends on |
 //! |---|---|---|
-//! | [`permission`] | Shiro's `WildcardPermission`: parsing and `implies`, exactly | nothing |
+//! | [`permission`] | Shiro's `WildcardPermission` (lives in `quartet-kit`, shared by every service) | nothing |
 //! | [`urls`] | `[urls]` filter chains, Ant matching, path normalisation | `permission` |
 //! | [`credentials`] | argon2id hashing; verifying Shiro 1/2 and bcrypt hashes, with rehash | nothing |
+//! | [`keys`] | ES256 signing keys that rotate with overlap; the JWKS document | `quartet-kit::token` |
 //! | [`ini`] | the INI realm file (`[users]`, `[roles]`, `[urls]`) | `permission`, `urls` |
 //!
 //! The domain modules above import no transport and no store; the gRPC and REST fronts and
@@ -12,8 +13,10 @@
 
 pub mod credentials;
 pub mod ini;
-pub mod permission;
+pub mod keys;
 pub mod urls;
+
+pub use quartet_kit::permission;
 
 use quartet_kit::app::{Context, ServiceConfig};
 use quartet_kit::reexport::tonic::service::Routes;

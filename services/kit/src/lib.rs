@@ -8,11 +8,14 @@
 //! | [`health`] | readiness checks and the Prometheus registry |
 //! | [`http`] | the admin listener and the REST listener (actix-web), `/openapi.json` |
 //! | [`grpc`] | the gRPC listener (tonic) with health checking, reflection and `Info` |
+//! | [`permission`] | Shiro's wildcard permissions, the suite's authorization language |
+//! | [`token`] | verifying `quartet-auth` bearer tokens locally against its JWKS; REST and gRPC guards |
 //! | [`error`] | one mapping from typed errors to problem+json and `tonic::Status` |
 //! | [`shutdown`] | the stop signal and tracked in-flight work |
 //! | [`app`] | the process life cycle: `main`, `Context::serve`, the drain |
 //!
-//! Nothing here knows a service's domain: no task, permission, shard or RPC type appears.
+//! Nothing here knows a service's domain: no task, shard or RPC type appears. Permissions are
+//! the exception by design: every service authorizes with the same Shiro-style strings.
 
 pub mod app;
 pub mod config;
@@ -20,9 +23,11 @@ pub mod error;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod permission;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod token;
 
 pub use app::{Context, Listeners, ServiceConfig};
 pub use error::{ApiError, ErrorKind, Problem};
