@@ -6,6 +6,7 @@
 //! | [`urls`] | `[urls]` filter chains, Ant matching, path normalisation | `permission` |
 //! | [`credentials`] | argon2id hashing; verifying Shiro 1/2 and bcrypt hashes, with rehash | nothing |
 //! | [`keys`] | ES256 signing keys that rotate with overlap; the JWKS document | `quartet-kit::token` |
+//! | [`store`] | users, roles, clients, refresh tokens, keys in SQLite or PostgreSQL (sqlx `Any`) | sqlx |
 //! | [`ini`] | the INI realm file (`[users]`, `[roles]`, `[urls]`) | `permission`, `urls` |
 //!
 //! The domain modules above import no transport and no store; the gRPC and REST fronts and
@@ -14,6 +15,7 @@
 pub mod credentials;
 pub mod ini;
 pub mod keys;
+pub mod store;
 pub mod urls;
 
 pub use quartet_kit::permission;

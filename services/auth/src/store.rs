@@ -1,0 +1,549 @@
+//! The SQL store: users, roles, permissions, OAuth clients, refresh tokens, revocations and
+//! signing keys, through sqlx's `Any` driver so that one set of queries serves SQLite (the
+//! embedded default) and PostgreSQL (production).
+//!
+//! The schema (`migrations/`) uses only what both databases share; queries use `$1`-style
+//! parameters, which both accept. Every multi-statement change runs in one transaction.
+
+use std::borrow::Cow;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Row, SqlSafeStr};
+
+use quartet_kit::{ApiError, ErrorKind};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The named thing does not exist.
+    #[error("{0} does not exist")]
+    NotFound(String),
+    /// The named thing exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The database could not be reached or failed.
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl ApiError for StoreError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::NotFound(_) => ErrorKind::NotFound,
+            StoreError::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            StoreError::Database(_) => ErrorKind::Unavailable,
+        }
+    }
+}
+
+fn db(error: sqlx::Error) -> StoreError {
+    StoreError::Database(error.to_string())
+}
+
+/// Maps a constraint violation to a named error, anything else to `Database`.
+fn constraint(
+    error: sqlx::Error,
+    exists: impl FnOnce() -> String,
+    missing: impl FnOnce() -> String,
+) -> StoreError {
+    match error.as_database_error() {
+        Some(e) if e.is_unique_violation() => StoreError::AlreadyExists(exists()),
+        Some(e) if e.is_foreign_key_violation() => StoreError::NotFound(missing()),
+        _ => db(error),
+    }
+}
+
+/// A user as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// Login name.
+    pub name: String,
+    /// The password hash (see `credentials`).
+    pub password_hash: String,
+    /// Disabled users cannot log in.
+    pub disabled: bool,
+}
+
+/// An OAuth client as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRecord {
+    /// The client id.
+    pub client_id: String,
+    /// Hash of the client secret; `None` for a public client.
+    pub secret_hash: Option<String>,
+    /// Grant types it may use (`password`, `client_credentials`, `refresh_token`).
+    pub grant_types: Vec<String>,
+    /// Scopes it may ask for.
+    pub scopes: Vec<String>,
+    /// Permissions its own (client_credentials) tokens carry.
+    pub permissions: Vec<String>,
+}
+
+/// A refresh token as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshRecord {
+    /// The rotation chain it belongs to.
+    pub family: String,
+    /// Whose it is.
+    pub user_name: String,
+    /// Which client it was issued to.
+    pub client_id: String,
+    /// Its granted scope.
+    pub scope: String,
+    /// Expiry, seconds since the epoch.
+    pub expires_at: i64,
+}
+
+/// What presenting a refresh token found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshUse {
+    /// First use of a live token: it is now spent.
+    Fresh(RefreshRecord),
+    /// The token was used before: its family has now been revoked.
+    Reused {
+        /// The revoked family.
+        family: String,
+        /// Whose it was.
+        user_name: String,
+    },
+    /// Unknown, expired or revoked.
+    Invalid,
+}
+
+fn words(text: &str) -> Vec<String> {
+    text.split_whitespace().map(str::to_owned).collect()
+}
+
+/// The schema migrations, compiled in.
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("init"),
+        MigrationType::Simple,
+        include_str!("../migrations/0001_init.sql").into_sql_str(),
+        false,
+    )])
+}
+
+/// The store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://path?mode=rwc`, `sqlite::memory:`, `postgres://...`) and
+    /// brings the schema up to date.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        install_default_drivers();
+        // An in-memory SQLite database exists per connection: keep exactly one.
+        let max = if url.contains(":memory:") {
+            1
+        } else {
+            max_connections
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(db)?;
+        migrator()
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database(format!("migrating the schema: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    /// Whether the database answers (for readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(db)
+    }
+
+    /// Creates a user.
+    pub async fn create_user(
+        &self,
+        name: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (name, password_hash, disabled, created_at) VALUES ($1, $2, 0, $3)",
+        )
+        .bind(name)
+        .bind(password_hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(|e| constraint(e, || format!("user {name:?}"), || format!("user {name:?}")))
+    }
+
+    /// A user by name.
+    pub async fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let row = sqlx::query("SELECT name, password_hash, disabled FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| UserRecord {
+            name: r.get("name"),
+            password_hash: r.get("password_hash"),
+            disabled: r.get::<i64, _>("disabled") != 0,
+        }))
+    }
+
+    /// Every user name, sorted.
+    pub async fn user_names(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT name FROM users ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get("name")).collect())
+    }
+
+    /// Replaces a user's password hash (after a rehash or a password change).
+    pub async fn set_password_hash(
+        &self,
+        name: &str,
+        password_hash: &str,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE users SET password_hash = $1 WHERE name = $2")
+            .bind(password_hash)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("user {name:?}")));
+        }
+        Ok(())
+    }
+
+    /// Enables or disables a user.
+    pub async fn set_disabled(&self, name: &str, disabled: bool) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE users SET disabled = $1 WHERE name = $2")
+            .bind(i64::from(disabled))
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("user {name:?}")));
+        }
+        Ok(())
+    }
+
+    /// Deletes a user with their role assignments and direct permissions.
+    pub async fn delete_user(&self, name: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM users WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("user {name:?}")));
+        }
+        Ok(())
+    }
+
+    /// Creates a role with its permissions, all or nothing.
+    pub async fn create_role(
+        &self,
+        name: &str,
+        description: &str,
+        permissions: &[String],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query("INSERT INTO roles (name, description) VALUES ($1, $2)")
+            .bind(name)
+            .bind(description)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| constraint(e, || format!("role {name:?}"), || format!("role {name:?}")))?;
+        for permission in permissions {
+            sqlx::query("INSERT INTO role_permissions (role, permission) VALUES ($1, $2)")
+                .bind(name)
+                .bind(permission)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| {
+                    constraint(
+                        e,
+                        || format!("permission {permission:?} on role {name:?}"),
+                        || format!("role {name:?}"),
+                    )
+                })?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    /// Deletes a role; its assignments go with it.
+    pub async fn delete_role(&self, name: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM roles WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("role {name:?}")));
+        }
+        Ok(())
+    }
+
+    /// Every role name, sorted.
+    pub async fn role_names(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT name FROM roles ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get("name")).collect())
+    }
+
+    /// Gives `user` the role `role`.
+    pub async fn assign_role(&self, user: &str, role: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO user_roles (user_name, role) VALUES ($1, $2)")
+            .bind(user)
+            .bind(role)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|e| {
+                constraint(
+                    e,
+                    || format!("role {role:?} of user {user:?}"),
+                    || format!("user {user:?} or role {role:?}"),
+                )
+            })
+    }
+
+    /// Grants `user` a permission directly.
+    pub async fn grant_user_permission(
+        &self,
+        user: &str,
+        permission: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO user_permissions (user_name, permission) VALUES ($1, $2)")
+            .bind(user)
+            .bind(permission)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|e| {
+                constraint(
+                    e,
+                    || format!("permission {permission:?} of user {user:?}"),
+                    || format!("user {user:?}"),
+                )
+            })
+    }
+
+    /// The user's roles, sorted.
+    pub async fn roles_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT role FROM user_roles WHERE user_name = $1 ORDER BY role")
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get("role")).collect())
+    }
+
+    /// The user's permissions: through roles and direct, sorted and without repeats.
+    pub async fn permissions_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT rp.permission AS permission FROM user_roles ur JOIN role_permissions rp ON rp.role = ur.role WHERE ur.user_name = $1 \
+             UNION SELECT permission FROM user_permissions WHERE user_name = $1 ORDER BY 1",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Registers an OAuth client.
+    pub async fn create_client(&self, client: &ClientRecord, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO oauth_clients (client_id, secret_hash, grant_types, scopes, permissions, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&client.client_id)
+        .bind(client.secret_hash.as_deref())
+        .bind(client.grant_types.join(" "))
+        .bind(client.scopes.join(" "))
+        .bind(client.permissions.join(" "))
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(|e| constraint(e, || format!("client {:?}", client.client_id), || format!("client {:?}", client.client_id)))
+    }
+
+    /// A client by id.
+    pub async fn client(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        let row = sqlx::query("SELECT client_id, secret_hash, grant_types, scopes, permissions FROM oauth_clients WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| ClientRecord {
+            client_id: r.get("client_id"),
+            secret_hash: r.get("secret_hash"),
+            grant_types: words(r.get("grant_types")),
+            scopes: words(r.get("scopes")),
+            permissions: words(r.get("permissions")),
+        }))
+    }
+
+    /// Stores a new refresh token (by hash).
+    pub async fn insert_refresh(
+        &self,
+        token_hash: &str,
+        record: &RefreshRecord,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, family, user_name, client_id, scope, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(token_hash)
+        .bind(&record.family)
+        .bind(&record.user_name)
+        .bind(&record.client_id)
+        .bind(&record.scope)
+        .bind(record.expires_at)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(db)
+    }
+
+    /// Spends a refresh token: the first use of a live token succeeds exactly once, even under
+    /// concurrent attempts; a second use revokes the whole family.
+    pub async fn use_refresh(&self, token_hash: &str, now: i64) -> Result<RefreshUse, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let spent = sqlx::query(
+            "UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $1",
+        )
+        .bind(now)
+        .bind(token_hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let row = sqlx::query("SELECT family, user_name, client_id, scope, expires_at, used_at, revoked_at FROM refresh_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        let Some(row) = row else {
+            tx.commit().await.map_err(db)?;
+            return Ok(RefreshUse::Invalid);
+        };
+        let record = RefreshRecord {
+            family: row.get("family"),
+            user_name: row.get("user_name"),
+            client_id: row.get("client_id"),
+            scope: row.get("scope"),
+            expires_at: row.get("expires_at"),
+        };
+        let outcome = if spent.rows_affected() == 1 {
+            RefreshUse::Fresh(record)
+        } else if row.get::<Option<i64>, _>("used_at").is_some()
+            && row.get::<Option<i64>, _>("revoked_at").is_none()
+        {
+            sqlx::query("UPDATE refresh_tokens SET revoked_at = $1 WHERE family = $2 AND revoked_at IS NULL")
+                .bind(now)
+                .bind(&record.family)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            RefreshUse::Reused {
+                family: record.family,
+                user_name: record.user_name,
+            }
+        } else {
+            RefreshUse::Invalid
+        };
+        tx.commit().await.map_err(db)?;
+        Ok(outcome)
+    }
+
+    /// Revokes a refresh token's whole family. Returns whether the token was known.
+    pub async fn revoke_refresh(&self, token_hash: &str, now: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND family IN (SELECT family FROM refresh_tokens WHERE token_hash = $2)",
+        )
+        .bind(now)
+        .bind(token_hash)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Records an access token as revoked until it would have expired.
+    pub async fn revoke_access(&self, jti: &str, expires_at: i64) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE revoked_access_tokens SET expires_at = $1 WHERE jti = $2")
+            .bind(expires_at)
+            .bind(jti)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 {
+            sqlx::query("INSERT INTO revoked_access_tokens (jti, expires_at) VALUES ($1, $2)")
+                .bind(jti)
+                .bind(expires_at)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    /// Whether an access token was revoked.
+    pub async fn access_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM revoked_access_tokens WHERE jti = $1")
+            .bind(jti)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(row.is_some())
+    }
+
+    /// The stored signing keys: (kid, base64 PKCS#8, created), oldest first.
+    pub async fn signing_keys(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT kid, pkcs8, created_at FROM signing_keys ORDER BY created_at")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("kid"), r.get("pkcs8"), r.get("created_at")))
+            .collect())
+    }
+
+    /// Replaces the stored signing keys with `keys`, in one transaction.
+    pub async fn replace_signing_keys(
+        &self,
+        keys: &[(String, String, i64)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query("DELETE FROM signing_keys")
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        for (kid, pkcs8, created) in keys {
+            sqlx::query("INSERT INTO signing_keys (kid, pkcs8, created_at) VALUES ($1, $2, $3)")
+                .bind(kid)
+                .bind(pkcs8)
+                .bind(*created)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+}

@@ -1,0 +1,223 @@
+//! The SQL store behaves the same on SQLite and on a real PostgreSQL server.
+
+mod common;
+
+use quartet_auth::store::{ClientRecord, RefreshRecord, RefreshUse, Store, StoreError};
+
+async fn exercise(store: &Store) {
+    store.ping().await.expect("ping");
+    store.create_user("ada", "h1", 1).await.expect("create");
+    assert!(matches!(
+        store.create_user("ada", "h2", 2).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    store.create_user("bob", "h3", 3).await.expect("create");
+    assert_eq!(store.user_names().await.expect("list"), ["ada", "bob"]);
+
+    store
+        .create_role(
+            "reader",
+            "reads docs",
+            &["doc:read".into(), "report:view".into()],
+        )
+        .await
+        .expect("role");
+    store
+        .create_role("ops", "", &["task:*".into()])
+        .await
+        .expect("role");
+    assert!(matches!(
+        store.create_role("reader", "", &[]).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    // A failing role creation leaves nothing behind.
+    assert!(
+        store
+            .create_role("dup", "", &["x".into(), "x".into()])
+            .await
+            .is_err()
+    );
+    assert_eq!(store.role_names().await.expect("roles"), ["ops", "reader"]);
+
+    store.assign_role("ada", "reader").await.expect("assign");
+    store.assign_role("ada", "ops").await.expect("assign");
+    assert!(matches!(
+        store.assign_role("ada", "nosuch").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.assign_role("nobody", "ops").await,
+        Err(StoreError::NotFound(_))
+    ));
+    store
+        .grant_user_permission("ada", "doc:read")
+        .await
+        .expect("direct");
+    store
+        .grant_user_permission("ada", "billing:view")
+        .await
+        .expect("direct");
+    assert_eq!(
+        store.roles_of("ada").await.expect("roles"),
+        ["ops", "reader"]
+    );
+    assert_eq!(
+        store.permissions_of("ada").await.expect("perms"),
+        ["billing:view", "doc:read", "report:view", "task:*"]
+    );
+
+    store.set_password_hash("ada", "h9").await.expect("rehash");
+    store.set_disabled("bob", true).await.expect("disable");
+    let ada = store.user("ada").await.expect("read").expect("exists");
+    assert_eq!((ada.password_hash.as_str(), ada.disabled), ("h9", false));
+    assert!(
+        store
+            .user("bob")
+            .await
+            .expect("read")
+            .expect("exists")
+            .disabled
+    );
+    assert!(matches!(
+        store.set_password_hash("nobody", "x").await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    store.delete_role("ops").await.expect("delete role");
+    assert_eq!(store.roles_of("ada").await.expect("roles"), ["reader"]);
+    store.delete_user("bob").await.expect("delete");
+    assert!(store.user("bob").await.expect("read").is_none());
+    assert!(matches!(
+        store.delete_user("bob").await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let client = ClientRecord {
+        client_id: "cli".into(),
+        secret_hash: Some("s".into()),
+        grant_types: vec!["password".into(), "refresh_token".into()],
+        scopes: vec!["openid".into()],
+        permissions: vec![],
+    };
+    store.create_client(&client, 1).await.expect("client");
+    assert_eq!(store.client("cli").await.expect("read"), Some(client));
+    assert_eq!(store.client("nope").await.expect("read"), None);
+
+    let record = RefreshRecord {
+        family: "f1".into(),
+        user_name: "ada".into(),
+        client_id: "cli".into(),
+        scope: "openid".into(),
+        expires_at: 1000,
+    };
+    store.insert_refresh("r1", &record).await.expect("insert");
+    store
+        .insert_refresh(
+            "r2",
+            &RefreshRecord {
+                expires_at: 2000,
+                ..record.clone()
+            },
+        )
+        .await
+        .expect("insert");
+    assert_eq!(
+        store.use_refresh("r1", 10).await.expect("use"),
+        RefreshUse::Fresh(record.clone())
+    );
+    assert_eq!(
+        store.use_refresh("r1", 11).await.expect("reuse"),
+        RefreshUse::Reused {
+            family: "f1".into(),
+            user_name: "ada".into()
+        }
+    );
+    assert_eq!(
+        store.use_refresh("r2", 12).await.expect("family revoked"),
+        RefreshUse::Invalid
+    );
+    assert_eq!(
+        store.use_refresh("unknown", 12).await.expect("unknown"),
+        RefreshUse::Invalid
+    );
+    store
+        .insert_refresh(
+            "r3",
+            &RefreshRecord {
+                family: "f2".into(),
+                expires_at: 5,
+                ..record.clone()
+            },
+        )
+        .await
+        .expect("insert");
+    assert_eq!(
+        store.use_refresh("r3", 6).await.expect("expired"),
+        RefreshUse::Invalid
+    );
+
+    store.revoke_access("jti-1", 100).await.expect("revoke");
+    store
+        .revoke_access("jti-1", 100)
+        .await
+        .expect("revoking twice is fine");
+    assert!(store.access_revoked("jti-1").await.expect("read"));
+    assert!(!store.access_revoked("jti-2").await.expect("read"));
+
+    let keys = vec![
+        ("k1".to_owned(), "AAAA".to_owned(), 1),
+        ("k2".to_owned(), "BBBB".to_owned(), 2),
+    ];
+    store.replace_signing_keys(&keys).await.expect("keys");
+    assert_eq!(store.signing_keys().await.expect("keys"), keys);
+}
+
+#[tokio::test]
+async fn sqlite() {
+    let (_dir, url) = common::sqlite_database();
+    let store = Store::connect(&url, 4).await.expect("connect");
+    exercise(&store).await;
+    // Reconnecting finds the schema in place and the data kept.
+    let again = Store::connect(&url, 4).await.expect("reconnect");
+    assert_eq!(again.user_names().await.expect("list"), ["ada"]);
+}
+
+#[tokio::test]
+async fn postgres() {
+    let url = common::postgres_database().await;
+    let store = Store::connect(&url, 4).await.expect("connect");
+    exercise(&store).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_named() {
+    let err = Store::connect("postgres://postgres@127.0.0.1:1/none", 1)
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(err.to_string().starts_with("database error"), "{err}");
+}
+
+#[tokio::test]
+async fn concurrent_uses_of_one_refresh_token_succeed_once() {
+    let url = common::postgres_database().await;
+    let store = Store::connect(&url, 8).await.expect("connect");
+    store.create_user("ada", "h", 1).await.expect("user");
+    let record = RefreshRecord {
+        family: "f".into(),
+        user_name: "ada".into(),
+        client_id: "c".into(),
+        scope: String::new(),
+        expires_at: i64::MAX,
+    };
+    store.insert_refresh("tok", &record).await.expect("insert");
+    let attempts = (0..8).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move { store.use_refresh("tok", 10 + i).await.expect("use") })
+    });
+    let outcomes = futures::future::join_all(attempts).await;
+    let fresh = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(RefreshUse::Fresh(_))))
+        .count();
+    assert_eq!(fresh, 1, "{outcomes:?}");
+}
