@@ -6,6 +6,7 @@
 //! | [`urls`] | `[urls]` filter chains, Ant matching, path normalisation | `permission` |
 //! | [`credentials`] | argon2id hashing; verifying Shiro 1/2 and bcrypt hashes, with rehash | nothing |
 //! | [`keys`] | ES256 signing keys that rotate with overlap; the JWKS document | `quartet-kit::token` |
+//! | [`service`] | OAuth2 grants, introspection, revocation, lockout, audit: the operations, no transport | all of the above |
 //! | [`store`] | users, roles, clients, refresh tokens, keys in SQLite or PostgreSQL (sqlx `Any`) | sqlx |
 //! | [`ini`] | the INI realm file (`[users]`, `[roles]`, `[urls]`) | `permission`, `urls` |
 //!
@@ -15,6 +16,7 @@
 pub mod credentials;
 pub mod ini;
 pub mod keys;
+pub mod service;
 pub mod store;
 pub mod urls;
 

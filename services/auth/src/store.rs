@@ -117,13 +117,40 @@ fn words(text: &str) -> Vec<String> {
 
 /// The schema migrations, compiled in.
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_init.sql").into_sql_str(),
-        false,
-    )])
+    let migration = |version: i64, description: &'static str, sql: &'static str| {
+        Migration::new(
+            version,
+            Cow::Borrowed(description),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(1, "init", include_str!("../migrations/0001_init.sql")),
+        migration(2, "audit", include_str!("../migrations/0002_audit.sql")),
+    ])
+}
+
+/// One security event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct AuditEvent {
+    /// Unique id; ids sort in the order events were recorded.
+    pub id: String,
+    /// When, seconds since the epoch.
+    pub at: i64,
+    /// What happened: `login`, `token.issue`, `token.refresh`, `token.revoke`, `refresh.reuse`, `admin.<entity>.<action>`.
+    pub kind: String,
+    /// `success` or `failure`.
+    pub outcome: String,
+    /// The user or client concerned.
+    pub subject: String,
+    /// The OAuth client involved, if any.
+    pub client_id: String,
+    /// The caller's address, if known.
+    pub source: String,
+    /// Free-form detail (never a secret).
+    pub detail: String,
 }
 
 /// The store.
@@ -545,5 +572,56 @@ impl Store {
                 .map_err(db)?;
         }
         tx.commit().await.map_err(db)
+    }
+
+    /// Appends an audit event.
+    pub async fn record(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_events (id, at, kind, outcome, subject, client_id, source, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&event.id)
+        .bind(event.at)
+        .bind(&event.kind)
+        .bind(&event.outcome)
+        .bind(&event.subject)
+        .bind(&event.client_id)
+        .bind(&event.source)
+        .bind(&event.detail)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(db)
+    }
+
+    /// Audit events, newest first, optionally for one subject and/or kind, at most `limit`.
+    pub async fn audit(
+        &self,
+        subject: Option<&str>,
+        kind: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, kind, outcome, subject, client_id, source, detail FROM audit_events \
+             WHERE ($1 = '' OR subject = $1) AND ($2 = '' OR kind = $2) ORDER BY id DESC LIMIT $3",
+        )
+        .bind(subject.unwrap_or_default())
+        .bind(kind.unwrap_or_default())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditEvent {
+                id: r.get("id"),
+                at: r.get("at"),
+                kind: r.get("kind"),
+                outcome: r.get("outcome"),
+                subject: r.get("subject"),
+                client_id: r.get("client_id"),
+                source: r.get("source"),
+                detail: r.get("detail"),
+            })
+            .collect())
     }
 }

@@ -1,0 +1,963 @@
+//! The auth service's operations, apart from any transport: OAuth2 grants (RFC 6749),
+//! introspection (RFC 7662), revocation (RFC 7009), the JWKS, subjects for authorization
+//! checks, the audit trail and lockout.
+//!
+//! Rules kept here, whatever the front:
+//! - an unknown user, a wrong password, a disabled user and a locked-out user get the same
+//!   answer (`invalid_grant`, "invalid username or password"), and an unknown user costs the
+//!   same password-hash time as a known one;
+//! - after `lockout.threshold` failures for a user name or a source address, further attempts
+//!   are refused for a delay that doubles with each failure up to `lockout.max_delay`;
+//! - a refresh token is spent on use and replaced by one of the same family; presenting a spent
+//!   one revokes the family (reuse detection);
+//! - every grant, failure, revocation and reuse is an audit event.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jsonwebtoken::jwk::JwkSet;
+use quartet_kit::token::{Claims, TokenError, Verifier};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use utoipa::ToSchema;
+
+use crate::credentials::PasswordHasher;
+use crate::keys::{KeyRing, SigningKey};
+use crate::store::{AuditEvent, ClientRecord, RefreshRecord, RefreshUse, Store, StoreError};
+
+/// Token lifetimes, identity and key rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TokenSettings {
+    /// The `iss` of every token: this service's public base URL, as other services reach it.
+    pub issuer: String,
+    /// The `aud` of every access token; verifiers expect the same value.
+    pub audience: String,
+    /// Lifetime of an access token, e.g. `15m`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub access_ttl: Duration,
+    /// Lifetime of a refresh token, e.g. `30d`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub refresh_ttl: Duration,
+    /// Age at which the signing key is replaced, e.g. `24h`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub key_rotation: Duration,
+    /// How long a replaced key stays published; at least `access_ttl`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub key_overlap: Duration,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self {
+            issuer: "http://127.0.0.1:7111".into(),
+            audience: "quartet".into(),
+            access_ttl: Duration::from_secs(15 * 60),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            key_rotation: Duration::from_secs(24 * 3600),
+            key_overlap: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Lockout after repeated login failures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LockoutSettings {
+    /// Failures (per user name, and per source address) before attempts are refused.
+    pub threshold: u32,
+    /// The first refusal period; each further failure doubles it, e.g. `1s`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub base_delay: Duration,
+    /// The longest refusal period, e.g. `15m`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_delay: Duration,
+}
+
+impl Default for LockoutSettings {
+    fn default() -> Self {
+        Self {
+            threshold: 5,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// An OAuth2 error response (RFC 6749 §5.2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OAuthError {
+    /// A parameter is missing, repeated or malformed.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Client authentication failed. `basic` says whether the client tried HTTP Basic, which
+    /// earns a `WWW-Authenticate` challenge.
+    #[error("client authentication failed")]
+    InvalidClient {
+        /// Whether the client used HTTP Basic.
+        basic: bool,
+    },
+    /// The grant (credentials, refresh token) is invalid, expired or revoked.
+    #[error("{0}")]
+    InvalidGrant(String),
+    /// The client may not use this grant type.
+    #[error("{0}")]
+    UnauthorizedClient(String),
+    /// The grant type is not one this server knows.
+    #[error(
+        "grant type {0:?} is not supported (use password, client_credentials or refresh_token)"
+    )]
+    UnsupportedGrantType(String),
+    /// A requested scope is not allowed for the client.
+    #[error("{0}")]
+    InvalidScope(String),
+    /// The store failed; retry later.
+    #[error("{0}")]
+    TemporarilyUnavailable(String),
+}
+
+impl OAuthError {
+    /// The RFC 6749 `error` code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            OAuthError::InvalidRequest(_) => "invalid_request",
+            OAuthError::InvalidClient { .. } => "invalid_client",
+            OAuthError::InvalidGrant(_) => "invalid_grant",
+            OAuthError::UnauthorizedClient(_) => "unauthorized_client",
+            OAuthError::UnsupportedGrantType(_) => "unsupported_grant_type",
+            OAuthError::InvalidScope(_) => "invalid_scope",
+            OAuthError::TemporarilyUnavailable(_) => "temporarily_unavailable",
+        }
+    }
+
+    /// The HTTP status: 401 for `invalid_client`, 503 for an unavailable store, else 400.
+    pub fn status(&self) -> u16 {
+        match self {
+            OAuthError::InvalidClient { .. } => 401,
+            OAuthError::TemporarilyUnavailable(_) => 503,
+            _ => 400,
+        }
+    }
+}
+
+impl From<StoreError> for OAuthError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store failure during an OAuth request");
+        OAuthError::TemporarilyUnavailable(
+            "the credential store is unavailable; retry shortly".into(),
+        )
+    }
+}
+
+/// How the client identified itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// The client id.
+    pub client_id: String,
+    /// The secret, for a confidential client.
+    pub secret: Option<String>,
+    /// Whether it came in an HTTP Basic header.
+    pub basic: bool,
+}
+
+/// What is being granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantKind {
+    /// Resource owner password credentials.
+    Password {
+        /// User name.
+        username: String,
+        /// Password.
+        password: String,
+    },
+    /// The client acting as itself.
+    ClientCredentials,
+    /// A refresh token.
+    RefreshToken {
+        /// The token.
+        token: String,
+    },
+}
+
+/// A token request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// The grant.
+    pub grant: GrantKind,
+    /// The client.
+    pub client: ClientAuth,
+    /// The requested scope, space-separated.
+    pub scope: Option<String>,
+    /// The caller's address, for lockout and audit.
+    pub source: String,
+}
+
+/// A successful token response (RFC 6749 §5.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenResponse {
+    /// The JWT access token.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// A refresh token, when the client may use the refresh grant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// The granted scope.
+    pub scope: String,
+}
+
+/// An introspection response (RFC 7662 §2.2); only `active` when inactive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+pub struct Introspection {
+    /// Whether the token is currently valid.
+    pub active: bool,
+    /// Granted scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The client it was issued to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The user it was issued for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// `access_token` or `refresh_token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<String>,
+    /// Expiry, seconds since the epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    /// Issue time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// Subject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// Audience.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    /// Issuer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Token id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+/// Failure counts per user name and per source address.
+#[derive(Debug)]
+struct Lockout {
+    settings: LockoutSettings,
+    entries: Mutex<HashMap<String, (u32, i64)>>,
+}
+
+/// Entries kept before the oldest are forgotten, so a flood of names cannot exhaust memory.
+const LOCKOUT_CAPACITY: usize = 100_000;
+
+impl Lockout {
+    fn locked(&self, keys: &[String], now_ms: i64) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter()
+            .any(|k| entries.get(k).is_some_and(|(_, until)| *until > now_ms))
+    }
+
+    fn failed(&self, keys: &[String], now_ms: i64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= LOCKOUT_CAPACITY {
+            entries.retain(|_, (_, until)| *until > now_ms);
+        }
+        for key in keys {
+            let entry = entries.entry(key.clone()).or_insert((0, 0));
+            entry.0 += 1;
+            if entry.0 >= self.settings.threshold {
+                let doublings = (entry.0 - self.settings.threshold).min(30);
+                let delay = self
+                    .settings
+                    .base_delay
+                    .saturating_mul(1u32 << doublings)
+                    .min(self.settings.max_delay);
+                entry.1 = now_ms + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+            }
+        }
+    }
+
+    fn succeeded(&self, user_key: &str) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user_key);
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+fn now_s() -> i64 {
+    now_ms() / 1000
+}
+
+/// `n` random bytes, base64url without padding.
+pub fn random_token(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn sha256_hex(text: &str) -> String {
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+const BAD_LOGIN: &str = "invalid username or password";
+
+/// The auth service's state.
+pub struct Auth {
+    store: Store,
+    hasher: PasswordHasher,
+    keys: RwLock<KeyRing>,
+    verifier: Verifier,
+    tokens: TokenSettings,
+    lockout: Lockout,
+    dummy_hash: String,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("issuer", &self.tokens.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored signing key is unusable.
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+    /// Settings that contradict each other.
+    #[error("{0}")]
+    Settings(String),
+}
+
+impl Auth {
+    /// Opens the service on `store`: loads (or creates and stores) the signing keys.
+    pub async fn open(
+        store: Store,
+        hasher: PasswordHasher,
+        tokens: TokenSettings,
+        lockout: LockoutSettings,
+    ) -> Result<Self, OpenError> {
+        if tokens.key_overlap < tokens.access_ttl {
+            return Err(OpenError::Settings(format!(
+                "tokens.key_overlap ({:?}) must be at least tokens.access_ttl ({:?}), or tokens outlive their key",
+                tokens.key_overlap, tokens.access_ttl
+            )));
+        }
+        if lockout.threshold == 0 {
+            return Err(OpenError::Settings(
+                "lockout.threshold must be at least 1".into(),
+            ));
+        }
+        let mut stored = Vec::new();
+        for (kid, pkcs8, created) in store.signing_keys().await? {
+            let der = STANDARD
+                .decode(&pkcs8)
+                .map_err(|e| crate::keys::KeyError::BadKey {
+                    kid: kid.clone(),
+                    reason: e.to_string(),
+                })?;
+            stored.push(SigningKey::from_pkcs8(
+                &der,
+                u64::try_from(created).unwrap_or_default(),
+            )?);
+        }
+        let had_keys = !stored.is_empty();
+        let ring = KeyRing::new(
+            stored,
+            tokens.key_rotation.as_secs(),
+            tokens.key_overlap.as_secs(),
+            u64::try_from(now_s()).unwrap_or_default(),
+        );
+        let verifier = Verifier::from_jwks(&ring.jwks(), &tokens.issuer, &tokens.audience);
+        let dummy_hash = hasher.hash(&random_token(16));
+        let auth = Self {
+            store,
+            hasher,
+            keys: RwLock::new(ring),
+            verifier,
+            tokens,
+            lockout: Lockout {
+                settings: lockout,
+                entries: Mutex::new(HashMap::new()),
+            },
+            dummy_hash,
+        };
+        if !had_keys {
+            auth.persist_keys().await?;
+        }
+        auth.maintain_keys().await?;
+        Ok(auth)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The password hasher.
+    pub fn hasher(&self) -> &PasswordHasher {
+        &self.hasher
+    }
+
+    /// The token settings.
+    pub fn token_settings(&self) -> &TokenSettings {
+        &self.tokens
+    }
+
+    async fn persist_keys(&self) -> Result<(), StoreError> {
+        let rows: Vec<(String, String, i64)> = self
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .iter()
+            .map(|k| {
+                (
+                    k.kid.clone(),
+                    STANDARD.encode(k.pkcs8()),
+                    i64::try_from(k.created).unwrap_or_default(),
+                )
+            })
+            .collect();
+        self.store.replace_signing_keys(&rows).await
+    }
+
+    /// Rotates the signing key when due and stores the result. Call periodically.
+    pub async fn maintain_keys(&self) -> Result<(), StoreError> {
+        let changed = {
+            let mut ring = self.keys.write().unwrap_or_else(|p| p.into_inner());
+            let changed = ring.maintain(u64::try_from(now_s()).unwrap_or_default());
+            if changed {
+                self.verifier.set_keys(&ring.jwks());
+            }
+            changed
+        };
+        if changed {
+            tracing::info!("signing keys rotated");
+            self.persist_keys().await?;
+        }
+        Ok(())
+    }
+
+    /// The published keys.
+    pub fn jwks(&self) -> JwkSet {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).jwks()
+    }
+
+    /// Appends an audit event; a failure to write it is logged, never hidden.
+    pub async fn audit(
+        &self,
+        kind: &str,
+        outcome: &str,
+        subject: &str,
+        client_id: &str,
+        source: &str,
+        detail: &str,
+    ) {
+        // Ids sort by time, then by order within this process: the audit trail's order.
+        static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let sequence = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let event = AuditEvent {
+            id: format!(
+                "{:015}-{:09}-{}",
+                now_ms(),
+                sequence % 1_000_000_000,
+                random_token(6)
+            ),
+            at: now_s(),
+            kind: kind.into(),
+            outcome: outcome.into(),
+            subject: subject.into(),
+            client_id: client_id.into(),
+            source: source.into(),
+            detail: detail.into(),
+        };
+        tracing::info!(kind, outcome, subject, client_id, source, detail, "audit");
+        if let Err(e) = self.store.record(&event).await {
+            tracing::error!(error = %e, kind, subject, "audit event could not be stored");
+        }
+    }
+
+    async fn authenticate_client(&self, client: &ClientAuth) -> Result<ClientRecord, OAuthError> {
+        let invalid = OAuthError::InvalidClient {
+            basic: client.basic,
+        };
+        let Some(record) = self.store.client(&client.client_id).await? else {
+            // Spend the same time as a real check so that client ids cannot be probed.
+            let _ = self.hasher.verify(
+                &self.dummy_hash,
+                client.secret.as_deref().unwrap_or_default(),
+            );
+            return Err(invalid);
+        };
+        match (&record.secret_hash, &client.secret) {
+            (None, None) => Ok(record),
+            (Some(hash), Some(secret)) => match self.hasher.verify(hash, secret) {
+                Ok(Some(_)) => Ok(record),
+                _ => Err(invalid),
+            },
+            _ => Err(invalid),
+        }
+    }
+
+    fn granted_scope(client: &ClientRecord, requested: Option<&str>) -> Result<String, OAuthError> {
+        let Some(requested) = requested.filter(|s| !s.trim().is_empty()) else {
+            return Ok(client.scopes.join(" "));
+        };
+        let mut granted = Vec::new();
+        for scope in requested.split_whitespace() {
+            if !client.scopes.iter().any(|s| s == scope) {
+                return Err(OAuthError::InvalidScope(format!(
+                    "scope {scope:?} is not allowed for client {:?}",
+                    client.client_id
+                )));
+            }
+            if !granted.contains(&scope) {
+                granted.push(scope);
+            }
+        }
+        Ok(granted.join(" "))
+    }
+
+    /// Handles a token request.
+    pub async fn token(&self, request: TokenRequest) -> Result<TokenResponse, OAuthError> {
+        let client = self.authenticate_client(&request.client).await;
+        let client = match client {
+            Ok(c) => c,
+            Err(e) => {
+                self.audit(
+                    "client.authenticate",
+                    "failure",
+                    &request.client.client_id,
+                    &request.client.client_id,
+                    &request.source,
+                    "",
+                )
+                .await;
+                return Err(e);
+            }
+        };
+        let grant_name = match &request.grant {
+            GrantKind::Password { .. } => "password",
+            GrantKind::ClientCredentials => "client_credentials",
+            GrantKind::RefreshToken { .. } => "refresh_token",
+        };
+        if !client.grant_types.iter().any(|g| g == grant_name) {
+            return Err(OAuthError::UnauthorizedClient(format!(
+                "client {:?} may not use the {grant_name} grant",
+                client.client_id
+            )));
+        }
+        match request.grant {
+            GrantKind::Password { username, password } => {
+                let scope = Self::granted_scope(&client, request.scope.as_deref())?;
+                self.login(&username, &password, &client.client_id, &request.source)
+                    .await?;
+                let response = self
+                    .issue_for_user(&username, &client, &scope, None)
+                    .await?;
+                self.audit(
+                    "token.issue",
+                    "success",
+                    &username,
+                    &client.client_id,
+                    &request.source,
+                    "grant=password",
+                )
+                .await;
+                Ok(response)
+            }
+            GrantKind::ClientCredentials => {
+                if client.secret_hash.is_none() {
+                    return Err(OAuthError::UnauthorizedClient(
+                        "a public client cannot use the client_credentials grant".into(),
+                    ));
+                }
+                let scope = Self::granted_scope(&client, request.scope.as_deref())?;
+                let subject = format!("client:{}", client.client_id);
+                let response = self.sign(
+                    &subject,
+                    &client.client_id,
+                    &scope,
+                    Vec::new(),
+                    client.permissions.clone(),
+                )?;
+                self.audit(
+                    "token.issue",
+                    "success",
+                    &subject,
+                    &client.client_id,
+                    &request.source,
+                    "grant=client_credentials",
+                )
+                .await;
+                Ok(response)
+            }
+            GrantKind::RefreshToken { token } => {
+                self.refresh(&token, &client, request.scope.as_deref(), &request.source)
+                    .await
+            }
+        }
+    }
+
+    /// Checks a user's password with lockout and timing equalisation; rehashes outdated hashes.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        client_id: &str,
+        source: &str,
+    ) -> Result<(), OAuthError> {
+        let user_key = format!("user:{username}");
+        let keys = [user_key.clone(), format!("source:{source}")];
+        let now = now_ms();
+        let user = self.store.user(username).await?;
+        if self.lockout.locked(&keys, now) {
+            // Same answer as a wrong password; the hash still runs so timing says nothing.
+            let _ = self.hasher.verify(&self.dummy_hash, password);
+            self.audit(
+                "login",
+                "failure",
+                username,
+                client_id,
+                source,
+                "locked out",
+            )
+            .await;
+            return Err(OAuthError::InvalidGrant(BAD_LOGIN.into()));
+        }
+        let verified = match &user {
+            Some(u) => self.hasher.verify(&u.password_hash, password).unwrap_or_else(|e| {
+                tracing::error!(user = username, error = %e, "stored password hash cannot be checked");
+                None
+            }),
+            None => {
+                let _ = self.hasher.verify(&self.dummy_hash, password);
+                None
+            }
+        };
+        match (user, verified) {
+            (Some(u), Some(v)) if !u.disabled => {
+                self.lockout.succeeded(&user_key);
+                if let Some(rehash) = v.rehash {
+                    self.store.set_password_hash(username, &rehash).await?;
+                    self.audit(
+                        "password.rehash",
+                        "success",
+                        username,
+                        client_id,
+                        source,
+                        "migrated to argon2id",
+                    )
+                    .await;
+                }
+                self.audit("login", "success", username, client_id, source, "")
+                    .await;
+                Ok(())
+            }
+            (user, _) => {
+                self.lockout.failed(&keys, now);
+                let detail = match user {
+                    None => "unknown user",
+                    Some(u) if u.disabled => "user disabled",
+                    Some(_) => "wrong password",
+                };
+                self.audit("login", "failure", username, client_id, source, detail)
+                    .await;
+                Err(OAuthError::InvalidGrant(BAD_LOGIN.into()))
+            }
+        }
+    }
+
+    /// A user's roles and permissions, from the store.
+    pub async fn subject(&self, username: &str) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        Ok((
+            self.store.roles_of(username).await?,
+            self.store.permissions_of(username).await?,
+        ))
+    }
+
+    async fn issue_for_user(
+        &self,
+        username: &str,
+        client: &ClientRecord,
+        scope: &str,
+        family: Option<String>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let (roles, perms) = self.subject(username).await?;
+        let mut response = self.sign(username, &client.client_id, scope, roles, perms)?;
+        if client.grant_types.iter().any(|g| g == "refresh_token") {
+            let token = random_token(32);
+            let record = RefreshRecord {
+                family: family.unwrap_or_else(|| random_token(12)),
+                user_name: username.into(),
+                client_id: client.client_id.clone(),
+                scope: scope.into(),
+                expires_at: now_s()
+                    + i64::try_from(self.tokens.refresh_ttl.as_secs()).unwrap_or(i64::MAX / 4),
+            };
+            self.store
+                .insert_refresh(&sha256_hex(&token), &record)
+                .await?;
+            response.refresh_token = Some(token);
+        }
+        Ok(response)
+    }
+
+    fn sign(
+        &self,
+        subject: &str,
+        client_id: &str,
+        scope: &str,
+        roles: Vec<String>,
+        perms: Vec<String>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let now = u64::try_from(now_s()).unwrap_or_default();
+        let ttl = self.tokens.access_ttl.as_secs();
+        let claims = Claims {
+            iss: self.tokens.issuer.clone(),
+            sub: subject.into(),
+            aud: self.tokens.audience.clone(),
+            exp: now + ttl,
+            iat: now,
+            nbf: now,
+            jti: random_token(16),
+            client_id: client_id.into(),
+            scope: scope.into(),
+            roles,
+            perms,
+        };
+        let access_token = self
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .current()
+            .sign(&claims)
+            .map_err(|e| OAuthError::TemporarilyUnavailable(e.to_string()))?;
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer".into(),
+            expires_in: ttl,
+            refresh_token: None,
+            scope: scope.into(),
+        })
+    }
+
+    async fn refresh(
+        &self,
+        token: &str,
+        client: &ClientRecord,
+        scope: Option<&str>,
+        source: &str,
+    ) -> Result<TokenResponse, OAuthError> {
+        match self.store.use_refresh(&sha256_hex(token), now_s()).await? {
+            RefreshUse::Fresh(record) => {
+                if record.client_id != client.client_id {
+                    return Err(OAuthError::InvalidGrant(
+                        "the refresh token was issued to another client".into(),
+                    ));
+                }
+                let scope = match scope.filter(|s| !s.trim().is_empty()) {
+                    None => record.scope.clone(),
+                    Some(asked) => {
+                        let held: Vec<&str> = record.scope.split_whitespace().collect();
+                        if let Some(extra) = asked.split_whitespace().find(|s| !held.contains(s)) {
+                            return Err(OAuthError::InvalidScope(format!(
+                                "scope {extra:?} was not granted originally"
+                            )));
+                        }
+                        asked.split_whitespace().collect::<Vec<_>>().join(" ")
+                    }
+                };
+                if self
+                    .store
+                    .user(&record.user_name)
+                    .await?
+                    .is_none_or(|u| u.disabled)
+                {
+                    return Err(OAuthError::InvalidGrant(
+                        "the user no longer exists or is disabled".into(),
+                    ));
+                }
+                let response = self
+                    .issue_for_user(&record.user_name, client, &scope, Some(record.family))
+                    .await?;
+                self.audit(
+                    "token.refresh",
+                    "success",
+                    &record.user_name,
+                    &client.client_id,
+                    source,
+                    "",
+                )
+                .await;
+                Ok(response)
+            }
+            RefreshUse::Reused { family, user_name } => {
+                self.audit(
+                    "refresh.reuse",
+                    "failure",
+                    &user_name,
+                    &client.client_id,
+                    source,
+                    &format!("family {family} revoked"),
+                )
+                .await;
+                Err(OAuthError::InvalidGrant(
+                    "refresh token already used; its whole family has been revoked".into(),
+                ))
+            }
+            RefreshUse::Invalid => Err(OAuthError::InvalidGrant(
+                "refresh token is unknown, expired or revoked".into(),
+            )),
+        }
+    }
+
+    /// Verifies one of this service's access tokens, including revocation.
+    pub async fn verify_access(&self, token: &str) -> Result<Claims, TokenError> {
+        let claims = self.verifier.verify(token).await?;
+        match self.store.access_revoked(&claims.jti).await {
+            Ok(false) => Ok(claims),
+            Ok(true) => Err(TokenError::Invalid("token has been revoked".into())),
+            Err(e) => Err(TokenError::KeysUnavailable {
+                url: "store".into(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// RFC 7662 introspection of an access or refresh token, for an authenticated client.
+    pub async fn introspect(
+        &self,
+        client: &ClientAuth,
+        token: &str,
+    ) -> Result<Introspection, OAuthError> {
+        self.authenticate_client(client).await?;
+        if let Ok(c) = self.verify_access(token).await {
+            return Ok(Introspection {
+                active: true,
+                scope: Some(c.scope),
+                client_id: Some(c.client_id),
+                username: (!c.sub.starts_with("client:")).then(|| c.sub.clone()),
+                token_type: Some("access_token".into()),
+                exp: Some(c.exp),
+                iat: Some(c.iat),
+                sub: Some(c.sub),
+                aud: Some(c.aud),
+                iss: Some(c.iss),
+                jti: Some(c.jti),
+            });
+        }
+        Ok(Introspection::default())
+    }
+
+    /// RFC 7009 revocation of an access token (by its id, until it expires) or a refresh token
+    /// (with its family). Unknown tokens are not an error.
+    pub async fn revoke(
+        &self,
+        client: &ClientAuth,
+        token: &str,
+        source: &str,
+    ) -> Result<(), OAuthError> {
+        let record = self.authenticate_client(client).await?;
+        if let Ok(claims) = self.verifier.verify(token).await {
+            if claims.client_id != record.client_id {
+                return Err(OAuthError::UnauthorizedClient(
+                    "the token was issued to another client".into(),
+                ));
+            }
+            self.store
+                .revoke_access(&claims.jti, i64::try_from(claims.exp).unwrap_or(i64::MAX))
+                .await?;
+            self.audit(
+                "token.revoke",
+                "success",
+                &claims.sub,
+                &record.client_id,
+                source,
+                "access token",
+            )
+            .await;
+            return Ok(());
+        }
+        if self
+            .store
+            .revoke_refresh(&sha256_hex(token), now_s())
+            .await?
+        {
+            self.audit(
+                "token.revoke",
+                "success",
+                "",
+                &record.client_id,
+                source,
+                "refresh token family",
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Creates the bootstrap administrator (role `admin` with permission `*`) if absent.
+    pub async fn bootstrap_admin(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<bool, StoreError> {
+        if self.store.user(username).await?.is_some() {
+            return Ok(false);
+        }
+        if !self.store.role_names().await?.iter().any(|r| r == "admin") {
+            self.store
+                .create_role(
+                    "admin",
+                    "full access to every Quartet service",
+                    &["*".into()],
+                )
+                .await?;
+        }
+        self.store
+            .create_user(username, &self.hasher.hash(password), now_s())
+            .await?;
+        self.store.assign_role(username, "admin").await?;
+        self.audit(
+            "admin.user.create",
+            "success",
+            username,
+            "",
+            "bootstrap",
+            "bootstrap administrator",
+        )
+        .await;
+        Ok(true)
+    }
+}
