@@ -7,6 +7,7 @@
 //! | [`credentials`] | argon2id hashing; verifying Shiro 1/2 and bcrypt hashes, with rehash | nothing |
 //! | [`keys`] | ES256 signing keys that rotate with overlap; the JWKS document | `quartet-kit::token` |
 //! | [`service`] | OAuth2 grants, introspection, revocation, lockout, audit: the operations, no transport | all of the above |
+//! | [`rest`] | the REST front: OAuth2 endpoints, JWKS, `/v1/authz`, `/v1/admin` | `service` |
 //! | [`store`] | users, roles, clients, refresh tokens, keys in SQLite or PostgreSQL (sqlx `Any`) | sqlx |
 //! | [`ini`] | the INI realm file (`[users]`, `[roles]`, `[urls]`) | `permission`, `urls` |
 //!
@@ -16,17 +17,26 @@
 pub mod credentials;
 pub mod ini;
 pub mod keys;
+pub mod rest;
 pub mod service;
 pub mod store;
 pub mod urls;
 
 pub use quartet_kit::permission;
 
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
 use quartet_kit::app::{Context, ServiceConfig};
 use quartet_kit::reexport::tonic::service::Routes;
-use quartet_kit::{BaseSettings, RestApi, ServerSettings};
+use quartet_kit::{BaseSettings, ServerSettings};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::credentials::{HashSettings, PasswordHasher};
+use crate::service::{Auth, LockoutSettings, TokenSettings};
+use crate::store::Store;
+use crate::urls::UrlRules;
 
 /// The binary's name, also its `service.name` in traces and its `QUARTET_*` prefix.
 pub const SERVICE: &str = "quartet-auth";
@@ -34,18 +44,72 @@ pub const SERVICE: &str = "quartet-auth";
 /// One line for `--help`.
 pub const ABOUT: &str = "Shiro-style authentication and authorization with OAuth2 tokens.";
 
+/// Where users, roles, clients and tokens are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StoreSettings {
+    /// Database URL: `sqlite://<file>?mode=rwc` (embedded, the default) or `postgres://user@host/db`.
+    pub url: String,
+    /// Most connections in the pool.
+    pub max_connections: u32,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://quartet-auth.db?mode=rwc".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+/// The administrator and client created at first start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+pub struct BootstrapSettings {
+    /// Name of the administrator created (role `admin`, permission `*`) if no user of that name exists; empty for none.
+    pub admin_user: String,
+    /// File holding the administrator's initial password (e.g. a mounted Secret); required with `admin_user`.
+    pub admin_password_file: String,
+    /// Id of a public OAuth client (password and refresh grants) created if absent; empty for none.
+    pub cli_client: String,
+}
+
+/// An INI realm file (`[users]`, `[roles]`, `[urls]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+pub struct RealmSettings {
+    /// Path of a Shiro INI file whose `[urls]` rules `/v1/authz/urls` evaluates; empty for none. Re-read when it changes.
+    pub ini_file: String,
+}
+
 /// Every setting of `quartet-auth`; `quartet-auth --config-reference` lists them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Config {
     /// Listeners, logging and shutdown, shared with every Quartet server.
     #[serde(flatten)]
     pub server: ServerSettings,
+    /// The credential store.
+    pub store: StoreSettings,
+    /// Tokens and signing keys.
+    pub tokens: TokenSettings,
+    /// Cost of new password hashes (argon2id).
+    pub passwords: HashSettings,
+    /// Lockout after failed logins.
+    pub lockout: LockoutSettings,
+    /// First-start administrator and CLI client.
+    pub bootstrap: BootstrapSettings,
+    /// An INI realm file.
+    pub realm: RealmSettings,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             server: ServerSettings::with_ports(7110),
+            store: StoreSettings::default(),
+            tokens: TokenSettings::default(),
+            passwords: HashSettings::default(),
+            lockout: LockoutSettings::default(),
+            bootstrap: BootstrapSettings::default(),
+            realm: RealmSettings::default(),
         }
     }
 }
@@ -56,8 +120,99 @@ impl ServiceConfig for Config {
     }
 }
 
-/// Serves `quartet-auth` until a stop signal, then drains.
+/// Reads the `[urls]` rules of an INI realm file.
+fn load_realm(path: &str) -> anyhow::Result<UrlRules> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("realm.ini_file {path}: {e}"))?;
+    crate::ini::IniRealm::parse(&text)
+        .map(|realm| realm.urls)
+        .map_err(|errors| {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("realm.ini_file {path}: {}", list.join("; "))
+        })
+}
+
+/// Opens the store, bootstraps, and serves until a stop signal.
 pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
+    let store = Store::connect(&config.store.url, config.store.max_connections).await?;
+    let hasher = PasswordHasher::new(config.passwords)?;
+    let auth =
+        Arc::new(Auth::open(store, hasher, config.tokens.clone(), config.lockout.clone()).await?);
+
+    let boot = &config.bootstrap;
+    if !boot.admin_user.is_empty() {
+        let password = std::fs::read_to_string(&boot.admin_password_file).map_err(|e| {
+            anyhow::anyhow!(
+                "bootstrap.admin_password_file {:?}: {e}",
+                boot.admin_password_file
+            )
+        })?;
+        if auth
+            .bootstrap_admin(&boot.admin_user, password.trim_end_matches(['\n', '\r']))
+            .await?
+        {
+            tracing::info!(user = %boot.admin_user, "bootstrap administrator created");
+        }
+    }
+    if !boot.cli_client.is_empty() && auth.store().client(&boot.cli_client).await?.is_none() {
+        let client = crate::store::ClientRecord {
+            client_id: boot.cli_client.clone(),
+            secret_hash: None,
+            grant_types: vec!["password".into(), "refresh_token".into()],
+            scopes: vec!["openid".into()],
+            permissions: vec![],
+        };
+        auth.store().create_client(&client, 0).await?;
+        tracing::info!(client = %boot.cli_client, "bootstrap CLI client created");
+    }
+
+    let urls = Arc::new(RwLock::new(if config.realm.ini_file.is_empty() {
+        UrlRules::default()
+    } else {
+        load_realm(&config.realm.ini_file)?
+    }));
+    let store = auth.store().clone();
+    ctx.readiness.register("store", move || {
+        let store = store.clone();
+        async move { store.ping().await.map_err(|e| e.to_string()) }
+    });
+
+    // Key rotation and realm reloads, until shutdown.
+    let (maintained, stop, realm_file, realm_rules) = (
+        auth.clone(),
+        ctx.shutdown.token(),
+        config.realm.ini_file.clone(),
+        urls.clone(),
+    );
+    ctx.shutdown.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        let mut realm_stamp = std::fs::metadata(&realm_file).and_then(|m| m.modified()).ok();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = maintained.maintain_keys().await {
+                tracing::warn!(error = %e, "signing key maintenance failed; will retry");
+            }
+            if realm_file.is_empty() {
+                continue;
+            }
+            let stamp = std::fs::metadata(&realm_file).and_then(|m| m.modified()).ok();
+            if stamp != realm_stamp {
+                realm_stamp = stamp;
+                match load_realm(&realm_file) {
+                    Ok(rules) => {
+                        *realm_rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
+                        tracing::info!(file = %realm_file, "realm reloaded");
+                    }
+                    Err(e) => tracing::error!(error = %e, "realm reload failed; keeping the previous rules"),
+                }
+            }
+        }
+    });
+
     let grpc = Routes::builder().routes();
-    quartet_kit::app::serve_server(ctx, &config.server, grpc, RestApi::empty()).await
+    let rest = rest::api(rest::State { auth, urls });
+    quartet_kit::app::serve_server(ctx, &config.server, grpc, rest).await
 }

@@ -312,9 +312,33 @@ pub fn require(claims: &Claims, permission: &str) -> Result<(), Problem> {
     }
 }
 
+/// Whatever turns a bearer token into claims: a [`Verifier`] in every service; the auth
+/// service adds its revocation list.
+pub trait Authenticator: Send + Sync + 'static {
+    /// Verifies `token`.
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Claims, TokenError>>;
+}
+
+impl Authenticator for Verifier {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Claims, TokenError>> {
+        Box::pin(self.verify(token))
+    }
+}
+
+/// The app data the [`Bearer`] extractor needs: `web::Data::from(Arc::new(verifier) as Arc<dyn Authenticator>)`.
+pub fn authenticator_data(authenticator: Arc<dyn Authenticator>) -> web::Data<dyn Authenticator> {
+    web::Data::from(authenticator)
+}
+
 /// An authenticated REST caller: an extractor that fails with 401 problem+json (and a
-/// `WWW-Authenticate: Bearer` challenge) unless the request carries a valid token. Needs an
-/// `Arc<Verifier>` in the app data (`web::Data<Verifier>`).
+/// `WWW-Authenticate: Bearer` challenge) unless the request carries a valid token. Needs
+/// [`authenticator_data`] in the app data.
 #[derive(Debug, Clone)]
 pub struct Bearer(pub Claims);
 
@@ -361,7 +385,7 @@ impl FromRequest for Bearer {
 
     fn from_request(req: &HttpRequest, _payload: &mut actix_web::dev::Payload) -> Self::Future {
         let verifier = req
-            .app_data::<web::Data<Verifier>>()
+            .app_data::<web::Data<dyn Authenticator>>()
             .map(|d| d.clone().into_inner());
         let token = req
             .headers()
@@ -370,7 +394,7 @@ impl FromRequest for Bearer {
             .and_then(bearer_token)
             .map(str::to_owned);
         Box::pin(async move {
-            let verifier: Arc<Verifier> = verifier.ok_or_else(|| {
+            let verifier: Arc<dyn Authenticator> = verifier.ok_or_else(|| {
                 Challenge(Problem::new(
                     ErrorKind::Internal,
                     "no-verifier",
@@ -381,7 +405,7 @@ impl FromRequest for Bearer {
                 .ok_or(TokenError::Missing)
                 .map_err(|e| Challenge(e.into()))?;
             verifier
-                .verify(&token)
+                .authenticate(&token)
                 .await
                 .map(Bearer)
                 .map_err(|e| Challenge(e.into()))

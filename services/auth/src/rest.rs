@@ -1,0 +1,951 @@
+//! The REST front: the OAuth2 endpoints (RFC 6749 token, RFC 7662 introspection, RFC 7009
+//! revocation, RFC 8414 metadata, the JWKS), the authorization API under `/v1/authz` and the
+//! admin API under `/v1/admin`, each admin route guarded by `auth:<entity>:<action>`.
+//!
+//! OAuth endpoints answer in RFC 6749's error format (`{"error", "error_description"}`), as
+//! OAuth client libraries expect; everything under `/v1` answers in problem+json.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use base64::Engine as _;
+use quartet_kit::token::{Authenticator, Bearer, Claims, TokenError, authenticator_data};
+use quartet_kit::{ErrorKind, Problem, RestApi};
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+
+use crate::permission::{Permission, PermissionSet};
+use crate::service::{
+    Auth, ClientAuth, GrantKind, Introspection, OAuthError, TokenRequest, TokenResponse,
+    random_token,
+};
+use crate::store::{AuditEvent, ClientRecord};
+use crate::urls::{Decision, Outcome, Request as UrlRequest, Subject, UrlRules};
+
+/// Shared state of the REST handlers.
+pub struct State {
+    /// The service.
+    pub auth: Arc<Auth>,
+    /// The `[urls]` rules of the configured INI realm (empty when none).
+    pub urls: Arc<std::sync::RwLock<UrlRules>>,
+}
+
+impl Authenticator for Auth {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Claims, TokenError>> {
+        Box::pin(self.verify_access(token))
+    }
+}
+
+/// An OAuth error as an HTTP response.
+fn oauth_error(error: &OAuthError) -> HttpResponse {
+    let mut response = HttpResponse::build(
+        StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST),
+    );
+    response
+        .insert_header(("Cache-Control", "no-store"))
+        .insert_header(("Pragma", "no-cache"));
+    if let OAuthError::InvalidClient { basic: true } = error {
+        response.insert_header(("WWW-Authenticate", "Basic realm=\"quartet\""));
+    }
+    response
+        .json(serde_json::json!({"error": error.code(), "error_description": error.to_string()}))
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = text.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Client authentication from HTTP Basic (RFC 6749 §2.3.1: form-encoded id and secret) or
+/// from the body; both at once is an error.
+fn client_auth(
+    req: &HttpRequest,
+    body_id: Option<&str>,
+    body_secret: Option<&str>,
+) -> Result<ClientAuth, OAuthError> {
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match header.and_then(|h| {
+        h.strip_prefix("Basic ")
+            .or_else(|| h.strip_prefix("basic "))
+    }) {
+        Some(encoded) => {
+            if body_secret.is_some() {
+                return Err(OAuthError::InvalidRequest(
+                    "client credentials sent both in the Authorization header and in the body"
+                        .into(),
+                ));
+            }
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .ok()
+                .and_then(|d| String::from_utf8(d).ok())
+                .ok_or(OAuthError::InvalidClient { basic: true })?;
+            let (id, secret) = decoded
+                .split_once(':')
+                .ok_or(OAuthError::InvalidClient { basic: true })?;
+            let id = percent_decode(id).ok_or(OAuthError::InvalidClient { basic: true })?;
+            let secret = percent_decode(secret).ok_or(OAuthError::InvalidClient { basic: true })?;
+            if body_id.is_some_and(|b| b != id) {
+                return Err(OAuthError::InvalidRequest(
+                    "client_id in the body differs from the Authorization header".into(),
+                ));
+            }
+            Ok(ClientAuth {
+                client_id: id,
+                secret: Some(secret),
+                basic: true,
+            })
+        }
+        None => {
+            let id = body_id
+                .filter(|s| !s.is_empty())
+                .ok_or(OAuthError::InvalidClient { basic: false })?;
+            Ok(ClientAuth {
+                client_id: id.to_owned(),
+                secret: body_secret.map(str::to_owned),
+                basic: false,
+            })
+        }
+    }
+}
+
+fn source(req: &HttpRequest) -> String {
+    req.peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default()
+}
+
+/// The token endpoint's form (RFC 6749 §4.3.2, §4.4.2, §6).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TokenForm {
+    /// `password`, `client_credentials` or `refresh_token`.
+    grant_type: Option<String>,
+    /// For `password`.
+    username: Option<String>,
+    /// For `password`.
+    password: Option<String>,
+    /// For `refresh_token`.
+    refresh_token: Option<String>,
+    /// Requested scope, space-separated.
+    scope: Option<String>,
+    /// Client id, when not in an HTTP Basic header.
+    client_id: Option<String>,
+    /// Client secret, when not in an HTTP Basic header.
+    client_secret: Option<String>,
+}
+
+fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, OAuthError> {
+    value
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| OAuthError::InvalidRequest(format!("missing parameter {name:?}")))
+}
+
+/// Issues tokens (RFC 6749 §3.2).
+#[utoipa::path(post, path = "/oauth2/token", tag = "oauth2",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "Tokens", body = TokenResponse),
+              (status = 400, description = "RFC 6749 error (invalid_request, invalid_grant, unauthorized_client, unsupported_grant_type, invalid_scope)"),
+              (status = 401, description = "invalid_client")))]
+async fn token(
+    req: HttpRequest,
+    state: web::Data<State>,
+    form: web::Form<TokenForm>,
+) -> HttpResponse {
+    let result = async {
+        let client = client_auth(
+            &req,
+            form.client_id.as_deref(),
+            form.client_secret.as_deref(),
+        )?;
+        let grant = match required(&form.grant_type, "grant_type")? {
+            "password" => GrantKind::Password {
+                username: required(&form.username, "username")?.to_owned(),
+                password: required(&form.password, "password")?.to_owned(),
+            },
+            "client_credentials" => GrantKind::ClientCredentials,
+            "refresh_token" => GrantKind::RefreshToken {
+                token: required(&form.refresh_token, "refresh_token")?.to_owned(),
+            },
+            other => return Err(OAuthError::UnsupportedGrantType(other.to_owned())),
+        };
+        state
+            .auth
+            .token(TokenRequest {
+                grant,
+                client,
+                scope: form.scope.clone(),
+                source: source(&req),
+            })
+            .await
+    }
+    .await;
+    match result {
+        Ok(tokens) => HttpResponse::Ok()
+            .insert_header(("Cache-Control", "no-store"))
+            .insert_header(("Pragma", "no-cache"))
+            .json(tokens),
+        Err(e) => oauth_error(&e),
+    }
+}
+
+/// The introspection and revocation form.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TokenOnlyForm {
+    /// The token.
+    token: Option<String>,
+    /// `access_token` or `refresh_token`; a hint only.
+    #[allow(dead_code)]
+    token_type_hint: Option<String>,
+    /// Client id, when not in an HTTP Basic header.
+    client_id: Option<String>,
+    /// Client secret, when not in an HTTP Basic header.
+    client_secret: Option<String>,
+}
+
+/// Token introspection (RFC 7662).
+#[utoipa::path(post, path = "/oauth2/introspect", tag = "oauth2",
+    request_body(content = TokenOnlyForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "Introspection", body = Introspection), (status = 401, description = "invalid_client")))]
+async fn introspect(
+    req: HttpRequest,
+    state: web::Data<State>,
+    form: web::Form<TokenOnlyForm>,
+) -> HttpResponse {
+    let result = async {
+        let client = client_auth(
+            &req,
+            form.client_id.as_deref(),
+            form.client_secret.as_deref(),
+        )?;
+        state
+            .auth
+            .introspect(&client, required(&form.token, "token")?)
+            .await
+    }
+    .await;
+    match result {
+        Ok(answer) => HttpResponse::Ok().json(answer),
+        Err(e) => oauth_error(&e),
+    }
+}
+
+/// Token revocation (RFC 7009); unknown tokens are not an error.
+#[utoipa::path(post, path = "/oauth2/revoke", tag = "oauth2",
+    request_body(content = TokenOnlyForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "Revoked (or unknown)"), (status = 401, description = "invalid_client")))]
+async fn revoke(
+    req: HttpRequest,
+    state: web::Data<State>,
+    form: web::Form<TokenOnlyForm>,
+) -> HttpResponse {
+    let result = async {
+        let client = client_auth(
+            &req,
+            form.client_id.as_deref(),
+            form.client_secret.as_deref(),
+        )?;
+        state
+            .auth
+            .revoke(&client, required(&form.token, "token")?, &source(&req))
+            .await
+    }
+    .await;
+    match result {
+        Ok(()) => HttpResponse::Ok().finish(),
+        Err(e) => oauth_error(&e),
+    }
+}
+
+/// The public signing keys (RFC 7517).
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "oauth2", responses((status = 200, description = "JWK set")))]
+async fn jwks(state: web::Data<State>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(("Cache-Control", "max-age=60"))
+        .json(state.auth.jwks())
+}
+
+/// Authorization server metadata (RFC 8414).
+#[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "oauth2", responses((status = 200, description = "Metadata")))]
+async fn metadata(state: web::Data<State>) -> HttpResponse {
+    let issuer = state
+        .auth
+        .token_settings()
+        .issuer
+        .trim_end_matches('/')
+        .to_owned();
+    HttpResponse::Ok().json(serde_json::json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{issuer}/oauth2/token"),
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
+        "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
+        "grant_types_supported": ["password", "client_credentials", "refresh_token"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "response_types_supported": [],
+    }))
+}
+
+/// Who an authorization question is about: the caller, or (for holders of
+/// `auth:subject:read`) a named user.
+async fn subject_for(
+    state: &State,
+    caller: &Bearer,
+    named: Option<&str>,
+) -> Result<(String, Vec<String>, PermissionSet), Problem> {
+    match named.filter(|n| *n != caller.0.sub) {
+        None => Ok((
+            caller.0.sub.clone(),
+            caller.0.roles.clone(),
+            caller.0.permissions(),
+        )),
+        Some(name) => {
+            caller.require("auth:subject:read")?;
+            if state
+                .auth
+                .store()
+                .user(name)
+                .await
+                .map_err(Problem::from)?
+                .is_none()
+            {
+                return Err(Problem::new(
+                    ErrorKind::NotFound,
+                    "no-such-user",
+                    format!("user {name:?} does not exist"),
+                ));
+            }
+            let (roles, perms) = state.auth.subject(name).await.map_err(Problem::from)?;
+            Ok((
+                name.to_owned(),
+                roles,
+                PermissionSet::new(perms.iter().filter_map(|p| Permission::parse(p).ok())),
+            ))
+        }
+    }
+}
+
+/// An authorization question.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CheckRequest {
+    /// Ask about this user instead of the caller (needs `auth:subject:read`).
+    #[serde(default)]
+    subject: Option<String>,
+    /// Roles to test.
+    #[serde(default)]
+    roles: Vec<String>,
+    /// Permissions to test (Shiro wildcard strings).
+    #[serde(default)]
+    permissions: Vec<String>,
+}
+
+/// The answers, one per role and per permission asked.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CheckResponse {
+    /// Whom the answers are about.
+    subject: String,
+    /// Role → held.
+    roles: BTreeMap<String, bool>,
+    /// Permission → permitted.
+    permissions: BTreeMap<String, bool>,
+}
+
+/// Has-role and is-permitted, for one or a batch.
+#[utoipa::path(post, path = "/v1/authz/check", tag = "authz", request_body = CheckRequest,
+    responses((status = 200, description = "Answers", body = CheckResponse), (status = 400, description = "An invalid permission string", body = Problem),
+              (status = 401, description = "No valid token", body = Problem), (status = 403, description = "Asking about another user without auth:subject:read", body = Problem)),
+    security(("bearer" = [])))]
+async fn check(
+    state: web::Data<State>,
+    caller: Bearer,
+    body: web::Json<CheckRequest>,
+) -> Result<HttpResponse, Problem> {
+    let mut wanted = Vec::new();
+    for text in &body.permissions {
+        let parsed = Permission::parse(text).map_err(|e| {
+            Problem::new(
+                ErrorKind::InvalidArgument,
+                "invalid-permission",
+                e.to_string(),
+            )
+        })?;
+        wanted.push((text.clone(), parsed));
+    }
+    let (subject, roles, perms) = subject_for(&state, &caller, body.subject.as_deref()).await?;
+    Ok(HttpResponse::Ok().json(CheckResponse {
+        subject,
+        roles: body
+            .roles
+            .iter()
+            .map(|r| (r.clone(), roles.contains(r)))
+            .collect(),
+        permissions: wanted
+            .into_iter()
+            .map(|(text, p)| (text, perms.permits(&p)))
+            .collect(),
+    }))
+}
+
+struct TokenSubject {
+    authenticated: bool,
+    roles: Vec<String>,
+    perms: PermissionSet,
+}
+
+impl Subject for TokenSubject {
+    fn authenticated(&self) -> bool {
+        self.authenticated
+    }
+    fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+    fn is_permitted(&self, permission: &Permission) -> bool {
+        self.perms.permits(permission)
+    }
+}
+
+/// A request to evaluate against `[urls]` rules.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UrlCheckRequest {
+    /// HTTP method.
+    method: String,
+    /// The raw request path (no query string).
+    path: String,
+    /// The port the request arrived on.
+    #[serde(default = "default_port")]
+    port: u16,
+    /// Whether it arrived over TLS.
+    #[serde(default)]
+    tls: bool,
+    /// `[urls]` lines to use instead of the configured realm's.
+    #[serde(default)]
+    rules: Option<String>,
+    /// Evaluate for this user instead of the caller (needs `auth:subject:read`); `""` evaluates
+    /// for an anonymous request.
+    #[serde(default)]
+    subject: Option<String>,
+}
+
+fn default_port() -> u16 {
+    80
+}
+
+/// The verdict for a request.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UrlCheckResponse {
+    /// The normalised path the verdict applies to; route on this one.
+    path: String,
+    /// Index of the matching rule, if any.
+    rule: Option<usize>,
+    /// `allow`, `unauthenticated`, `forbidden` or `redirect`.
+    outcome: String,
+    /// Why, for `forbidden`; the challenge for `unauthenticated`; the target for `redirect`.
+    detail: String,
+    /// The chain asks not to create a session.
+    no_session_creation: bool,
+    /// The chain logs the subject out.
+    logout: bool,
+}
+
+impl From<Decision> for UrlCheckResponse {
+    fn from(d: Decision) -> Self {
+        let (outcome, detail) = match d.outcome {
+            Outcome::Allow => ("allow", String::new()),
+            Outcome::Unauthenticated(challenge) => {
+                ("unauthenticated", format!("{challenge:?}").to_lowercase())
+            }
+            Outcome::Forbidden(why) => ("forbidden", why),
+            Outcome::Redirect { scheme, port } => ("redirect", format!("{scheme}:{port}")),
+        };
+        Self {
+            path: d.path,
+            rule: d.rule,
+            outcome: outcome.into(),
+            detail,
+            no_session_creation: d.no_session_creation,
+            logout: d.logout,
+        }
+    }
+}
+
+/// Evaluates a method and path against `[urls]` filter chains, first match wins.
+#[utoipa::path(post, path = "/v1/authz/urls", tag = "authz", request_body = UrlCheckRequest,
+    responses((status = 200, description = "Verdict", body = UrlCheckResponse), (status = 400, description = "Invalid rules or an ambiguous path", body = Problem)),
+    security(("bearer" = [])))]
+async fn check_url(
+    state: web::Data<State>,
+    caller: Bearer,
+    body: web::Json<UrlCheckRequest>,
+) -> Result<HttpResponse, Problem> {
+    let rules = match &body.rules {
+        Some(text) => UrlRules::parse(text).map_err(|errors| {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            Problem::new(ErrorKind::InvalidArgument, "invalid-rules", list.join("; "))
+        })?,
+        None => state.urls.read().unwrap_or_else(|p| p.into_inner()).clone(),
+    };
+    let subject = match body.subject.as_deref() {
+        Some("") => TokenSubject {
+            authenticated: false,
+            roles: vec![],
+            perms: PermissionSet::default(),
+        },
+        named => {
+            let (_, roles, perms) = subject_for(&state, &caller, named).await?;
+            TokenSubject {
+                authenticated: true,
+                roles,
+                perms,
+            }
+        }
+    };
+    let request = UrlRequest {
+        method: &body.method,
+        path: &body.path,
+        port: body.port,
+        tls: body.tls,
+    };
+    let decision = rules
+        .evaluate(&request, &subject)
+        .map_err(|e| Problem::new(ErrorKind::InvalidArgument, "ambiguous-path", e.to_string()))?;
+    Ok(HttpResponse::Ok().json(UrlCheckResponse::from(decision)))
+}
+
+fn validate_permissions(perms: &[String]) -> Result<(), Problem> {
+    for p in perms {
+        Permission::parse(p).map_err(|e| {
+            Problem::new(
+                ErrorKind::InvalidArgument,
+                "invalid-permission",
+                e.to_string(),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn validate_name(kind: &str, name: &str) -> Result<(), Problem> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._@-:".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            ErrorKind::InvalidArgument,
+            "invalid-name",
+            format!(
+                "{kind} name {name:?} must be 1-128 characters of letters, digits and . _ @ - :"
+            ),
+        ))
+    }
+}
+
+/// A user to create.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewUser {
+    /// Login name.
+    name: String,
+    /// Initial password (stored as argon2id).
+    password: String,
+    /// Roles to assign; each must exist.
+    #[serde(default)]
+    roles: Vec<String>,
+    /// Permissions granted directly.
+    #[serde(default)]
+    permissions: Vec<String>,
+}
+
+/// A user as the admin API shows it (never the hash).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserView {
+    /// Login name.
+    name: String,
+    /// Whether logins are refused.
+    disabled: bool,
+    /// Assigned roles.
+    roles: Vec<String>,
+    /// Effective permissions (roles and direct).
+    permissions: Vec<String>,
+}
+
+async fn user_view(state: &State, name: &str) -> Result<UserView, Problem> {
+    let user = state.auth.store().user(name).await?.ok_or_else(|| {
+        Problem::new(
+            ErrorKind::NotFound,
+            "no-such-user",
+            format!("user {name:?} does not exist"),
+        )
+    })?;
+    let (roles, permissions) = state.auth.subject(name).await?;
+    Ok(UserView {
+        name: user.name,
+        disabled: user.disabled,
+        roles,
+        permissions,
+    })
+}
+
+/// Lists users (`auth:user:read`).
+#[utoipa::path(get, path = "/v1/admin/users", tag = "admin", responses((status = 200, description = "User names", body = Vec<String>)), security(("bearer" = [])))]
+async fn list_users(state: web::Data<State>, caller: Bearer) -> Result<HttpResponse, Problem> {
+    caller.require("auth:user:read")?;
+    Ok(HttpResponse::Ok().json(state.auth.store().user_names().await?))
+}
+
+/// Shows one user (`auth:user:read`).
+#[utoipa::path(get, path = "/v1/admin/users/{name}", tag = "admin", responses((status = 200, description = "The user", body = UserView), (status = 404, description = "No such user", body = Problem)), security(("bearer" = [])))]
+async fn get_user(
+    state: web::Data<State>,
+    caller: Bearer,
+    name: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    caller.require("auth:user:read")?;
+    Ok(HttpResponse::Ok().json(user_view(&state, &name).await?))
+}
+
+/// Creates a user with roles and permissions, all or nothing (`auth:user:create`).
+#[utoipa::path(post, path = "/v1/admin/users", tag = "admin", request_body = NewUser,
+    responses((status = 201, description = "Created", body = UserView), (status = 400, description = "Invalid input", body = Problem), (status = 409, description = "Exists", body = Problem)),
+    security(("bearer" = [])))]
+async fn create_user(
+    req: HttpRequest,
+    state: web::Data<State>,
+    caller: Bearer,
+    body: web::Json<NewUser>,
+) -> Result<HttpResponse, Problem> {
+    caller.require("auth:user:create")?;
+    validate_name("user", &body.name)?;
+    validate_permissions(&body.permissions)?;
+    if body.password.chars().count() < 8 {
+        return Err(Problem::new(
+            ErrorKind::InvalidArgument,
+            "weak-password",
+            "password must have at least 8 characters",
+        ));
+    }
+    let store = state.auth.store();
+    let known_roles = store.role_names().await?;
+    if let Some(missing) = body.roles.iter().find(|r| !known_roles.contains(r)) {
+        return Err(Problem::new(
+            ErrorKind::InvalidArgument,
+            "no-such-role",
+            format!("role {missing:?} does not exist"),
+        ));
+    }
+    let hash = state.auth.hasher().hash(&body.password);
+    store.create_user(&body.name, &hash, now()).await?;
+    let assigned = async {
+        for role in &body.roles {
+            store.assign_role(&body.name, role).await?;
+        }
+        for permission in &body.permissions {
+            store.grant_user_permission(&body.name, permission).await?;
+        }
+        Ok::<(), crate::store::StoreError>(())
+    }
+    .await;
+    if let Err(e) = assigned {
+        // Nothing half-applied stays behind.
+        let _ = store.delete_user(&body.name).await;
+        return Err(e.into());
+    }
+    state
+        .auth
+        .audit(
+            "admin.user.create",
+            "success",
+            &body.name,
+            "",
+            &source(&req),
+            &format!("by {}", caller.0.sub),
+        )
+        .await;
+    Ok(HttpResponse::Created().json(user_view(&state, &body.name).await?))
+}
+
+/// Deletes a user (`auth:user:delete`).
+#[utoipa::path(delete, path = "/v1/admin/users/{name}", tag = "admin", responses((status = 204, description = "Deleted"), (status = 404, description = "No such user", body = Problem)), security(("bearer" = [])))]
+async fn delete_user(
+    req: HttpRequest,
+    state: web::Data<State>,
+    caller: Bearer,
+    name: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    caller.require("auth:user:delete")?;
+    state.auth.store().delete_user(&name).await?;
+    state
+        .auth
+        .audit(
+            "admin.user.delete",
+            "success",
+            &name,
+            "",
+            &source(&req),
+            &format!("by {}", caller.0.sub),
+        )
+        .await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// A role to create.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewRole {
+    /// Role name.
+    name: String,
+    /// What the role is for.
+    #[serde(default)]
+    description: String,
+    /// Its permissions (Shiro wildcard strings).
+    #[serde(default)]
+    permissions: Vec<String>,
+}
+
+/// Lists roles (`auth:role:read`).
+#[utoipa::path(get, path = "/v1/admin/roles", tag = "admin", responses((status = 200, description = "Role names", body = Vec<String>)), security(("bearer" = [])))]
+async fn list_roles(state: web::Data<State>, caller: Bearer) -> Result<HttpResponse, Problem> {
+    caller.require("auth:role:read")?;
+    Ok(HttpResponse::Ok().json(state.auth.store().role_names().await?))
+}
+
+/// Creates a role with its permissions (`auth:role:create`).
+#[utoipa::path(post, path = "/v1/admin/roles", tag = "admin", request_body = NewRole,
+    responses((status = 201, description = "Created"), (status = 400, description = "Invalid input", body = Problem), (status = 409, description = "Exists", body = Problem)),
+    security(("bearer" = [])))]
+async fn create_role(
+    req: HttpRequest,
+    state: web::Data<State>,
+    caller: Bearer,
+    body: web::Json<NewRole>,
+) -> Result<HttpResponse, Problem> {
+    caller.require("auth:role:create")?;
+    validate_name("role", &body.name)?;
+    validate_permissions(&body.permissions)?;
+    state
+        .auth
+        .store()
+        .create_role(&body.name, &body.description, &body.permissions)
+        .await?;
+    state
+        .auth
+        .audit(
+            "admin.role.create",
+            "success",
+            &body.name,
+            "",
+            &source(&req),
+            &format!("by {}", caller.0.sub),
+        )
+        .await;
+    Ok(HttpResponse::Created()
+        .json(serde_json::json!({"name": body.name, "permissions": body.permissions})))
+}
+
+/// Deletes a role (`auth:role:delete`).
+#[utoipa::path(delete, path = "/v1/admin/roles/{name}", tag = "admin", responses((status = 204, description = "Deleted"), (status = 404, description = "No such role", body = Problem)), security(("bearer" = [])))]
+async fn delete_role(
+    req: HttpRequest,
+    state: web::Data<State>,
+    caller: Bearer,
+    name: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    caller.require("auth:role:delete")?;
+    state.auth.store().delete_role(&name).await?;
+    state
+        .auth
+        .audit(
+            "admin.role.delete",
+            "success",
+            &name,
+            "",
+            &source(&req),
+            &format!("by {}", caller.0.sub),
+        )
+        .await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// An OAuth client to register.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewClient {
+    /// Client id.
+    client_id: String,
+    /// `true` for a public client (no secret); otherwise a secret is generated and returned once.
+    #[serde(default)]
+    public: bool,
+    /// Grant types: `password`, `client_credentials`, `refresh_token`.
+    grant_types: Vec<String>,
+    /// Scopes the client may request.
+    #[serde(default)]
+    scopes: Vec<String>,
+    /// Permissions of its client_credentials tokens.
+    #[serde(default)]
+    permissions: Vec<String>,
+}
+
+/// Registers an OAuth client (`auth:client:create`); the response holds the secret, once.
+#[utoipa::path(post, path = "/v1/admin/clients", tag = "admin", request_body = NewClient,
+    responses((status = 201, description = "Created; `client_secret` is shown only now"), (status = 400, description = "Invalid input", body = Problem), (status = 409, description = "Exists", body = Problem)),
+    security(("bearer" = [])))]
+async fn create_client(
+    req: HttpRequest,
+    state: web::Data<State>,
+    caller: Bearer,
+    body: web::Json<NewClient>,
+) -> Result<HttpResponse, Problem> {
+    caller.require("auth:client:create")?;
+    validate_name("client", &body.client_id)?;
+    validate_permissions(&body.permissions)?;
+    if let Some(bad) = body
+        .grant_types
+        .iter()
+        .find(|g| !["password", "client_credentials", "refresh_token"].contains(&g.as_str()))
+    {
+        return Err(Problem::new(
+            ErrorKind::InvalidArgument,
+            "invalid-grant-type",
+            format!("grant type {bad:?} is not supported"),
+        ));
+    }
+    if body.public && body.grant_types.iter().any(|g| g == "client_credentials") {
+        return Err(Problem::new(
+            ErrorKind::InvalidArgument,
+            "public-client-credentials",
+            "a public client cannot use client_credentials",
+        ));
+    }
+    let secret = (!body.public).then(|| random_token(32));
+    let record = ClientRecord {
+        client_id: body.client_id.clone(),
+        secret_hash: secret.as_deref().map(|s| state.auth.hasher().hash(s)),
+        grant_types: body.grant_types.clone(),
+        scopes: body.scopes.clone(),
+        permissions: body.permissions.clone(),
+    };
+    state.auth.store().create_client(&record, now()).await?;
+    state
+        .auth
+        .audit(
+            "admin.client.create",
+            "success",
+            &body.client_id,
+            &body.client_id,
+            &source(&req),
+            &format!("by {}", caller.0.sub),
+        )
+        .await;
+    Ok(HttpResponse::Created()
+        .json(serde_json::json!({"client_id": body.client_id, "client_secret": secret})))
+}
+
+/// Audit query parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct AuditQuery {
+    /// Only events about this user or client.
+    subject: Option<String>,
+    /// Only events of this kind, e.g. `login`.
+    kind: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<i64>,
+}
+
+/// Security events, newest first (`auth:audit:read`).
+#[utoipa::path(get, path = "/v1/admin/audit", tag = "admin", params(AuditQuery), responses((status = 200, description = "Events", body = Vec<AuditEvent>)), security(("bearer" = [])))]
+async fn audit(
+    state: web::Data<State>,
+    caller: Bearer,
+    query: web::Query<AuditQuery>,
+) -> Result<HttpResponse, Problem> {
+    caller.require("auth:audit:read")?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(HttpResponse::Ok().json(
+        state
+            .auth
+            .store()
+            .audit(query.subject.as_deref(), query.kind.as_deref(), limit)
+            .await?,
+    ))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(token, introspect, revoke, jwks, metadata, check, check_url, list_users, get_user, create_user, delete_user, list_roles, create_role, delete_role, create_client, audit),
+    components(schemas(TokenResponse, Introspection, CheckRequest, CheckResponse, UrlCheckRequest, UrlCheckResponse, NewUser, UserView, NewRole, NewClient, AuditEvent)),
+    tags((name = "oauth2", description = "OAuth 2.0 token, introspection and revocation endpoints"),
+         (name = "authz", description = "Authorization questions"),
+         (name = "admin", description = "Users, roles and clients; guarded by auth:<entity>:<action>")))]
+struct AuthDoc;
+
+/// The REST API of the auth service.
+pub fn api(state: State) -> RestApi {
+    let authenticator = authenticator_data(state.auth.clone() as Arc<dyn Authenticator>);
+    let state = web::Data::new(state);
+    RestApi::new(
+        move |cfg| {
+            cfg.app_data(state.clone())
+                .app_data(authenticator.clone())
+                .app_data(web::FormConfig::default().error_handler(|err, _req| {
+                    let response = oauth_error(&OAuthError::InvalidRequest(format!(
+                        "malformed form: {err}"
+                    )));
+                    actix_web::error::InternalError::from_response(err.to_string(), response).into()
+                }))
+                .route("/oauth2/token", web::post().to(token))
+                .route("/oauth2/introspect", web::post().to(introspect))
+                .route("/oauth2/revoke", web::post().to(revoke))
+                .route("/.well-known/jwks.json", web::get().to(jwks))
+                .route(
+                    "/.well-known/oauth-authorization-server",
+                    web::get().to(metadata),
+                )
+                .route("/v1/authz/check", web::post().to(check))
+                .route("/v1/authz/urls", web::post().to(check_url))
+                .route("/v1/admin/users", web::get().to(list_users))
+                .route("/v1/admin/users", web::post().to(create_user))
+                .route("/v1/admin/users/{name}", web::get().to(get_user))
+                .route("/v1/admin/users/{name}", web::delete().to(delete_user))
+                .route("/v1/admin/roles", web::get().to(list_roles))
+                .route("/v1/admin/roles", web::post().to(create_role))
+                .route("/v1/admin/roles/{name}", web::delete().to(delete_role))
+                .route("/v1/admin/clients", web::post().to(create_client))
+                .route("/v1/admin/audit", web::get().to(audit));
+        },
+        AuthDoc::openapi(),
+    )
+}

@@ -1,0 +1,498 @@
+//! The REST front in process, through a real HTTP client: OAuth2 wire format and errors, the
+//! JWKS, bearer-guarded authorization and admin routes, problem+json for bad input.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use quartet_auth::credentials::{HashSettings, PasswordHasher};
+use quartet_auth::rest::{State, api};
+use quartet_auth::service::{Auth, LockoutSettings, TokenSettings};
+use quartet_auth::store::{ClientRecord, Store};
+use quartet_auth::urls::UrlRules;
+use quartet_kit::app::{Context, Listeners};
+use serde_json::{Value, json};
+
+struct Server {
+    base: String,
+    ctx: Context,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.ctx.shutdown.trigger();
+    }
+}
+
+async fn start() -> Server {
+    let (dir, url) = common::sqlite_database();
+    let store = Store::connect(&url, 4).await.expect("store");
+    let hasher = PasswordHasher::new(HashSettings {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    })
+    .expect("hasher");
+    store
+        .create_client(
+            &ClientRecord {
+                client_id: "app".into(),
+                secret_hash: Some(hasher.hash("app secret/+")),
+                grant_types: vec!["password".into(), "refresh_token".into()],
+                scopes: vec!["openid".into()],
+                permissions: vec![],
+            },
+            0,
+        )
+        .await
+        .expect("client");
+    let auth = Arc::new(
+        Auth::open(
+            store,
+            hasher,
+            TokenSettings::default(),
+            LockoutSettings::default(),
+        )
+        .await
+        .expect("auth"),
+    );
+    auth.bootstrap_admin("root", "root-password")
+        .await
+        .expect("admin");
+    auth.store()
+        .create_user("ada", &auth.hasher().hash("ada-password"), 0)
+        .await
+        .expect("user");
+    let rules = UrlRules::parse("/admin/** = authc, roles[admin]\n/** = anon").expect("rules");
+    let rest = api(State {
+        auth,
+        urls: Arc::new(RwLock::new(rules)),
+    });
+    let ctx = Context::new("quartet-auth", Duration::from_secs(1));
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let serving = ctx.clone();
+    tokio::spawn(async move {
+        serving
+            .serve(
+                Listeners {
+                    admin: loopback,
+                    grpc: None,
+                    http: Some((loopback, rest)),
+                },
+                move |b| {
+                    let _ = tx.send(b.http.expect("http"));
+                },
+            )
+            .await
+    });
+    let addr = rx.await.expect("bound");
+    Server {
+        base: format!("http://{addr}"),
+        ctx,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+impl Server {
+    async fn token(&self, user: &str, password: &str) -> String {
+        let response = self
+            .http
+            .post(format!("{}/oauth2/token", self.base))
+            .basic_auth("app", Some("app%20secret%2F%2B"))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", user),
+                ("password", password),
+            ])
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.expect("json");
+        body["access_token"].as_str().expect("token").to_owned()
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn the_token_endpoint_speaks_rfc_6749() {
+    let s = start().await;
+    let url = format!("{}/oauth2/token", s.base);
+    let ok = s
+        .http
+        .post(&url)
+        .basic_auth("app", Some("app%20secret%2F%2B"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "ada"),
+            ("password", "ada-password"),
+        ])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.headers()["cache-control"], "no-store");
+    let body: Value = ok.json().await.expect("json");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 900);
+    assert!(body["refresh_token"].is_string());
+
+    let post_auth = s
+        .http
+        .post(&url)
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", body["refresh_token"].as_str().expect("rt")),
+            ("client_id", "app"),
+            ("client_secret", "app secret/+"),
+        ])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(post_auth.status(), 200, "client_secret_post works too");
+
+    /// Form, Basic secret, expected status, expected RFC 6749 error code.
+    type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, u16, &'a str);
+    let cases: [Case; 5] = [
+        (
+            &[("grant_type", "authorization_code")],
+            Some("app%20secret%2F%2B"),
+            400,
+            "unsupported_grant_type",
+        ),
+        (
+            &[("grant_type", "password"), ("username", "ada")],
+            Some("app%20secret%2F%2B"),
+            400,
+            "invalid_request",
+        ),
+        (
+            &[
+                ("grant_type", "password"),
+                ("username", "ada"),
+                ("password", "nope"),
+            ],
+            Some("app%20secret%2F%2B"),
+            400,
+            "invalid_grant",
+        ),
+        (
+            &[
+                ("grant_type", "password"),
+                ("username", "ada"),
+                ("password", "ada-password"),
+            ],
+            Some("wrong"),
+            401,
+            "invalid_client",
+        ),
+        (
+            &[("username", "ada")],
+            Some("app%20secret%2F%2B"),
+            400,
+            "invalid_request",
+        ),
+    ];
+    for (form, secret, status, error) in cases {
+        let response = s
+            .http
+            .post(&url)
+            .basic_auth("app", secret)
+            .form(form)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status().as_u16(), status, "{form:?}");
+        if status == 401 {
+            assert_eq!(
+                response.headers()["www-authenticate"],
+                "Basic realm=\"quartet\""
+            );
+        }
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["error"], error, "{form:?}: {body}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty())
+        );
+    }
+    let not_a_form = s
+        .http
+        .post(&url)
+        .json(&json!({"grant_type": "password"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(not_a_form.status(), 400);
+    assert_eq!(
+        not_a_form.json::<Value>().await.expect("json")["error"],
+        "invalid_request"
+    );
+
+    let jwks: Value = s
+        .http
+        .get(format!("{}/.well-known/jwks.json", s.base))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(jwks["keys"][0]["kty"], "EC");
+    assert_eq!(jwks["keys"][0]["alg"], "ES256");
+    let meta: Value = s
+        .http
+        .get(format!("{}/.well-known/oauth-authorization-server", s.base))
+        .send()
+        .await
+        .expect("meta")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(meta["token_endpoint"], "http://127.0.0.1:7111/oauth2/token");
+}
+
+#[tokio::test]
+async fn authorization_questions_need_a_token_and_answer_per_item() {
+    let s = start().await;
+    let (status, body) = s
+        .post(
+            "/v1/authz/check",
+            "not-a-token",
+            json!({"permissions": ["a"]}),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["type"], "urn:quartet:problem:invalid-token");
+
+    let root = s.token("root", "root-password").await;
+    let (status, body) = s
+        .post(
+            "/v1/authz/check",
+            &root,
+            json!({"roles": ["admin", "ops"], "permissions": ["anything:at:all"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"subject": "root", "roles": {"admin": true, "ops": false}, "permissions": {"anything:at:all": true}})
+    );
+
+    let (status, body) = s
+        .post("/v1/authz/check", &root, json!({"permissions": ["a:,:b"]}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["type"], "urn:quartet:problem:invalid-permission");
+
+    let ada = s.token("ada", "ada-password").await;
+    let (status, body) = s
+        .post(
+            "/v1/authz/check",
+            &ada,
+            json!({"subject": "root", "roles": ["admin"]}),
+        )
+        .await;
+    assert_eq!(
+        status, 403,
+        "asking about others needs auth:subject:read: {body}"
+    );
+    let (status, body) = s
+        .post(
+            "/v1/authz/check",
+            &root,
+            json!({"subject": "ada", "permissions": ["doc:read"]}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["permissions"]["doc:read"]),
+        (200, &json!(false))
+    );
+
+    let (status, body) = s
+        .post(
+            "/v1/authz/urls",
+            &ada,
+            json!({"method": "GET", "path": "/public/..;/admin/x"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["path"].as_str(), body["outcome"].as_str()),
+        (Some("/admin/x"), Some("forbidden"))
+    );
+    let (_, body) = s
+        .post(
+            "/v1/authz/urls",
+            &root,
+            json!({"method": "GET", "path": "/admin/x"}),
+        )
+        .await;
+    assert_eq!(body["outcome"], "allow");
+    let (_, body) = s
+        .post(
+            "/v1/authz/urls",
+            &root,
+            json!({"method": "GET", "path": "/admin/x", "subject": ""}),
+        )
+        .await;
+    assert_eq!(body["outcome"], "unauthenticated");
+    let (status, body) = s
+        .post(
+            "/v1/authz/urls",
+            &root,
+            json!({"method": "GET", "path": "/admin/%2e%2e%2fx"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = s
+        .post(
+            "/v1/authz/urls",
+            &root,
+            json!({"method": "GET", "path": "/x", "rules": "/x = fly"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("unknown filter \"fly\""))
+    );
+}
+
+#[tokio::test]
+async fn the_admin_api_is_guarded_and_all_or_nothing() {
+    let s = start().await;
+    let root = s.token("root", "root-password").await;
+    let ada = s.token("ada", "ada-password").await;
+
+    let (status, body) = s
+        .post(
+            "/v1/admin/roles",
+            &ada,
+            json!({"name": "ops", "permissions": ["task:*"]}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        body["detail"],
+        "permission \"auth:role:create\" is required"
+    );
+
+    let (status, body) = s
+        .post(
+            "/v1/admin/roles",
+            &root,
+            json!({"name": "ops", "permissions": ["task:*", "rpc:call:reports.*"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = s
+        .post("/v1/admin/roles", &root, json!({"name": "ops"}))
+        .await;
+    assert_eq!(status, 409);
+    let (status, body) = s
+        .post(
+            "/v1/admin/roles",
+            &root,
+            json!({"name": "bad", "permissions": [":"]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    let (status, body) = s
+        .post(
+            "/v1/admin/users",
+            &root,
+            json!({"name": "bob", "password": "bob-password", "roles": ["ops", "ghost"]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["detail"], "role \"ghost\" does not exist");
+    let users: Value = s
+        .http
+        .get(format!("{}/v1/admin/users", s.base))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        users,
+        json!(["ada", "root"]),
+        "the failed creation left nothing behind"
+    );
+
+    let (status, body) = s.post("/v1/admin/users", &root, json!({"name": "bob", "password": "bob-password", "roles": ["ops"], "permissions": ["db:read:*"]})).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        body["permissions"],
+        json!(["db:read:*", "rpc:call:reports.*", "task:*"])
+    );
+    let (status, _) = s
+        .post(
+            "/v1/admin/users",
+            &root,
+            json!({"name": "weak", "password": "short"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    let (status, body) = s.post("/v1/admin/clients", &root, json!({"client_id": "batch", "grant_types": ["client_credentials"], "permissions": ["task:submit:*"]})).await;
+    assert_eq!(status, 201, "{body}");
+    let secret = body["client_secret"]
+        .as_str()
+        .expect("secret shown once")
+        .to_owned();
+    let machine: Value = s
+        .http
+        .post(format!("{}/oauth2/token", s.base))
+        .basic_auth("batch", Some(&secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("json");
+    assert!(machine["access_token"].is_string(), "{machine}");
+
+    let audit: Value = s
+        .http
+        .get(format!("{}/v1/admin/audit?kind=admin.user.create", s.base))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("json");
+    let subjects: Vec<&str> = audit
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|e| e["subject"].as_str())
+        .collect();
+    assert_eq!(subjects, ["bob", "root"]);
+}
