@@ -23,6 +23,19 @@ SERVICES=(
   "quartet-operator - - 7159"
 )
 
+# quartet-auth keeps its store in the dev directory and bootstraps an administrator whose
+# password is in a file, as a mounted Secret would hold it; the other services verify its tokens.
+ADMIN_PASSWORD_FILE=$DIR/admin-password
+[[ -s $ADMIN_PASSWORD_FILE ]] || head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$ADMIN_PASSWORD_FILE"
+JWKS=http://127.0.0.1:7111/.well-known/jwks.json
+extra_args() {
+  case $1 in
+    quartet-auth) echo "--store-url sqlite://$DIR/auth.db?mode=rwc --bootstrap-admin-user admin --bootstrap-admin-password-file $ADMIN_PASSWORD_FILE --bootstrap-cli-client quartet-cli --tokens-issuer http://127.0.0.1:7111" ;;
+    quartet-operator) ;;
+    *) echo "--auth-jwks-url $JWKS --auth-issuer http://127.0.0.1:7111" ;;
+  esac
+}
+
 pids=()
 stop_all() {
   trap - INT TERM EXIT
@@ -45,7 +58,8 @@ for line in "${SERVICES[@]}"; do
   done
   args=(--admin-listen "127.0.0.1:$admin")
   [[ $grpc != - ]] && args+=(--grpc-listen "127.0.0.1:$grpc" --http-listen "127.0.0.1:$http")
-  "$TARGET/debug/$name" "${args[@]}" >"$DIR/logs/$name.log" 2>&1 &
+  # shellcheck disable=SC2046 # the extra arguments are words on purpose
+  "$TARGET/debug/$name" "${args[@]}" $(extra_args "$name") >"$DIR/logs/$name.log" 2>&1 &
   pids+=($!)
 done
 
@@ -73,6 +87,24 @@ for line in "${SERVICES[@]}"; do
     printf '  %-22s /v1/info %s\n' "$name" "$(curl -fsS "http://127.0.0.1:$http/v1/info")"
   fi
 done
+json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+token() { # user password
+  curl -fsS http://127.0.0.1:7111/oauth2/token -d grant_type=password -d client_id=quartet-cli \
+    --data-urlencode "username=$1" --data-urlencode "password=$2" | json "['access_token']"
+}
+printf '\nA login, a user with a role, and a token another service accepts:\n'
+ADMIN_TOKEN=$(token admin "$(cat "$ADMIN_PASSWORD_FILE")")
+printf '  admin logged in (password in %s); token for quartet-cli issued\n' "$ADMIN_PASSWORD_FILE"
+curl -fsS http://127.0.0.1:7111/v1/admin/roles -H "Authorization: Bearer $ADMIN_TOKEN" -H 'content-type: application/json' \
+  -d '{"name":"ops","description":"runs tasks","permissions":["task:submit:*","rpc:call:reports.*"]}' >/dev/null 2>&1 || true
+curl -fsS http://127.0.0.1:7111/v1/admin/users -H "Authorization: Bearer $ADMIN_TOKEN" -H 'content-type: application/json' \
+  -d '{"name":"ada","password":"ada-dev-password","roles":["ops"]}' >/dev/null 2>&1 || true
+printf '  role ops (task:submit:*, rpc:call:reports.*) and user ada (password ada-dev-password) exist\n'
+ADA_TOKEN=$(token ada ada-dev-password)
+printf '  quartet-task-gateway /v1/whoami with ada'"'"'s token: %s\n' \
+  "$(curl -fsS http://127.0.0.1:7121/v1/whoami -H "Authorization: Bearer $ADA_TOKEN")"
+printf '  the same call without a token: HTTP %s\n' "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:7121/v1/whoami)"
+
 printf '\nLogs: %s/logs/. OpenAPI: http://127.0.0.1:7111/openapi.json. Press Ctrl-C to stop everything.\n' "$DIR"
 wait -n "${pids[@]}" || true
 say "a process exited on its own; see $DIR/logs"

@@ -3,6 +3,7 @@
 # a second run only checks. Called by `make test` and `make dev`.
 #
 #   - Debian packages: build tools, Docker CLI check, and what the Kubernetes test harness uses
+#   - the Python venv of the e2e tests' real peers (scripts/python.sh, e2e/requirements.txt)
 #   - the Kubernetes test binaries (etcd, kube-apiserver, kubectl, helm), cached under
 #     /var/tmp/quartet/k8s by e2e/k8s/envtest.sh (built once per machine, a few minutes)
 #
@@ -30,4 +31,5 @@ command -v docker >/dev/null || { say "docker is missing: the e2e tests need a r
 docker info >/dev/null 2>&1 || { say "the Docker engine is not reachable (docker info failed)"; exit 1; }
 
 e2e/k8s/envtest.sh install
+scripts/python.sh >/dev/null
 say "ready"

@@ -50,6 +50,8 @@ pub struct Server {
     output: Arc<Mutex<Vec<String>>>,
     /// Bound addresses by listener name (`admin`, `grpc`, `http`).
     pub addrs: HashMap<String, SocketAddr>,
+    /// The process's working directory, where relative paths (an embedded store) land.
+    pub dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -59,7 +61,19 @@ impl Server {
         with_apis: bool,
         extra_env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::start_in(tempfile::tempdir()?, name, with_apis, extra_env).await
+    }
+
+    /// Like [`Server::start`], in a working directory the caller prepared (e.g. holding a
+    /// password file for bootstrap); relative paths such as an embedded store land there.
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        name: &str,
+        with_apis: bool,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(binary(name)?);
+        cmd.current_dir(dir.path());
         cmd.args(["--log-format", "json", "--admin-listen", "127.0.0.1:0"]);
         if with_apis {
             cmd.args([
@@ -100,6 +114,7 @@ impl Server {
             child,
             output,
             addrs: HashMap::new(),
+            dir,
         };
         let wait = async {
             while server.addrs.len() < expected {

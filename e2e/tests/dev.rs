@@ -54,6 +54,13 @@ async fn dev_starts_every_service_and_ctrl_c_leaves_nothing_behind() {
         out.contains("\"ready\":true,\"checks\""),
         "the operator did not answer /readyz:\n{out}"
     );
+    assert!(
+        out.contains(
+            "/v1/whoami with ada's token: {\"subject\":\"ada\",\"client_id\":\"quartet-cli\",\"roles\":[\"ops\"]"
+        ),
+        "the gateway did not accept ada's token from quartet-auth:\n{out}"
+    );
+    assert!(out.contains("without a token: HTTP 401"), "{out}");
     let health = quartet_e2e::http_client(Duration::from_secs(2))
         .get("http://127.0.0.1:7119/healthz")
         .send()

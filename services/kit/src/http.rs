@@ -45,7 +45,59 @@ impl RestApi {
     pub fn empty() -> Self {
         Self::new(|_| {}, utoipa::openapi::OpenApiBuilder::new().build())
     }
+
+    /// Adds bearer-token authentication: `authenticator` backs the [`Bearer`](crate::token::Bearer)
+    /// extractor in every handler, and `GET /v1/whoami` shows the caller's verified identity.
+    pub fn with_bearer(self, authenticator: Arc<dyn crate::token::Authenticator>) -> Self {
+        let data = crate::token::authenticator_data(authenticator);
+        let inner = self.configure;
+        let mut openapi = self.openapi;
+        openapi.merge(WhoamiDoc::openapi());
+        Self {
+            configure: Arc::new(move |cfg: &mut web::ServiceConfig| {
+                cfg.app_data(data.clone())
+                    .route("/v1/whoami", web::get().to(whoami));
+                inner(cfg);
+            }),
+            openapi,
+        }
+    }
 }
+
+/// A caller's verified identity, as `/v1/whoami` shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WhoamiResponse {
+    /// The subject: a user name, or `client:<id>`.
+    pub subject: String,
+    /// The OAuth client the token was issued to.
+    pub client_id: String,
+    /// The subject's roles.
+    pub roles: Vec<String>,
+    /// The subject's permissions.
+    pub permissions: Vec<String>,
+    /// Seconds since the epoch at which the token expires.
+    pub expires_at: u64,
+}
+
+/// The caller's identity, from its verified bearer token.
+#[utoipa::path(get, path = "/v1/whoami", tag = "info", responses(
+    (status = 200, description = "The caller", body = WhoamiResponse),
+    (status = 401, description = "No valid token", body = Problem),
+    (status = 503, description = "Token verification unavailable", body = Problem)))]
+async fn whoami(caller: crate::token::Bearer) -> HttpResponse {
+    let c = caller.0;
+    HttpResponse::Ok().json(WhoamiResponse {
+        subject: c.sub,
+        client_id: c.client_id,
+        roles: c.roles,
+        permissions: c.perms,
+        expires_at: c.exp,
+    })
+}
+
+#[derive(OpenApi)]
+#[openapi(paths(whoami), components(schemas(WhoamiResponse)))]
+struct WhoamiDoc;
 
 /// The identity and readiness of a running server (REST `/v1/info`, gRPC `GetInfo`).
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -121,3 +121,24 @@ impl BaseSettings {
         }
     }
 }
+
+/// How a service verifies bearer tokens from `quartet-auth`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AuthClientSettings {
+    /// URL of the auth service's JWKS, e.g. `http://quartet-auth:7111/.well-known/jwks.json`; empty refuses every token (fail closed).
+    pub jwks_url: String,
+    /// The `iss` tokens must carry: the auth service's `tokens.issuer`.
+    pub issuer: String,
+    /// The `aud` tokens must carry: the auth service's `tokens.audience`.
+    pub audience: String,
+}
+
+impl Default for AuthClientSettings {
+    fn default() -> Self {
+        Self {
+            jwks_url: String::new(),
+            issuer: "http://127.0.0.1:7111".into(),
+            audience: "quartet".into(),
+        }
+    }
+}

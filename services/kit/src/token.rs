@@ -290,6 +290,37 @@ impl Verifier {
     }
 }
 
+/// The authenticator `settings` describe: a JWKS-backed [`Verifier`], or one that refuses
+/// every token when no JWKS URL is configured.
+pub fn authenticator(settings: &crate::settings::AuthClientSettings) -> Arc<dyn Authenticator> {
+    if settings.jwks_url.is_empty() {
+        Arc::new(Unconfigured)
+    } else {
+        Arc::new(Verifier::from_url(
+            &settings.jwks_url,
+            &settings.issuer,
+            &settings.audience,
+        ))
+    }
+}
+
+/// Refuses every token: the service was started without `auth.jwks_url`.
+struct Unconfigured;
+
+impl Authenticator for Unconfigured {
+    fn authenticate<'a>(
+        &'a self,
+        _token: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Claims, TokenError>> {
+        Box::pin(async {
+            Err(TokenError::KeysUnavailable {
+                url: String::new(),
+                reason: "token verification is not configured (set auth.jwks_url)".into(),
+            })
+        })
+    }
+}
+
 /// The token of an `Authorization: Bearer <token>` header value (scheme case-insensitive).
 pub fn bearer_token(header: &str) -> Option<&str> {
     let (scheme, token) = header.split_once(' ')?;

@@ -9,6 +9,7 @@
 
 use quartet_kit::app::{Context, ServiceConfig};
 use quartet_kit::reexport::tonic::service::Routes;
+use quartet_kit::settings::AuthClientSettings;
 use quartet_kit::{BaseSettings, RestApi, ServerSettings};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -25,12 +26,15 @@ pub struct Config {
     /// Listeners, logging and shutdown, shared with every Quartet server.
     #[serde(flatten)]
     pub server: ServerSettings,
+    /// Verifying callers' tokens from `quartet-auth`.
+    pub auth: AuthClientSettings,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             server: ServerSettings::with_ports(7120),
+            auth: AuthClientSettings::default(),
         }
     }
 }
@@ -44,5 +48,6 @@ impl ServiceConfig for Config {
 /// Serves `quartet-task-gateway` until a stop signal, then drains.
 pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     let grpc = Routes::builder().routes();
-    quartet_kit::app::serve_server(ctx, &config.server, grpc, RestApi::empty()).await
+    let rest = RestApi::empty().with_bearer(quartet_kit::token::authenticator(&config.auth));
+    quartet_kit::app::serve_server(ctx, &config.server, grpc, rest).await
 }
