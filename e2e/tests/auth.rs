@@ -198,3 +198,100 @@ async fn bootstrap_without_its_password_file_fails_the_start_with_a_named_settin
         "{err}"
     );
 }
+
+async fn password_grant(base: &str, user: &str, password: &str) -> reqwest::Response {
+    http_client(Duration::from_secs(10))
+        .post(format!("{base}/oauth2/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("client_id", "quartet-cli"),
+            ("username", user),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .expect("token request")
+}
+
+#[tokio::test]
+async fn ini_realm_users_log_in_and_edits_apply_without_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let realm = dir.path().join("realm.ini");
+    std::fs::write(
+        &realm,
+        "[users]\ncarol = first-password, reader\n[roles]\nreader = \"doc:read,list\"\n",
+    )
+    .expect("write");
+    let auth = Server::start_in(
+        dir,
+        "quartet-auth",
+        true,
+        &[
+            ("QUARTET_AUTH_REALM_INI_FILE", "realm.ini"),
+            ("QUARTET_AUTH_REALM_RELOAD_INTERVAL", "100ms"),
+            ("QUARTET_AUTH_BOOTSTRAP_CLI_CLIENT", "quartet-cli"),
+        ],
+    )
+    .await
+    .expect("starts");
+    let base = auth.url("http");
+    let first = password_grant(&base, "carol", "first-password").await;
+    assert_eq!(first.status(), 200);
+    let token: Value = first.json().await.expect("json");
+    let me: Value = http_client(Duration::from_secs(5))
+        .post(format!("{base}/v1/authz/check"))
+        .bearer_auth(token["access_token"].as_str().expect("token"))
+        .json(&json!({"roles": ["reader"], "permissions": ["doc:list:42", "doc:write"]}))
+        .send()
+        .await
+        .expect("check")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        me["permissions"],
+        json!({"doc:list:42": true, "doc:write": false}),
+        "{me}"
+    );
+
+    std::fs::write(
+        &realm,
+        "[users]\ncarol = second-password, reader\n[roles]\nreader = doc:read\n",
+    )
+    .expect("rewrite");
+    quartet_e2e::eventually(
+        "the edited realm to apply",
+        Duration::from_secs(10),
+        || async {
+            (password_grant(&base, "carol", "second-password")
+                .await
+                .status()
+                == 200)
+                .then_some(())
+        },
+    )
+    .await
+    .expect("reloaded");
+    assert_eq!(
+        password_grant(&base, "carol", "first-password")
+            .await
+            .status(),
+        400
+    );
+
+    // A broken edit is reported and the realm in force stays.
+    std::fs::write(&realm, "[users]\ncarol =\n").expect("break");
+    quartet_e2e::eventually(
+        "the failed reload to be logged",
+        Duration::from_secs(10),
+        || async { auth.output().contains("realm reload failed").then_some(()) },
+    )
+    .await
+    .expect("reported");
+    assert_eq!(
+        password_grant(&base, "carol", "second-password")
+            .await
+            .status(),
+        200
+    );
+}

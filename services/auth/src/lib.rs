@@ -24,7 +24,7 @@ pub mod urls;
 
 pub use quartet_kit::permission;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use quartet_kit::app::{Context, ServiceConfig};
@@ -36,7 +36,6 @@ use serde::{Deserialize, Serialize};
 use crate::credentials::{HashSettings, PasswordHasher};
 use crate::service::{Auth, LockoutSettings, TokenSettings};
 use crate::store::Store;
-use crate::urls::UrlRules;
 
 /// The binary's name, also its `service.name` in traces and its `QUARTET_*` prefix.
 pub const SERVICE: &str = "quartet-auth";
@@ -74,10 +73,23 @@ pub struct BootstrapSettings {
 }
 
 /// An INI realm file (`[users]`, `[roles]`, `[urls]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RealmSettings {
-    /// Path of a Shiro INI file whose `[urls]` rules `/v1/authz/urls` evaluates; empty for none. Re-read when it changes.
+    /// Path of a Shiro INI file: its `[users]` and `[roles]` log in beside the store's, its `[urls]` back `/v1/authz/urls`; empty for none. Re-read when it changes.
     pub ini_file: String,
+    /// How often the file's modification time is checked, e.g. `2s`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub reload_interval: Duration,
+}
+
+impl Default for RealmSettings {
+    fn default() -> Self {
+        Self {
+            ini_file: String::new(),
+            reload_interval: Duration::from_secs(2),
+        }
+    }
 }
 
 /// Every setting of `quartet-auth`; `quartet-auth --config-reference` lists them.
@@ -120,16 +132,47 @@ impl ServiceConfig for Config {
     }
 }
 
-/// Reads the `[urls]` rules of an INI realm file.
-fn load_realm(path: &str) -> anyhow::Result<UrlRules> {
+/// Reads an INI realm file.
+fn load_realm(path: &str) -> anyhow::Result<crate::ini::IniRealm> {
     let text =
         std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("realm.ini_file {path}: {e}"))?;
-    crate::ini::IniRealm::parse(&text)
-        .map(|realm| realm.urls)
-        .map_err(|errors| {
-            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            anyhow::anyhow!("realm.ini_file {path}: {}", list.join("; "))
-        })
+    crate::ini::IniRealm::parse(&text).map_err(|errors| {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("realm.ini_file {path}: {}", list.join("; "))
+    })
+}
+
+/// Re-reads the INI realm whenever its modification time changes; a file that does not parse
+/// is reported and the previous realm stays in force.
+async fn watch_realm(
+    auth: Arc<Auth>,
+    file: String,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let stamp = |f: &str| std::fs::metadata(f).and_then(|m| m.modified()).ok();
+    let mut seen = stamp(&file);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let now = stamp(&file);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match load_realm(&file) {
+            Ok(realm) => {
+                auth.set_realm(realm);
+                tracing::info!(%file, "realm reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "realm reload failed; keeping the previous realm")
+            }
+        }
+    }
 }
 
 /// Opens the store, bootstraps, and serves until a stop signal.
@@ -166,27 +209,18 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         tracing::info!(client = %boot.cli_client, "bootstrap CLI client created");
     }
 
-    let urls = Arc::new(RwLock::new(if config.realm.ini_file.is_empty() {
-        UrlRules::default()
-    } else {
-        load_realm(&config.realm.ini_file)?
-    }));
+    if !config.realm.ini_file.is_empty() {
+        auth.set_realm(load_realm(&config.realm.ini_file)?);
+    }
     let store = auth.store().clone();
     ctx.readiness.register("store", move || {
         let store = store.clone();
         async move { store.ping().await.map_err(|e| e.to_string()) }
     });
 
-    // Key rotation and realm reloads, until shutdown.
-    let (maintained, stop, realm_file, realm_rules) = (
-        auth.clone(),
-        ctx.shutdown.token(),
-        config.realm.ini_file.clone(),
-        urls.clone(),
-    );
+    let (maintained, stop) = (auth.clone(), ctx.shutdown.token());
     ctx.shutdown.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(30));
-        let mut realm_stamp = std::fs::metadata(&realm_file).and_then(|m| m.modified()).ok();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -195,24 +229,19 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
             if let Err(e) = maintained.maintain_keys().await {
                 tracing::warn!(error = %e, "signing key maintenance failed; will retry");
             }
-            if realm_file.is_empty() {
-                continue;
-            }
-            let stamp = std::fs::metadata(&realm_file).and_then(|m| m.modified()).ok();
-            if stamp != realm_stamp {
-                realm_stamp = stamp;
-                match load_realm(&realm_file) {
-                    Ok(rules) => {
-                        *realm_rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
-                        tracing::info!(file = %realm_file, "realm reloaded");
-                    }
-                    Err(e) => tracing::error!(error = %e, "realm reload failed; keeping the previous rules"),
-                }
-            }
         }
     });
+    if !config.realm.ini_file.is_empty() {
+        let (watched, stop, file, every) = (
+            auth.clone(),
+            ctx.shutdown.token(),
+            config.realm.ini_file.clone(),
+            config.realm.reload_interval,
+        );
+        ctx.shutdown.spawn(watch_realm(watched, file, every, stop));
+    }
 
     let grpc = Routes::builder().routes();
-    let rest = rest::api(rest::State { auth, urls });
+    let rest = rest::api(rest::State { auth });
     quartet_kit::app::serve_server(ctx, &config.server, grpc, rest).await
 }

@@ -28,8 +28,6 @@ use crate::urls::{Decision, Outcome, Request as UrlRequest, Subject, UrlRules};
 pub struct State {
     /// The service.
     pub auth: Arc<Auth>,
-    /// The `[urls]` rules of the configured INI realm (empty when none).
-    pub urls: Arc<std::sync::RwLock<UrlRules>>,
 }
 
 impl Authenticator for Auth {
@@ -328,14 +326,7 @@ async fn subject_for(
         )),
         Some(name) => {
             caller.require("auth:subject:read")?;
-            if state
-                .auth
-                .store()
-                .user(name)
-                .await
-                .map_err(Problem::from)?
-                .is_none()
-            {
+            if !state.auth.active_user(name).await.map_err(Problem::from)? {
                 return Err(Problem::new(
                     ErrorKind::NotFound,
                     "no-such-user",
@@ -509,7 +500,7 @@ async fn check_url(
             let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
             Problem::new(ErrorKind::InvalidArgument, "invalid-rules", list.join("; "))
         })?,
-        None => state.urls.read().unwrap_or_else(|p| p.into_inner()).clone(),
+        None => state.auth.realm_urls(),
     };
     let subject = match body.subject.as_deref() {
         Some("") => TokenSubject {

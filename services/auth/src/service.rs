@@ -26,8 +26,10 @@ use sha2::Digest;
 use utoipa::ToSchema;
 
 use crate::credentials::PasswordHasher;
+use crate::ini::IniRealm;
 use crate::keys::{KeyRing, SigningKey};
 use crate::store::{AuditEvent, ClientRecord, RefreshRecord, RefreshUse, Store, StoreError};
+use crate::urls::UrlRules;
 
 /// Token lifetimes, identity and key rotation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -334,6 +336,7 @@ pub struct Auth {
     tokens: TokenSettings,
     lockout: Lockout,
     dummy_hash: String,
+    realm: RwLock<IniRealm>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -410,6 +413,7 @@ impl Auth {
                 entries: Mutex::new(HashMap::new()),
             },
             dummy_hash,
+            realm: RwLock::new(IniRealm::default()),
         };
         if !had_keys {
             auth.persist_keys().await?;
@@ -431,6 +435,33 @@ impl Auth {
     /// The token settings.
     pub fn token_settings(&self) -> &TokenSettings {
         &self.tokens
+    }
+
+    /// Replaces the INI realm (at start and when its file changes). Its users log in when
+    /// the store has no user of that name; its `[urls]` back `/v1/authz/urls`.
+    pub fn set_realm(&self, realm: IniRealm) {
+        *self.realm.write().unwrap_or_else(|p| p.into_inner()) = realm;
+    }
+
+    /// The INI realm's `[urls]` rules.
+    pub fn realm_urls(&self) -> UrlRules {
+        self.realm
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .urls
+            .clone()
+    }
+
+    /// A user's stored credential and whether it may log in: from the store, else the INI realm.
+    async fn credential(&self, username: &str) -> Result<Option<(String, bool)>, StoreError> {
+        if let Some(user) = self.store.user(username).await? {
+            return Ok(Some((user.password_hash, !user.disabled)));
+        }
+        let realm = self.realm.read().unwrap_or_else(|p| p.into_inner());
+        Ok(realm
+            .users
+            .get(username)
+            .map(|u| (u.credential.clone(), true)))
     }
 
     async fn persist_keys(&self) -> Result<(), StoreError> {
@@ -640,7 +671,8 @@ impl Auth {
         let user_key = format!("user:{username}");
         let keys = [user_key.clone(), format!("source:{source}")];
         let now = now_ms();
-        let user = self.store.user(username).await?;
+        let user = self.credential(username).await?;
+        let from_store = self.store.user(username).await?.is_some();
         if self.lockout.locked(&keys, now) {
             // Same answer as a wrong password; the hash still runs so timing says nothing.
             let _ = self.hasher.verify(&self.dummy_hash, password);
@@ -656,7 +688,7 @@ impl Auth {
             return Err(OAuthError::InvalidGrant(BAD_LOGIN.into()));
         }
         let verified = match &user {
-            Some(u) => self.hasher.verify(&u.password_hash, password).unwrap_or_else(|e| {
+            Some((hash, _)) => self.hasher.verify(hash, password).unwrap_or_else(|e| {
                 tracing::error!(user = username, error = %e, "stored password hash cannot be checked");
                 None
             }),
@@ -666,9 +698,10 @@ impl Auth {
             }
         };
         match (user, verified) {
-            (Some(u), Some(v)) if !u.disabled => {
+            (Some((_, true)), Some(v)) => {
                 self.lockout.succeeded(&user_key);
-                if let Some(rehash) = v.rehash {
+                // Only the store can be rewritten; an INI realm keeps what its file says.
+                if let (Some(rehash), true) = (v.rehash, from_store) {
                     self.store.set_password_hash(username, &rehash).await?;
                     self.audit(
                         "password.rehash",
@@ -688,7 +721,7 @@ impl Auth {
                 self.lockout.failed(&keys, now);
                 let detail = match user {
                     None => "unknown user",
-                    Some(u) if u.disabled => "user disabled",
+                    Some((_, false)) => "user disabled",
                     Some(_) => "wrong password",
                 };
                 self.audit("login", "failure", username, client_id, source, detail)
@@ -698,12 +731,31 @@ impl Auth {
         }
     }
 
-    /// A user's roles and permissions, from the store.
+    /// A user's roles and permissions: from the store, or from the INI realm for its users.
     pub async fn subject(&self, username: &str) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        if self.store.user(username).await?.is_none() {
+            let realm = self.realm.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(user) = realm.users.get(username) {
+                let perms = realm
+                    .permissions_of(username)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                return Ok((user.roles.clone(), perms));
+            }
+        }
         Ok((
             self.store.roles_of(username).await?,
             self.store.permissions_of(username).await?,
         ))
+    }
+
+    /// Whether `username` exists (in the store or the INI realm) and may log in.
+    pub async fn active_user(&self, username: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .credential(username)
+            .await?
+            .is_some_and(|(_, enabled)| enabled))
     }
 
     async fn issue_for_user(
@@ -798,12 +850,7 @@ impl Auth {
                         asked.split_whitespace().collect::<Vec<_>>().join(" ")
                     }
                 };
-                if self
-                    .store
-                    .user(&record.user_name)
-                    .await?
-                    .is_none_or(|u| u.disabled)
-                {
+                if !self.active_user(&record.user_name).await? {
                     return Err(OAuthError::InvalidGrant(
                         "the user no longer exists or is disabled".into(),
                     ));

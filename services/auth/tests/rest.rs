@@ -4,14 +4,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use quartet_auth::credentials::{HashSettings, PasswordHasher};
+use quartet_auth::ini::IniRealm;
 use quartet_auth::rest::{State, api};
 use quartet_auth::service::{Auth, LockoutSettings, TokenSettings};
 use quartet_auth::store::{ClientRecord, Store};
-use quartet_auth::urls::UrlRules;
 use quartet_kit::app::{Context, Listeners};
 use serde_json::{Value, json};
 
@@ -67,11 +67,10 @@ async fn start() -> Server {
         .create_user("ada", &auth.hasher().hash("ada-password"), 0)
         .await
         .expect("user");
-    let rules = UrlRules::parse("/admin/** = authc, roles[admin]\n/** = anon").expect("rules");
-    let rest = api(State {
-        auth,
-        urls: Arc::new(RwLock::new(rules)),
-    });
+    let realm =
+        IniRealm::parse("[urls]\n/admin/** = authc, roles[admin]\n/** = anon").expect("realm");
+    auth.set_realm(realm);
+    let rest = api(State { auth });
     let ctx = Context::new("quartet-auth", Duration::from_secs(1));
     let loopback: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let (tx, rx) = tokio::sync::oneshot::channel();
