@@ -9,6 +9,13 @@
 /// The encoded `FileDescriptorSet` of every Quartet `.proto`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quartet_descriptor");
 
+/// `quartet.auth.v1`: authorization questions to `quartet-auth`.
+pub mod auth {
+    pub mod v1 {
+        tonic::include_proto!("quartet.auth.v1");
+    }
+}
+
 /// `quartet.kit.v1`: the service-information API every Quartet server offers.
 pub mod kit {
     pub mod v1 {

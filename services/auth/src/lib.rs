@@ -7,6 +7,8 @@
 //! | [`credentials`] | argon2id hashing; verifying Shiro 1/2 and bcrypt hashes, with rehash | nothing |
 //! | [`keys`] | ES256 signing keys that rotate with overlap; the JWKS document | `quartet-kit::token` |
 //! | [`service`] | OAuth2 grants, introspection, revocation, lockout, audit: the operations, no transport | all of the above |
+//! | [`authz`] | has-role / is-permitted batches and `[urls]` checks, for both fronts | `service`, `urls` |
+//! | [`grpc`] | the gRPC front: `quartet.auth.v1.Authz` | `authz` |
 //! | [`rest`] | the REST front: OAuth2 endpoints, JWKS, `/v1/authz`, `/v1/admin` | `service` |
 //! | [`store`] | users, roles, clients, refresh tokens, keys in SQLite or PostgreSQL (sqlx `Any`) | sqlx |
 //! | [`ini`] | the INI realm file (`[users]`, `[roles]`, `[urls]`) | `permission`, `urls` |
@@ -14,7 +16,9 @@
 //! The domain modules above import no transport and no store; the gRPC and REST fronts and
 //! the SQL and Redis stores sit around them.
 
+pub mod authz;
 pub mod credentials;
+pub mod grpc;
 pub mod ini;
 pub mod keys;
 pub mod rest;
@@ -241,7 +245,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         ctx.shutdown.spawn(watch_realm(watched, file, every, stop));
     }
 
-    let grpc = Routes::builder().routes();
+    let grpc = Routes::new(grpc::AuthzService::server(auth.clone()));
     let rest = rest::api(rest::State { auth });
     quartet_kit::app::serve_server(ctx, &config.server, grpc, rest).await
 }

@@ -16,13 +16,14 @@ use quartet_kit::{ErrorKind, Problem, RestApi};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
-use crate::permission::{Permission, PermissionSet};
+use crate::authz;
+use crate::permission::Permission;
 use crate::service::{
     Auth, ClientAuth, GrantKind, Introspection, OAuthError, TokenRequest, TokenResponse,
     random_token,
 };
 use crate::store::{AuditEvent, ClientRecord};
-use crate::urls::{Decision, Outcome, Request as UrlRequest, Subject, UrlRules};
+use crate::urls::{Decision, Outcome, Request as UrlRequest};
 
 /// Shared state of the REST handlers.
 pub struct State {
@@ -311,38 +312,6 @@ async fn metadata(state: web::Data<State>) -> HttpResponse {
     }))
 }
 
-/// Who an authorization question is about: the caller, or (for holders of
-/// `auth:subject:read`) a named user.
-async fn subject_for(
-    state: &State,
-    caller: &Bearer,
-    named: Option<&str>,
-) -> Result<(String, Vec<String>, PermissionSet), Problem> {
-    match named.filter(|n| *n != caller.0.sub) {
-        None => Ok((
-            caller.0.sub.clone(),
-            caller.0.roles.clone(),
-            caller.0.permissions(),
-        )),
-        Some(name) => {
-            caller.require("auth:subject:read")?;
-            if !state.auth.active_user(name).await.map_err(Problem::from)? {
-                return Err(Problem::new(
-                    ErrorKind::NotFound,
-                    "no-such-user",
-                    format!("user {name:?} does not exist"),
-                ));
-            }
-            let (roles, perms) = state.auth.subject(name).await.map_err(Problem::from)?;
-            Ok((
-                name.to_owned(),
-                roles,
-                PermissionSet::new(perms.iter().filter_map(|p| Permission::parse(p).ok())),
-            ))
-        }
-    }
-}
-
 /// An authorization question.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CheckRequest {
@@ -378,48 +347,19 @@ async fn check(
     caller: Bearer,
     body: web::Json<CheckRequest>,
 ) -> Result<HttpResponse, Problem> {
-    let mut wanted = Vec::new();
-    for text in &body.permissions {
-        let parsed = Permission::parse(text).map_err(|e| {
-            Problem::new(
-                ErrorKind::InvalidArgument,
-                "invalid-permission",
-                e.to_string(),
-            )
-        })?;
-        wanted.push((text.clone(), parsed));
-    }
-    let (subject, roles, perms) = subject_for(&state, &caller, body.subject.as_deref()).await?;
+    let answers = authz::check(
+        &state.auth,
+        &caller.0,
+        body.subject.as_deref(),
+        &body.roles,
+        &body.permissions,
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(CheckResponse {
-        subject,
-        roles: body
-            .roles
-            .iter()
-            .map(|r| (r.clone(), roles.contains(r)))
-            .collect(),
-        permissions: wanted
-            .into_iter()
-            .map(|(text, p)| (text, perms.permits(&p)))
-            .collect(),
+        subject: answers.subject,
+        roles: answers.roles,
+        permissions: answers.permissions,
     }))
-}
-
-struct TokenSubject {
-    authenticated: bool,
-    roles: Vec<String>,
-    perms: PermissionSet,
-}
-
-impl Subject for TokenSubject {
-    fn authenticated(&self) -> bool {
-        self.authenticated
-    }
-    fn has_role(&self, role: &str) -> bool {
-        self.roles.iter().any(|r| r == role)
-    }
-    fn is_permitted(&self, permission: &Permission) -> bool {
-        self.perms.permits(permission)
-    }
 }
 
 /// A request to evaluate against `[urls]` rules.
@@ -495,27 +435,10 @@ async fn check_url(
     caller: Bearer,
     body: web::Json<UrlCheckRequest>,
 ) -> Result<HttpResponse, Problem> {
-    let rules = match &body.rules {
-        Some(text) => UrlRules::parse(text).map_err(|errors| {
-            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            Problem::new(ErrorKind::InvalidArgument, "invalid-rules", list.join("; "))
-        })?,
-        None => state.auth.realm_urls(),
-    };
-    let subject = match body.subject.as_deref() {
-        Some("") => TokenSubject {
-            authenticated: false,
-            roles: vec![],
-            perms: PermissionSet::default(),
-        },
-        named => {
-            let (_, roles, perms) = subject_for(&state, &caller, named).await?;
-            TokenSubject {
-                authenticated: true,
-                roles,
-                perms,
-            }
-        }
+    let who = match body.subject.as_deref() {
+        Some("") => authz::UrlSubject::Anonymous,
+        Some(name) => authz::UrlSubject::Named(name),
+        None => authz::UrlSubject::Caller,
     };
     let request = UrlRequest {
         method: &body.method,
@@ -523,9 +446,8 @@ async fn check_url(
         port: body.port,
         tls: body.tls,
     };
-    let decision = rules
-        .evaluate(&request, &subject)
-        .map_err(|e| Problem::new(ErrorKind::InvalidArgument, "ambiguous-path", e.to_string()))?;
+    let decision =
+        authz::check_url(&state.auth, &caller.0, body.rules.as_deref(), &request, who).await?;
     Ok(HttpResponse::Ok().json(UrlCheckResponse::from(decision)))
 }
 

@@ -5,19 +5,14 @@ mod common;
 
 use std::time::Duration;
 
-use quartet_auth::credentials::{HashSettings, PasswordHasher};
+use quartet_auth::credentials::PasswordHasher;
 use quartet_auth::service::{
     Auth, ClientAuth, GrantKind, LockoutSettings, OAuthError, TokenRequest, TokenSettings,
 };
 use quartet_auth::store::{ClientRecord, Store};
 
 fn hasher() -> PasswordHasher {
-    PasswordHasher::new(HashSettings {
-        memory_kib: 64,
-        iterations: 1,
-        parallelism: 1,
-    })
-    .expect("valid")
+    common::cheap_hasher()
 }
 
 struct Fixture {

@@ -3,16 +3,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-
-use quartet_auth::credentials::{HashSettings, PasswordHasher};
 use quartet_auth::ini::IniRealm;
 use quartet_auth::rest::{State, api};
-use quartet_auth::service::{Auth, LockoutSettings, TokenSettings};
-use quartet_auth::store::{ClientRecord, Store};
-use quartet_kit::app::{Context, Listeners};
+use quartet_auth::store::ClientRecord;
+use quartet_kit::app::Context;
 use serde_json::{Value, json};
 
 struct Server {
@@ -29,37 +23,18 @@ impl Drop for Server {
 }
 
 async fn start() -> Server {
-    let (dir, url) = common::sqlite_database();
-    let store = Store::connect(&url, 4).await.expect("store");
-    let hasher = PasswordHasher::new(HashSettings {
-        memory_kib: 64,
-        iterations: 1,
-        parallelism: 1,
-    })
-    .expect("hasher");
-    store
-        .create_client(
-            &ClientRecord {
-                client_id: "app".into(),
-                secret_hash: Some(hasher.hash("app secret/+")),
-                grant_types: vec!["password".into(), "refresh_token".into()],
-                scopes: vec!["openid".into()],
-                permissions: vec![],
-            },
-            0,
-        )
+    let (dir, auth) = common::open_auth().await;
+    let client = ClientRecord {
+        client_id: "app".into(),
+        secret_hash: Some(auth.hasher().hash("app secret/+")),
+        grant_types: vec!["password".into(), "refresh_token".into()],
+        scopes: vec!["openid".into()],
+        permissions: vec![],
+    };
+    auth.store()
+        .create_client(&client, 0)
         .await
         .expect("client");
-    let auth = Arc::new(
-        Auth::open(
-            store,
-            hasher,
-            TokenSettings::default(),
-            LockoutSettings::default(),
-        )
-        .await
-        .expect("auth"),
-    );
     auth.bootstrap_admin("root", "root-password")
         .await
         .expect("admin");
@@ -67,29 +42,11 @@ async fn start() -> Server {
         .create_user("ada", &auth.hasher().hash("ada-password"), 0)
         .await
         .expect("user");
-    let realm =
-        IniRealm::parse("[urls]\n/admin/** = authc, roles[admin]\n/** = anon").expect("realm");
-    auth.set_realm(realm);
-    let rest = api(State { auth });
-    let ctx = Context::new("quartet-auth", Duration::from_secs(1));
-    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let serving = ctx.clone();
-    tokio::spawn(async move {
-        serving
-            .serve(
-                Listeners {
-                    admin: loopback,
-                    grpc: None,
-                    http: Some((loopback, rest)),
-                },
-                move |b| {
-                    let _ = tx.send(b.http.expect("http"));
-                },
-            )
-            .await
-    });
-    let addr = rx.await.expect("bound");
+    auth.set_realm(
+        IniRealm::parse("[urls]\n/admin/** = authc, roles[admin]\n/** = anon").expect("realm"),
+    );
+    let (ctx, bound) = common::serve(None, api(State { auth })).await;
+    let addr = bound.http.expect("http");
     Server {
         base: format!("http://{addr}"),
         ctx,

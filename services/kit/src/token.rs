@@ -7,7 +7,7 @@
 //! checked, expiry and not-before with [`LEEWAY_SECONDS`] of clock skew.
 //!
 //! A service protects a REST handler by taking [`Bearer`] as an argument and calling
-//! [`Bearer::require`]; a gRPC handler calls [`Verifier::authorize_grpc`].
+//! [`Bearer::require`]; a gRPC handler calls [`authenticate_grpc`] then [`require`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -264,30 +264,6 @@ impl Verifier {
             .map(|data| data.claims)
             .map_err(|e| TokenError::Invalid(e.to_string()))
     }
-
-    /// Authenticates a gRPC request from its `authorization` metadata and, when given,
-    /// checks `permission`.
-    pub async fn authorize_grpc<T>(
-        &self,
-        request: &tonic::Request<T>,
-        permission: Option<&str>,
-    ) -> Result<Claims, tonic::Status> {
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token)
-            .ok_or(TokenError::Missing)
-            .map_err(|e| tonic::Status::from(Problem::from(e)))?;
-        let claims = self
-            .verify(token)
-            .await
-            .map_err(|e| tonic::Status::from(Problem::from(e)))?;
-        if let Some(permission) = permission {
-            require(&claims, permission).map_err(tonic::Status::from)?;
-        }
-        Ok(claims)
-    }
 }
 
 /// The authenticator `settings` describe: a JWKS-backed [`Verifier`], or one that refuses
@@ -319,6 +295,23 @@ impl Authenticator for Unconfigured {
             })
         })
     }
+}
+
+/// Authenticates a gRPC request from its `authorization` metadata (`Bearer <token>`).
+pub async fn authenticate_grpc<T>(
+    authenticator: &dyn Authenticator,
+    request: &tonic::Request<T>,
+) -> Result<Claims, tonic::Status> {
+    let token = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+        .ok_or_else(|| tonic::Status::from(Problem::from(TokenError::Missing)))?;
+    authenticator
+        .authenticate(token)
+        .await
+        .map_err(|e| tonic::Status::from(Problem::from(e)))
 }
 
 /// The token of an `Authorization: Bearer <token>` header value (scheme case-insensitive).

@@ -51,3 +51,58 @@ pub fn sqlite_database() -> (tempfile::TempDir, String) {
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("auth.db").display());
     (dir, url)
 }
+
+/// A password hasher cheap enough for tests (64 KiB, one pass).
+pub fn cheap_hasher() -> quartet_auth::credentials::PasswordHasher {
+    let settings = quartet_auth::credentials::HashSettings {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
+    quartet_auth::credentials::PasswordHasher::new(settings).expect("valid settings")
+}
+
+/// The auth service on a fresh SQLite store, with default token and lockout settings.
+pub async fn open_auth() -> (
+    tempfile::TempDir,
+    std::sync::Arc<quartet_auth::service::Auth>,
+) {
+    let (dir, url) = sqlite_database();
+    let store = quartet_auth::store::Store::connect(&url, 4)
+        .await
+        .expect("store");
+    let auth = quartet_auth::service::Auth::open(
+        store,
+        cheap_hasher(),
+        quartet_auth::service::TokenSettings::default(),
+        quartet_auth::service::LockoutSettings::default(),
+    )
+    .await
+    .expect("auth opens");
+    (dir, std::sync::Arc::new(auth))
+}
+
+/// Serves the given APIs on loopback ports; returns the context (trigger its shutdown to stop)
+/// and the bound addresses.
+pub async fn serve(
+    grpc: Option<tonic::service::Routes>,
+    rest: quartet_kit::RestApi,
+) -> (quartet_kit::Context, quartet_kit::app::Bound) {
+    let ctx = quartet_kit::Context::new("quartet-auth", std::time::Duration::from_secs(1));
+    let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let listeners = quartet_kit::Listeners {
+        admin: loopback,
+        grpc: grpc.map(|r| (loopback, r)),
+        http: Some((loopback, rest)),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let serving = ctx.clone();
+    tokio::spawn(async move {
+        serving
+            .serve(listeners, move |bound| {
+                let _ = tx.send(bound.clone());
+            })
+            .await
+    });
+    (ctx, rx.await.expect("listeners bound"))
+}
