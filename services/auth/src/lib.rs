@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | [`permission`] | Shiro's `WildcardPermission` (lives in `quartet-kit`, shared by every service) | nothing |
 //! | [`urls`] | `[urls]` filter chains, Ant matching, path normalisation | `permission` |
+//! | [`cipher`] | AES-256-GCM under versioned keys, rotation, re-wrap, HMAC-SHA256 | nothing |
 //! | [`credentials`] | argon2id hashing; verifying Shiro 1/2 and bcrypt hashes, with rehash | nothing |
 //! | [`keys`] | ES256 signing keys that rotate with overlap; the JWKS document | `quartet-kit::token` |
 //! | [`service`] | OAuth2 grants, introspection, revocation, lockout, audit: the operations, no transport | all of the above |
@@ -17,6 +18,7 @@
 //! the SQL and Redis stores sit around them.
 
 pub mod authz;
+pub mod cipher;
 pub mod credentials;
 pub mod grpc;
 pub mod ini;
@@ -114,6 +116,15 @@ pub struct Config {
     pub bootstrap: BootstrapSettings,
     /// An INI realm file.
     pub realm: RealmSettings,
+    /// The cipher service.
+    pub cipher: CipherSettings,
+}
+
+/// The cipher service (encrypt, decrypt, re-wrap, sign, verify).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+pub struct CipherSettings {
+    /// File holding the base64 master key (32 bytes) that wraps the data keys, e.g. a mounted Secret; empty turns the cipher service off.
+    pub master_key_file: String,
 }
 
 impl Default for Config {
@@ -126,6 +137,7 @@ impl Default for Config {
             lockout: LockoutSettings::default(),
             bootstrap: BootstrapSettings::default(),
             realm: RealmSettings::default(),
+            cipher: CipherSettings::default(),
         }
     }
 }
@@ -183,8 +195,16 @@ async fn watch_realm(
 pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     let store = Store::connect(&config.store.url, config.store.max_connections).await?;
     let hasher = PasswordHasher::new(config.passwords)?;
-    let auth =
-        Arc::new(Auth::open(store, hasher, config.tokens.clone(), config.lockout.clone()).await?);
+    let auth = Auth::open(store, hasher, config.tokens.clone(), config.lockout.clone()).await?;
+    if !config.cipher.master_key_file.is_empty() {
+        let file = &config.cipher.master_key_file;
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| anyhow::anyhow!("cipher.master_key_file {file:?}: {e}"))?;
+        let master = crate::cipher::MasterKey::from_base64(&text)
+            .map_err(|e| anyhow::anyhow!("cipher.master_key_file {file:?}: {e}"))?;
+        auth.enable_cipher(master).await?;
+    }
+    let auth = Arc::new(auth);
 
     let boot = &config.bootstrap;
     if !boot.admin_user.is_empty() {
@@ -232,6 +252,9 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
             }
             if let Err(e) = maintained.maintain_keys().await {
                 tracing::warn!(error = %e, "signing key maintenance failed; will retry");
+            }
+            if let Err(e) = maintained.reload_cipher().await {
+                tracing::warn!(error = %e, "reloading cipher keys failed; will retry");
             }
         }
     });

@@ -780,6 +780,138 @@ async fn create_client(
         .json(serde_json::json!({"client_id": body.client_id, "client_secret": secret})))
 }
 
+/// Bytes for the cipher service, base64 (standard alphabet).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CipherInput {
+    /// The plaintext (encrypt), ciphertext (decrypt, rewrap) or data (sign, verify); plaintext and data in base64.
+    input: String,
+    /// Associated data bound to the ciphertext, base64; decrypt and rewrap need the same bytes.
+    #[serde(default)]
+    aad: String,
+    /// For verify: the signature.
+    #[serde(default)]
+    signature: String,
+}
+
+/// The cipher service's answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CipherOutput {
+    /// The ciphertext (encrypt, rewrap), plaintext in base64 (decrypt) or signature (sign); empty for verify.
+    output: String,
+    /// For verify: whether the signature is valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    valid: Option<bool>,
+}
+
+fn base64_field(name: &str, text: &str) -> Result<Vec<u8>, Problem> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| {
+            Problem::new(
+                ErrorKind::InvalidArgument,
+                "bad-base64",
+                format!("{name} is not base64: {e}"),
+            )
+        })
+}
+
+/// Encrypts, decrypts, re-wraps, signs or verifies (`auth:cipher:<operation>`).
+#[utoipa::path(post, path = "/v1/cipher/{operation}", tag = "cipher", request_body = CipherInput,
+    params(("operation" = String, Path, description = "encrypt, decrypt, rewrap, sign or verify")),
+    responses((status = 200, description = "Result", body = CipherOutput), (status = 400, description = "Malformed or tampered input", body = Problem),
+              (status = 404, description = "Unknown operation", body = Problem), (status = 503, description = "Cipher service not configured", body = Problem)),
+    security(("bearer" = [])))]
+async fn cipher(
+    state: web::Data<State>,
+    caller: Bearer,
+    operation: web::Path<String>,
+    body: web::Json<CipherInput>,
+) -> Result<HttpResponse, Problem> {
+    let op = operation.as_str();
+    if !["encrypt", "decrypt", "rewrap", "sign", "verify"].contains(&op) {
+        return Err(Problem::new(
+            ErrorKind::NotFound,
+            "no-such-operation",
+            format!("cipher operation {op:?} does not exist"),
+        ));
+    }
+    caller.require(&format!("auth:cipher:{op}"))?;
+    let aad = base64_field("aad", &body.aad)?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (output, valid) = match op {
+        "encrypt" => {
+            let plain = base64_field("input", &body.input)?;
+            (
+                state.auth.with_cipher(|c| c.encrypt(&plain, &aad)).await?,
+                None,
+            )
+        }
+        "decrypt" => (
+            b64.encode(
+                state
+                    .auth
+                    .with_cipher(|c| c.decrypt(&body.input, &aad))
+                    .await?,
+            ),
+            None,
+        ),
+        "rewrap" => (
+            state
+                .auth
+                .with_cipher(|c| c.rewrap(&body.input, &aad))
+                .await?,
+            None,
+        ),
+        "sign" => {
+            let data = base64_field("input", &body.input)?;
+            (state.auth.with_cipher(|c| c.sign(&data)).await?, None)
+        }
+        _ => {
+            let data = base64_field("input", &body.input)?;
+            (
+                String::new(),
+                Some(
+                    state
+                        .auth
+                        .with_cipher(|c| c.verify(&data, &body.signature))
+                        .await?,
+                ),
+            )
+        }
+    };
+    Ok(HttpResponse::Ok().json(CipherOutput { output, valid }))
+}
+
+/// Adds a cipher data key that becomes current (`auth:cipher:rotate`); older keys keep decrypting.
+#[utoipa::path(post, path = "/v1/admin/cipher/rotate", tag = "admin", responses((status = 200, description = "The new current version")), security(("bearer" = [])))]
+async fn rotate_cipher(
+    req: HttpRequest,
+    state: web::Data<State>,
+    caller: Bearer,
+) -> Result<HttpResponse, Problem> {
+    caller.require("auth:cipher:rotate")?;
+    let version = state.auth.rotate_cipher().await.map_err(|e| match e {
+        crate::service::OpenError::Store(e) => Problem::from(e),
+        other => Problem::new(
+            ErrorKind::Unavailable,
+            "cipher-not-configured",
+            other.to_string(),
+        ),
+    })?;
+    state
+        .auth
+        .audit(
+            "admin.cipher.rotate",
+            "success",
+            "",
+            "",
+            &source(&req),
+            &format!("version {version} by {}", caller.0.sub),
+        )
+        .await;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"version": version})))
+}
+
 /// Audit query parameters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct AuditQuery {
@@ -818,11 +950,12 @@ fn now() -> i64 {
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(token, introspect, revoke, jwks, metadata, check, check_url, list_users, get_user, create_user, delete_user, list_roles, create_role, delete_role, create_client, audit),
-    components(schemas(TokenResponse, Introspection, CheckRequest, CheckResponse, UrlCheckRequest, UrlCheckResponse, NewUser, UserView, NewRole, NewClient, AuditEvent)),
+    paths(token, introspect, revoke, jwks, metadata, check, check_url, list_users, get_user, create_user, delete_user, list_roles, create_role, delete_role, create_client, audit, cipher, rotate_cipher),
+    components(schemas(TokenResponse, Introspection, CheckRequest, CheckResponse, UrlCheckRequest, UrlCheckResponse, NewUser, UserView, NewRole, NewClient, AuditEvent, CipherInput, CipherOutput)),
     tags((name = "oauth2", description = "OAuth 2.0 token, introspection and revocation endpoints"),
          (name = "authz", description = "Authorization questions"),
-         (name = "admin", description = "Users, roles and clients; guarded by auth:<entity>:<action>")))]
+         (name = "admin", description = "Users, roles and clients; guarded by auth:<entity>:<action>"),
+         (name = "cipher", description = "Encryption and signatures under versioned keys")))]
 struct AuthDoc;
 
 /// The REST API of the auth service.
@@ -857,7 +990,9 @@ pub fn api(state: State) -> RestApi {
                 .route("/v1/admin/roles", web::post().to(create_role))
                 .route("/v1/admin/roles/{name}", web::delete().to(delete_role))
                 .route("/v1/admin/clients", web::post().to(create_client))
-                .route("/v1/admin/audit", web::get().to(audit));
+                .route("/v1/admin/audit", web::get().to(audit))
+                .route("/v1/admin/cipher/rotate", web::post().to(rotate_cipher))
+                .route("/v1/cipher/{operation}", web::post().to(cipher));
         },
         AuthDoc::openapi(),
     )

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use utoipa::ToSchema;
 
+use crate::cipher::{Cipher, CipherError, MasterKey};
 use crate::credentials::PasswordHasher;
 use crate::ini::IniRealm;
 use crate::keys::{KeyRing, SigningKey};
@@ -337,6 +338,8 @@ pub struct Auth {
     lockout: Lockout,
     dummy_hash: String,
     realm: RwLock<IniRealm>,
+    master: std::sync::OnceLock<MasterKey>,
+    cipher: RwLock<Cipher>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -414,6 +417,8 @@ impl Auth {
             },
             dummy_hash,
             realm: RwLock::new(IniRealm::default()),
+            master: std::sync::OnceLock::new(),
+            cipher: RwLock::new(Cipher::default()),
         };
         if !had_keys {
             auth.persist_keys().await?;
@@ -435,6 +440,76 @@ impl Auth {
     /// The token settings.
     pub fn token_settings(&self) -> &TokenSettings {
         &self.tokens
+    }
+
+    /// Turns the cipher service on with `master`: loads the stored data keys, creating the
+    /// first one if there is none.
+    pub async fn enable_cipher(&self, master: MasterKey) -> Result<(), OpenError> {
+        if self.master.set(master).is_err() {
+            return Err(OpenError::Settings(
+                "the cipher service is already enabled".into(),
+            ));
+        }
+        self.reload_cipher().await?;
+        if self
+            .cipher
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .current_version()
+            .is_none()
+        {
+            self.rotate_cipher().await?;
+        }
+        Ok(())
+    }
+
+    /// Re-reads the data keys (another replica may have rotated).
+    pub async fn reload_cipher(&self) -> Result<(), OpenError> {
+        let Some(master) = self.master.get() else {
+            return Ok(());
+        };
+        let stored = self.store.cipher_keys().await?;
+        let loaded =
+            Cipher::load(master, &stored).map_err(|e| OpenError::Settings(e.to_string()))?;
+        *self.cipher.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+        Ok(())
+    }
+
+    /// Adds a data key version that becomes current; returns it.
+    pub async fn rotate_cipher(&self) -> Result<u32, OpenError> {
+        let master = self
+            .master
+            .get()
+            .ok_or_else(|| OpenError::Settings(CipherError::NotConfigured.to_string()))?;
+        let mut next = self
+            .cipher
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (version, wrapped) = next.rotate(master);
+        self.store
+            .add_cipher_key(version, &wrapped, now_s())
+            .await?;
+        *self.cipher.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(version)
+    }
+
+    /// Runs `op` on the data keys; a ciphertext naming a version not held triggers one reload,
+    /// for keys another replica added.
+    pub async fn with_cipher<T>(
+        &self,
+        op: impl Fn(&Cipher) -> Result<T, CipherError>,
+    ) -> Result<T, CipherError> {
+        if self.master.get().is_none() {
+            return Err(CipherError::NotConfigured);
+        }
+        let first = op(&self.cipher.read().unwrap_or_else(|p| p.into_inner()));
+        if let Err(CipherError::UnknownVersion(_)) = first
+            && self.reload_cipher().await.is_ok()
+        {
+            return op(&self.cipher.read().unwrap_or_else(|p| p.into_inner()));
+        }
+        first
     }
 
     /// Replaces the INI realm (at start and when its file changes). Its users log in when

@@ -129,6 +129,7 @@ fn migrator() -> Migrator {
     Migrator::with_migrations(vec![
         migration(1, "init", include_str!("../migrations/0001_init.sql")),
         migration(2, "audit", include_str!("../migrations/0002_audit.sql")),
+        migration(3, "cipher", include_str!("../migrations/0003_cipher.sql")),
     ])
 }
 
@@ -623,5 +624,45 @@ impl Store {
                 detail: r.get("detail"),
             })
             .collect())
+    }
+
+    /// The cipher service's wrapped data keys, by version.
+    pub async fn cipher_keys(&self) -> Result<Vec<(u32, String)>, StoreError> {
+        let rows = sqlx::query("SELECT version, wrapped FROM cipher_keys ORDER BY version")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    u32::try_from(r.get::<i64, _>("version")).unwrap_or_default(),
+                    r.get("wrapped"),
+                )
+            })
+            .collect())
+    }
+
+    /// Stores a new wrapped data key; fails with `AlreadyExists` when another replica took the version first.
+    pub async fn add_cipher_key(
+        &self,
+        version: u32,
+        wrapped: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO cipher_keys (version, wrapped, created_at) VALUES ($1, $2, $3)")
+            .bind(i64::from(version))
+            .bind(wrapped)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|e| {
+                constraint(
+                    e,
+                    || format!("cipher key version {version}"),
+                    || format!("cipher key version {version}"),
+                )
+            })
     }
 }

@@ -452,3 +452,147 @@ async fn the_admin_api_is_guarded_and_all_or_nothing() {
         .collect();
     assert_eq!(subjects, ["bob", "root"]);
 }
+
+#[tokio::test]
+async fn the_cipher_service_encrypts_rotates_rewraps_and_signs() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (dir, auth) = common::open_auth().await;
+    let master = quartet_auth::cipher::MasterKey::from_base64(
+        &quartet_auth::cipher::MasterKey::generate_base64(),
+    )
+    .expect("master");
+    auth.enable_cipher(master).await.expect("cipher on");
+    auth.bootstrap_admin("root", "root-password")
+        .await
+        .expect("admin");
+    auth.store()
+        .create_user("ada", &auth.hasher().hash("ada-password"), 0)
+        .await
+        .expect("user");
+    let client = ClientRecord {
+        client_id: "app".into(),
+        secret_hash: Some(auth.hasher().hash("app secret/+")),
+        grant_types: vec!["password".into()],
+        scopes: vec![],
+        permissions: vec![],
+    };
+    auth.store()
+        .create_client(&client, 0)
+        .await
+        .expect("client");
+    let (ctx, bound) = common::serve(None, api(State { auth })).await;
+    let s = Server {
+        base: format!("http://{}", bound.http.expect("http")),
+        ctx,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    };
+    let root = s.token("root", "root-password").await;
+
+    let (status, sealed) = s
+        .post(
+            "/v1/cipher/encrypt",
+            &root,
+            json!({"input": b64.encode("4111 1111"), "aad": b64.encode("user:ada")}),
+        )
+        .await;
+    assert_eq!(status, 200, "{sealed}");
+    let ciphertext = sealed["output"].as_str().expect("ciphertext").to_owned();
+    assert!(ciphertext.starts_with("qc1.1."), "{ciphertext}");
+    let (_, opened) = s
+        .post(
+            "/v1/cipher/decrypt",
+            &root,
+            json!({"input": ciphertext, "aad": b64.encode("user:ada")}),
+        )
+        .await;
+    assert_eq!(
+        b64.decode(opened["output"].as_str().expect("plain"))
+            .expect("b64"),
+        b"4111 1111"
+    );
+    let (status, body) = s
+        .post(
+            "/v1/cipher/decrypt",
+            &root,
+            json!({"input": ciphertext, "aad": b64.encode("user:bob")}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (400, Some("urn:quartet:problem:decryption-failed"))
+    );
+
+    let (status, rotated) = s.post("/v1/admin/cipher/rotate", &root, json!({})).await;
+    assert_eq!((status, &rotated["version"]), (200, &json!(2)));
+    let (_, rewrapped) = s
+        .post(
+            "/v1/cipher/rewrap",
+            &root,
+            json!({"input": ciphertext, "aad": b64.encode("user:ada")}),
+        )
+        .await;
+    assert!(
+        rewrapped["output"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("qc1.2.")),
+        "{rewrapped}"
+    );
+
+    let (_, signed) = s
+        .post(
+            "/v1/cipher/sign",
+            &root,
+            json!({"input": b64.encode("order 42")}),
+        )
+        .await;
+    let signature = signed["output"].as_str().expect("signature").to_owned();
+    let (_, good) = s
+        .post(
+            "/v1/cipher/verify",
+            &root,
+            json!({"input": b64.encode("order 42"), "signature": signature}),
+        )
+        .await;
+    assert_eq!(good["valid"], true);
+    let (_, bad) = s
+        .post(
+            "/v1/cipher/verify",
+            &root,
+            json!({"input": b64.encode("order 43"), "signature": signature}),
+        )
+        .await;
+    assert_eq!(bad["valid"], false);
+
+    let ada = s.token("ada", "ada-password").await;
+    let (status, _) = s
+        .post("/v1/cipher/encrypt", &ada, json!({"input": ""}))
+        .await;
+    assert_eq!(status, 403, "needs auth:cipher:encrypt");
+    let (status, _) = s
+        .post("/v1/cipher/shred", &root, json!({"input": ""}))
+        .await;
+    assert_eq!(status, 404);
+    let (status, body) = s
+        .post("/v1/cipher/encrypt", &root, json!({"input": "not base64!"}))
+        .await;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (400, Some("urn:quartet:problem:bad-base64"))
+    );
+}
+
+#[tokio::test]
+async fn without_a_master_key_the_cipher_service_says_so() {
+    let s = start().await;
+    let root = s.token("root", "root-password").await;
+    let (status, body) = s
+        .post("/v1/cipher/encrypt", &root, json!({"input": ""}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body["detail"],
+        "the cipher service is not configured (set cipher.master_key_file)"
+    );
+}
