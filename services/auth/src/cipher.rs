@@ -196,10 +196,10 @@ impl std::fmt::Debug for Cipher {
     }
 }
 
-fn parse_token<'a>(
+fn parse_token(
     what: &'static str,
     prefix: &str,
-    token: &'a str,
+    token: &str,
 ) -> Result<(u32, Vec<u8>), CipherError> {
     let mut parts = token.splitn(3, '.');
     let (Some(tag), Some(version), Some(body)) = (parts.next(), parts.next(), parts.next()) else {
