@@ -2,11 +2,17 @@
 # `make bench`: each benchmark runs Quartet and its peer in the same run, on the same machine,
 # and reports the ratio. Figures go to standard output as Markdown rows for docs/BENCHMARKS.md.
 #
-# Today's benchmark: the kit's REST path (actix-web with the request span and metrics
-# middleware) serving GET /v1/info from a release build of quartet-auth, against nginx
-# returning the same JSON body from its config, both with two workers, loaded by wrk.
-# It bounds what every Quartet REST API pays before its own work starts.
+#   scripts/bench.sh [rest|auth|all]   (default all)
+#
+# rest: the kit's REST path (actix-web with the request span and metrics middleware) serving
+#       GET /v1/info from a release build of quartet-auth, against nginx returning the same JSON
+#       from its config, both with two workers, loaded by wrk. It bounds what every Quartet REST
+#       API pays before its own work starts.
+# auth: quartet-auth's permission checks, local token verifications and logins per second
+#       (services/auth/benches/auth.rs) against the real Apache Shiro (Debian's libshiro-java),
+#       PyJWT and the argon2 reference implementation (argon2-cffi), on the same inputs.
 set -euo pipefail
+WHAT=${1:-all}
 cd "$(dirname "$0")/.."
 TARGET=${CARGO_TARGET_DIR:-/var/tmp/quartet/target}
 WORK=${QUARTET_BENCH_DIR:-/var/tmp/quartet/bench}
@@ -15,6 +21,36 @@ CONNECTIONS=${BENCH_CONNECTIONS:-64}
 ROUNDS=${BENCH_ROUNDS:-3}
 say() { printf '[bench] %s\n' "$*" >&2; }
 as_root() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+bench_auth() {
+  local out=$WORK/auth seconds=${BENCH_SECONDS:-5}
+  mkdir -p "$out"
+  say "quartet-auth figures (cargo bench, optimised)"
+  CARGO_TARGET_DIR=$TARGET cargo bench --locked -p quartet-auth --bench auth -- "$seconds" "$out" >"$out/ours.txt"
+  say "Apache Shiro $(dpkg-query -W -f='${Version}' libshiro-java) permission checks"
+  local jars=/usr/share/java/shiro-core.jar:/usr/share/java/commons-beanutils.jar:/usr/share/java/slf4j-api.jar
+  mkdir -p "$WORK/java"
+  javac -d "$WORK/java" -cp "$jars" e2e/java/ShiroPeer.java
+  java -cp "$WORK/java:$jars" ShiroPeer bench "$seconds" 2>/dev/null | awk '{print "shiro_permission_checks_per_sec", $1}' >"$out/shiro.txt"
+  local py; py=$(scripts/python.sh)
+  say "PyJWT and argon2-cffi"
+  "$py" e2e/python/bench_auth.py jwt "$out" "$seconds" >"$out/peers.txt"
+  "$py" e2e/python/bench_auth.py argon2 "$out" "$seconds" >>"$out/peers.txt"
+  cat "$out/ours.txt" "$out/shiro.txt" "$out/peers.txt" | awk '
+    { v[$1] = $2 }
+    END {
+      printf "| figure | quartet-auth | peer | peer value | ratio |\n|---|---|---|---|---|\n"
+      printf "| permission checks/s | %.0f | Apache Shiro WildcardPermission | %.0f | %.2f |\n", v["permission_checks_per_sec"], v["shiro_permission_checks_per_sec"], v["permission_checks_per_sec"] / v["shiro_permission_checks_per_sec"]
+      printf "| local token verifications/s (ES256) | %.0f | PyJWT + cryptography | %.0f | %.2f |\n", v["token_verifications_per_sec"], v["pyjwt_verifications_per_sec"], v["token_verifications_per_sec"] / v["pyjwt_verifications_per_sec"]
+      printf "| logins/s (argon2id m=%d KiB, t=%d, p=%d) | %.1f | argon2-cffi verify alone | %.1f | %.2f |\n", v["argon2_memory_kib"], v["argon2_iterations"], v["argon2_parallelism"], v["logins_per_sec"], v["argon2_cffi_verifications_per_sec"], v["logins_per_sec"] / v["argon2_cffi_verifications_per_sec"]
+    }'
+}
+
+mkdir -p "$WORK"
+if [[ $WHAT == auth || $WHAT == all ]]; then
+  bench_auth
+fi
+[[ $WHAT == rest || $WHAT == all ]] || exit 0
 
 need=()
 command -v wrk >/dev/null || need+=(wrk)
