@@ -22,10 +22,11 @@ dev: ## build and run every service on loopback with embedded defaults; Ctrl-C s
 build: ## build every binary (debug)
 	$(CARGO) build --workspace --bins --locked
 
-test: setup lint check-gen build images-test ## the whole suite: lint, generated-file drift, unit, integration (PostgreSQL), Docker and Kubernetes tests
+test: setup lint check-gen build images-test ## the whole suite: lint, generated-file drift, unit, integration (PostgreSQL, Redis, Shiro), Docker and Kubernetes tests
 	e2e/k8s/envtest.sh up
 	scripts/postgres.sh up
-	$(CARGO) test --workspace --locked --no-fail-fast; status=$$?; e2e/k8s/envtest.sh down; scripts/postgres.sh down; exit $$status
+	scripts/redis.sh up
+	$(CARGO) test --workspace --locked --no-fail-fast; status=$$?; e2e/k8s/envtest.sh down; scripts/postgres.sh down; scripts/redis.sh down; exit $$status
 
 test-fast: ## unit and integration tests of one crate while working on it: make test-fast CRATE=quartet-kit
 	$(CARGO) test -p $(CRATE)

@@ -11,6 +11,7 @@
 //! | [`authz`] | has-role / is-permitted batches and `[urls]` checks, for both fronts | `service`, `urls` |
 //! | [`grpc`] | the gRPC front: `quartet.auth.v1.Authz` | `authz` |
 //! | [`rest`] | the REST front: OAuth2 endpoints, JWKS, `/v1/authz`, `/v1/admin` | `service` |
+//! | [`sessions`] | server-side sessions with idle and absolute timeouts, in Redis or the store | `store`, redis |
 //! | [`store`] | users, roles, clients, refresh tokens, keys in SQLite or PostgreSQL (sqlx `Any`) | sqlx |
 //! | [`ini`] | the INI realm file (`[users]`, `[roles]`, `[urls]`) | `permission`, `urls` |
 //!
@@ -25,6 +26,7 @@ pub mod ini;
 pub mod keys;
 pub mod rest;
 pub mod service;
+pub mod sessions;
 pub mod store;
 pub mod urls;
 
@@ -40,7 +42,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::credentials::{HashSettings, PasswordHasher};
-use crate::service::{Auth, LockoutSettings, TokenSettings};
+use crate::service::{Auth, LockoutSettings, SessionSettings, TokenSettings};
 use crate::store::Store;
 
 /// The binary's name, also its `service.name` in traces and its `QUARTET_*` prefix.
@@ -118,6 +120,8 @@ pub struct Config {
     pub realm: RealmSettings,
     /// The cipher service.
     pub cipher: CipherSettings,
+    /// Server-side sessions.
+    pub sessions: SessionSettings,
 }
 
 /// The cipher service (encrypt, decrypt, re-wrap, sign, verify).
@@ -138,6 +142,7 @@ impl Default for Config {
             bootstrap: BootstrapSettings::default(),
             realm: RealmSettings::default(),
             cipher: CipherSettings::default(),
+            sessions: SessionSettings::default(),
         }
     }
 }
@@ -204,6 +209,18 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cipher.master_key_file {file:?}: {e}"))?;
         auth.enable_cipher(master).await?;
     }
+    let auth = if config.sessions.redis_url.is_empty() {
+        let store = auth.store().clone();
+        auth.with_sessions(
+            crate::sessions::SessionStore::Sql(store),
+            config.sessions.clone(),
+        )
+    } else {
+        let redis = crate::sessions::SessionStore::redis(&config.sessions.redis_url)
+            .await
+            .map_err(|e| anyhow::anyhow!("sessions.redis_url: {e}"))?;
+        auth.with_sessions(redis, config.sessions.clone())
+    };
     let auth = Arc::new(auth);
 
     let boot = &config.bootstrap;
@@ -235,6 +252,13 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
 
     if !config.realm.ini_file.is_empty() {
         auth.set_realm(load_realm(&config.realm.ini_file)?);
+    }
+    if !config.sessions.redis_url.is_empty() {
+        let sessions = auth.sessions().clone();
+        ctx.readiness.register("sessions", move || {
+            let sessions = sessions.clone();
+            async move { sessions.ping().await.map_err(|e| e.to_string()) }
+        });
     }
     let store = auth.store().clone();
     ctx.readiness.register("store", move || {

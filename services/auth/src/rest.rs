@@ -616,6 +616,7 @@ async fn delete_user(
 ) -> Result<HttpResponse, Problem> {
     caller.require("auth:user:delete")?;
     state.auth.store().delete_user(&name).await?;
+    state.auth.revoke_sessions(&name, None).await?;
     state
         .auth
         .audit(
@@ -778,6 +779,212 @@ async fn create_client(
         .await;
     Ok(HttpResponse::Created()
         .json(serde_json::json!({"client_id": body.client_id, "client_secret": secret})))
+}
+
+/// The cookie that carries a session id.
+pub const SESSION_COOKIE: &str = "quartet_session";
+/// The header that carries a session id, for clients without cookies.
+pub const SESSION_HEADER: &str = "x-quartet-session";
+
+/// A login that opens a session.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SessionLogin {
+    /// User name.
+    username: String,
+    /// Password.
+    password: String,
+}
+
+/// A new session; `session` is its id, shown only here.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OpenedSession {
+    /// The session id: send it back as the `quartet_session` cookie or the `X-Quartet-Session` header.
+    session: String,
+    /// Names the session in lists and revocations.
+    handle: String,
+    /// When it ends however much it is used.
+    expires_at: i64,
+    /// Seconds of disuse after which it ends.
+    idle_seconds: i64,
+}
+
+/// The current session and its subject.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CurrentSession {
+    /// Whose it is.
+    user: String,
+    /// Its handle.
+    handle: String,
+    /// When it was created.
+    created_at: i64,
+    /// When it ends however much it is used.
+    expires_at: i64,
+    /// The user's roles now.
+    roles: Vec<String>,
+    /// The user's permissions now.
+    permissions: Vec<String>,
+}
+
+fn session_id(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned()))
+        .filter(|id| !id.is_empty())
+}
+
+fn no_session() -> Problem {
+    Problem::new(
+        ErrorKind::Unauthenticated,
+        "no-session",
+        "no live session: log in with POST /v1/sessions",
+    )
+}
+
+fn session_cookie(value: &str, secure: bool, max_age: i64) -> actix_web::cookie::Cookie<'static> {
+    actix_web::cookie::Cookie::build(SESSION_COOKIE, value.to_owned())
+        .path("/")
+        .http_only(true)
+        .secure(secure)
+        .same_site(actix_web::cookie::SameSite::Strict)
+        .max_age(actix_web::cookie::time::Duration::seconds(max_age))
+        .finish()
+}
+
+/// Logs in and opens a server-side session (idle and absolute timeouts apply).
+#[utoipa::path(post, path = "/v1/sessions", tag = "sessions", request_body = SessionLogin,
+    responses((status = 201, description = "Opened; also set as the quartet_session cookie", body = OpenedSession),
+              (status = 401, description = "Invalid username or password", body = Problem)))]
+async fn open_session(
+    req: HttpRequest,
+    state: web::Data<State>,
+    body: web::Json<SessionLogin>,
+) -> Result<HttpResponse, Problem> {
+    let (id, info) = state
+        .auth
+        .open_session(&body.username, &body.password, &source(&req))
+        .await
+        .map_err(|e| match e {
+            OAuthError::InvalidGrant(why) => {
+                Problem::new(ErrorKind::Unauthenticated, "invalid-login", why)
+            }
+            other => Problem::new(ErrorKind::Unavailable, other.code(), other.to_string()),
+        })?;
+    let settings = state.auth.session_settings();
+    let cookie = session_cookie(
+        &id,
+        settings.cookie_secure,
+        info.expires_at - info.created_at,
+    );
+    Ok(HttpResponse::Created().cookie(cookie).json(OpenedSession {
+        session: id,
+        handle: info.handle,
+        expires_at: info.expires_at,
+        idle_seconds: info.idle_seconds,
+    }))
+}
+
+/// The caller's session (touching it) with the user's current roles and permissions.
+#[utoipa::path(get, path = "/v1/sessions/current", tag = "sessions",
+    responses((status = 200, description = "The session", body = CurrentSession), (status = 401, description = "No live session", body = Problem)))]
+async fn current_session(
+    req: HttpRequest,
+    state: web::Data<State>,
+) -> Result<HttpResponse, Problem> {
+    let id = session_id(&req).ok_or_else(no_session)?;
+    let info = state.auth.session(&id).await?.ok_or_else(no_session)?;
+    let (roles, permissions) = state.auth.subject(&info.user).await?;
+    Ok(HttpResponse::Ok().json(CurrentSession {
+        user: info.user,
+        handle: info.handle,
+        created_at: info.created_at,
+        expires_at: info.expires_at,
+        roles,
+        permissions,
+    }))
+}
+
+/// Logs out: ends the caller's session and clears its cookie.
+#[utoipa::path(delete, path = "/v1/sessions/current", tag = "sessions",
+    responses((status = 204, description = "Ended"), (status = 401, description = "No live session", body = Problem)))]
+async fn close_session(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, Problem> {
+    let id = session_id(&req).ok_or_else(no_session)?;
+    if !state.auth.close_session(&id, &source(&req)).await? {
+        return Err(no_session());
+    }
+    let mut gone = session_cookie("", state.auth.session_settings().cookie_secure, 0);
+    gone.make_removal();
+    Ok(HttpResponse::NoContent().cookie(gone).finish())
+}
+
+/// A user's live sessions (`auth:session:read`).
+#[utoipa::path(get, path = "/v1/admin/users/{name}/sessions", tag = "admin",
+    responses((status = 200, description = "Sessions, oldest first", body = Vec<crate::sessions::SessionInfo>)), security(("bearer" = [])))]
+async fn list_sessions(
+    state: web::Data<State>,
+    caller: Bearer,
+    name: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    caller.require("auth:session:read")?;
+    Ok(HttpResponse::Ok().json(state.auth.user_sessions(&name).await?))
+}
+
+/// Ends all of a user's sessions (`auth:session:delete`).
+#[utoipa::path(delete, path = "/v1/admin/users/{name}/sessions", tag = "admin",
+    responses((status = 200, description = "How many ended")), security(("bearer" = [])))]
+async fn revoke_sessions(
+    req: HttpRequest,
+    state: web::Data<State>,
+    caller: Bearer,
+    name: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    caller.require("auth:session:delete")?;
+    let ended = state.auth.revoke_sessions(&name, None).await?;
+    state
+        .auth
+        .audit(
+            "admin.session.delete",
+            "success",
+            &name,
+            "",
+            &source(&req),
+            &format!("{ended} ended by {}", caller.0.sub),
+        )
+        .await;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"ended": ended})))
+}
+
+/// Ends one of a user's sessions by handle (`auth:session:delete`).
+#[utoipa::path(delete, path = "/v1/admin/users/{name}/sessions/{handle}", tag = "admin",
+    responses((status = 200, description = "Ended"), (status = 404, description = "No such live session", body = Problem)), security(("bearer" = [])))]
+async fn revoke_session(
+    req: HttpRequest,
+    state: web::Data<State>,
+    caller: Bearer,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Problem> {
+    caller.require("auth:session:delete")?;
+    let (name, handle) = path.into_inner();
+    if state.auth.revoke_sessions(&name, Some(&handle)).await? == 0 {
+        return Err(Problem::new(
+            ErrorKind::NotFound,
+            "no-such-session",
+            format!("user {name:?} has no live session {handle:?}"),
+        ));
+    }
+    state
+        .auth
+        .audit(
+            "admin.session.delete",
+            "success",
+            &name,
+            "",
+            &source(&req),
+            &format!("handle {handle} by {}", caller.0.sub),
+        )
+        .await;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"ended": 1})))
 }
 
 /// Bytes for the cipher service, base64 (standard alphabet).
@@ -950,12 +1157,13 @@ fn now() -> i64 {
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(token, introspect, revoke, jwks, metadata, check, check_url, list_users, get_user, create_user, delete_user, list_roles, create_role, delete_role, create_client, audit, cipher, rotate_cipher),
-    components(schemas(TokenResponse, Introspection, CheckRequest, CheckResponse, UrlCheckRequest, UrlCheckResponse, NewUser, UserView, NewRole, NewClient, AuditEvent, CipherInput, CipherOutput)),
+    paths(token, introspect, revoke, jwks, metadata, check, check_url, list_users, get_user, create_user, delete_user, list_roles, create_role, delete_role, create_client, audit, cipher, rotate_cipher, open_session, current_session, close_session, list_sessions, revoke_sessions, revoke_session),
+    components(schemas(TokenResponse, Introspection, CheckRequest, CheckResponse, UrlCheckRequest, UrlCheckResponse, NewUser, UserView, NewRole, NewClient, AuditEvent, CipherInput, CipherOutput, SessionLogin, OpenedSession, CurrentSession, crate::sessions::SessionInfo)),
     tags((name = "oauth2", description = "OAuth 2.0 token, introspection and revocation endpoints"),
          (name = "authz", description = "Authorization questions"),
          (name = "admin", description = "Users, roles and clients; guarded by auth:<entity>:<action>"),
-         (name = "cipher", description = "Encryption and signatures under versioned keys")))]
+         (name = "cipher", description = "Encryption and signatures under versioned keys"),
+         (name = "sessions", description = "Server-side sessions with idle and absolute timeouts")))]
 struct AuthDoc;
 
 /// The REST API of the auth service.
@@ -992,7 +1200,22 @@ pub fn api(state: State) -> RestApi {
                 .route("/v1/admin/clients", web::post().to(create_client))
                 .route("/v1/admin/audit", web::get().to(audit))
                 .route("/v1/admin/cipher/rotate", web::post().to(rotate_cipher))
-                .route("/v1/cipher/{operation}", web::post().to(cipher));
+                .route("/v1/cipher/{operation}", web::post().to(cipher))
+                .route("/v1/sessions", web::post().to(open_session))
+                .route("/v1/sessions/current", web::get().to(current_session))
+                .route("/v1/sessions/current", web::delete().to(close_session))
+                .route(
+                    "/v1/admin/users/{name}/sessions",
+                    web::get().to(list_sessions),
+                )
+                .route(
+                    "/v1/admin/users/{name}/sessions",
+                    web::delete().to(revoke_sessions),
+                )
+                .route(
+                    "/v1/admin/users/{name}/sessions/{handle}",
+                    web::delete().to(revoke_session),
+                );
         },
         AuthDoc::openapi(),
     )

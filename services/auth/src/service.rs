@@ -29,6 +29,7 @@ use crate::cipher::{Cipher, CipherError, MasterKey};
 use crate::credentials::PasswordHasher;
 use crate::ini::IniRealm;
 use crate::keys::{KeyRing, SigningKey};
+use crate::sessions::{SessionInfo, SessionStore, id_hash};
 use crate::store::{AuditEvent, ClientRecord, RefreshRecord, RefreshUse, Store, StoreError};
 use crate::urls::UrlRules;
 
@@ -66,6 +67,34 @@ impl Default for TokenSettings {
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             key_rotation: Duration::from_secs(24 * 3600),
             key_overlap: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Server-side sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionSettings {
+    /// Redis URL for sessions shared by every replica, e.g. `redis://redis:6379`; empty keeps them in the SQL store.
+    pub redis_url: String,
+    /// Disuse after which a session ends, e.g. `30m` (Shiro's default).
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub idle_timeout: Duration,
+    /// Age at which a session ends however much it is used, e.g. `12h`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub absolute_timeout: Duration,
+    /// Whether the session cookie is marked `Secure` (sent over HTTPS only); turn off only for local HTTP.
+    pub cookie_secure: bool,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            idle_timeout: Duration::from_secs(30 * 60),
+            absolute_timeout: Duration::from_secs(12 * 3600),
+            cookie_secure: true,
         }
     }
 }
@@ -340,6 +369,8 @@ pub struct Auth {
     realm: RwLock<IniRealm>,
     master: std::sync::OnceLock<MasterKey>,
     cipher: RwLock<Cipher>,
+    sessions: SessionStore,
+    session_settings: SessionSettings,
 }
 
 impl std::fmt::Debug for Auth {
@@ -405,6 +436,7 @@ impl Auth {
         );
         let verifier = Verifier::from_jwks(&ring.jwks(), &tokens.issuer, &tokens.audience);
         let dummy_hash = hasher.hash(&random_token(16));
+        let store_for_sessions = store.clone();
         let auth = Self {
             store,
             hasher,
@@ -419,6 +451,8 @@ impl Auth {
             realm: RwLock::new(IniRealm::default()),
             master: std::sync::OnceLock::new(),
             cipher: RwLock::new(Cipher::default()),
+            sessions: SessionStore::Sql(store_for_sessions),
+            session_settings: SessionSettings::default(),
         };
         if !had_keys {
             auth.persist_keys().await?;
@@ -510,6 +544,103 @@ impl Auth {
             return op(&self.cipher.read().unwrap_or_else(|p| p.into_inner()));
         }
         first
+    }
+
+    /// Keeps sessions in `sessions` with `settings` instead of the SQL store's defaults.
+    pub fn with_sessions(mut self, sessions: SessionStore, settings: SessionSettings) -> Self {
+        self.sessions = sessions;
+        self.session_settings = settings;
+        self
+    }
+
+    /// The session settings.
+    pub fn session_settings(&self) -> &SessionSettings {
+        &self.session_settings
+    }
+
+    /// The session store.
+    pub fn sessions(&self) -> &SessionStore {
+        &self.sessions
+    }
+
+    /// Logs in (with lockout and audit) and opens a session; returns its id, shown only now.
+    pub async fn open_session(
+        &self,
+        username: &str,
+        password: &str,
+        source: &str,
+    ) -> Result<(String, SessionInfo), OAuthError> {
+        self.login(username, password, "session", source).await?;
+        let id = random_token(32);
+        let (hash, handle) = id_hash(&id);
+        let now = now_s();
+        let info = SessionInfo {
+            handle,
+            user: username.to_owned(),
+            source: source.to_owned(),
+            created_at: now,
+            last_access: now,
+            expires_at: now
+                + i64::try_from(self.session_settings.absolute_timeout.as_secs())
+                    .unwrap_or(i64::MAX / 4),
+            idle_seconds: i64::try_from(self.session_settings.idle_timeout.as_secs())
+                .unwrap_or(i64::MAX / 4),
+        };
+        self.sessions.create(&hash, &info).await?;
+        self.audit(
+            "session.open",
+            "success",
+            username,
+            "",
+            source,
+            &format!("handle {}", info.handle),
+        )
+        .await;
+        Ok((id, info))
+    }
+
+    /// The live session with this id, touched; `None` when unknown or ended.
+    pub async fn session(&self, id: &str) -> Result<Option<SessionInfo>, StoreError> {
+        self.sessions.touch(&id_hash(id).0, now_s()).await
+    }
+
+    /// Ends the session with this id (logout). Returns whether it was live.
+    pub async fn close_session(&self, id: &str, source: &str) -> Result<bool, StoreError> {
+        let (hash, _) = id_hash(id);
+        let Some(info) = self.sessions.touch(&hash, now_s()).await? else {
+            return Ok(false);
+        };
+        self.sessions.delete(&hash, &info.user).await?;
+        self.audit(
+            "session.close",
+            "success",
+            &info.user,
+            "",
+            source,
+            &format!("handle {}", info.handle),
+        )
+        .await;
+        Ok(true)
+    }
+
+    /// A user's live sessions.
+    pub async fn user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>, StoreError> {
+        Ok(self
+            .sessions
+            .list(user, now_s())
+            .await?
+            .into_iter()
+            .map(|(_, info)| info)
+            .collect())
+    }
+
+    /// Ends a user's sessions (all, or the one with `handle`).
+    pub async fn revoke_sessions(
+        &self,
+        user: &str,
+        handle: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        self.sessions.revoke(user, handle, now_s()).await
     }
 
     /// Replaces the INI realm (at start and when its file changes). Its users log in when

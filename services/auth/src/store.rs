@@ -130,6 +130,11 @@ fn migrator() -> Migrator {
         migration(1, "init", include_str!("../migrations/0001_init.sql")),
         migration(2, "audit", include_str!("../migrations/0002_audit.sql")),
         migration(3, "cipher", include_str!("../migrations/0003_cipher.sql")),
+        migration(
+            4,
+            "sessions",
+            include_str!("../migrations/0004_sessions.sql"),
+        ),
     ])
 }
 
@@ -182,6 +187,11 @@ impl Store {
             .await
             .map_err(|e| StoreError::Database(format!("migrating the schema: {e}")))?;
         Ok(Self { pool })
+    }
+
+    /// The connection pool, for modules that keep their own tables (sessions).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// Whether the database answers (for readiness).

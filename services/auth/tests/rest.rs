@@ -596,3 +596,149 @@ async fn without_a_master_key_the_cipher_service_says_so() {
         "the cipher service is not configured (set cipher.master_key_file)"
     );
 }
+
+#[tokio::test]
+async fn sessions_open_show_close_and_are_revoked_by_administrators() {
+    let s = start().await;
+    let url = |p: &str| format!("{}{p}", s.base);
+    let login = |user: &'static str, password: &'static str| {
+        s.http
+            .post(url("/v1/sessions"))
+            .json(&json!({"username": user, "password": password}))
+            .send()
+    };
+    let opened = login("ada", "ada-password").await.expect("login");
+    assert_eq!(opened.status(), 201);
+    let cookie = opened.headers()["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        cookie.starts_with("quartet_session=")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let body: Value = opened.json().await.expect("json");
+    let id = body["session"].as_str().expect("id").to_owned();
+
+    let current: Value = s
+        .http
+        .get(url("/v1/sessions/current"))
+        .header("x-quartet-session", &id)
+        .send()
+        .await
+        .expect("current")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (current["user"].as_str(), current["handle"].as_str()),
+        (Some("ada"), body["handle"].as_str())
+    );
+    let by_cookie = s
+        .http
+        .get(url("/v1/sessions/current"))
+        .header("cookie", format!("quartet_session={id}"))
+        .send()
+        .await
+        .expect("current");
+    assert_eq!(by_cookie.status(), 200);
+
+    let wrong = login("ada", "nope").await.expect("login");
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(
+        wrong.json::<Value>().await.expect("json")["detail"],
+        "invalid username or password"
+    );
+
+    // Administrators list and revoke; a second session survives a targeted revocation.
+    let second: Value = login("ada", "ada-password")
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    let root = s.token("root", "root-password").await;
+    let listed: Value = s
+        .http
+        .get(url("/v1/admin/users/ada/sessions"))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    assert!(
+        listed.to_string().find(&id).is_none(),
+        "lists never show session ids"
+    );
+    let handle = body["handle"].as_str().expect("handle");
+    let revoked = s
+        .http
+        .delete(url(&format!("/v1/admin/users/ada/sessions/{handle}")))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.status(), 200);
+    assert_eq!(
+        s.http
+            .get(url("/v1/sessions/current"))
+            .header("x-quartet-session", &id)
+            .send()
+            .await
+            .expect("current")
+            .status(),
+        401
+    );
+    let other = second["session"].as_str().expect("id");
+    assert_eq!(
+        s.http
+            .get(url("/v1/sessions/current"))
+            .header("x-quartet-session", other)
+            .send()
+            .await
+            .expect("current")
+            .status(),
+        200
+    );
+
+    // Logout ends it and clears the cookie.
+    let logout = s
+        .http
+        .delete(url("/v1/sessions/current"))
+        .header("x-quartet-session", other)
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(logout.status(), 204);
+    assert!(
+        logout.headers()["set-cookie"]
+            .to_str()
+            .expect("ascii")
+            .contains("Max-Age=0")
+    );
+    assert_eq!(
+        s.http
+            .delete(url("/v1/sessions/current"))
+            .header("x-quartet-session", other)
+            .send()
+            .await
+            .expect("logout")
+            .status(),
+        401
+    );
+
+    let ada = s.token("ada", "ada-password").await;
+    let forbidden = s
+        .http
+        .get(url("/v1/admin/users/root/sessions"))
+        .bearer_auth(&ada)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(forbidden.status(), 403);
+}

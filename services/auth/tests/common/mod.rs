@@ -106,3 +106,31 @@ pub async fn serve(
     });
     (ctx, rx.await.expect("listeners bound"))
 }
+
+/// The URL of the private Redis server that `scripts/redis.sh` runs (started if needed).
+pub async fn redis_url() -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/redis.sh");
+    let out = tokio::process::Command::new(&script)
+        .arg("up")
+        .output()
+        .await
+        .expect("scripts/redis.sh runs");
+    assert!(
+        out.status.success(),
+        "redis.sh up failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+/// A name no other test run uses, for keys in shared servers.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
