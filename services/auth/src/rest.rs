@@ -781,6 +781,300 @@ async fn create_client(
         .json(serde_json::json!({"client_id": body.client_id, "client_secret": secret})))
 }
 
+/// A role or a permission to grant.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Grant {
+    /// The role name (for `/roles`) or the permission string (for `/permissions`).
+    name: String,
+}
+
+/// Changes to a user, a role or a grant, all checked and audited in one place.
+enum Change<'a> {
+    AssignRole { user: &'a str, role: &'a str },
+    UnassignRole { user: &'a str, role: &'a str },
+    GrantUser { user: &'a str, permission: &'a str },
+    RevokeUser { user: &'a str, permission: &'a str },
+    GrantRole { role: &'a str, permission: &'a str },
+    RevokeRole { role: &'a str, permission: &'a str },
+    Disable { user: &'a str, disabled: bool },
+}
+
+async fn apply(
+    req: &HttpRequest,
+    state: &State,
+    caller: &Bearer,
+    change: Change<'_>,
+) -> Result<HttpResponse, Problem> {
+    let store = state.auth.store();
+    let (permission, subject, kind, detail) = match &change {
+        Change::AssignRole { user, role } => (
+            "auth:user:update",
+            *user,
+            "admin.user.role.assign",
+            format!("role {role}"),
+        ),
+        Change::UnassignRole { user, role } => (
+            "auth:user:update",
+            *user,
+            "admin.user.role.unassign",
+            format!("role {role}"),
+        ),
+        Change::GrantUser { user, permission } => (
+            "auth:user:update",
+            *user,
+            "admin.user.permission.grant",
+            format!("permission {permission}"),
+        ),
+        Change::RevokeUser { user, permission } => (
+            "auth:user:update",
+            *user,
+            "admin.user.permission.revoke",
+            format!("permission {permission}"),
+        ),
+        Change::GrantRole { role, permission } => (
+            "auth:role:update",
+            *role,
+            "admin.role.permission.grant",
+            format!("permission {permission}"),
+        ),
+        Change::RevokeRole { role, permission } => (
+            "auth:role:update",
+            *role,
+            "admin.role.permission.revoke",
+            format!("permission {permission}"),
+        ),
+        Change::Disable { user, disabled } => (
+            "auth:user:update",
+            *user,
+            "admin.user.disable",
+            format!("disabled={disabled}"),
+        ),
+    };
+    caller.require(permission)?;
+    match change {
+        Change::AssignRole { user, role } => store.assign_role(user, role).await?,
+        Change::UnassignRole { user, role } => store.unassign_role(user, role).await?,
+        Change::GrantUser { user, permission } => {
+            validate_permissions(&[permission.to_owned()])?;
+            store.grant_user_permission(user, permission).await?
+        }
+        Change::RevokeUser { user, permission } => {
+            store.revoke_user_permission(user, permission).await?
+        }
+        Change::GrantRole { role, permission } => {
+            validate_permissions(&[permission.to_owned()])?;
+            store.grant_role_permission(role, permission).await?
+        }
+        Change::RevokeRole { role, permission } => {
+            store.revoke_role_permission(role, permission).await?
+        }
+        Change::Disable { user, disabled } => {
+            store.set_disabled(user, disabled).await?;
+            if disabled {
+                state.auth.revoke_sessions(user, None).await?;
+            }
+        }
+    }
+    state
+        .auth
+        .audit(
+            kind,
+            "success",
+            subject,
+            "",
+            &source(req),
+            &format!("{detail} by {}", caller.0.sub),
+        )
+        .await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Gives a user a role (`auth:user:update`).
+#[utoipa::path(post, path = "/v1/admin/users/{name}/roles", tag = "admin", request_body = Grant,
+    responses((status = 204, description = "Assigned"), (status = 404, description = "No such user or role", body = Problem), (status = 409, description = "Already assigned", body = Problem)), security(("bearer" = [])))]
+async fn assign_role(
+    req: HttpRequest,
+    state: web::Data<State>,
+    caller: Bearer,
+    name: web::Path<String>,
+    body: web::Json<Grant>,
+) -> Result<HttpResponse, Problem> {
+    apply(
+        &req,
+        &state,
+        &caller,
+        Change::AssignRole {
+            user: &name,
+            role: &body.name,
+        },
+    )
+    .await
+}
+
+/// Takes a role from a user (`auth:user:update`).
+#[utoipa::path(delete, path = "/v1/admin/users/{name}/roles/{role}", tag = "admin",
+    responses((status = 204, description = "Unassigned"), (status = 404, description = "Not assigned", body = Problem)), security(("bearer" = [])))]
+async fn unassign_role(
+    req: HttpRequest,
+    state: web::Data<State>,
+    caller: Bearer,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Problem> {
+    let (user, role) = path.into_inner();
+    apply(
+        &req,
+        &state,
+        &caller,
+        Change::UnassignRole {
+            user: &user,
+            role: &role,
+        },
+    )
+    .await
+}
+
+/// Grants a user a permission directly (`auth:user:update`).
+#[utoipa::path(post, path = "/v1/admin/users/{name}/permissions", tag = "admin", request_body = Grant,
+    responses((status = 204, description = "Granted"), (status = 400, description = "Invalid permission", body = Problem), (status = 404, description = "No such user", body = Problem)), security(("bearer" = [])))]
+async fn grant_user_permission(
+    req: HttpRequest,
+    state: web::Data<State>,
+    caller: Bearer,
+    name: web::Path<String>,
+    body: web::Json<Grant>,
+) -> Result<HttpResponse, Problem> {
+    apply(
+        &req,
+        &state,
+        &caller,
+        Change::GrantUser {
+            user: &name,
+            permission: &body.name,
+        },
+    )
+    .await
+}
+
+/// Takes a directly granted permission from a user (`auth:user:update`).
+#[utoipa::path(delete, path = "/v1/admin/users/{name}/permissions/{permission}", tag = "admin",
+    responses((status = 204, description = "Revoked"), (status = 404, description = "Not granted", body = Problem)), security(("bearer" = [])))]
+async fn revoke_user_permission(
+    req: HttpRequest,
+    state: web::Data<State>,
+    caller: Bearer,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Problem> {
+    let (user, permission) = path.into_inner();
+    apply(
+        &req,
+        &state,
+        &caller,
+        Change::RevokeUser {
+            user: &user,
+            permission: &permission,
+        },
+    )
+    .await
+}
+
+/// Adds a permission to a role (`auth:role:update`).
+#[utoipa::path(post, path = "/v1/admin/roles/{name}/permissions", tag = "admin", request_body = Grant,
+    responses((status = 204, description = "Granted"), (status = 400, description = "Invalid permission", body = Problem), (status = 404, description = "No such role", body = Problem)), security(("bearer" = [])))]
+async fn grant_role_permission(
+    req: HttpRequest,
+    state: web::Data<State>,
+    caller: Bearer,
+    name: web::Path<String>,
+    body: web::Json<Grant>,
+) -> Result<HttpResponse, Problem> {
+    apply(
+        &req,
+        &state,
+        &caller,
+        Change::GrantRole {
+            role: &name,
+            permission: &body.name,
+        },
+    )
+    .await
+}
+
+/// Takes a permission from a role (`auth:role:update`).
+#[utoipa::path(delete, path = "/v1/admin/roles/{name}/permissions/{permission}", tag = "admin",
+    responses((status = 204, description = "Revoked"), (status = 404, description = "Not granted", body = Problem)), security(("bearer" = [])))]
+async fn revoke_role_permission(
+    req: HttpRequest,
+    state: web::Data<State>,
+    caller: Bearer,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Problem> {
+    let (role, permission) = path.into_inner();
+    apply(
+        &req,
+        &state,
+        &caller,
+        Change::RevokeRole {
+            role: &role,
+            permission: &permission,
+        },
+    )
+    .await
+}
+
+/// Shows a role's permissions (`auth:role:read`).
+#[utoipa::path(get, path = "/v1/admin/roles/{name}", tag = "admin",
+    responses((status = 200, description = "The role's permissions", body = Vec<String>), (status = 404, description = "No such role", body = Problem)), security(("bearer" = [])))]
+async fn get_role(
+    state: web::Data<State>,
+    caller: Bearer,
+    name: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    caller.require("auth:role:read")?;
+    let permissions = state
+        .auth
+        .store()
+        .role_permissions(&name)
+        .await?
+        .ok_or_else(|| {
+            Problem::new(
+                ErrorKind::NotFound,
+                "no-such-role",
+                format!("role {:?} does not exist", name.as_str()),
+            )
+        })?;
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({"name": name.as_str(), "permissions": permissions})))
+}
+
+/// Whether a user may log in.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Disabled {
+    /// `true` refuses the user's logins and ends their sessions.
+    disabled: bool,
+}
+
+/// Disables or enables a user (`auth:user:update`); disabling ends their sessions.
+#[utoipa::path(put, path = "/v1/admin/users/{name}/disabled", tag = "admin", request_body = Disabled,
+    responses((status = 204, description = "Changed"), (status = 404, description = "No such user", body = Problem)), security(("bearer" = [])))]
+async fn set_disabled(
+    req: HttpRequest,
+    state: web::Data<State>,
+    caller: Bearer,
+    name: web::Path<String>,
+    body: web::Json<Disabled>,
+) -> Result<HttpResponse, Problem> {
+    apply(
+        &req,
+        &state,
+        &caller,
+        Change::Disable {
+            user: &name,
+            disabled: body.disabled,
+        },
+    )
+    .await
+}
+
 /// The cookie that carries a session id.
 pub const SESSION_COOKIE: &str = "quartet_session";
 /// The header that carries a session id, for clients without cookies.
@@ -1157,8 +1451,8 @@ fn now() -> i64 {
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(token, introspect, revoke, jwks, metadata, check, check_url, list_users, get_user, create_user, delete_user, list_roles, create_role, delete_role, create_client, audit, cipher, rotate_cipher, open_session, current_session, close_session, list_sessions, revoke_sessions, revoke_session),
-    components(schemas(TokenResponse, Introspection, CheckRequest, CheckResponse, UrlCheckRequest, UrlCheckResponse, NewUser, UserView, NewRole, NewClient, AuditEvent, CipherInput, CipherOutput, SessionLogin, OpenedSession, CurrentSession, crate::sessions::SessionInfo)),
+    paths(token, introspect, revoke, jwks, metadata, check, check_url, list_users, get_user, create_user, delete_user, list_roles, create_role, delete_role, create_client, audit, cipher, rotate_cipher, open_session, current_session, close_session, list_sessions, revoke_sessions, revoke_session, assign_role, unassign_role, grant_user_permission, revoke_user_permission, set_disabled, get_role, grant_role_permission, revoke_role_permission),
+    components(schemas(TokenResponse, Introspection, CheckRequest, CheckResponse, UrlCheckRequest, UrlCheckResponse, NewUser, UserView, NewRole, NewClient, AuditEvent, CipherInput, CipherOutput, SessionLogin, OpenedSession, CurrentSession, crate::sessions::SessionInfo, Grant, Disabled)),
     tags((name = "oauth2", description = "OAuth 2.0 token, introspection and revocation endpoints"),
          (name = "authz", description = "Authorization questions"),
          (name = "admin", description = "Users, roles and clients; guarded by auth:<entity>:<action>"),
@@ -1201,6 +1495,32 @@ pub fn api(state: State) -> RestApi {
                 .route("/v1/admin/audit", web::get().to(audit))
                 .route("/v1/admin/cipher/rotate", web::post().to(rotate_cipher))
                 .route("/v1/cipher/{operation}", web::post().to(cipher))
+                .route("/v1/admin/users/{name}/roles", web::post().to(assign_role))
+                .route(
+                    "/v1/admin/users/{name}/roles/{role}",
+                    web::delete().to(unassign_role),
+                )
+                .route(
+                    "/v1/admin/users/{name}/permissions",
+                    web::post().to(grant_user_permission),
+                )
+                .route(
+                    "/v1/admin/users/{name}/permissions/{permission}",
+                    web::delete().to(revoke_user_permission),
+                )
+                .route(
+                    "/v1/admin/users/{name}/disabled",
+                    web::put().to(set_disabled),
+                )
+                .route("/v1/admin/roles/{name}", web::get().to(get_role))
+                .route(
+                    "/v1/admin/roles/{name}/permissions",
+                    web::post().to(grant_role_permission),
+                )
+                .route(
+                    "/v1/admin/roles/{name}/permissions/{permission}",
+                    web::delete().to(revoke_role_permission),
+                )
                 .route("/v1/sessions", web::post().to(open_session))
                 .route("/v1/sessions/current", web::get().to(current_session))
                 .route("/v1/sessions/current", web::delete().to(close_session))

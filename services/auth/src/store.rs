@@ -343,6 +343,105 @@ impl Store {
         Ok(rows.iter().map(|r| r.get("name")).collect())
     }
 
+    /// Takes the role `role` from `user`.
+    pub async fn unassign_role(&self, user: &str, role: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM user_roles WHERE user_name = $1 AND role = $2")
+            .bind(user)
+            .bind(role)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "role {role:?} of user {user:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Takes a directly granted permission from `user`.
+    pub async fn revoke_user_permission(
+        &self,
+        user: &str,
+        permission: &str,
+    ) -> Result<(), StoreError> {
+        let done =
+            sqlx::query("DELETE FROM user_permissions WHERE user_name = $1 AND permission = $2")
+                .bind(user)
+                .bind(permission)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "permission {permission:?} of user {user:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Adds a permission to a role.
+    pub async fn grant_role_permission(
+        &self,
+        role: &str,
+        permission: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO role_permissions (role, permission) VALUES ($1, $2)")
+            .bind(role)
+            .bind(permission)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|e| {
+                constraint(
+                    e,
+                    || format!("permission {permission:?} on role {role:?}"),
+                    || format!("role {role:?}"),
+                )
+            })
+    }
+
+    /// Takes a permission from a role.
+    pub async fn revoke_role_permission(
+        &self,
+        role: &str,
+        permission: &str,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM role_permissions WHERE role = $1 AND permission = $2")
+            .bind(role)
+            .bind(permission)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "permission {permission:?} on role {role:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A role's permissions, sorted; `None` when the role does not exist.
+    pub async fn role_permissions(&self, role: &str) -> Result<Option<Vec<String>>, StoreError> {
+        if sqlx::query("SELECT 1 FROM roles WHERE name = $1")
+            .bind(role)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT permission FROM role_permissions WHERE role = $1 ORDER BY permission",
+        )
+        .bind(role)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(Some(rows.iter().map(|r| r.get("permission")).collect()))
+    }
+
     /// Gives `user` the role `role`.
     pub async fn assign_role(&self, user: &str, role: &str) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO user_roles (user_name, role) VALUES ($1, $2)")

@@ -742,3 +742,227 @@ async fn sessions_open_show_close_and_are_revoked_by_administrators() {
         .expect("list");
     assert_eq!(forbidden.status(), 403);
 }
+
+#[tokio::test]
+async fn roles_and_permissions_change_after_creation_and_disabling_ends_sessions() {
+    let s = start().await;
+    let root = s.token("root", "root-password").await;
+    let send = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let request = s
+            .http
+            .request(method, format!("{}{path}", s.base))
+            .bearer_auth(&root);
+        match body {
+            Some(b) => request.json(&b).send(),
+            None => request.send(),
+        }
+    };
+    use reqwest::Method;
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(
+        status(
+            send(
+                Method::POST,
+                "/v1/admin/roles",
+                Some(json!({"name": "ops"}))
+            )
+            .await
+            .expect("role")
+        ),
+        201
+    );
+    assert_eq!(
+        status(
+            send(
+                Method::POST,
+                "/v1/admin/roles/ops/permissions",
+                Some(json!({"name": "task:submit:*"}))
+            )
+            .await
+            .expect("grant")
+        ),
+        204
+    );
+    assert_eq!(
+        status(
+            send(
+                Method::POST,
+                "/v1/admin/roles/ops/permissions",
+                Some(json!({"name": "a:,:b"}))
+            )
+            .await
+            .expect("grant")
+        ),
+        400
+    );
+    assert_eq!(
+        status(
+            send(
+                Method::POST,
+                "/v1/admin/roles/ghost/permissions",
+                Some(json!({"name": "x"}))
+            )
+            .await
+            .expect("grant")
+        ),
+        404
+    );
+    let role: Value = send(Method::GET, "/v1/admin/roles/ops", None)
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(role["permissions"], json!(["task:submit:*"]));
+
+    assert_eq!(
+        status(
+            send(
+                Method::POST,
+                "/v1/admin/users/ada/roles",
+                Some(json!({"name": "ops"}))
+            )
+            .await
+            .expect("assign")
+        ),
+        204
+    );
+    assert_eq!(
+        status(
+            send(
+                Method::POST,
+                "/v1/admin/users/ada/roles",
+                Some(json!({"name": "ops"}))
+            )
+            .await
+            .expect("assign")
+        ),
+        409
+    );
+    assert_eq!(
+        status(
+            send(
+                Method::POST,
+                "/v1/admin/users/ada/permissions",
+                Some(json!({"name": "doc:read"}))
+            )
+            .await
+            .expect("grant")
+        ),
+        204
+    );
+    let ada: Value = send(Method::GET, "/v1/admin/users/ada", None)
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (&ada["roles"], &ada["permissions"]),
+        (&json!(["ops"]), &json!(["doc:read", "task:submit:*"]))
+    );
+
+    assert_eq!(
+        status(
+            send(
+                Method::DELETE,
+                "/v1/admin/users/ada/permissions/doc:read",
+                None
+            )
+            .await
+            .expect("revoke")
+        ),
+        204
+    );
+    assert_eq!(
+        status(
+            send(Method::DELETE, "/v1/admin/users/ada/roles/ops", None)
+                .await
+                .expect("unassign")
+        ),
+        204
+    );
+    assert_eq!(
+        status(
+            send(Method::DELETE, "/v1/admin/users/ada/roles/ops", None)
+                .await
+                .expect("unassign")
+        ),
+        404
+    );
+    assert_eq!(
+        status(
+            send(
+                Method::DELETE,
+                "/v1/admin/roles/ops/permissions/task:submit:*",
+                None
+            )
+            .await
+            .expect("revoke")
+        ),
+        204
+    );
+
+    let session: Value = s
+        .http
+        .post(format!("{}/v1/sessions", s.base))
+        .json(&json!({"username": "ada", "password": "ada-password"}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        status(
+            send(
+                Method::PUT,
+                "/v1/admin/users/ada/disabled",
+                Some(json!({"disabled": true}))
+            )
+            .await
+            .expect("disable")
+        ),
+        204
+    );
+    let current = s
+        .http
+        .get(format!("{}/v1/sessions/current", s.base))
+        .header(
+            "x-quartet-session",
+            session["session"].as_str().expect("id"),
+        )
+        .send()
+        .await
+        .expect("current");
+    assert_eq!(current.status(), 401, "disabling ends the user's sessions");
+    let refused = s
+        .http
+        .post(format!("{}/oauth2/token", s.base))
+        .basic_auth("app", Some("app%20secret%2F%2B"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "ada"),
+            ("password", "ada-password"),
+        ])
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(refused.status(), 400);
+    let audit: Value = send(Method::GET, "/v1/admin/audit?subject=ada", None)
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("json");
+    let kinds: Vec<&str> = audit
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"admin.user.disable") && kinds.contains(&"admin.user.role.assign"),
+        "{kinds:?}"
+    );
+}
