@@ -285,49 +285,130 @@ pub struct Introspection {
     pub jti: Option<String>,
 }
 
-/// Failure counts per user name and per source address.
-#[derive(Debug)]
+/// Failure counts per user name and per source address: in this process, or in Redis so that
+/// every replica counts the same failures.
 struct Lockout {
     settings: LockoutSettings,
     entries: Mutex<HashMap<String, (u32, i64)>>,
+    redis: Option<redis::aio::ConnectionManager>,
+}
+
+impl std::fmt::Debug for Lockout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lockout")
+            .field("shared", &self.redis.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Entries kept before the oldest are forgotten, so a flood of names cannot exhaust memory.
 const LOCKOUT_CAPACITY: usize = 100_000;
 
+fn lockout_key(key: &str) -> String {
+    format!("quartet:auth:lockout:{key}")
+}
+
 impl Lockout {
-    fn locked(&self, keys: &[String], now_ms: i64) -> bool {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        keys.iter()
-            .any(|k| entries.get(k).is_some_and(|(_, until)| *until > now_ms))
+    /// The refusal period after `failures` failures, if any.
+    fn delay(&self, failures: u32) -> Option<Duration> {
+        (failures >= self.settings.threshold).then(|| {
+            let doublings = (failures - self.settings.threshold).min(30);
+            self.settings
+                .base_delay
+                .saturating_mul(1u32 << doublings)
+                .min(self.settings.max_delay)
+        })
     }
 
-    fn failed(&self, keys: &[String], now_ms: i64) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= LOCKOUT_CAPACITY {
-            entries.retain(|_, (_, until)| *until > now_ms);
-        }
+    async fn locked(&self, keys: &[String], now_ms: i64) -> Result<bool, StoreError> {
+        let Some(conn) = &self.redis else {
+            let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            return Ok(keys
+                .iter()
+                .any(|k| entries.get(k).is_some_and(|(_, until)| *until > now_ms)));
+        };
+        let mut conn = conn.clone();
         for key in keys {
-            let entry = entries.entry(key.clone()).or_insert((0, 0));
-            entry.0 += 1;
-            if entry.0 >= self.settings.threshold {
-                let doublings = (entry.0 - self.settings.threshold).min(30);
-                let delay = self
-                    .settings
-                    .base_delay
-                    .saturating_mul(1u32 << doublings)
-                    .min(self.settings.max_delay);
-                entry.1 = now_ms + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+            let until: Option<i64> = redis::cmd("HGET")
+                .arg(lockout_key(key))
+                .arg("until")
+                .query_async(&mut conn)
+                .await
+                .map_err(lockout_error)?;
+            if until.is_some_and(|u| u > now_ms) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn failed(&self, keys: &[String], now_ms: i64) -> Result<(), StoreError> {
+        let Some(conn) = &self.redis else {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            if entries.len() >= LOCKOUT_CAPACITY {
+                entries.retain(|_, (_, until)| *until > now_ms);
+            }
+            for key in keys {
+                let entry = entries.entry(key.clone()).or_insert((0, 0));
+                entry.0 += 1;
+                if let Some(delay) = self.delay(entry.0) {
+                    entry.1 = now_ms + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+                }
+            }
+            return Ok(());
+        };
+        let mut conn = conn.clone();
+        // Counts live twice the longest delay past the last failure, then Redis forgets them.
+        let keep = i64::try_from(self.settings.max_delay.as_secs())
+            .unwrap_or(i64::MAX / 4)
+            .saturating_mul(2)
+            .max(60);
+        for key in keys {
+            let (failures,): (u32,) = redis::pipe()
+                .atomic()
+                .hincr(lockout_key(key), "failures", 1)
+                .expire(lockout_key(key), keep)
+                .ignore()
+                .query_async(&mut conn)
+                .await
+                .map_err(lockout_error)?;
+            if let Some(delay) = self.delay(failures) {
+                let until = now_ms + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+                redis::cmd("HSET")
+                    .arg(lockout_key(key))
+                    .arg("until")
+                    .arg(until)
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(lockout_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn succeeded(&self, user_key: &str) -> Result<(), StoreError> {
+        match &self.redis {
+            None => {
+                self.entries
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(user_key);
+                Ok(())
+            }
+            Some(conn) => {
+                let mut conn = conn.clone();
+                redis::cmd("DEL")
+                    .arg(lockout_key(user_key))
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(lockout_error)
             }
         }
     }
+}
 
-    fn succeeded(&self, user_key: &str) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(user_key);
-    }
+fn lockout_error(e: redis::RedisError) -> StoreError {
+    StoreError::Database(format!("redis (lockout): {e}"))
 }
 
 fn now_ms() -> i64 {
@@ -446,6 +527,7 @@ impl Auth {
             lockout: Lockout {
                 settings: lockout,
                 entries: Mutex::new(HashMap::new()),
+                redis: None,
             },
             dummy_hash,
             realm: RwLock::new(IniRealm::default()),
@@ -546,8 +628,12 @@ impl Auth {
         first
     }
 
-    /// Keeps sessions in `sessions` with `settings` instead of the SQL store's defaults.
+    /// Keeps sessions in `sessions` with `settings` instead of the SQL store's defaults. With
+    /// Redis, lockout counts move there too, so every replica sees every failure.
     pub fn with_sessions(mut self, sessions: SessionStore, settings: SessionSettings) -> Self {
+        if let SessionStore::Redis(conn) = &sessions {
+            self.lockout.redis = Some(conn.clone());
+        }
         self.sessions = sessions;
         self.session_settings = settings;
         self
@@ -879,7 +965,7 @@ impl Auth {
         let now = now_ms();
         let user = self.credential(username).await?;
         let from_store = self.store.user(username).await?.is_some();
-        if self.lockout.locked(&keys, now) {
+        if self.lockout.locked(&keys, now).await? {
             // Same answer as a wrong password; the hash still runs so timing says nothing.
             let _ = self.hasher.verify(&self.dummy_hash, password);
             self.audit(
@@ -905,7 +991,7 @@ impl Auth {
         };
         match (user, verified) {
             (Some((_, true)), Some(v)) => {
-                self.lockout.succeeded(&user_key);
+                self.lockout.succeeded(&user_key).await?;
                 // Only the store can be rewritten; an INI realm keeps what its file says.
                 if let (Some(rehash), true) = (v.rehash, from_store) {
                     self.store.set_password_hash(username, &rehash).await?;
@@ -924,7 +1010,7 @@ impl Auth {
                 Ok(())
             }
             (user, _) => {
-                self.lockout.failed(&keys, now);
+                self.lockout.failed(&keys, now).await?;
                 let detail = match user {
                     None => "unknown user",
                     Some((_, false)) => "user disabled",

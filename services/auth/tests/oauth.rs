@@ -381,3 +381,57 @@ async fn contradictory_settings_are_refused() {
         .expect_err("overlap too short");
     assert!(err.to_string().contains("key_overlap"), "{err}");
 }
+
+#[tokio::test]
+async fn with_redis_every_replica_counts_the_same_failures() {
+    use quartet_auth::service::SessionSettings;
+    use quartet_auth::sessions::SessionStore;
+    let (_dir, url) = common::sqlite_database();
+    let redis = common::redis_url().await;
+    let (user, source) = (common::unique("ada"), common::unique("10.9.9.9"));
+    let lockout = LockoutSettings {
+        threshold: 3,
+        base_delay: Duration::from_secs(30),
+        max_delay: Duration::from_secs(60),
+    };
+    let replica = |shared: bool| {
+        let (url, redis, lockout) = (url.clone(), redis.clone(), lockout.clone());
+        async move {
+            let store = Store::connect(&url, 2).await.expect("store");
+            let auth = Auth::open(store, hasher(), TokenSettings::default(), lockout)
+                .await
+                .expect("open");
+            if shared {
+                auth.with_sessions(
+                    SessionStore::redis(&redis).await.expect("redis"),
+                    SessionSettings::default(),
+                )
+            } else {
+                auth
+            }
+        }
+    };
+    let (a, b, alone) = (
+        replica(true).await,
+        replica(true).await,
+        replica(false).await,
+    );
+    a.store()
+        .create_user(&user, &hasher().hash("right"), 0)
+        .await
+        .expect("user");
+    for _ in 0..3 {
+        assert!(a.login(&user, "wrong", "cli", &source).await.is_err());
+    }
+    assert_eq!(
+        b.login(&user, "right", "cli", &source).await,
+        Err(OAuthError::InvalidGrant(
+            "invalid username or password".into()
+        )),
+        "replica b must see replica a's failures"
+    );
+    assert!(
+        alone.login(&user, "right", "cli", &source).await.is_ok(),
+        "a replica with in-process counts saw nothing"
+    );
+}
