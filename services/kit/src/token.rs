@@ -143,6 +143,7 @@ pub struct Verifier {
     source: KeySource,
     keys: RwLock<HashMap<String, DecodingKey>>,
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    min_refresh: Duration,
 }
 
 fn keys_of(set: &JwkSet) -> HashMap<String, DecodingKey> {
@@ -187,7 +188,14 @@ impl Verifier {
             source,
             keys: RwLock::new(keys),
             last_fetch: tokio::sync::Mutex::new(None),
+            min_refresh: MIN_REFRESH_INTERVAL,
         }
+    }
+
+    /// Sets the least time between two JWKS fetches ([`MIN_REFRESH_INTERVAL`] by default).
+    pub fn with_min_refresh_interval(mut self, interval: Duration) -> Self {
+        self.min_refresh = interval;
+        self
     }
 
     /// Replaces the key set (the auth service does this when it rotates).
@@ -210,7 +218,7 @@ impl Verifier {
             return Ok(false);
         };
         let mut last = self.last_fetch.lock().await;
-        if last.is_some_and(|t| t.elapsed() < MIN_REFRESH_INTERVAL) {
+        if last.is_some_and(|t| t.elapsed() < self.min_refresh) {
             return Ok(false);
         }
         *last = Some(Instant::now());
