@@ -7,6 +7,8 @@
 //! Layout rule for what comes: the domain apart from the transports (gRPC, REST, MySQL wire) and
 //! the storage, so each can be tested alone.
 
+pub mod dialect;
+
 use quartet_kit::app::{Context, ServiceConfig};
 use quartet_kit::reexport::tonic::service::Routes;
 use quartet_kit::settings::AuthClientSettings;

@@ -1,0 +1,851 @@
+//! MySQL's SQL dialect onto SQLite, the state machine of every shard group.
+//!
+//! [`translate`] parses one MySQL statement text (sqlparser's MySQL dialect) into [`Plan`]s:
+//! SQL for SQLite, or an instruction for the session layer (`USE`, `SET`, `SHOW`, transaction
+//! control). What MySQL and SQLite share passes through; what differs is rewritten:
+//!
+//! | MySQL | SQLite |
+//! |---|---|
+//! | `CREATE TABLE` with MySQL types, `AUTO_INCREMENT`, `KEY`/`INDEX`, `CHARSET`, `COLLATE`, `COMMENT`, `ENGINE` | the same columns with their MySQL type names as declared types (SQLite derives affinity from them), the auto-increment column as the `INTEGER PRIMARY KEY` rowid alias, inline indexes as `CREATE INDEX`; storage options dropped |
+//! | `INSERT … ON DUPLICATE KEY UPDATE c = VALUES(c)` | `INSERT … ON CONFLICT DO UPDATE SET c = excluded.c` |
+//! | `INSERT IGNORE` | `INSERT OR IGNORE` |
+//! | `@@version`, `@@session.x`, `DATABASE()`, `LAST_INSERT_ID()`, `VERSION()` | literals from the session |
+//!
+//! Anything else MySQL-only is refused with MySQL error 1235 naming the construct, and a
+//! statement that does not parse gets 1064 with the parser's message: never a guess.
+
+use std::fmt::Write as _;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    ColumnOption, CreateTable, DataType, Expr, FunctionArguments, Ident, ObjectName, OnConflict,
+    OnConflictAction, OnInsert, ShowStatementFilter, SqliteOnConflict, Statement, TableConstraint,
+    Value, ValueWithSpan, VisitMut, VisitorMut,
+};
+use sqlparser::dialect::MySqlDialect;
+use sqlparser::parser::Parser;
+
+/// A MySQL error: number, SQLSTATE and message, as the wire protocol sends them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ERROR {code} ({sqlstate}): {message}")]
+pub struct MysqlError {
+    /// MySQL's error number, e.g. 1064.
+    pub code: u16,
+    /// The SQLSTATE, e.g. `42000`.
+    pub sqlstate: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl MysqlError {
+    /// 1064: the statement does not parse.
+    pub fn syntax(message: impl Into<String>) -> Self {
+        Self {
+            code: 1064,
+            sqlstate: "42000",
+            message: message.into(),
+        }
+    }
+
+    /// 1235: a construct this server does not support, named.
+    pub fn unsupported(construct: impl std::fmt::Display) -> Self {
+        Self {
+            code: 1235,
+            sqlstate: "42000",
+            message: format!("This version of Quartet doesn't yet support '{construct}'"),
+        }
+    }
+}
+
+/// What the session layer knows when a statement is translated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Context {
+    /// The current database (`USE`), if any.
+    pub database: Option<String>,
+    /// The last AUTO_INCREMENT value this session generated.
+    pub last_insert_id: u64,
+    /// Session and global variables (`@@name` and `@@session.name` read these), lower-case names.
+    pub variables: Vec<(String, String)>,
+}
+
+/// One session-level assignment from a `SET` statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Setting {
+    /// `SET NAMES charset [COLLATE collation]`.
+    Names {
+        /// The character set.
+        charset: String,
+    },
+    /// `SET [SESSION|@@session.]name = value` (value as written, literals unquoted).
+    Variable {
+        /// Lower-case variable name.
+        name: String,
+        /// The value.
+        value: String,
+    },
+}
+
+/// The `SHOW` statements the session layer answers from the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Show {
+    /// `SHOW DATABASES`.
+    Databases,
+    /// `SHOW [FULL] TABLES [FROM db]`.
+    Tables {
+        /// The database, if named.
+        database: Option<String>,
+        /// `FULL` adds the table type column.
+        full: bool,
+    },
+    /// `SHOW [FULL] COLUMNS FROM t`.
+    Columns {
+        /// The table.
+        table: String,
+    },
+    /// `SHOW CREATE TABLE t`.
+    CreateTable {
+        /// The table.
+        table: String,
+    },
+    /// `SHOW [SESSION|GLOBAL] VARIABLES [LIKE pattern]`.
+    Variables {
+        /// The `LIKE` pattern, if any.
+        like: Option<String>,
+    },
+}
+
+/// Transaction control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transaction {
+    /// `BEGIN` / `START TRANSACTION`.
+    Begin,
+    /// `COMMIT`.
+    Commit,
+    /// `ROLLBACK`.
+    Rollback,
+}
+
+/// What to do for one statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Run these statements on SQLite, in order, as one unit.
+    Sqlite {
+        /// The SQLite statements.
+        statements: Vec<String>,
+        /// Whether it only reads.
+        read_only: bool,
+    },
+    /// Change the session.
+    Set(Vec<Setting>),
+    /// `USE db`.
+    Use(String),
+    /// Answer from the catalog.
+    Show(Show),
+    /// Transaction control.
+    Transaction(Transaction),
+}
+
+/// Translates one MySQL statement text (possibly several statements separated by `;`).
+pub fn translate(sql: &str, context: &Context) -> Result<Vec<Plan>, MysqlError> {
+    let trimmed = sql.trim().trim_end_matches(';').trim();
+    if trimmed.is_empty() {
+        return Err(MysqlError {
+            code: 1065,
+            sqlstate: "42000",
+            message: "Query was empty".into(),
+        });
+    }
+    // Drivers send `SET a = 1, NAMES utf8mb4, b = 2`, which sqlparser refuses; SET is simple
+    // enough to read here.
+    if let Some(rest) = trimmed
+        .get(..4)
+        .filter(|p| p.eq_ignore_ascii_case("set "))
+        .and_then(|_| trimmed.get(4..))
+    {
+        return parse_set(rest).map(|s| vec![Plan::Set(s)]);
+    }
+    let statements = Parser::parse_sql(&MySqlDialect {}, trimmed)
+        .map_err(|e| MysqlError::syntax(e.to_string()))?;
+    statements.into_iter().map(|s| plan(s, context)).collect()
+}
+
+fn plan(mut statement: Statement, context: &Context) -> Result<Plan, MysqlError> {
+    let mut substitute = Substitute {
+        context,
+        error: None,
+    };
+    let _ = statement.visit(&mut substitute);
+    if let Some(e) = substitute.error {
+        return Err(e);
+    }
+    match statement {
+        Statement::Query(_) => Ok(Plan::Sqlite {
+            statements: vec![statement.to_string()],
+            read_only: true,
+        }),
+        Statement::Insert(mut insert) => {
+            if insert.ignore {
+                insert.ignore = false;
+                insert.or = Some(SqliteOnConflict::Ignore);
+            }
+            if let Some(OnInsert::DuplicateKeyUpdate(assignments)) = insert.on.take() {
+                insert.on = Some(OnInsert::OnConflict(OnConflict {
+                    conflict_target: None,
+                    action: OnConflictAction::DoUpdate(sqlparser::ast::DoUpdate {
+                        assignments,
+                        selection: None,
+                    }),
+                }));
+            }
+            if !insert.assignments.is_empty() {
+                return Err(MysqlError::unsupported("INSERT ... SET"));
+            }
+            Ok(Plan::Sqlite {
+                statements: vec![Statement::Insert(insert).to_string()],
+                read_only: false,
+            })
+        }
+        Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::CreateIndex(_)
+        | Statement::Drop { .. } => Ok(Plan::Sqlite {
+            statements: vec![statement.to_string()],
+            read_only: false,
+        }),
+        Statement::CreateTable(table) => create_table(&table).map(|statements| Plan::Sqlite {
+            statements,
+            read_only: false,
+        }),
+        Statement::StartTransaction { .. } => Ok(Plan::Transaction(Transaction::Begin)),
+        Statement::Commit { .. } => Ok(Plan::Transaction(Transaction::Commit)),
+        Statement::Rollback {
+            savepoint: None, ..
+        } => Ok(Plan::Transaction(Transaction::Rollback)),
+        Statement::Use(use_) => Ok(Plan::Use(last_ident(&use_.to_string()))),
+        Statement::ShowDatabases { .. } => Ok(Plan::Show(Show::Databases)),
+        Statement::ShowTables {
+            full, show_options, ..
+        } => Ok(Plan::Show(Show::Tables {
+            database: show_options
+                .show_in
+                .and_then(|i| i.parent_name)
+                .map(|n| object_name(&n)),
+            full,
+        })),
+        Statement::ShowColumns { show_options, .. } => {
+            match show_options.show_in.and_then(|i| i.parent_name) {
+                Some(table) => Ok(Plan::Show(Show::Columns {
+                    table: object_name(&table),
+                })),
+                None => Err(MysqlError::syntax("SHOW COLUMNS needs FROM <table>")),
+            }
+        }
+        Statement::ShowCreate {
+            obj_type: sqlparser::ast::ShowCreateObject::Table,
+            obj_name,
+        } => Ok(Plan::Show(Show::CreateTable {
+            table: object_name(&obj_name),
+        })),
+        Statement::ShowVariables { filter, .. } => Ok(Plan::Show(Show::Variables {
+            like: match filter {
+                None => None,
+                Some(ShowStatementFilter::Like(pattern)) => Some(pattern),
+                Some(other) => {
+                    return Err(MysqlError::unsupported(format!("SHOW VARIABLES {other}")));
+                }
+            },
+        })),
+        other => Err(MysqlError::unsupported(statement_kind(&other))),
+    }
+}
+
+/// The leading keywords of a statement, to name it in an error without echoing its data.
+fn statement_kind(statement: &Statement) -> String {
+    statement
+        .to_string()
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn object_name(name: &ObjectName) -> String {
+    last_ident(&name.to_string())
+}
+
+/// The last dotted component, unquoted: `` `app`.`t` `` → `t`.
+fn last_ident(text: &str) -> String {
+    let last = text.rsplit('.').next().unwrap_or(text).trim();
+    last.trim_start_matches("USE ")
+        .trim()
+        .trim_matches(|c| c == '`' || c == '"')
+        .to_owned()
+}
+
+/// Replaces session-dependent expressions with literals and refuses functions SQLite lacks.
+struct Substitute<'a> {
+    context: &'a Context,
+    error: Option<MysqlError>,
+}
+
+fn string(value: impl Into<String>) -> Expr {
+    Expr::Value(ValueWithSpan::from(Value::SingleQuotedString(value.into())))
+}
+
+impl Substitute<'_> {
+    fn variable(&self, name: &str) -> Option<Expr> {
+        let name = name.trim_start_matches("@@").to_lowercase();
+        let name = name
+            .strip_prefix("session.")
+            .or_else(|| name.strip_prefix("global."))
+            .unwrap_or(&name)
+            .to_owned();
+        self.context
+            .variables
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| match v.parse::<i64>() {
+                Ok(n) => Expr::Value(ValueWithSpan::from(Value::Number(n.to_string(), false))),
+                Err(_) => string(v.clone()),
+            })
+    }
+}
+
+impl VisitorMut for Substitute<'_> {
+    type Break = ();
+
+    fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        let replacement = match expr {
+            Expr::Identifier(Ident { value, .. }) if value.starts_with("@@") => {
+                match self.variable(value) {
+                    Some(e) => Some(e),
+                    None => {
+                        self.error = Some(MysqlError {
+                            code: 1193,
+                            sqlstate: "HY000",
+                            message: format!(
+                                "Unknown system variable '{}'",
+                                value.trim_start_matches("@@")
+                            ),
+                        });
+                        return ControlFlow::Break(());
+                    }
+                }
+            }
+            Expr::CompoundIdentifier(parts)
+                if parts.first().is_some_and(|p| p.value.starts_with("@@")) =>
+            {
+                let name = parts
+                    .iter()
+                    .map(|p| p.value.as_str())
+                    .collect::<Vec<_>>()
+                    .join(".");
+                match self.variable(&name) {
+                    Some(e) => Some(e),
+                    None => {
+                        self.error = Some(MysqlError {
+                            code: 1193,
+                            sqlstate: "HY000",
+                            message: format!(
+                                "Unknown system variable '{}'",
+                                name.trim_start_matches("@@")
+                            ),
+                        });
+                        return ControlFlow::Break(());
+                    }
+                }
+            }
+            Expr::Function(f) => {
+                let name = f.name.to_string().to_uppercase();
+                let no_args = match &f.args {
+                    FunctionArguments::None => true,
+                    FunctionArguments::List(list) => list.args.is_empty(),
+                    FunctionArguments::Subquery(_) => false,
+                };
+                match name.as_str() {
+                    "DATABASE" | "SCHEMA" if no_args => Some(match &self.context.database {
+                        Some(db) => string(db.clone()),
+                        None => Expr::Value(ValueWithSpan::from(Value::Null)),
+                    }),
+                    "LAST_INSERT_ID" if no_args => Some(Expr::Value(ValueWithSpan::from(
+                        Value::Number(self.context.last_insert_id.to_string(), false),
+                    ))),
+                    "VERSION" if no_args => self.variable("version"),
+                    // MySQL's VALUES(col) inside ON DUPLICATE KEY UPDATE is SQLite's excluded.col.
+                    "VALUES" => match &f.args {
+                        FunctionArguments::List(list) if list.args.len() == 1 => {
+                            let column = list.args[0].to_string();
+                            Some(Expr::CompoundIdentifier(vec![
+                                Ident::new("excluded"),
+                                Ident::new(column.trim_matches('`')),
+                            ]))
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(replacement) = replacement {
+            *expr = replacement;
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// The declared type SQLite keeps for a MySQL column type. SQLite derives affinity from the
+/// name (INT → integer, CHAR/TEXT → text, REAL/FLOA/DOUB → real, else numeric); names it could
+/// not parse (ENUM's value list) become TEXT.
+fn declared_type(data_type: &DataType) -> String {
+    match data_type {
+        DataType::Enum(..) | DataType::Set(_) => "TEXT".into(),
+        other => other.to_string(),
+    }
+}
+
+fn create_table(table: &CreateTable) -> Result<Vec<String>, MysqlError> {
+    let name = object_name(&table.name);
+    if table.query.is_some() {
+        return Err(MysqlError::unsupported("CREATE TABLE ... AS SELECT"));
+    }
+    if table.like.is_some() {
+        return Err(MysqlError::unsupported("CREATE TABLE ... LIKE"));
+    }
+    // The AUTO_INCREMENT column becomes SQLite's rowid alias: `INTEGER PRIMARY KEY`.
+    let auto: Vec<&str> = table
+        .columns
+        .iter()
+        .filter(|c| c.options.iter().any(|o| matches!(&o.option, ColumnOption::DialectSpecific(tokens) if tokens.iter().any(|t| t.to_string().eq_ignore_ascii_case("AUTO_INCREMENT")))))
+        .map(|c| c.name.value.as_str())
+        .collect();
+    if auto.len() > 1 {
+        return Err(MysqlError { code: 1075, sqlstate: "42000", message: "Incorrect table definition; there can be only one auto column and it must be defined as a key".into() });
+    }
+    let table_pk: Option<Vec<String>> = table.constraints.iter().find_map(|c| match c {
+        TableConstraint::PrimaryKey(pk) => Some(
+            pk.columns
+                .iter()
+                .map(|col| last_ident(&col.to_string()))
+                .collect(),
+        ),
+        _ => None,
+    });
+    let mut columns = Vec::new();
+    for column in &table.columns {
+        let is_auto = auto.contains(&column.name.value.as_str());
+        let mut text = format!("{} ", quote(&column.name.value));
+        let inline_pk = column
+            .options
+            .iter()
+            .any(|o| matches!(o.option, ColumnOption::PrimaryKey(_)));
+        if is_auto {
+            let single_pk = inline_pk
+                || table_pk
+                    .as_deref()
+                    .is_some_and(|pk| pk.len() == 1 && pk[0] == column.name.value);
+            if !single_pk {
+                return Err(MysqlError { code: 1075, sqlstate: "42000", message: "Incorrect table definition; there can be only one auto column and it must be defined as a key".into() });
+            }
+            text.push_str("INTEGER PRIMARY KEY");
+        } else {
+            text.push_str(&declared_type(&column.data_type));
+        }
+        for option in &column.options {
+            match &option.option {
+                ColumnOption::Null => text.push_str(" NULL"),
+                ColumnOption::NotNull => text.push_str(" NOT NULL"),
+                ColumnOption::Default(expr) => {
+                    let _ = write!(text, " DEFAULT ({expr})");
+                }
+                ColumnOption::PrimaryKey(_) if !is_auto => text.push_str(" PRIMARY KEY"),
+                ColumnOption::Unique(_) => text.push_str(" UNIQUE"),
+                ColumnOption::Check(check) => {
+                    let _ = write!(text, " CHECK ({})", check.expr);
+                }
+                ColumnOption::PrimaryKey(_)
+                | ColumnOption::DialectSpecific(_)
+                | ColumnOption::CharacterSet(_)
+                | ColumnOption::Collation(_)
+                | ColumnOption::Comment(_)
+                | ColumnOption::OnUpdate(_) => {}
+                other => return Err(MysqlError::unsupported(format!("column option {other}"))),
+            }
+        }
+        columns.push(text);
+    }
+    let mut indexes = Vec::new();
+    for constraint in &table.constraints {
+        match constraint {
+            TableConstraint::PrimaryKey(pk) => {
+                let cols: Vec<String> = pk
+                    .columns
+                    .iter()
+                    .map(|c| last_ident(&c.to_string()))
+                    .collect();
+                if !(cols.len() == 1 && auto.contains(&cols[0].as_str())) {
+                    columns.push(format!(
+                        "PRIMARY KEY ({})",
+                        cols.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            }
+            TableConstraint::Unique(unique) => {
+                let cols: Vec<String> = unique
+                    .columns
+                    .iter()
+                    .map(|c| quote(&last_ident(&c.to_string())))
+                    .collect();
+                columns.push(format!("UNIQUE ({})", cols.join(", ")));
+            }
+            TableConstraint::Check(check) => columns.push(format!("CHECK ({})", check.expr)),
+            TableConstraint::Index(index) => {
+                let cols: Vec<String> = index
+                    .columns
+                    .iter()
+                    .map(|c| quote(&last_ident(&c.to_string())))
+                    .collect();
+                let index_name = index
+                    .name
+                    .as_ref()
+                    .map(|n| n.value.clone())
+                    .unwrap_or_else(|| format!("{name}_{}", indexes.len() + 1));
+                indexes.push(format!(
+                    "CREATE INDEX {} ON {} ({})",
+                    quote(&format!("{name}.{index_name}")),
+                    quote(&name),
+                    cols.join(", ")
+                ));
+            }
+            other => return Err(MysqlError::unsupported(format!("table constraint {other}"))),
+        }
+    }
+    let if_not_exists = if table.if_not_exists {
+        "IF NOT EXISTS "
+    } else {
+        ""
+    };
+    let mut statements = vec![format!(
+        "CREATE TABLE {if_not_exists}{} ({})",
+        quote(&name),
+        columns.join(", ")
+    )];
+    statements.extend(indexes);
+    Ok(statements)
+}
+
+/// Splits on commas outside quotes and parentheses.
+fn split_assignments(text: &str) -> Vec<String> {
+    let (mut out, mut current, mut depth, mut quote_char) =
+        (Vec::new(), String::new(), 0usize, None::<char>);
+    for c in text.chars() {
+        match (quote_char, c) {
+            (Some(q), c) if c == q => quote_char = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"' | '`') => quote_char = Some(c),
+            (None, '(') => depth += 1,
+            (None, ')') => depth = depth.saturating_sub(1),
+            (None, ',') if depth == 0 => {
+                out.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    out.push(current);
+    out.into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn parse_set(text: &str) -> Result<Vec<Setting>, MysqlError> {
+    let mut settings = Vec::new();
+    for item in split_assignments(text) {
+        let upper = item.to_uppercase();
+        if upper.starts_with("NAMES ")
+            || upper.starts_with("CHARACTER SET ")
+            || upper.starts_with("CHARSET ")
+        {
+            let rest = item
+                .split_whitespace()
+                .skip(if upper.starts_with("CHARACTER SET ") {
+                    2
+                } else {
+                    1
+                })
+                .collect::<Vec<_>>();
+            let charset = rest
+                .first()
+                .map(|c| c.trim_matches(|q| q == '\'' || q == '"').to_owned())
+                .ok_or_else(|| MysqlError::syntax(format!("SET {item}: no character set")))?;
+            settings.push(Setting::Names { charset });
+            continue;
+        }
+        if upper.starts_with("TRANSACTION ") {
+            return Err(MysqlError::unsupported(format!("SET {item}")));
+        }
+        let (name, value) = item
+            .split_once('=')
+            .ok_or_else(|| MysqlError::syntax(format!("SET {item}: expected name = value")))?;
+        let name = name.trim().to_lowercase();
+        let name = name
+            .trim_start_matches("@@")
+            .trim_start_matches("session ")
+            .trim_start_matches("local ")
+            .trim_start_matches("session.")
+            .trim_start_matches("local.")
+            .trim()
+            .to_owned();
+        if name.starts_with("global") || name.starts_with('@') {
+            return Err(MysqlError::unsupported(format!("SET {}", item.trim())));
+        }
+        let value = value
+            .trim()
+            .trim_matches(|q| q == '\'' || q == '"')
+            .to_owned();
+        settings.push(Setting::Variable { name, value });
+    }
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> Context {
+        Context {
+            database: Some("app".into()),
+            last_insert_id: 42,
+            variables: vec![
+                ("version".into(), "8.0.36-quartet".into()),
+                ("version_comment".into(), "Quartet".into()),
+                ("auto_increment_increment".into(), "1".into()),
+            ],
+        }
+    }
+
+    fn sqlite(sql: &str) -> Vec<String> {
+        match translate(sql, &context())
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .remove(0)
+        {
+            Plan::Sqlite { statements, .. } => statements,
+            other => panic!("{sql}: expected SQL, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn session_statements_become_plans() {
+        let plans = translate("SET sql_mode=(SELECT CONCAT(@@sql_mode,',PIPES_AS_CONCAT')),time_zone='+00:00',NAMES utf8mb4 COLLATE utf8mb4_unicode_ci", &context()).expect("parses");
+        assert_eq!(
+            plans,
+            [Plan::Set(vec![
+                Setting::Variable {
+                    name: "sql_mode".into(),
+                    value: "(SELECT CONCAT(@@sql_mode,',PIPES_AS_CONCAT'))".into()
+                },
+                Setting::Variable {
+                    name: "time_zone".into(),
+                    value: "+00:00".into()
+                },
+                Setting::Names {
+                    charset: "utf8mb4".into()
+                },
+            ])]
+        );
+        assert_eq!(
+            translate("SET autocommit = 0", &context()).expect("parses"),
+            [Plan::Set(vec![Setting::Variable {
+                name: "autocommit".into(),
+                value: "0".into()
+            }])]
+        );
+        assert_eq!(
+            translate("USE `shop`", &context()).expect("parses"),
+            [Plan::Use("shop".into())]
+        );
+        assert_eq!(
+            translate("START TRANSACTION", &context()).expect("parses"),
+            [Plan::Transaction(Transaction::Begin)]
+        );
+        assert_eq!(
+            translate("begin; commit", &context()).expect("parses"),
+            [
+                Plan::Transaction(Transaction::Begin),
+                Plan::Transaction(Transaction::Commit)
+            ]
+        );
+        assert_eq!(
+            translate("SHOW FULL TABLES FROM shop", &context()).expect("parses"),
+            [Plan::Show(Show::Tables {
+                database: Some("shop".into()),
+                full: true
+            })]
+        );
+        assert_eq!(
+            translate("SHOW VARIABLES LIKE 'version%'", &context()).expect("parses"),
+            [Plan::Show(Show::Variables {
+                like: Some("version%".into())
+            })]
+        );
+        assert_eq!(
+            translate("SHOW CREATE TABLE `t`", &context()).expect("parses"),
+            [Plan::Show(Show::CreateTable { table: "t".into() })]
+        );
+        assert_eq!(
+            translate("SHOW COLUMNS FROM app.t", &context()).expect("parses"),
+            [Plan::Show(Show::Columns { table: "t".into() })]
+        );
+    }
+
+    #[test]
+    fn errors_are_mysql_errors_naming_the_problem() {
+        let e = translate("SELEC 1", &context()).expect_err("syntax");
+        assert_eq!((e.code, e.sqlstate), (1064, "42000"));
+        let e = translate("GRANT ALL ON *.* TO bob", &context()).expect_err("unsupported");
+        assert_eq!(e.code, 1235);
+        assert!(e.message.contains("'GRANT ALL'"), "{}", e.message);
+        let e = translate("SELECT @@no_such_thing", &context()).expect_err("unknown variable");
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (1193, "Unknown system variable 'no_such_thing'")
+        );
+        assert_eq!(translate("  ;", &context()).expect_err("empty").code, 1065);
+        assert_eq!(
+            translate("SET GLOBAL max_connections = 10", &context())
+                .expect_err("global")
+                .code,
+            1235
+        );
+        assert_eq!(
+            translate("CREATE TABLE a (x INT AUTO_INCREMENT, y INT)", &context())
+                .expect_err("auto not key")
+                .code,
+            1075
+        );
+    }
+
+    /// Runs translated statements on a real SQLite and returns the rows of the last query.
+    struct Sqlite(rusqlite::Connection);
+
+    impl Sqlite {
+        fn new() -> Self {
+            Self(rusqlite::Connection::open_in_memory().expect("sqlite"))
+        }
+
+        fn run(&self, sql: &str) -> Vec<Vec<String>> {
+            let mut rows = Vec::new();
+            for statement in sqlite(sql) {
+                let mut prepared = self
+                    .0
+                    .prepare(&statement)
+                    .unwrap_or_else(|e| panic!("{statement}: {e}"));
+                let width = prepared.column_count();
+                let mut result = prepared
+                    .query([])
+                    .unwrap_or_else(|e| panic!("{statement}: {e}"));
+                rows.clear();
+                while let Some(row) = result.next().unwrap_or_else(|e| panic!("{statement}: {e}")) {
+                    rows.push(
+                        (0..width)
+                            .map(|i| match row.get_ref(i).expect("column") {
+                                rusqlite::types::ValueRef::Null => "NULL".to_owned(),
+                                rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                                rusqlite::types::ValueRef::Real(f) => f.to_string(),
+                                rusqlite::types::ValueRef::Text(t) => {
+                                    String::from_utf8_lossy(t).into_owned()
+                                }
+                                rusqlite::types::ValueRef::Blob(_) => "<blob>".to_owned(),
+                            })
+                            .collect(),
+                    );
+                }
+            }
+            rows
+        }
+    }
+
+    #[test]
+    fn mysql_ddl_and_upserts_run_on_sqlite_with_mysql_meaning() {
+        let db = Sqlite::new();
+        db.run(
+            "CREATE TABLE `users` (`id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT, `name` VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL DEFAULT '' COMMENT 'login', \
+             `role` ENUM('admin','user') DEFAULT 'user', `visits` INT NOT NULL DEFAULT 0, `seen` TIMESTAMP NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP, \
+             PRIMARY KEY (`id`), UNIQUE KEY `u_name` (`name`), KEY `k_seen` (`seen`)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        );
+        db.run("INSERT INTO users (name) VALUES ('ada'), ('bob')");
+        assert_eq!(
+            db.run("SELECT id, name, role, visits FROM users ORDER BY id"),
+            [["1", "ada", "user", "0"], ["2", "bob", "user", "0"]]
+        );
+        db.run("INSERT INTO users (name, visits) VALUES ('ada', 5) ON DUPLICATE KEY UPDATE visits = visits + VALUES(visits)");
+        db.run("INSERT IGNORE INTO users (name) VALUES ('bob')");
+        db.run("REPLACE INTO users (id, name, visits) VALUES (2, 'bob', 9)");
+        assert_eq!(
+            db.run("SELECT `name`, `visits` FROM `users` ORDER BY `id` LIMIT 0, 10"),
+            [["ada", "5"], ["bob", "9"]]
+        );
+        assert_eq!(
+            db.run("SELECT name FROM users ORDER BY id LIMIT 1, 1"),
+            [["bob"]]
+        );
+        db.run("INSERT INTO users (name) VALUES ('cyd')");
+        assert_eq!(
+            db.run("SELECT MAX(id) FROM users"),
+            [["3"]],
+            "AUTO_INCREMENT continues after the largest id"
+        );
+        let indexes = db.run("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'users' AND sql IS NOT NULL");
+        assert_eq!(indexes, [["users.k_seen"]]);
+        db.run("DROP TABLE `users`");
+        assert!(
+            db.run("SELECT name FROM sqlite_master WHERE type = 'table'")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn session_values_are_substituted() {
+        let db = Sqlite::new();
+        assert_eq!(db.run("SELECT @@version_comment LIMIT 1"), [["Quartet"]]);
+        assert_eq!(db.run("SELECT @@session.auto_increment_increment AS a, DATABASE(), LAST_INSERT_ID(), VERSION()"), [["1", "app", "42", "8.0.36-quartet"]]);
+        let none = Context {
+            database: None,
+            ..context()
+        };
+        match translate("SELECT DATABASE()", &none)
+            .expect("parses")
+            .remove(0)
+        {
+            Plan::Sqlite {
+                statements,
+                read_only,
+            } => {
+                assert!(read_only);
+                assert_eq!(statements, ["SELECT NULL"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn translation_never_panics(sql in "\\PC{0,120}") {
+            let _ = translate(&sql, &context());
+        }
+
+        #[test]
+        fn mysql_shaped_statements_never_panic(
+            verb in proptest::sample::select(vec!["SELECT", "INSERT INTO t VALUES", "CREATE TABLE t", "SET", "SHOW", "UPDATE t SET", "DELETE FROM"]),
+            rest in "[ a-z0-9`'(),=@.*_;-]{0,60}",
+        ) {
+            let _ = translate(&format!("{verb} {rest}"), &context());
+        }
+    }
+}
