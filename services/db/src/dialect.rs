@@ -435,6 +435,22 @@ fn create_table(table: &CreateTable) -> Result<Vec<String>, MysqlError> {
         ),
         _ => None,
     });
+    let has_key = table_pk.is_some()
+        || !auto.is_empty()
+        || table.columns.iter().any(|c| {
+            c.options
+                .iter()
+                .any(|o| matches!(o.option, ColumnOption::PrimaryKey(_)))
+        });
+    if !has_key {
+        // Replication ships row changes keyed by primary key (see engine.rs), as MySQL does
+        // under sql_require_primary_key, whose error this is.
+        return Err(MysqlError {
+            code: 3750,
+            sqlstate: "HY000",
+            message: "Unable to create or change a table without a primary key, when the system variable 'sql_require_primary_key' is set. Add a primary key to the table or unset this variable to avoid this message. Note that tables without a primary key can cause performance problems in row-based replication, so please consult your DBA before changing this setting.".into(),
+        });
+    }
     let mut columns = Vec::new();
     for column in &table.columns {
         let is_auto = auto.contains(&column.name.value.as_str());
@@ -728,6 +744,12 @@ mod tests {
                 .expect_err("auto not key")
                 .code,
             1075
+        );
+        assert_eq!(
+            translate("CREATE TABLE loose (a INT, b TEXT)", &context())
+                .expect_err("no key")
+                .code,
+            3750
         );
     }
 

@@ -8,6 +8,7 @@
 //! the storage, so each can be tested alone.
 
 pub mod dialect;
+pub mod engine;
 
 use quartet_kit::app::{Context, ServiceConfig};
 use quartet_kit::reexport::tonic::service::Routes;

@@ -1,0 +1,468 @@
+//! One replica's SQLite database, and the deterministic replication of its writes.
+//!
+//! A write runs on the leader only. The leader executes the SQL inside a transaction with a
+//! SQLite *session* attached, and what it replicates is not the SQL but the **changeset** the
+//! session recorded: the rows as the leader wrote them, after `RANDOM()`, `CURRENT_TIMESTAMP`,
+//! auto-increment and every other non-deterministic choice was made once. Followers apply the
+//! changeset; a conflict there means the replicas have diverged, so applying aborts rather
+//! than guessing. Sessions do not record schema changes, so DDL travels as SQL text, which is
+//! deterministic by itself; an [`Entry`] holds both, in execution order.
+//!
+//! Sessions ignore tables without a primary key, so every table must have one (the dialect
+//! layer refuses others with MySQL's error 3750, as MySQL does under
+//! `sql_require_primary_key`). [`Engine::checksum`] hashes every table's rows in primary-key
+//! order: replicas at the same applied index must agree on it.
+
+use rusqlite::session::{ConflictAction, ConflictType, Session};
+use rusqlite::types::ValueRef;
+use sha2::{Digest, Sha256};
+
+/// Why a database operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// SQLite refused the statement (constraint, missing table, ...).
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A follower could not apply a changeset cleanly: the replicas differ.
+    #[error("changeset conflict ({0}): this replica has diverged from the leader")]
+    Diverged(String),
+}
+
+/// One part of a replicated write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Schema change, replayed as SQL.
+    Ddl(String),
+    /// Row changes, as a SQLite changeset.
+    Changes(Vec<u8>),
+}
+
+/// What the leader replicates for one committed write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// The steps, in execution order.
+    pub steps: Vec<Step>,
+}
+
+/// What a write did on the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The entry to replicate.
+    pub entry: Entry,
+    /// Rows changed by the last data statement.
+    pub rows_affected: u64,
+    /// The rowid of the last insert (MySQL's `LAST_INSERT_ID()`).
+    pub last_insert_id: i64,
+}
+
+/// A query's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rows {
+    /// Column names.
+    pub columns: Vec<String>,
+    /// Declared column types, as written in `CREATE TABLE` (MySQL type names), when known.
+    pub declared: Vec<Option<String>>,
+    /// The rows.
+    pub rows: Vec<Vec<rusqlite::types::Value>>,
+}
+
+fn is_ddl(sql: &str) -> bool {
+    let first = sql
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase();
+    matches!(first.as_str(), "CREATE" | "DROP" | "ALTER")
+}
+
+/// One replica's database.
+pub struct Engine {
+    conn: rusqlite::Connection,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// A database in memory (tests, throwaway replicas).
+    pub fn in_memory() -> Result<Self, EngineError> {
+        Ok(Self {
+            conn: rusqlite::Connection::open_in_memory()?,
+        })
+    }
+
+    /// The database at `path`, created if absent.
+    pub fn open(path: &std::path::Path) -> Result<Self, EngineError> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        Ok(Self { conn })
+    }
+
+    /// Runs `statements` as one transaction on the leader and returns the entry to replicate.
+    /// On error nothing is applied.
+    pub fn write(&mut self, statements: &[String]) -> Result<Outcome, EngineError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let mut entry = Entry::default();
+        let (mut rows_affected, mut last_insert_id) = (0, 0);
+        let mut pending: Vec<&String> = Vec::new();
+        // Consecutive data statements share one session; DDL closes it (sessions do not
+        // record schema changes and must not span them).
+        let flush = |pending: &mut Vec<&String>,
+                     entry: &mut Entry,
+                     rows: &mut u64,
+                     last: &mut i64|
+         -> Result<(), EngineError> {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let mut session = Session::new(&tx)?;
+            session.attach(None::<&str>)?;
+            for sql in pending.drain(..) {
+                *rows = tx.execute(sql, [])? as u64;
+                *last = tx.last_insert_rowid();
+            }
+            let mut bytes = Vec::new();
+            session.changeset_strm(&mut bytes)?;
+            if !bytes.is_empty() {
+                entry.steps.push(Step::Changes(bytes));
+            }
+            Ok(())
+        };
+        for sql in statements {
+            if is_ddl(sql) {
+                flush(
+                    &mut pending,
+                    &mut entry,
+                    &mut rows_affected,
+                    &mut last_insert_id,
+                )?;
+                tx.execute_batch(sql)?;
+                entry.steps.push(Step::Ddl(sql.clone()));
+            } else {
+                pending.push(sql);
+            }
+        }
+        flush(
+            &mut pending,
+            &mut entry,
+            &mut rows_affected,
+            &mut last_insert_id,
+        )?;
+        tx.commit()?;
+        Ok(Outcome {
+            entry,
+            rows_affected,
+            last_insert_id,
+        })
+    }
+
+    /// Applies a leader's entry on a follower, as one transaction.
+    pub fn apply(&mut self, entry: &Entry) -> Result<(), EngineError> {
+        let tx = self.conn.unchecked_transaction()?;
+        for step in &entry.steps {
+            match step {
+                Step::Ddl(sql) => tx.execute_batch(sql)?,
+                Step::Changes(bytes) => {
+                    let conflict = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+                    let seen = conflict.clone();
+                    let result = tx.apply_strm(
+                        &mut bytes.as_slice(),
+                        None::<fn(&str) -> bool>,
+                        move |kind: ConflictType, _item| {
+                            *seen.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(format!("{kind:?}"));
+                            ConflictAction::SQLITE_CHANGESET_ABORT
+                        },
+                    );
+                    if let Some(kind) = conflict.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                        return Err(EngineError::Diverged(kind));
+                    }
+                    result?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Runs a read-only query.
+    pub fn query(&self, sql: &str) -> Result<Rows, EngineError> {
+        let mut statement = self.conn.prepare(sql)?;
+        let columns: Vec<String> = statement
+            .column_names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let declared = statement
+            .columns()
+            .iter()
+            .map(|c| c.decl_type().map(str::to_owned))
+            .collect();
+        let width = columns.len();
+        let mut rows = Vec::new();
+        let mut cursor = statement.query([])?;
+        while let Some(row) = cursor.next()? {
+            let mut values = Vec::with_capacity(width);
+            for i in 0..width {
+                values.push(row.get::<_, rusqlite::types::Value>(i)?);
+            }
+            rows.push(values);
+        }
+        Ok(Rows {
+            columns,
+            declared,
+            rows,
+        })
+    }
+
+    /// SHA-256 over the schema and every table's rows in primary-key order. Replicas that
+    /// applied the same entries have the same checksum.
+    pub fn checksum(&self) -> Result<[u8; 32], EngineError> {
+        let mut hash = Sha256::new();
+        let mut tables = self.conn.prepare("SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'index') AND sql IS NOT NULL ORDER BY type, name")?;
+        let schema: Vec<(String, String)> = tables
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (name, sql) in &schema {
+            hash.update(name.as_bytes());
+            hash.update([0]);
+            hash.update(sql.as_bytes());
+            hash.update([0]);
+        }
+        let names: Vec<String> = self
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for table in names {
+            let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+            // Primary-key columns, in key order, give a stable row order even WITHOUT ROWID.
+            let mut pk: Vec<(i64, String)> = self
+                .conn
+                .prepare(&format!(
+                    "SELECT pk, name FROM pragma_table_info('{}') WHERE pk > 0",
+                    table.replace('\'', "''")
+                ))?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            pk.sort();
+            let order = pk
+                .iter()
+                .map(|(_, c)| format!("\"{}\"", c.replace('"', "\"\"")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = if order.is_empty() {
+                format!("SELECT * FROM {quoted}")
+            } else {
+                format!("SELECT * FROM {quoted} ORDER BY {order}")
+            };
+            let mut statement = self.conn.prepare(&sql)?;
+            let width = statement.column_count();
+            let mut cursor = statement.query([])?;
+            while let Some(row) = cursor.next()? {
+                for i in 0..width {
+                    match row.get_ref(i)? {
+                        ValueRef::Null => hash.update([0]),
+                        ValueRef::Integer(n) => {
+                            hash.update([1]);
+                            hash.update(n.to_le_bytes());
+                        }
+                        ValueRef::Real(f) => {
+                            hash.update([2]);
+                            hash.update(f.to_le_bytes());
+                        }
+                        ValueRef::Text(t) => {
+                            hash.update([3]);
+                            hash.update((t.len() as u64).to_le_bytes());
+                            hash.update(t);
+                        }
+                        ValueRef::Blob(b) => {
+                            hash.update([4]);
+                            hash.update((b.len() as u64).to_le_bytes());
+                            hash.update(b);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(hash.finalize().into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialect::{Context, Plan, translate};
+
+    fn sql(mysql: &str) -> Vec<String> {
+        match translate(mysql, &Context::default())
+            .expect("translates")
+            .remove(0)
+        {
+            Plan::Sqlite { statements, .. } => statements,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn write(engine: &mut Engine, mysql: &[&str]) -> Outcome {
+        let statements: Vec<String> = mysql.iter().flat_map(|m| sql(m)).collect();
+        engine.write(&statements).expect("write")
+    }
+
+    #[test]
+    fn followers_applying_changesets_match_the_leader_byte_for_byte() {
+        let mut leader = Engine::in_memory().expect("leader");
+        let mut follower = Engine::in_memory().expect("follower");
+        let mut entries = vec![write(
+            &mut leader,
+            &[
+                "CREATE TABLE events (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, token DOUBLE, at VARCHAR(32) DEFAULT CURRENT_TIMESTAMP, note TEXT)",
+                "CREATE TABLE counters (name VARCHAR(16) PRIMARY KEY, n INT NOT NULL)",
+            ],
+        )
+        .entry];
+        // Non-deterministic values: a follower re-running this SQL would get other numbers.
+        let outcome = write(
+            &mut leader,
+            &[
+                "INSERT INTO events (token, note) VALUES (RANDOM(), 'a'), (RANDOM(), 'b'), (RANDOM(), NULL)",
+            ],
+        );
+        assert_eq!((outcome.rows_affected, outcome.last_insert_id), (3, 3));
+        let tokens_at_insert = leader
+            .query("SELECT token FROM events ORDER BY id")
+            .expect("q");
+        entries.push(outcome.entry);
+        entries.push(
+            write(
+                &mut leader,
+                &[
+                    "INSERT INTO counters VALUES ('x', 1) ON DUPLICATE KEY UPDATE n = n + 1",
+                    "UPDATE events SET note = 'z' WHERE id = 2",
+                    "DELETE FROM events WHERE id = 1",
+                ],
+            )
+            .entry,
+        );
+        entries.push(
+            write(
+                &mut leader,
+                &["INSERT INTO counters VALUES ('x', 1) ON DUPLICATE KEY UPDATE n = n + 1"],
+            )
+            .entry,
+        );
+
+        for entry in &entries {
+            follower.apply(entry).expect("applies");
+        }
+        assert_eq!(
+            leader.checksum().expect("sum"),
+            follower.checksum().expect("sum")
+        );
+        assert_eq!(
+            follower
+                .query("SELECT n FROM counters")
+                .expect("query")
+                .rows,
+            [[rusqlite::types::Value::Integer(2)]]
+        );
+        assert_eq!(
+            leader
+                .query("SELECT token FROM events ORDER BY id")
+                .expect("q"),
+            follower
+                .query("SELECT token FROM events ORDER BY id")
+                .expect("q")
+        );
+
+        // What replicating SQL instead would do: the same statements, other random numbers.
+        let mut replayed = Engine::in_memory().expect("replayed");
+        write(
+            &mut replayed,
+            &[
+                "CREATE TABLE events (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, token DOUBLE, at VARCHAR(32) DEFAULT CURRENT_TIMESTAMP, note TEXT)",
+                "CREATE TABLE counters (name VARCHAR(16) PRIMARY KEY, n INT NOT NULL)",
+            ],
+        );
+        write(
+            &mut replayed,
+            &[
+                "INSERT INTO events (token, note) VALUES (RANDOM(), 'a'), (RANDOM(), 'b'), (RANDOM(), NULL)",
+            ],
+        );
+        assert_ne!(
+            replayed
+                .query("SELECT token FROM events ORDER BY id")
+                .expect("q"),
+            tokens_at_insert
+        );
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_behind_and_a_diverged_follower_refuses() {
+        let mut leader = Engine::in_memory().expect("leader");
+        write(
+            &mut leader,
+            &["CREATE TABLE t (id INT PRIMARY KEY, v TEXT)"],
+        );
+        let before = leader.checksum().expect("sum");
+        let failing: Vec<String> = [
+            sql("INSERT INTO t VALUES (1, 'a')"),
+            sql("INSERT INTO t VALUES (1, 'duplicate')"),
+        ]
+        .concat();
+        assert!(leader.write(&failing).is_err());
+        assert_eq!(
+            leader.checksum().expect("sum"),
+            before,
+            "the first insert was rolled back with the second"
+        );
+
+        let mut follower = Engine::in_memory().expect("follower");
+        follower
+            .apply(
+                &write(
+                    &mut Engine::in_memory().expect("scratch"),
+                    &["CREATE TABLE t (id INT PRIMARY KEY, v TEXT)"],
+                )
+                .entry,
+            )
+            .expect("schema");
+        let insert = write(&mut leader, &["INSERT INTO t VALUES (7, 'leader')"]).entry;
+        follower
+            .write(&sql("INSERT INTO t VALUES (7, 'stray')"))
+            .expect("local write");
+        assert!(matches!(
+            follower.apply(&insert),
+            Err(EngineError::Diverged(_))
+        ));
+        assert_eq!(
+            follower.query("SELECT v FROM t").expect("q").rows,
+            [[rusqlite::types::Value::Text("stray".into())]],
+            "nothing half-applied"
+        );
+    }
+
+    #[test]
+    fn query_reports_mysql_declared_types() {
+        let mut engine = Engine::in_memory().expect("engine");
+        write(
+            &mut engine,
+            &["CREATE TABLE p (id BIGINT PRIMARY KEY, name VARCHAR(40), price DECIMAL(10,2))"],
+        );
+        let rows = engine
+            .query("SELECT id, name, price FROM p")
+            .expect("query");
+        assert_eq!(
+            rows.declared,
+            [
+                Some("BIGINT".into()),
+                Some("VARCHAR(40)".into()),
+                Some("DECIMAL(10,2)".into())
+            ]
+        );
+    }
+}
