@@ -203,6 +203,18 @@ impl Store {
             .map_err(db)
     }
 
+    /// Runs an UPDATE or DELETE that must touch a row; `NotFound(what())` when it touches none.
+    async fn must_touch(
+        &self,
+        query: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), StoreError> {
+        if query.execute(&self.pool).await.map_err(db)?.rows_affected() == 0 {
+            return Err(StoreError::NotFound(what()));
+        }
+        Ok(())
+    }
+
     /// Creates a user.
     pub async fn create_user(
         &self,
@@ -251,43 +263,33 @@ impl Store {
         name: &str,
         password_hash: &str,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE users SET password_hash = $1 WHERE name = $2")
-            .bind(password_hash)
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("user {name:?}")));
-        }
-        Ok(())
+        self.must_touch(
+            sqlx::query("UPDATE users SET password_hash = $1 WHERE name = $2")
+                .bind(password_hash)
+                .bind(name),
+            || format!("user {name:?}"),
+        )
+        .await
     }
 
     /// Enables or disables a user.
     pub async fn set_disabled(&self, name: &str, disabled: bool) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE users SET disabled = $1 WHERE name = $2")
-            .bind(i64::from(disabled))
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("user {name:?}")));
-        }
-        Ok(())
+        self.must_touch(
+            sqlx::query("UPDATE users SET disabled = $1 WHERE name = $2")
+                .bind(i64::from(disabled))
+                .bind(name),
+            || format!("user {name:?}"),
+        )
+        .await
     }
 
     /// Deletes a user with their role assignments and direct permissions.
     pub async fn delete_user(&self, name: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM users WHERE name = $1")
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("user {name:?}")));
-        }
-        Ok(())
+        self.must_touch(
+            sqlx::query("DELETE FROM users WHERE name = $1").bind(name),
+            || format!("user {name:?}"),
+        )
+        .await
     }
 
     /// Creates a role with its permissions, all or nothing.
@@ -323,15 +325,11 @@ impl Store {
 
     /// Deletes a role; its assignments go with it.
     pub async fn delete_role(&self, name: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM roles WHERE name = $1")
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("role {name:?}")));
-        }
-        Ok(())
+        self.must_touch(
+            sqlx::query("DELETE FROM roles WHERE name = $1").bind(name),
+            || format!("role {name:?}"),
+        )
+        .await
     }
 
     /// Every role name, sorted.
@@ -345,18 +343,13 @@ impl Store {
 
     /// Takes the role `role` from `user`.
     pub async fn unassign_role(&self, user: &str, role: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM user_roles WHERE user_name = $1 AND role = $2")
-            .bind(user)
-            .bind(role)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!(
-                "role {role:?} of user {user:?}"
-            )));
-        }
-        Ok(())
+        self.must_touch(
+            sqlx::query("DELETE FROM user_roles WHERE user_name = $1 AND role = $2")
+                .bind(user)
+                .bind(role),
+            || format!("role {role:?} of user {user:?}"),
+        )
+        .await
     }
 
     /// Takes a directly granted permission from `user`.
@@ -365,19 +358,14 @@ impl Store {
         user: &str,
         permission: &str,
     ) -> Result<(), StoreError> {
-        let done =
+        let query =
             sqlx::query("DELETE FROM user_permissions WHERE user_name = $1 AND permission = $2")
                 .bind(user)
-                .bind(permission)
-                .execute(&self.pool)
-                .await
-                .map_err(db)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!(
-                "permission {permission:?} of user {user:?}"
-            )));
-        }
-        Ok(())
+                .bind(permission);
+        self.must_touch(query, || {
+            format!("permission {permission:?} of user {user:?}")
+        })
+        .await
     }
 
     /// Adds a permission to a role.
@@ -407,18 +395,13 @@ impl Store {
         role: &str,
         permission: &str,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM role_permissions WHERE role = $1 AND permission = $2")
-            .bind(role)
-            .bind(permission)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!(
-                "permission {permission:?} on role {role:?}"
-            )));
-        }
-        Ok(())
+        self.must_touch(
+            sqlx::query("DELETE FROM role_permissions WHERE role = $1 AND permission = $2")
+                .bind(role)
+                .bind(permission),
+            || format!("permission {permission:?} on role {role:?}"),
+        )
+        .await
     }
 
     /// A role's permissions, sorted; `None` when the role does not exist.
