@@ -28,6 +28,121 @@ pub enum EngineError {
     Diverged(String),
 }
 
+impl EngineError {
+    /// The MySQL error a client should see, for a statement run in `database`.
+    pub fn to_mysql(&self, database: &str) -> crate::dialect::MysqlError {
+        use crate::dialect::MysqlError;
+        let error = |code, sqlstate, message: String| MysqlError {
+            code,
+            sqlstate,
+            message,
+        };
+        let (failure, message) = match self {
+            EngineError::Sqlite(rusqlite::Error::SqliteFailure(failure, message)) => {
+                (failure, message.clone().unwrap_or_default())
+            }
+            EngineError::Sqlite(rusqlite::Error::SqlInputError { error, msg, .. }) => {
+                (error, msg.clone())
+            }
+            other => return error(1105, "HY000", other.to_string()),
+        };
+        // What follows the first ": " in SQLite's message names the table, column or constraint.
+        let subject = message
+            .split_once(": ")
+            .map(|(_, rest)| rest.to_owned())
+            .unwrap_or_default();
+        let column = |qualified: &str| {
+            qualified
+                .split(", ")
+                .next()
+                .unwrap_or_default()
+                .rsplit('.')
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        match (failure.extended_code, failure.code) {
+            (1555, _) => error(
+                1062,
+                "23000",
+                format!(
+                    "Duplicate entry for key '{}.PRIMARY'",
+                    subject.split('.').next().unwrap_or_default()
+                ),
+            ),
+            (2067, _) => error(
+                1062,
+                "23000",
+                format!("Duplicate entry for key '{subject}'"),
+            ),
+            (1299, _) => error(
+                1048,
+                "23000",
+                format!("Column '{}' cannot be null", column(&subject)),
+            ),
+            (275, _) => error(
+                3819,
+                "HY000",
+                format!("Check constraint '{subject}' is violated."),
+            ),
+            (787, _) => error(
+                1452,
+                "23000",
+                "Cannot add or update a child row: a foreign key constraint fails".into(),
+            ),
+            (_, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => error(
+                1205,
+                "HY000",
+                "Lock wait timeout exceeded; try restarting transaction".into(),
+            ),
+            _ if message.starts_with("no such table: ") => error(
+                1146,
+                "42S02",
+                format!("Table '{database}.{subject}' doesn't exist"),
+            ),
+            _ if message.starts_with("no such column: ") => error(
+                1054,
+                "42S22",
+                format!("Unknown column '{subject}' in 'field list'"),
+            ),
+            _ if message.contains(" has no column named ") => {
+                let name = message
+                    .rsplit(" has no column named ")
+                    .next()
+                    .unwrap_or_default();
+                error(
+                    1054,
+                    "42S22",
+                    format!("Unknown column '{name}' in 'field list'"),
+                )
+            }
+            _ if message.starts_with("table ") && message.ends_with(" already exists") => error(
+                1050,
+                "42S01",
+                format!(
+                    "Table '{}' already exists",
+                    message
+                        .trim_start_matches("table ")
+                        .trim_end_matches(" already exists")
+                        .trim_matches('"')
+                ),
+            ),
+            _ if message.starts_with("index ") && message.ends_with(" already exists") => error(
+                1061,
+                "42000",
+                format!(
+                    "Duplicate key name '{}'",
+                    message
+                        .trim_start_matches("index ")
+                        .trim_end_matches(" already exists")
+                        .trim_matches('"')
+                ),
+            ),
+            _ => error(1105, "HY000", message),
+        }
+    }
+}
+
 /// One part of a replicated write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -443,6 +558,79 @@ mod tests {
             follower.query("SELECT v FROM t").expect("q").rows,
             [[rusqlite::types::Value::Text("stray".into())]],
             "nothing half-applied"
+        );
+    }
+
+    #[test]
+    fn sqlite_failures_become_the_mysql_errors_clients_expect() {
+        let mut engine = Engine::in_memory().expect("engine");
+        write(
+            &mut engine,
+            &[
+                "CREATE TABLE t (id INT PRIMARY KEY, u VARCHAR(8) UNIQUE, n TEXT NOT NULL, k INT CHECK (k > 0))",
+                "CREATE INDEX i ON t (u)",
+            ],
+        );
+        write(&mut engine, &["INSERT INTO t VALUES (1, 'a', 'x', 1)"]);
+        let fail = |engine: &mut Engine, mysql: &str| {
+            let statements = sql(mysql);
+            let e = match engine.write(&statements) {
+                Err(e) => e,
+                Ok(_) => match engine.query(&statements[0]) {
+                    Err(e) => e,
+                    Ok(rows) => panic!("{mysql} should fail, got {rows:?}"),
+                },
+            };
+            let m = e.to_mysql("app");
+            (m.code, m.sqlstate, m.message)
+        };
+        assert_eq!(
+            fail(&mut engine, "INSERT INTO t VALUES (1, 'b', 'x', 1)"),
+            (1062, "23000", "Duplicate entry for key 't.PRIMARY'".into())
+        );
+        assert_eq!(
+            fail(&mut engine, "INSERT INTO t VALUES (2, 'a', 'x', 1)"),
+            (1062, "23000", "Duplicate entry for key 't.u'".into())
+        );
+        assert_eq!(
+            fail(&mut engine, "INSERT INTO t VALUES (3, 'c', NULL, 1)"),
+            (1048, "23000", "Column 'n' cannot be null".into())
+        );
+        assert_eq!(
+            fail(&mut engine, "INSERT INTO t VALUES (4, 'd', 'x', 0)"),
+            (
+                3819,
+                "HY000",
+                "Check constraint 'k > 0' is violated.".into()
+            )
+        );
+        assert_eq!(
+            fail(&mut engine, "SELECT * FROM nope"),
+            (1146, "42S02", "Table 'app.nope' doesn't exist".into())
+        );
+        assert_eq!(
+            fail(&mut engine, "SELECT nope FROM t"),
+            (
+                1054,
+                "42S22",
+                "Unknown column 'nope' in 'field list'".into()
+            )
+        );
+        assert_eq!(
+            fail(&mut engine, "INSERT INTO t (id, missing) VALUES (5, 1)"),
+            (
+                1054,
+                "42S22",
+                "Unknown column 'missing' in 'field list'".into()
+            )
+        );
+        assert_eq!(
+            fail(&mut engine, "CREATE TABLE t (id INT PRIMARY KEY)"),
+            (1050, "42S01", "Table 't' already exists".into())
+        );
+        assert_eq!(
+            fail(&mut engine, "CREATE INDEX i ON t (u)"),
+            (1061, "42000", "Duplicate key name 'i'".into())
         );
     }
 
