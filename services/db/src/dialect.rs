@@ -19,8 +19,8 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     ColumnOption, CreateTable, DataType, Expr, FunctionArguments, Ident, ObjectName, OnConflict,
-    OnConflictAction, OnInsert, ShowStatementFilter, SqliteOnConflict, Statement, TableConstraint,
-    Value, ValueWithSpan, VisitMut, VisitorMut,
+    OnConflictAction, OnInsert, SelectItem, SetExpr, ShowStatementFilter, SqliteOnConflict,
+    Statement, TableConstraint, Value, ValueWithSpan, VisitMut, VisitorMut,
 };
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
@@ -169,7 +169,34 @@ pub fn translate(sql: &str, context: &Context) -> Result<Vec<Plan>, MysqlError> 
     statements.into_iter().map(|s| plan(s, context)).collect()
 }
 
+/// Names a substituted select item after its original text, as MySQL does
+/// (`SELECT @@version` returns a column called `@@version`, not the version string).
+fn keep_column_names(statement: &mut Statement) {
+    let Statement::Query(query) = statement else {
+        return;
+    };
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return;
+    };
+    for item in &mut select.projection {
+        if let SelectItem::UnnamedExpr(expr) = item {
+            let text = expr.to_string();
+            let upper = text.to_uppercase();
+            if ["@@", "DATABASE(", "SCHEMA(", "LAST_INSERT_ID(", "VERSION("]
+                .iter()
+                .any(|marker| upper.contains(marker))
+            {
+                *item = SelectItem::ExprWithAlias {
+                    expr: expr.clone(),
+                    alias: Ident::with_quote('`', text),
+                };
+            }
+        }
+    }
+}
+
 fn plan(mut statement: Statement, context: &Context) -> Result<Plan, MysqlError> {
+    keep_column_names(&mut statement);
     let mut substitute = Substitute {
         context,
         error: None,
@@ -850,7 +877,7 @@ mod tests {
                 read_only,
             } => {
                 assert!(read_only);
-                assert_eq!(statements, ["SELECT NULL"]);
+                assert_eq!(statements, ["SELECT NULL AS `DATABASE()`"], "named as MySQL names it");
             }
             other => panic!("{other:?}"),
         }

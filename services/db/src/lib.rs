@@ -9,6 +9,8 @@
 
 pub mod dialect;
 pub mod engine;
+pub mod front;
+pub mod wire;
 
 use quartet_kit::app::{Context, ServiceConfig};
 use quartet_kit::reexport::tonic::service::Routes;

@@ -1,0 +1,47 @@
+"""A Python application using PyMySQL against quartet-db. Prints one JSON object of what it saw.
+
+usage: mysql_client.py <host> <port> <user> <password> <database>
+"""
+import json
+import sys
+
+import pymysql
+
+
+def main(host, port, user, password, database):
+    seen = {}
+    conn = pymysql.connect(host=host, port=int(port), user=user, password=password, database=database, autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute("SELECT @@version_comment, DATABASE()")
+        seen["server"] = list(cur.fetchone())
+        cur.execute("CREATE TABLE orders (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, item VARCHAR(40) NOT NULL, qty INT NOT NULL, price DOUBLE)")
+        cur.execute("INSERT INTO orders (item, qty, price) VALUES (%s, %s, %s)", ("tea", 2, 3.5))
+        seen["first_id"] = cur.lastrowid
+        cur.executemany("INSERT INTO orders (item, qty, price) VALUES (%s, %s, %s)", [("cake", 1, 4.25), ("jam", 3, None)])
+        cur.execute("SELECT id, item, qty, price FROM orders ORDER BY id")
+        seen["rows"] = [list(r) for r in cur.fetchall()]
+        seen["types"] = [type(v).__name__ for v in seen["rows"][0]]
+        try:
+            cur.execute("INSERT INTO orders (id, item, qty) VALUES (1, 'dup', 1)")
+        except pymysql.err.IntegrityError as e:
+            seen["duplicate"] = e.args[0]
+        try:
+            cur.execute("SELECT * FROM missing")
+        except pymysql.err.ProgrammingError as e:
+            seen["missing"] = [e.args[0], e.args[1]]
+        try:
+            cur.execute("BEGIN")
+        except pymysql.err.Error as e:
+            seen["begin"] = e.args[0]
+        cur.execute("SHOW TABLES")
+        seen["tables"] = [r[0] for r in cur.fetchall()]
+    conn.close()
+    try:
+        pymysql.connect(host=host, port=int(port), user=user, password="wrong", database=database)
+    except pymysql.err.OperationalError as e:
+        seen["bad_password"] = e.args[0]
+    print(json.dumps(seen))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:6])

@@ -1,0 +1,545 @@
+//! The MySQL front: accepts MySQL clients, authenticates them, and runs their statements
+//! through the dialect layer on an engine.
+//!
+//! Today it serves one database on one engine, in autocommit mode. Interactive transactions
+//! (`BEGIN`, `SET autocommit = 0`) are refused with error 1235 rather than half-honoured: they
+//! arrive with the Raft group, where a commit is acknowledged only once a majority has it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+
+use crate::dialect::{self, Context, MysqlError, Plan, Setting, Show, Transaction};
+use crate::engine::{Engine, Rows};
+use crate::wire::{self, Conn, Reader, WireError, capability};
+
+/// What the front serves.
+pub struct Front {
+    engine: Arc<Mutex<Engine>>,
+    database: String,
+    users: HashMap<String, String>,
+    version: String,
+    next_connection: std::sync::atomic::AtomicU32,
+}
+
+impl std::fmt::Debug for Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Front")
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+const SERVER_CAPABILITIES: u32 = capability::LONG_PASSWORD
+    | capability::FOUND_ROWS
+    | capability::LONG_FLAG
+    | capability::CONNECT_WITH_DB
+    | capability::PROTOCOL_41
+    | capability::TRANSACTIONS
+    | capability::SECURE_CONNECTION
+    | capability::MULTI_STATEMENTS
+    | capability::MULTI_RESULTS
+    | capability::PLUGIN_AUTH
+    | capability::CONNECT_ATTRS
+    | capability::PLUGIN_AUTH_LENENC_CLIENT_DATA
+    | capability::DEPRECATE_EOF;
+
+impl Front {
+    /// A front for `database` on `engine`, accepting `users` (name → password).
+    pub fn new(engine: Engine, database: &str, users: HashMap<String, String>) -> Self {
+        Self {
+            engine: Arc::new(Mutex::new(engine)),
+            database: database.to_owned(),
+            users,
+            version: "8.0.36-quartet".into(),
+            next_connection: std::sync::atomic::AtomicU32::new(1),
+        }
+    }
+
+    /// Accepts clients until the token is cancelled.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let front = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = front.session(stream).await {
+                            tracing::debug!(%peer, error = %e, "MySQL connection ended");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "accepting a MySQL connection failed"),
+            }
+        }
+    }
+
+    fn variables(&self) -> Vec<(String, String)> {
+        [
+            ("version", self.version.as_str()),
+            ("version_comment", "Quartet"),
+            ("auto_increment_increment", "1"),
+            ("autocommit", "1"),
+            ("max_allowed_packet", "67108864"),
+            ("sql_mode", "STRICT_TRANS_TABLES"),
+            ("transaction_isolation", "SERIALIZABLE"),
+            ("character_set_client", "utf8mb4"),
+            ("character_set_connection", "utf8mb4"),
+            ("character_set_results", "utf8mb4"),
+            ("collation_connection", "utf8mb4_0900_ai_ci"),
+            ("time_zone", "+00:00"),
+            ("system_time_zone", "UTC"),
+            ("lower_case_table_names", "0"),
+            ("wait_timeout", "28800"),
+            ("interactive_timeout", "28800"),
+            ("net_write_timeout", "60"),
+            ("license", "Apache-2.0"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+    }
+
+    async fn session<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S) -> Result<(), WireError> {
+        let mut conn = Conn::new(stream);
+        let mut scramble = [0u8; 20];
+        getrandom::fill(&mut scramble).expect("the OS random source is available");
+        // The scramble must not contain NUL (it is sent NUL-terminated).
+        for b in &mut scramble {
+            *b = (*b % 94) + 33;
+        }
+        let id = self
+            .next_connection
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        conn.write(&wire::handshake(
+            id,
+            &self.version,
+            &scramble,
+            SERVER_CAPABILITIES,
+        ))
+        .await?;
+        conn.flush().await?;
+        let response = wire::parse_handshake_response(&conn.read().await?)?;
+        let mut auth_response = response.auth_response.clone();
+        if response.plugin != "mysql_native_password" {
+            // Ask the client to answer with mysql_native_password over the same scramble.
+            let mut switch = vec![0xFE];
+            switch.extend_from_slice(b"mysql_native_password\0");
+            switch.extend_from_slice(&scramble);
+            switch.push(0);
+            conn.write(&switch).await?;
+            conn.flush().await?;
+            auth_response = conn.read().await?;
+        }
+        let deprecate_eof = response.capabilities & capability::DEPRECATE_EOF != 0;
+        let password = self.users.get(&response.user);
+        if !password
+            .is_some_and(|p| wire::check_native_password(p.as_bytes(), &scramble, &auth_response))
+        {
+            let message = format!(
+                "Access denied for user '{}'@'%' (using password: {})",
+                response.user,
+                if auth_response.is_empty() {
+                    "NO"
+                } else {
+                    "YES"
+                }
+            );
+            conn.write(&wire::err(1045, "28000", &message)).await?;
+            return conn.flush().await;
+        }
+        if let Some(db) = &response.database
+            && *db != self.database
+        {
+            conn.write(&wire::err(
+                1049,
+                "42000",
+                &format!("Unknown database '{db}'"),
+            ))
+            .await?;
+            return conn.flush().await;
+        }
+        let mut context = Context {
+            database: response.database.clone(),
+            last_insert_id: 0,
+            variables: self.variables(),
+        };
+        conn.write(&wire::ok(0, 0, wire::STATUS_AUTOCOMMIT, ""))
+            .await?;
+        conn.flush().await?;
+
+        loop {
+            conn.reset_sequence();
+            let packet = match conn.read().await {
+                Ok(p) => p,
+                Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            let mut r = Reader::new(&packet);
+            let command = r.u8()?;
+            match command {
+                0x01 => return Ok(()),
+                0x0E => {
+                    conn.write(&wire::ok(0, 0, wire::STATUS_AUTOCOMMIT, ""))
+                        .await?
+                }
+                0x02 => {
+                    let db = String::from_utf8_lossy(r.rest()).into_owned();
+                    if db == self.database {
+                        context.database = Some(db);
+                        conn.write(&wire::ok(0, 0, wire::STATUS_AUTOCOMMIT, ""))
+                            .await?;
+                    } else {
+                        conn.write(&wire::err(
+                            1049,
+                            "42000",
+                            &format!("Unknown database '{db}'"),
+                        ))
+                        .await?;
+                    }
+                }
+                0x03 => {
+                    let sql = String::from_utf8_lossy(r.rest()).into_owned();
+                    match dialect::translate(&sql, &context) {
+                        Err(e) => conn.write(&mysql_err(&e)).await?,
+                        Ok(plans) => {
+                            let count = plans.len();
+                            for (i, plan) in plans.into_iter().enumerate() {
+                                let more = if i + 1 < count { 0x0008 } else { 0 };
+                                if !self
+                                    .run(&mut conn, &mut context, plan, deprecate_eof, more)
+                                    .await?
+                                {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                other => {
+                    conn.write(&wire::err(
+                        1047,
+                        "08S01",
+                        &format!("Unknown command {other:#04x}"),
+                    ))
+                    .await?
+                }
+            }
+            conn.flush().await?;
+        }
+    }
+
+    /// Runs one plan and writes its answer; returns false after an error (stop the batch).
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        conn: &mut Conn<S>,
+        context: &mut Context,
+        plan: Plan,
+        deprecate_eof: bool,
+        more: u16,
+    ) -> Result<bool, WireError> {
+        let status = wire::STATUS_AUTOCOMMIT | more;
+        let database = context
+            .database
+            .clone()
+            .unwrap_or_else(|| self.database.clone());
+        let outcome: Result<Option<Rows>, MysqlError> = match plan {
+            Plan::Sqlite {
+                statements,
+                read_only: true,
+            } => {
+                let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+                statements
+                    .iter()
+                    .try_fold(None, |_, sql| engine.query(sql).map(Some))
+                    .map_err(|e| e.to_mysql(&database))
+            }
+            Plan::Sqlite {
+                statements,
+                read_only: false,
+            } => {
+                if context.database.is_none()
+                    && statements.iter().any(|s| !s.starts_with("CREATE INDEX"))
+                {
+                    Err(MysqlError {
+                        code: 1046,
+                        sqlstate: "3D000",
+                        message: "No database selected".into(),
+                    })
+                } else {
+                    let result = self
+                        .engine
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .write(&statements);
+                    match result {
+                        Ok(outcome) => {
+                            if outcome.last_insert_id > 0
+                                && statements
+                                    .iter()
+                                    .any(|s| s.to_ascii_uppercase().starts_with("INSERT"))
+                            {
+                                context.last_insert_id = outcome.last_insert_id as u64;
+                            }
+                            let insert_id = if statements
+                                .iter()
+                                .any(|s| s.to_ascii_uppercase().starts_with("INSERT"))
+                            {
+                                outcome.last_insert_id as u64
+                            } else {
+                                0
+                            };
+                            conn.write(&wire::ok(outcome.rows_affected, insert_id, status, ""))
+                                .await?;
+                            return Ok(true);
+                        }
+                        Err(e) => Err(e.to_mysql(&database)),
+                    }
+                }
+            }
+            Plan::Use(db) => {
+                if db == self.database {
+                    context.database = Some(db);
+                    Ok(None)
+                } else {
+                    Err(MysqlError {
+                        code: 1049,
+                        sqlstate: "42000",
+                        message: format!("Unknown database '{db}'"),
+                    })
+                }
+            }
+            Plan::Set(settings) => {
+                let mut refused = None;
+                for setting in settings {
+                    if let Setting::Variable { name, value } = setting
+                        && name == "autocommit"
+                        && !matches!(value.to_ascii_lowercase().as_str(), "1" | "on" | "true")
+                    {
+                        refused = Some(MysqlError::unsupported(
+                            "interactive transactions (autocommit = 0)",
+                        ));
+                    }
+                }
+                refused.map_or(Ok(None), Err)
+            }
+            Plan::Transaction(Transaction::Commit | Transaction::Rollback) => Ok(None),
+            Plan::Transaction(Transaction::Begin) => {
+                Err(MysqlError::unsupported("interactive transactions (BEGIN)"))
+            }
+            Plan::Show(show) => self.show(&show, &database).map(Some),
+        };
+        match outcome {
+            Ok(None) => conn.write(&wire::ok(0, 0, status, "")).await?,
+            Ok(Some(rows)) => write_rows(conn, &database, &rows, deprecate_eof, status).await?,
+            Err(e) => {
+                conn.write(&mysql_err(&e)).await?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn show(&self, show: &Show, database: &str) -> Result<Rows, MysqlError> {
+        use rusqlite::types::Value;
+        let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let text = |s: &str| Value::Text(s.to_owned());
+        let listing = |columns: &[&str], rows: Vec<Vec<Value>>| Rows {
+            columns: columns.iter().map(|c| (*c).to_owned()).collect(),
+            declared: vec![None; columns.len()],
+            rows,
+        };
+        let tables = || -> Result<Vec<String>, MysqlError> {
+            let rows = engine
+                .query("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+                .map_err(|e| e.to_mysql(database))?;
+            Ok(rows
+                .rows
+                .into_iter()
+                .filter_map(|r| match r.into_iter().next() {
+                    Some(Value::Text(t)) => Some(t),
+                    _ => None,
+                })
+                .collect())
+        };
+        match show {
+            Show::Databases => Ok(listing(
+                &["Database"],
+                vec![vec![text("information_schema")], vec![text(&self.database)]],
+            )),
+            Show::Tables {
+                database: named,
+                full,
+            } => {
+                if named.as_deref().is_some_and(|n| n != self.database) {
+                    return Err(MysqlError {
+                        code: 1049,
+                        sqlstate: "42000",
+                        message: format!(
+                            "Unknown database '{}'",
+                            named.as_deref().unwrap_or_default()
+                        ),
+                    });
+                }
+                let header = format!("Tables_in_{}", self.database);
+                let names = tables()?;
+                if *full {
+                    Ok(listing(
+                        &[&header, "Table_type"],
+                        names
+                            .iter()
+                            .map(|n| vec![text(n), text("BASE TABLE")])
+                            .collect(),
+                    ))
+                } else {
+                    Ok(listing(
+                        &[&header],
+                        names.iter().map(|n| vec![text(n)]).collect(),
+                    ))
+                }
+            }
+            Show::Columns { table } => {
+                let sql = format!(
+                    "SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info('{}')",
+                    table.replace('\'', "''")
+                );
+                let info = engine.query(&sql).map_err(|e| e.to_mysql(database))?;
+                if info.rows.is_empty() {
+                    return Err(MysqlError {
+                        code: 1146,
+                        sqlstate: "42S02",
+                        message: format!("Table '{database}.{table}' doesn't exist"),
+                    });
+                }
+                let rows = info
+                    .rows
+                    .into_iter()
+                    .map(|r| {
+                        let not_null = matches!(r[2], Value::Integer(1));
+                        let key = if matches!(r[4], Value::Integer(n) if n > 0) {
+                            "PRI"
+                        } else {
+                            ""
+                        };
+                        vec![
+                            r[0].clone(),
+                            r[1].clone(),
+                            text(if not_null { "NO" } else { "YES" }),
+                            text(key),
+                            r[3].clone(),
+                            text(""),
+                        ]
+                    })
+                    .collect();
+                Ok(listing(
+                    &["Field", "Type", "Null", "Key", "Default", "Extra"],
+                    rows,
+                ))
+            }
+            Show::CreateTable { table } => {
+                let sql = format!(
+                    "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = '{}'",
+                    table.replace('\'', "''")
+                );
+                let found = engine.query(&sql).map_err(|e| e.to_mysql(database))?;
+                match found.rows.into_iter().next() {
+                    Some(mut row) => Ok(listing(
+                        &["Table", "Create Table"],
+                        vec![vec![text(table), row.remove(0)]],
+                    )),
+                    None => Err(MysqlError {
+                        code: 1146,
+                        sqlstate: "42S02",
+                        message: format!("Table '{database}.{table}' doesn't exist"),
+                    }),
+                }
+            }
+            Show::Variables { like } => {
+                let pattern = like.as_deref().map(|p| p.to_lowercase());
+                let matches = |name: &str| match &pattern {
+                    None => true,
+                    Some(p) => like_match(p.as_bytes(), name.as_bytes()),
+                };
+                let mut vars = self.variables();
+                vars.sort();
+                Ok(listing(
+                    &["Variable_name", "Value"],
+                    vars.into_iter()
+                        .filter(|(k, _)| matches(k))
+                        .map(|(k, v)| vec![text(&k), text(&v)])
+                        .collect(),
+                ))
+            }
+        }
+    }
+}
+
+/// SQL `LIKE` with `%` and `_`.
+fn like_match(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'%', rest)) => (0..=text.len()).any(|i| like_match(rest, &text[i..])),
+        Some((b'_', rest)) => !text.is_empty() && like_match(rest, &text[1..]),
+        Some((c, rest)) => text.first() == Some(c) && like_match(rest, &text[1..]),
+    }
+}
+
+fn mysql_err(e: &MysqlError) -> Vec<u8> {
+    wire::err(e.code, e.sqlstate, &e.message)
+}
+
+async fn write_rows<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    database: &str,
+    rows: &Rows,
+    deprecate_eof: bool,
+    status: u16,
+) -> Result<(), WireError> {
+    let mut count = Vec::new();
+    wire::put_lenenc_int(&mut count, rows.columns.len() as u64);
+    conn.write(&count).await?;
+    for (i, name) in rows.columns.iter().enumerate() {
+        let declared = rows.declared.get(i).and_then(|d| d.as_deref());
+        let sample = rows
+            .rows
+            .iter()
+            .map(|r| &r[i])
+            .find(|v| !matches!(v, rusqlite::types::Value::Null));
+        let kind = wire::column_type(declared, sample);
+        let binary = matches!(sample, Some(rusqlite::types::Value::Blob(_)));
+        conn.write(&wire::column_definition(database, "", name, kind, binary))
+            .await?;
+    }
+    if !deprecate_eof {
+        conn.write(&wire::end_of_rows(false, status)).await?;
+    }
+    for row in &rows.rows {
+        conn.write(&wire::text_row(row)).await?;
+    }
+    conn.write(&wire::end_of_rows(deprecate_eof, status)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like_match;
+
+    #[test]
+    fn like_patterns() {
+        assert!(like_match(b"version%", b"version_comment"));
+        assert!(like_match(b"%comment", b"version_comment"));
+        assert!(like_match(b"a_c", b"abc"));
+        assert!(!like_match(b"a_c", b"abbc"));
+        assert!(like_match(b"%", b""));
+    }
+}
