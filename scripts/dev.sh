@@ -28,10 +28,17 @@ SERVICES=(
 ADMIN_PASSWORD_FILE=$DIR/admin-password
 [[ -s $ADMIN_PASSWORD_FILE ]] || head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$ADMIN_PASSWORD_FILE"
 JWKS=http://127.0.0.1:7111/.well-known/jwks.json
+# quartet-db's MySQL front: user app, password in a file as a Secret would hold it.
+DB_PASSWORD_FILE=$DIR/db-password
+[[ -s $DB_PASSWORD_FILE ]] || echo "app-dev-password" >"$DB_PASSWORD_FILE"
+command -v mariadb >/dev/null || { say "installing the MySQL command-line client (Debian's mariadb-client)";
+  { [[ $(id -u) == 0 ]] && apt-get install -y -qq --no-install-recommends mariadb-client >/dev/null; } ||
+  sudo apt-get install -y -qq --no-install-recommends mariadb-client >/dev/null; }
 extra_args() {
   case $1 in
     quartet-auth) echo "--store-url sqlite://$DIR/auth.db?mode=rwc --bootstrap-admin-user admin --bootstrap-admin-password-file $ADMIN_PASSWORD_FILE --bootstrap-cli-client quartet-cli --tokens-issuer http://127.0.0.1:7111" ;;
     quartet-operator) ;;
+    quartet-db) echo "--auth-jwks-url $JWKS --auth-issuer http://127.0.0.1:7111 --mysql-listen 127.0.0.1:7143 --mysql-database shop --mysql-user app --mysql-password-file $DB_PASSWORD_FILE --storage-path $DIR/db.sqlite" ;;
     *) echo "--auth-jwks-url $JWKS --auth-issuer http://127.0.0.1:7111" ;;
   esac
 }
@@ -78,6 +85,7 @@ for line in "${SERVICES[@]}"; do
   if [[ $grpc == - ]]; then g=-; r=-; else g="127.0.0.1:$grpc"; r="http://127.0.0.1:$http/v1"; fi
   printf '%-22s %-24s %-32s %s\n' "$name" "$g" "$r" "http://127.0.0.1:$admin/healthz"
 done
+printf '%-22s %-24s\n' "quartet-db (MySQL)" "127.0.0.1:7143  (mariadb -h 127.0.0.1 -P 7143 -u app -p\$(cat $DB_PASSWORD_FILE) shop)"
 printf '\nEach answers:\n'
 for line in "${SERVICES[@]}"; do
   read -r name grpc http admin <<<"$line"
@@ -104,6 +112,12 @@ ADA_TOKEN=$(token ada ada-dev-password)
 printf '  quartet-task-gateway /v1/whoami with ada'"'"'s token: %s\n' \
   "$(curl -fsS http://127.0.0.1:7121/v1/whoami -H "Authorization: Bearer $ADA_TOKEN")"
 printf '  the same call without a token: HTTP %s\n' "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:7121/v1/whoami)"
+
+printf '\nA mysql client session with quartet-db (127.0.0.1:7143, user app, database shop):\n'
+mariadb -h 127.0.0.1 -P 7143 -u app -p"$(cat "$DB_PASSWORD_FILE")" -D shop --table -e \
+  "CREATE TABLE IF NOT EXISTS visits (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, who VARCHAR(40) NOT NULL, at VARCHAR(32) DEFAULT CURRENT_TIMESTAMP);
+   INSERT INTO visits (who) VALUES ('ada'), ('bob');
+   SELECT who, COUNT(*) AS visits FROM visits GROUP BY who ORDER BY who;" | sed 's/^/  /'
 
 printf '\nLogs: %s/logs/. OpenAPI: http://127.0.0.1:7111/openapi.json. Press Ctrl-C to stop everything.\n' "$DIR"
 wait -n "${pids[@]}" || true

@@ -83,6 +83,9 @@ impl Server {
                 "127.0.0.1:0",
             ]);
         }
+        if name == "quartet-db" {
+            cmd.args(["--mysql-listen", "127.0.0.1:0"]);
+        }
         cmd.envs(extra_env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -108,7 +111,13 @@ impl Server {
                 sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
         });
-        let expected = if with_apis { 3 } else { 1 };
+        let expected: &[&str] = if with_apis {
+            &["admin", "grpc", "http"]
+        } else {
+            &["admin"]
+        };
+        let bound =
+            |addrs: &HashMap<String, SocketAddr>| expected.iter().all(|l| addrs.contains_key(*l));
         let mut server = Self {
             name: name.to_owned(),
             child,
@@ -117,7 +126,7 @@ impl Server {
             dir,
         };
         let wait = async {
-            while server.addrs.len() < expected {
+            while !bound(&server.addrs) {
                 match addr_rx.recv().await {
                     Some((listener, addr)) => {
                         server.addrs.insert(listener, addr);
@@ -129,7 +138,7 @@ impl Server {
         if tokio::time::timeout(Duration::from_secs(20), wait)
             .await
             .is_err()
-            || server.addrs.len() < expected
+            || !bound(&server.addrs)
         {
             bail!(
                 "{name} did not bind its listeners; output:\n{}",

@@ -61,6 +61,10 @@ async fn dev_starts_every_service_and_ctrl_c_leaves_nothing_behind() {
         "the gateway did not accept ada's token from quartet-auth:\n{out}"
     );
     assert!(out.contains("without a token: HTTP 401"), "{out}");
+    assert!(
+        out.contains("| ada  |      1 |") && out.contains("| bob  |      1 |"),
+        "no mysql client session:\n{out}"
+    );
     let health = quartet_e2e::http_client(Duration::from_secs(2))
         .get("http://127.0.0.1:7119/healthz")
         .send()

@@ -877,7 +877,11 @@ mod tests {
                 read_only,
             } => {
                 assert!(read_only);
-                assert_eq!(statements, ["SELECT NULL AS `DATABASE()`"], "named as MySQL names it");
+                assert_eq!(
+                    statements,
+                    ["SELECT NULL AS `DATABASE()`"],
+                    "named as MySQL names it"
+                );
             }
             other => panic!("{other:?}"),
         }
