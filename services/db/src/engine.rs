@@ -14,7 +14,7 @@
 //! order: replicas at the same applied index must agree on it.
 
 use rusqlite::session::{ConflictAction, ConflictType, Session};
-use rusqlite::types::ValueRef;
+use rusqlite::types::{Value, ValueRef};
 use sha2::{Digest, Sha256};
 
 /// Why a database operation failed.
@@ -170,6 +170,9 @@ pub struct Outcome {
     pub last_insert_id: i64,
 }
 
+/// Result columns: name and declared (MySQL) type, when known.
+pub type Columns = Vec<(String, Option<String>)>;
+
 /// A query's answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rows {
@@ -219,13 +222,20 @@ impl Engine {
     /// Runs `statements` as one transaction on the leader and returns the entry to replicate.
     /// On error nothing is applied.
     pub fn write(&mut self, statements: &[String]) -> Result<Outcome, EngineError> {
+        let bound: Vec<(&str, &[Value])> =
+            statements.iter().map(|s| (s.as_str(), &[][..])).collect();
+        self.write_bound(&bound)
+    }
+
+    /// Like [`Engine::write`], each statement with its `?` parameters.
+    pub fn write_bound(&mut self, statements: &[(&str, &[Value])]) -> Result<Outcome, EngineError> {
         let tx = self.conn.unchecked_transaction()?;
         let mut entry = Entry::default();
         let (mut rows_affected, mut last_insert_id) = (0, 0);
-        let mut pending: Vec<&String> = Vec::new();
+        let mut pending: Vec<(&str, &[Value])> = Vec::new();
         // Consecutive data statements share one session; DDL closes it (sessions do not
         // record schema changes and must not span them).
-        let flush = |pending: &mut Vec<&String>,
+        let flush = |pending: &mut Vec<(&str, &[Value])>,
                      entry: &mut Entry,
                      rows: &mut u64,
                      last: &mut i64|
@@ -235,8 +245,8 @@ impl Engine {
             }
             let mut session = Session::new(&tx)?;
             session.attach(None::<&str>)?;
-            for sql in pending.drain(..) {
-                *rows = tx.execute(sql, [])? as u64;
+            for (sql, params) in pending.drain(..) {
+                *rows = tx.execute(sql, rusqlite::params_from_iter(params.iter()))? as u64;
                 *last = tx.last_insert_rowid();
             }
             let mut bytes = Vec::new();
@@ -246,7 +256,7 @@ impl Engine {
             }
             Ok(())
         };
-        for sql in statements {
+        for &(sql, params) in statements {
             if is_ddl(sql) {
                 flush(
                     &mut pending,
@@ -255,9 +265,9 @@ impl Engine {
                     &mut last_insert_id,
                 )?;
                 tx.execute_batch(sql)?;
-                entry.steps.push(Step::Ddl(sql.clone()));
+                entry.steps.push(Step::Ddl(sql.to_owned()));
             } else {
-                pending.push(sql);
+                pending.push((sql, params));
             }
         }
         flush(
@@ -272,6 +282,18 @@ impl Engine {
             rows_affected,
             last_insert_id,
         })
+    }
+
+    /// The number of `?` parameters of `sql` and the names and declared types of its result
+    /// columns, without running it.
+    pub fn describe(&self, sql: &str) -> Result<(usize, Columns), EngineError> {
+        let statement = self.conn.prepare(sql)?;
+        let columns = statement
+            .columns()
+            .iter()
+            .map(|c| (c.name().to_owned(), c.decl_type().map(str::to_owned)))
+            .collect();
+        Ok((statement.parameter_count(), columns))
     }
 
     /// Applies a leader's entry on a follower, as one transaction.
@@ -305,6 +327,11 @@ impl Engine {
 
     /// Runs a read-only query.
     pub fn query(&self, sql: &str) -> Result<Rows, EngineError> {
+        self.query_bound(sql, &[])
+    }
+
+    /// Runs a read-only query with its `?` parameters.
+    pub fn query_bound(&self, sql: &str, params: &[Value]) -> Result<Rows, EngineError> {
         let mut statement = self.conn.prepare(sql)?;
         let columns: Vec<String> = statement
             .column_names()
@@ -318,7 +345,7 @@ impl Engine {
             .collect();
         let width = columns.len();
         let mut rows = Vec::new();
-        let mut cursor = statement.query([])?;
+        let mut cursor = statement.query(rusqlite::params_from_iter(params.iter()))?;
         while let Some(row) = cursor.next()? {
             let mut values = Vec::with_capacity(width);
             for i in 0..width {

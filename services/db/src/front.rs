@@ -168,6 +168,8 @@ impl Front {
             .await?;
             return conn.flush().await;
         }
+        let mut prepared: HashMap<u32, Prepared> = HashMap::new();
+        let mut next_statement: u32 = 1;
         let mut context = Context {
             database: response.database.clone(),
             last_insert_id: 0,
@@ -218,7 +220,15 @@ impl Front {
                             for (i, plan) in plans.into_iter().enumerate() {
                                 let more = if i + 1 < count { 0x0008 } else { 0 };
                                 if !self
-                                    .run(&mut conn, &mut context, plan, deprecate_eof, more)
+                                    .run(
+                                        &mut conn,
+                                        &mut context,
+                                        plan,
+                                        &[],
+                                        false,
+                                        deprecate_eof,
+                                        more,
+                                    )
                                     .await?
                                 {
                                     break;
@@ -226,6 +236,68 @@ impl Front {
                             }
                         }
                     }
+                }
+                0x16 => {
+                    let sql = String::from_utf8_lossy(r.rest()).into_owned();
+                    match self.prepare(&sql, &context) {
+                        Err(e) => conn.write(&mysql_err(&e)).await?,
+                        Ok((statement, columns)) => {
+                            let id = next_statement;
+                            next_statement = next_statement.wrapping_add(1).max(1);
+                            conn.write(&wire::prepare_ok(id, columns.len(), statement.params))
+                                .await?;
+                            for _ in 0..statement.params {
+                                conn.write(&wire::column_definition(
+                                    "",
+                                    "",
+                                    "?",
+                                    wire::ColumnType::VarString,
+                                    false,
+                                ))
+                                .await?;
+                            }
+                            if statement.params > 0 && !deprecate_eof {
+                                conn.write(&wire::end_of_rows(false, wire::STATUS_AUTOCOMMIT))
+                                    .await?;
+                            }
+                            for (name, declared) in &columns {
+                                let kind = wire::column_type(declared.as_deref(), None);
+                                conn.write(&wire::column_definition(
+                                    &self.database,
+                                    "",
+                                    name,
+                                    kind,
+                                    false,
+                                ))
+                                .await?;
+                            }
+                            if !columns.is_empty() && !deprecate_eof {
+                                conn.write(&wire::end_of_rows(false, wire::STATUS_AUTOCOMMIT))
+                                    .await?;
+                            }
+                            prepared.insert(id, statement);
+                        }
+                    }
+                }
+                0x17 => {
+                    let id = r.u32()?;
+                    r.skip(1 + 4)?;
+                    match prepared.get_mut(&id) {
+                        None => conn.write(&wire::err(1243, "HY000", &format!("Unknown prepared statement handler ({id}) given to mysqld_stmt_execute"))).await?,
+                        Some(statement) => {
+                            let params = wire::decode_params(&mut r, statement.params, &mut statement.types)?;
+                            let plan = statement.plan.clone();
+                            self.run(&mut conn, &mut context, plan, &params, true, deprecate_eof, 0).await?;
+                        }
+                    }
+                }
+                0x19 => {
+                    prepared.remove(&r.u32()?);
+                    continue;
+                }
+                0x1A => {
+                    conn.write(&wire::ok(0, 0, wire::STATUS_AUTOCOMMIT, ""))
+                        .await?
                 }
                 other => {
                     conn.write(&wire::err(
@@ -241,11 +313,14 @@ impl Front {
     }
 
     /// Runs one plan and writes its answer; returns false after an error (stop the batch).
+    #[allow(clippy::too_many_arguments)]
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         conn: &mut Conn<S>,
         context: &mut Context,
         plan: Plan,
+        params: &[rusqlite::types::Value],
+        binary: bool,
         deprecate_eof: bool,
         more: u16,
     ) -> Result<bool, WireError> {
@@ -262,7 +337,7 @@ impl Front {
                 let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
                 statements
                     .iter()
-                    .try_fold(None, |_, sql| engine.query(sql).map(Some))
+                    .try_fold(None, |_, sql| engine.query_bound(sql, params).map(Some))
                     .map_err(|e| e.to_mysql(&database))
             }
             Plan::Sqlite {
@@ -282,7 +357,12 @@ impl Front {
                         .engine
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .write(&statements);
+                        .write_bound(
+                            &statements
+                                .iter()
+                                .map(|s| (s.as_str(), params))
+                                .collect::<Vec<_>>(),
+                        );
                     match result {
                         Ok(outcome) => {
                             if outcome.last_insert_id > 0
@@ -342,7 +422,9 @@ impl Front {
         };
         match outcome {
             Ok(None) => conn.write(&wire::ok(0, 0, status, "")).await?,
-            Ok(Some(rows)) => write_rows(conn, &database, &rows, deprecate_eof, status).await?,
+            Ok(Some(rows)) => {
+                write_rows(conn, &database, &rows, binary, deprecate_eof, status).await?
+            }
             Err(e) => {
                 conn.write(&mysql_err(&e)).await?;
                 return Ok(false);
@@ -485,6 +567,51 @@ impl Front {
     }
 }
 
+/// A prepared statement: its plan and what its executions need.
+struct Prepared {
+    plan: Plan,
+    params: usize,
+    types: Vec<(u8, bool)>,
+}
+
+impl Front {
+    /// Plans a statement for COM_STMT_PREPARE; returns it and its result columns.
+    fn prepare(
+        &self,
+        sql: &str,
+        context: &Context,
+    ) -> Result<(Prepared, crate::engine::Columns), MysqlError> {
+        let mut plans = dialect::translate(sql, context)?;
+        if plans.len() != 1 {
+            return Err(MysqlError::unsupported(
+                "several statements in one prepared statement",
+            ));
+        }
+        let plan = plans.remove(0);
+        let (params, columns) = match &plan {
+            Plan::Sqlite { statements, .. } if statements.len() == 1 => {
+                let database = context
+                    .database
+                    .clone()
+                    .unwrap_or_else(|| self.database.clone());
+                let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+                engine
+                    .describe(&statements[0])
+                    .map_err(|e| e.to_mysql(&database))?
+            }
+            _ => (0, Vec::new()),
+        };
+        Ok((
+            Prepared {
+                plan,
+                params,
+                types: Vec::new(),
+            },
+            columns,
+        ))
+    }
+}
+
 /// SQL `LIKE` with `%` and `_`.
 fn like_match(pattern: &[u8], text: &[u8]) -> bool {
     match pattern.split_first() {
@@ -503,9 +630,12 @@ async fn write_rows<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     database: &str,
     rows: &Rows,
+    binary_protocol: bool,
     deprecate_eof: bool,
     status: u16,
 ) -> Result<(), WireError> {
+    let binary_kinds =
+        binary_protocol.then(|| wire::binary_kinds(rows.columns.len(), &rows.declared, &rows.rows));
     let mut count = Vec::new();
     wire::put_lenenc_int(&mut count, rows.columns.len() as u64);
     conn.write(&count).await?;
@@ -516,7 +646,10 @@ async fn write_rows<S: AsyncRead + AsyncWrite + Unpin>(
             .iter()
             .map(|r| &r[i])
             .find(|v| !matches!(v, rusqlite::types::Value::Null));
-        let kind = wire::column_type(declared, sample);
+        let kind = match &binary_kinds {
+            Some(kinds) => kinds[i],
+            None => wire::column_type(declared, sample),
+        };
         let binary = matches!(sample, Some(rusqlite::types::Value::Blob(_)));
         conn.write(&wire::column_definition(database, "", name, kind, binary))
             .await?;
@@ -525,7 +658,10 @@ async fn write_rows<S: AsyncRead + AsyncWrite + Unpin>(
         conn.write(&wire::end_of_rows(false, status)).await?;
     }
     for row in &rows.rows {
-        conn.write(&wire::text_row(row)).await?;
+        match &binary_kinds {
+            Some(kinds) => conn.write(&wire::binary_row(row, kinds)).await?,
+            None => conn.write(&wire::text_row(row)).await?,
+        }
     }
     conn.write(&wire::end_of_rows(deprecate_eof, status)).await
 }

@@ -479,6 +479,195 @@ pub fn text_row(values: &[rusqlite::types::Value]) -> Vec<u8> {
     out
 }
 
+/// Column types for the binary protocol: the declared type where every value fits it, else a
+/// string; dates travel as strings (SQLite keeps them as text).
+pub fn binary_kinds(
+    columns: usize,
+    declared: &[Option<String>],
+    rows: &[Vec<rusqlite::types::Value>],
+) -> Vec<ColumnType> {
+    use rusqlite::types::Value;
+    (0..columns)
+        .map(|i| {
+            let sample = rows
+                .iter()
+                .map(|r| &r[i])
+                .find(|v| !matches!(v, Value::Null));
+            let kind = column_type(declared.get(i).and_then(|d| d.as_deref()), sample);
+            let values = || {
+                rows.iter()
+                    .map(|r| &r[i])
+                    .filter(|v| !matches!(v, Value::Null))
+            };
+            match kind {
+                ColumnType::Long
+                    if values()
+                        .all(|v| matches!(v, Value::Integer(n) if i32::try_from(*n).is_ok())) =>
+                {
+                    ColumnType::Long
+                }
+                ColumnType::Long | ColumnType::LongLong
+                    if values().all(|v| matches!(v, Value::Integer(_))) =>
+                {
+                    ColumnType::LongLong
+                }
+                ColumnType::Double
+                    if values().all(|v| matches!(v, Value::Real(_) | Value::Integer(_))) =>
+                {
+                    ColumnType::Double
+                }
+                ColumnType::Blob => ColumnType::Blob,
+                _ => ColumnType::VarString,
+            }
+        })
+        .collect()
+}
+
+/// A binary-protocol row, each value encoded as its column's type.
+pub fn binary_row(values: &[rusqlite::types::Value], kinds: &[ColumnType]) -> Vec<u8> {
+    use rusqlite::types::Value;
+    let mut out = vec![0x00];
+    let mut bitmap = vec![0u8; (values.len() + 7 + 2) / 8];
+    for (i, v) in values.iter().enumerate() {
+        if matches!(v, Value::Null) {
+            bitmap[(i + 2) / 8] |= 1 << ((i + 2) % 8);
+        }
+    }
+    out.extend_from_slice(&bitmap);
+    for (v, kind) in values.iter().zip(kinds) {
+        match (v, kind) {
+            (Value::Null, _) => {}
+            (Value::Integer(n), ColumnType::Long) => {
+                out.extend_from_slice(&(*n as i32).to_le_bytes())
+            }
+            (Value::Integer(n), ColumnType::LongLong) => out.extend_from_slice(&n.to_le_bytes()),
+            (Value::Integer(n), ColumnType::Double) => {
+                out.extend_from_slice(&(*n as f64).to_le_bytes())
+            }
+            (Value::Real(f), ColumnType::Double) => out.extend_from_slice(&f.to_le_bytes()),
+            (Value::Integer(n), _) => put_lenenc_str(&mut out, n.to_string().as_bytes()),
+            (Value::Real(f), _) => put_lenenc_str(&mut out, f.to_string().as_bytes()),
+            (Value::Text(t), _) => put_lenenc_str(&mut out, t.as_bytes()),
+            (Value::Blob(b), _) => put_lenenc_str(&mut out, b),
+        }
+    }
+    out
+}
+
+/// COM_STMT_PREPARE's first answer.
+pub fn prepare_ok(statement_id: u32, columns: usize, params: usize) -> Vec<u8> {
+    let mut out = vec![0x00];
+    out.extend_from_slice(&statement_id.to_le_bytes());
+    out.extend_from_slice(&(columns as u16).to_le_bytes());
+    out.extend_from_slice(&(params as u16).to_le_bytes());
+    out.push(0);
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out
+}
+
+/// Decodes COM_STMT_EXECUTE's parameters (after the statement id, flags and iteration count).
+/// `types` carries the types sent with an earlier execution, as clients may send them once.
+pub fn decode_params(
+    r: &mut Reader<'_>,
+    count: usize,
+    types: &mut Vec<(u8, bool)>,
+) -> Result<Vec<rusqlite::types::Value>, WireError> {
+    use rusqlite::types::Value;
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let bitmap = r.bytes(count.div_ceil(8))?.to_vec();
+    if r.u8()? == 1 {
+        types.clear();
+        for _ in 0..count {
+            let t = r.bytes(2)?;
+            types.push((t[0], t[1] & 0x80 != 0));
+        }
+    }
+    if types.len() != count {
+        return Err(WireError::Protocol(
+            "parameter types were never sent".into(),
+        ));
+    }
+    let mut values = Vec::with_capacity(count);
+    for (i, &(kind, unsigned)) in types.iter().enumerate() {
+        if bitmap[i / 8] & (1 << (i % 8)) != 0 {
+            values.push(Value::Null);
+            continue;
+        }
+        let int = |b: &[u8]| -> i64 {
+            let mut buf = [0u8; 8];
+            buf[..b.len()].copy_from_slice(b);
+            let raw = u64::from_le_bytes(buf);
+            if unsigned || b.len() == 8 {
+                raw as i64
+            } else {
+                let shift = 64 - 8 * b.len() as u32;
+                ((raw << shift) as i64) >> shift
+            }
+        };
+        let value = match kind {
+            0x01 => Value::Integer(int(r.bytes(1)?)),
+            0x02 | 0x0D => Value::Integer(int(r.bytes(2)?)),
+            0x03 | 0x09 => Value::Integer(int(r.bytes(4)?)),
+            0x08 => Value::Integer(int(r.bytes(8)?)),
+            0x04 => {
+                let b = r.bytes(4)?;
+                Value::Real(f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+            }
+            0x05 => {
+                let b = r.bytes(8)?;
+                Value::Real(f64::from_le_bytes([
+                    b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+                ]))
+            }
+            0x06 => Value::Null,
+            0x07 | 0x0A | 0x0C => {
+                let len = usize::from(r.u8()?);
+                let b = r.bytes(len)?;
+                let (y, mo, d) = if len >= 4 {
+                    (u16::from_le_bytes([b[0], b[1]]), b[2], b[3])
+                } else {
+                    (0, 0, 0)
+                };
+                let (h, mi, s) = if len >= 7 {
+                    (b[4], b[5], b[6])
+                } else {
+                    (0, 0, 0)
+                };
+                let micros = if len >= 11 {
+                    u32::from_le_bytes([b[7], b[8], b[9], b[10]])
+                } else {
+                    0
+                };
+                let mut text = format!("{y:04}-{mo:02}-{d:02}");
+                if kind != 0x0A {
+                    text.push_str(&format!(" {h:02}:{mi:02}:{s:02}"));
+                    if micros > 0 {
+                        text.push_str(&format!(".{micros:06}"));
+                    }
+                }
+                Value::Text(text)
+            }
+            0x0F | 0xF5 | 0xF6 | 0xF7 | 0xF8 | 0xF9 | 0xFA | 0xFB | 0xFC | 0xFD | 0xFE | 0x10 => {
+                let len = r.lenenc_int()? as usize;
+                let bytes = r.bytes(len)?;
+                match std::str::from_utf8(bytes) {
+                    Ok(text) if !matches!(kind, 0xF9..=0xFC) => Value::Text(text.to_owned()),
+                    _ => Value::Blob(bytes.to_vec()),
+                }
+            }
+            other => {
+                return Err(WireError::Protocol(format!(
+                    "parameter type {other:#04x} is not supported"
+                )));
+            }
+        };
+        values.push(value);
+    }
+    Ok(values)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,5 +746,78 @@ mod tests {
         for cut in 0..good.len() - 1 {
             let _ = parse_handshake_response(&good[..cut]);
         }
+    }
+
+    #[test]
+    fn binary_parameters_decode_and_truncation_is_an_error() {
+        use rusqlite::types::Value;
+        // Three parameters: LONGLONG 7, NULL, VAR_STRING "hi"; types sent (flag 1).
+        let mut packet = vec![0b0000_0010, 1, 0x08, 0, 0x06, 0, 0xFD, 0];
+        packet.extend_from_slice(&7i64.to_le_bytes());
+        packet.extend_from_slice(&[2, b'h', b'i']);
+        let mut types = Vec::new();
+        let values = decode_params(&mut Reader::new(&packet), 3, &mut types).expect("decodes");
+        assert_eq!(
+            values,
+            [Value::Integer(7), Value::Null, Value::Text("hi".into())]
+        );
+        for cut in 0..packet.len() {
+            let mut types = Vec::new();
+            assert!(
+                decode_params(&mut Reader::new(&packet[..cut]), 3, &mut types).is_err(),
+                "cut at {cut}"
+            );
+        }
+        // Later executions may omit the types (flag 0) and reuse the remembered ones.
+        let mut again = vec![0b0000_0010, 0];
+        again.extend_from_slice(&(-1i64).to_le_bytes());
+        again.extend_from_slice(&[1, b'x']);
+        let values = decode_params(&mut Reader::new(&again), 3, &mut types).expect("decodes");
+        assert_eq!(
+            values,
+            [Value::Integer(-1), Value::Null, Value::Text("x".into())]
+        );
+    }
+
+    #[test]
+    fn binary_rows_follow_the_column_kinds() {
+        use rusqlite::types::Value;
+        let rows = vec![vec![
+            Value::Integer(5),
+            Value::Text("a".into()),
+            Value::Null,
+            Value::Real(1.5),
+        ]];
+        let kinds = binary_kinds(
+            4,
+            &[
+                Some("INT".into()),
+                Some("VARCHAR(4)".into()),
+                Some("BIGINT".into()),
+                None,
+            ],
+            &rows,
+        );
+        assert_eq!(
+            kinds,
+            [
+                ColumnType::Long,
+                ColumnType::VarString,
+                ColumnType::LongLong,
+                ColumnType::Double
+            ]
+        );
+        let row = binary_row(&rows[0], &kinds);
+        assert_eq!(row[0], 0x00);
+        assert_eq!(row[1], 0b0001_0000, "the NULL in column 3 sets bit 2 + 2");
+        assert_eq!(&row[2..6], &5i32.to_le_bytes());
+        assert_eq!(&row[6..8], &[1, b'a']);
+        assert_eq!(&row[8..16], &1.5f64.to_le_bytes());
+        let mixed = vec![vec![Value::Text("not a number".into())]];
+        assert_eq!(
+            binary_kinds(1, &[Some("INT".into())], &mixed),
+            [ColumnType::VarString],
+            "values that do not fit their type travel as strings"
+        );
     }
 }

@@ -141,3 +141,82 @@ async fn the_mariadb_command_line_client_runs_a_session() {
     );
     stop.cancel();
 }
+
+#[tokio::test]
+async fn sqlx_uses_prepared_statements_with_binary_rows() {
+    use sqlx::Row;
+    let (addr, stop) = start().await;
+    let url = format!("mysql://app:s3cret@127.0.0.1:{}/shop", addr.port());
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .expect("sqlx connects");
+    sqlx::query("CREATE TABLE items (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, name VARCHAR(40) NOT NULL, price DOUBLE, qty INT, note TEXT)")
+        .execute(&pool)
+        .await
+        .expect("create");
+    let done = sqlx::query("INSERT INTO items (name, price, qty, note) VALUES (?, ?, ?, ?)")
+        .bind("pen")
+        .bind(1.5f64)
+        .bind(3i32)
+        .bind(Option::<String>::None)
+        .execute(&pool)
+        .await
+        .expect("insert");
+    assert_eq!((done.rows_affected(), done.last_insert_id()), (1, 1));
+    sqlx::query("INSERT INTO items (name, price, qty) VALUES (?, ?, ?)")
+        .bind("ink")
+        .bind(7i64)
+        .bind(-2i64)
+        .execute(&pool)
+        .await
+        .expect("insert");
+
+    let row = sqlx::query("SELECT id, name, price, qty, note FROM items WHERE name = ?")
+        .bind("pen")
+        .fetch_one(&pool)
+        .await
+        .expect("select");
+    assert_eq!(row.get::<i64, _>("id"), 1);
+    assert_eq!(row.get::<String, _>("name"), "pen");
+    assert_eq!(row.get::<f64, _>("price"), 1.5);
+    assert_eq!(row.get::<i32, _>("qty"), 3);
+    assert_eq!(row.get::<Option<String>, _>("note"), None);
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items WHERE qty < ?")
+        .bind(10i32)
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(count, 2);
+    let ink: (String, f64, i32) = sqlx::query_as("SELECT name, price, qty FROM items WHERE id = ?")
+        .bind(2u64)
+        .fetch_one(&pool)
+        .await
+        .expect("query_as");
+    assert_eq!(ink, ("ink".to_owned(), 7.0, -2));
+
+    let duplicate = sqlx::query("INSERT INTO items (id, name) VALUES (?, ?)")
+        .bind(1i64)
+        .bind("dup")
+        .execute(&pool)
+        .await
+        .expect_err("duplicate key");
+    let db_error = duplicate.as_database_error().expect("a database error");
+    assert_eq!(db_error.code().as_deref(), Some("23000"));
+    assert_eq!(
+        db_error
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .map(|e| e.number()),
+        Some(1062)
+    );
+
+    let refused = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("mysql://app:wrong@127.0.0.1:{}/shop", addr.port()))
+        .await
+        .expect_err("bad password");
+    assert!(refused.to_string().contains("1045"), "{refused}");
+    pool.close().await;
+    stop.cancel();
+}
