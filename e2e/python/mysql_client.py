@@ -29,10 +29,20 @@ def main(host, port, user, password, database):
             cur.execute("SELECT * FROM missing")
         except pymysql.err.ProgrammingError as e:
             seen["missing"] = [e.args[0], e.args[1]]
-        try:
-            cur.execute("BEGIN")
-        except pymysql.err.Error as e:
-            seen["begin"] = e.args[0]
+        # Transactions on a second connection (PyMySQL's default, autocommit off): a
+        # rolled-back insert vanishes, a committed one stays.
+        tx = pymysql.connect(host=host, port=int(port), user=user, password=password, database=database)
+        with tx.cursor() as t:
+            t.execute("INSERT INTO orders (item, qty) VALUES ('ghost', 1)")
+            t.execute("SELECT COUNT(*) FROM orders WHERE item = 'ghost'")
+            seen["inside"] = t.fetchone()[0]
+        tx.rollback()
+        with tx.cursor() as t:
+            t.execute("INSERT INTO orders (item, qty) VALUES ('kept', 1)")
+        tx.commit()
+        tx.close()
+        cur.execute("SELECT item FROM orders WHERE item IN ('ghost', 'kept')")
+        seen["after_transactions"] = [r[0] for r in cur.fetchall()]
         cur.execute("SHOW TABLES")
         seen["tables"] = [r[0] for r in cur.fetchall()]
     conn.close()

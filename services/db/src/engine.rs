@@ -23,6 +23,18 @@ pub enum EngineError {
     /// SQLite refused the statement (constraint, missing table, ...).
     #[error("{0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// Another session's transaction held the engine longer than the lock wait.
+    #[error("Lock wait timeout exceeded; try restarting transaction")]
+    LockWait,
+    /// Schema changes are refused inside an interactive transaction.
+    #[error("schema changes are not allowed inside a transaction: COMMIT or ROLLBACK first")]
+    DdlInTransaction,
+    /// The engine thread has stopped.
+    #[error("the storage engine has stopped")]
+    Stopped,
+    /// The engine answered something the caller did not ask for (a bug).
+    #[error("unexpected engine answer: {0}")]
+    Unexpected(String),
     /// A follower could not apply a changeset cleanly: the replicas differ.
     #[error("changeset conflict ({0}): this replica has diverged from the leader")]
     Diverged(String),
@@ -44,6 +56,8 @@ impl EngineError {
             EngineError::Sqlite(rusqlite::Error::SqlInputError { error, msg, .. }) => {
                 (error, msg.clone())
             }
+            EngineError::LockWait => return error(1205, "HY000", self.to_string()),
+            EngineError::DdlInTransaction => return error(1179, "25000", self.to_string()),
             other => return error(1105, "HY000", other.to_string()),
         };
         // What follows the first ": " in SQLite's message names the table, column or constraint.
@@ -287,7 +301,15 @@ impl Engine {
     /// The number of `?` parameters of `sql` and the names and declared types of its result
     /// columns, without running it.
     pub fn describe(&self, sql: &str) -> Result<(usize, Columns), EngineError> {
-        let statement = self.conn.prepare(sql)?;
+        Self::describe_on(&self.conn, sql)
+    }
+
+    /// [`Engine::describe`] on `conn`.
+    pub fn describe_on(
+        conn: &rusqlite::Connection,
+        sql: &str,
+    ) -> Result<(usize, Columns), EngineError> {
+        let statement = conn.prepare(sql)?;
         let columns = statement
             .columns()
             .iter()
@@ -332,7 +354,21 @@ impl Engine {
 
     /// Runs a read-only query with its `?` parameters.
     pub fn query_bound(&self, sql: &str, params: &[Value]) -> Result<Rows, EngineError> {
-        let mut statement = self.conn.prepare(sql)?;
+        Self::query_on(&self.conn, sql, params)
+    }
+
+    /// The connection, for the engine thread's interactive transactions.
+    pub fn connection(&self) -> &rusqlite::Connection {
+        &self.conn
+    }
+
+    /// Runs a query on `conn` (the engine's connection, or a transaction on it).
+    pub fn query_on(
+        conn: &rusqlite::Connection,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Rows, EngineError> {
+        let mut statement = conn.prepare(sql)?;
         let columns: Vec<String> = statement
             .column_names()
             .into_iter()

@@ -1,23 +1,26 @@
 //! The MySQL front: accepts MySQL clients, authenticates them, and runs their statements
-//! through the dialect layer on an engine.
+//! through the dialect layer on the engine thread ([`crate::actor`]).
 //!
-//! Today it serves one database on one engine, in autocommit mode. Interactive transactions
-//! (`BEGIN`, `SET autocommit = 0`) are refused with error 1235 rather than half-honoured: they
-//! arrive with the Raft group, where a commit is acknowledged only once a majority has it.
+//! Sessions follow MySQL's transaction rules: autocommit by default; `BEGIN` / `START
+//! TRANSACTION`, or `SET autocommit = 0` and then any statement, open a transaction that
+//! `COMMIT` or `ROLLBACK` ends; a disconnect rolls it back. Today one engine serves one
+//! database; the Raft group underneath arrives with the rest of issue 4.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
+use crate::actor::EngineHandle;
 use crate::dialect::{self, Context, MysqlError, Plan, Setting, Show, Transaction};
 use crate::engine::{Engine, Rows};
 use crate::wire::{self, Conn, Reader, WireError, capability};
 
 /// What the front serves.
 pub struct Front {
-    engine: Arc<Mutex<Engine>>,
+    engine: EngineHandle,
     database: String,
     users: HashMap<String, String>,
     version: String,
@@ -29,6 +32,35 @@ impl std::fmt::Debug for Front {
         f.debug_struct("Front")
             .field("database", &self.database)
             .finish_non_exhaustive()
+    }
+}
+
+/// How long a statement waits behind another session's transaction before MySQL's 1205
+/// (InnoDB's default `innodb_lock_wait_timeout`).
+const LOCK_WAIT: Duration = Duration::from_secs(50);
+
+/// One client connection's state.
+struct Client {
+    /// The engine's name for this session.
+    id: u64,
+    /// What the dialect layer needs: current database, last insert id, variables.
+    context: Context,
+    /// `SET autocommit`.
+    autocommit: bool,
+    /// Whether a transaction is open on the engine.
+    in_transaction: bool,
+}
+
+impl Client {
+    fn status(&self) -> u16 {
+        let mut status = 0;
+        if self.autocommit {
+            status |= wire::STATUS_AUTOCOMMIT;
+        }
+        if self.in_transaction {
+            status |= wire::STATUS_IN_TRANS;
+        }
+        status
     }
 }
 
@@ -50,7 +82,7 @@ impl Front {
     /// A front for `database` on `engine`, accepting `users` (name → password).
     pub fn new(engine: Engine, database: &str, users: HashMap<String, String>) -> Self {
         Self {
-            engine: Arc::new(Mutex::new(engine)),
+            engine: EngineHandle::spawn(engine, LOCK_WAIT),
             database: database.to_owned(),
             users,
             version: "8.0.36-quartet".into(),
@@ -168,13 +200,30 @@ impl Front {
             .await?;
             return conn.flush().await;
         }
+        let mut client = Client {
+            id: u64::from(id),
+            context: Context {
+                database: response.database.clone(),
+                last_insert_id: 0,
+                variables: self.variables(),
+            },
+            autocommit: true,
+            in_transaction: false,
+        };
+        let served = self.commands(&mut conn, &mut client, deprecate_eof).await;
+        // Whatever the client left open is rolled back.
+        self.engine.close(client.id);
+        served
+    }
+
+    async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        conn: &mut Conn<S>,
+        client: &mut Client,
+        deprecate_eof: bool,
+    ) -> Result<(), WireError> {
         let mut prepared: HashMap<u32, Prepared> = HashMap::new();
         let mut next_statement: u32 = 1;
-        let mut context = Context {
-            database: response.database.clone(),
-            last_insert_id: 0,
-            variables: self.variables(),
-        };
         conn.write(&wire::ok(0, 0, wire::STATUS_AUTOCOMMIT, ""))
             .await?;
         conn.flush().await?;
@@ -192,16 +241,12 @@ impl Front {
             let command = r.u8()?;
             match command {
                 0x01 => return Ok(()),
-                0x0E => {
-                    conn.write(&wire::ok(0, 0, wire::STATUS_AUTOCOMMIT, ""))
-                        .await?
-                }
+                0x0E => conn.write(&wire::ok(0, 0, client.status(), "")).await?,
                 0x02 => {
                     let db = String::from_utf8_lossy(r.rest()).into_owned();
                     if db == self.database {
-                        context.database = Some(db);
-                        conn.write(&wire::ok(0, 0, wire::STATUS_AUTOCOMMIT, ""))
-                            .await?;
+                        client.context.database = Some(db);
+                        conn.write(&wire::ok(0, 0, client.status(), "")).await?;
                     } else {
                         conn.write(&wire::err(
                             1049,
@@ -213,22 +258,14 @@ impl Front {
                 }
                 0x03 => {
                     let sql = String::from_utf8_lossy(r.rest()).into_owned();
-                    match dialect::translate(&sql, &context) {
+                    match dialect::translate(&sql, &client.context) {
                         Err(e) => conn.write(&mysql_err(&e)).await?,
                         Ok(plans) => {
                             let count = plans.len();
                             for (i, plan) in plans.into_iter().enumerate() {
                                 let more = if i + 1 < count { 0x0008 } else { 0 };
                                 if !self
-                                    .run(
-                                        &mut conn,
-                                        &mut context,
-                                        plan,
-                                        &[],
-                                        false,
-                                        deprecate_eof,
-                                        more,
-                                    )
+                                    .run(conn, client, plan, &[], false, deprecate_eof, more)
                                     .await?
                                 {
                                     break;
@@ -239,7 +276,7 @@ impl Front {
                 }
                 0x16 => {
                     let sql = String::from_utf8_lossy(r.rest()).into_owned();
-                    match self.prepare(&sql, &context) {
+                    match self.prepare(&sql, client).await {
                         Err(e) => conn.write(&mysql_err(&e)).await?,
                         Ok((statement, columns)) => {
                             let id = next_statement;
@@ -287,7 +324,7 @@ impl Front {
                         Some(statement) => {
                             let params = wire::decode_params(&mut r, statement.params, &mut statement.types)?;
                             let plan = statement.plan.clone();
-                            self.run(&mut conn, &mut context, plan, &params, true, deprecate_eof, 0).await?;
+                            self.run(conn, client, plan, &params, true, deprecate_eof, 0).await?;
                         }
                     }
                 }
@@ -295,10 +332,7 @@ impl Front {
                     prepared.remove(&r.u32()?);
                     continue;
                 }
-                0x1A => {
-                    conn.write(&wire::ok(0, 0, wire::STATUS_AUTOCOMMIT, ""))
-                        .await?
-                }
+                0x1A => conn.write(&wire::ok(0, 0, client.status(), "")).await?,
                 other => {
                     conn.write(&wire::err(
                         1047,
@@ -313,19 +347,43 @@ impl Front {
     }
 
     /// Runs one plan and writes its answer; returns false after an error (stop the batch).
+    /// Opens a transaction when `autocommit` is off and none is open (MySQL starts one
+    /// implicitly with the first statement).
+    async fn implicit_begin(&self, client: &mut Client) -> Result<(), MysqlError> {
+        if !client.autocommit && !client.in_transaction {
+            self.engine
+                .begin(client.id)
+                .await
+                .map_err(|e| e.to_mysql(&self.database))?;
+            client.in_transaction = true;
+        }
+        Ok(())
+    }
+
+    async fn end_transaction(&self, client: &mut Client, commit: bool) -> Result<(), MysqlError> {
+        let ended = if commit {
+            self.engine.commit(client.id).await.map(drop)
+        } else {
+            self.engine.rollback(client.id).await
+        };
+        client.in_transaction = false;
+        ended.map_err(|e| e.to_mysql(&self.database))
+    }
+
+    /// Runs one plan and writes its answer; returns false after an error (stop the batch).
     #[allow(clippy::too_many_arguments)]
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         conn: &mut Conn<S>,
-        context: &mut Context,
+        client: &mut Client,
         plan: Plan,
         params: &[rusqlite::types::Value],
         binary: bool,
         deprecate_eof: bool,
         more: u16,
     ) -> Result<bool, WireError> {
-        let status = wire::STATUS_AUTOCOMMIT | more;
-        let database = context
+        let database = client
+            .context
             .database
             .clone()
             .unwrap_or_else(|| self.database.clone());
@@ -333,18 +391,28 @@ impl Front {
             Plan::Sqlite {
                 statements,
                 read_only: true,
-            } => {
-                let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
-                statements
-                    .iter()
-                    .try_fold(None, |_, sql| engine.query_bound(sql, params).map(Some))
-                    .map_err(|e| e.to_mysql(&database))
-            }
+            } => match self.implicit_begin(client).await {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    let mut last = None;
+                    let mut failed = None;
+                    for sql in &statements {
+                        match self.engine.query(client.id, sql, params).await {
+                            Ok(rows) => last = Some(rows),
+                            Err(e) => {
+                                failed = Some(e.to_mysql(&database));
+                                break;
+                            }
+                        }
+                    }
+                    failed.map_or(Ok(last), Err)
+                }
+            },
             Plan::Sqlite {
                 statements,
                 read_only: false,
             } => {
-                if context.database.is_none()
+                if client.context.database.is_none()
                     && statements.iter().any(|s| !s.starts_with("CREATE INDEX"))
                 {
                     Err(MysqlError {
@@ -353,44 +421,56 @@ impl Front {
                         message: "No database selected".into(),
                     })
                 } else {
-                    let result = self
-                        .engine
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .write_bound(
-                            &statements
-                                .iter()
-                                .map(|s| (s.as_str(), params))
-                                .collect::<Vec<_>>(),
-                        );
-                    match result {
-                        Ok(outcome) => {
-                            if outcome.last_insert_id > 0
-                                && statements
+                    let ddl = statements.iter().any(|s| {
+                        matches!(
+                            s.split_whitespace()
+                                .next()
+                                .map(str::to_ascii_uppercase)
+                                .as_deref(),
+                            Some("CREATE" | "DROP" | "ALTER")
+                        )
+                    });
+                    let begun = if ddl {
+                        Ok(())
+                    } else {
+                        self.implicit_begin(client).await
+                    };
+                    match begun {
+                        Err(e) => Err(e),
+                        Ok(()) => match self
+                            .engine
+                            .write(client.id, statements.clone(), params)
+                            .await
+                        {
+                            Ok(outcome) => {
+                                let inserted = statements
                                     .iter()
-                                    .any(|s| s.to_ascii_uppercase().starts_with("INSERT"))
-                            {
-                                context.last_insert_id = outcome.last_insert_id as u64;
-                            }
-                            let insert_id = if statements
-                                .iter()
-                                .any(|s| s.to_ascii_uppercase().starts_with("INSERT"))
-                            {
-                                outcome.last_insert_id as u64
-                            } else {
-                                0
-                            };
-                            conn.write(&wire::ok(outcome.rows_affected, insert_id, status, ""))
+                                    .any(|s| s.to_ascii_uppercase().starts_with("INSERT"));
+                                let insert_id = if inserted {
+                                    outcome.last_insert_id.max(0) as u64
+                                } else {
+                                    0
+                                };
+                                if insert_id > 0 {
+                                    client.context.last_insert_id = insert_id;
+                                }
+                                conn.write(&wire::ok(
+                                    outcome.rows_affected,
+                                    insert_id,
+                                    client.status() | more,
+                                    "",
+                                ))
                                 .await?;
-                            return Ok(true);
-                        }
-                        Err(e) => Err(e.to_mysql(&database)),
+                                return Ok(true);
+                            }
+                            Err(e) => Err(e.to_mysql(&database)),
+                        },
                     }
                 }
             }
             Plan::Use(db) => {
                 if db == self.database {
-                    context.database = Some(db);
+                    client.context.database = Some(db);
                     Ok(None)
                 } else {
                     Err(MysqlError {
@@ -401,25 +481,45 @@ impl Front {
                 }
             }
             Plan::Set(settings) => {
-                let mut refused = None;
+                let mut result = Ok(None);
                 for setting in settings {
                     if let Setting::Variable { name, value } = setting
                         && name == "autocommit"
-                        && !matches!(value.to_ascii_lowercase().as_str(), "1" | "on" | "true")
                     {
-                        refused = Some(MysqlError::unsupported(
-                            "interactive transactions (autocommit = 0)",
-                        ));
+                        let on = matches!(value.to_ascii_lowercase().as_str(), "1" | "on" | "true");
+                        // Turning autocommit on commits an open transaction, as in MySQL.
+                        if on
+                            && client.in_transaction
+                            && let Err(e) = self.end_transaction(client, true).await
+                        {
+                            result = Err(e);
+                        }
+                        client.autocommit = on;
+                        for (k, v) in &mut client.context.variables {
+                            if k == "autocommit" {
+                                *v = if on { "1" } else { "0" }.into();
+                            }
+                        }
                     }
                 }
-                refused.map_or(Ok(None), Err)
+                result
             }
-            Plan::Transaction(Transaction::Commit | Transaction::Rollback) => Ok(None),
-            Plan::Transaction(Transaction::Begin) => {
-                Err(MysqlError::unsupported("interactive transactions (BEGIN)"))
+            Plan::Transaction(Transaction::Begin) => match self.engine.begin(client.id).await {
+                Ok(()) => {
+                    client.in_transaction = true;
+                    Ok(None)
+                }
+                Err(e) => Err(e.to_mysql(&database)),
+            },
+            Plan::Transaction(Transaction::Commit) => {
+                self.end_transaction(client, true).await.map(|()| None)
             }
-            Plan::Show(show) => self.show(&show, &database).map(Some),
+            Plan::Transaction(Transaction::Rollback) => {
+                self.end_transaction(client, false).await.map(|()| None)
+            }
+            Plan::Show(show) => self.show(client.id, &show, &database).await.map(Some),
         };
+        let status = client.status() | more;
         match outcome {
             Ok(None) => conn.write(&wire::ok(0, 0, status, "")).await?,
             Ok(Some(rows)) => {
@@ -433,27 +533,31 @@ impl Front {
         Ok(true)
     }
 
-    fn show(&self, show: &Show, database: &str) -> Result<Rows, MysqlError> {
+    async fn show(&self, session: u64, show: &Show, database: &str) -> Result<Rows, MysqlError> {
         use rusqlite::types::Value;
-        let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let query = |sql: String| async move {
+            self.engine
+                .query(session, &sql, &[])
+                .await
+                .map_err(|e| e.to_mysql(database))
+        };
         let text = |s: &str| Value::Text(s.to_owned());
         let listing = |columns: &[&str], rows: Vec<Vec<Value>>| Rows {
             columns: columns.iter().map(|c| (*c).to_owned()).collect(),
             declared: vec![None; columns.len()],
             rows,
         };
-        let tables = || -> Result<Vec<String>, MysqlError> {
-            let rows = engine
-                .query("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
-                .map_err(|e| e.to_mysql(database))?;
-            Ok(rows
-                .rows
-                .into_iter()
-                .filter_map(|r| match r.into_iter().next() {
-                    Some(Value::Text(t)) => Some(t),
-                    _ => None,
-                })
-                .collect())
+        let tables = || async {
+            let rows = query("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name".into()).await?;
+            Ok::<_, MysqlError>(
+                rows.rows
+                    .into_iter()
+                    .filter_map(|r| match r.into_iter().next() {
+                        Some(Value::Text(t)) => Some(t),
+                        _ => None,
+                    })
+                    .collect(),
+            )
         };
         match show {
             Show::Databases => Ok(listing(
@@ -475,7 +579,7 @@ impl Front {
                     });
                 }
                 let header = format!("Tables_in_{}", self.database);
-                let names = tables()?;
+                let names: Vec<String> = tables().await?;
                 if *full {
                     Ok(listing(
                         &[&header, "Table_type"],
@@ -496,7 +600,7 @@ impl Front {
                     "SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info('{}')",
                     table.replace('\'', "''")
                 );
-                let info = engine.query(&sql).map_err(|e| e.to_mysql(database))?;
+                let info = query(sql).await?;
                 if info.rows.is_empty() {
                     return Err(MysqlError {
                         code: 1146,
@@ -534,7 +638,7 @@ impl Front {
                     "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = '{}'",
                     table.replace('\'', "''")
                 );
-                let found = engine.query(&sql).map_err(|e| e.to_mysql(database))?;
+                let found = query(sql).await?;
                 match found.rows.into_iter().next() {
                     Some(mut row) => Ok(listing(
                         &["Table", "Create Table"],
@@ -576,12 +680,12 @@ struct Prepared {
 
 impl Front {
     /// Plans a statement for COM_STMT_PREPARE; returns it and its result columns.
-    fn prepare(
+    async fn prepare(
         &self,
         sql: &str,
-        context: &Context,
+        client: &Client,
     ) -> Result<(Prepared, crate::engine::Columns), MysqlError> {
-        let mut plans = dialect::translate(sql, context)?;
+        let mut plans = dialect::translate(sql, &client.context)?;
         if plans.len() != 1 {
             return Err(MysqlError::unsupported(
                 "several statements in one prepared statement",
@@ -590,13 +694,14 @@ impl Front {
         let plan = plans.remove(0);
         let (params, columns) = match &plan {
             Plan::Sqlite { statements, .. } if statements.len() == 1 => {
-                let database = context
+                let database = client
+                    .context
                     .database
                     .clone()
                     .unwrap_or_else(|| self.database.clone());
-                let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
-                engine
-                    .describe(&statements[0])
+                self.engine
+                    .describe(client.id, &statements[0])
+                    .await
                     .map_err(|e| e.to_mysql(&database))?
             }
             _ => (0, Vec::new()),

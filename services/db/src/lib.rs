@@ -11,6 +11,7 @@
 //! Today one engine serves one database; the Raft group, sharding and the admin API arrive
 //! with the rest of issue 4 (docs/db.md). The domain (dialect, engine) imports no transport.
 
+pub mod actor;
 pub mod dialect;
 pub mod engine;
 pub mod front;

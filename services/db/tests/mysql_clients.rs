@@ -77,7 +77,12 @@ async fn pymysql_creates_writes_reads_and_sees_mysql_errors() {
         seen["missing"],
         serde_json::json!([1146, "Table 'shop.missing' doesn't exist"])
     );
-    assert_eq!(seen["begin"], 1235);
+    assert_eq!(seen["inside"], 1, "a transaction sees its own insert");
+    assert_eq!(
+        seen["after_transactions"],
+        serde_json::json!(["kept"]),
+        "rolled back: gone; committed: kept"
+    );
     assert_eq!(seen["tables"], serde_json::json!(["orders"]));
     assert_eq!(seen["bad_password"], 1045);
     stop.cancel();
@@ -195,6 +200,27 @@ async fn sqlx_uses_prepared_statements_with_binary_rows() {
         .await
         .expect("query_as");
     assert_eq!(ink, ("ink".to_owned(), 7.0, -2));
+
+    let mut rolled = pool.begin().await.expect("begin");
+    sqlx::query("INSERT INTO items (name) VALUES (?)")
+        .bind("ghost")
+        .execute(&mut *rolled)
+        .await
+        .expect("insert in tx");
+    rolled.rollback().await.expect("rollback");
+    let mut kept = pool.begin().await.expect("begin");
+    sqlx::query("INSERT INTO items (name) VALUES (?)")
+        .bind("kept")
+        .execute(&mut *kept)
+        .await
+        .expect("insert in tx");
+    kept.commit().await.expect("commit");
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM items WHERE name IN ('ghost', 'kept')")
+            .fetch_all(&pool)
+            .await
+            .expect("names");
+    assert_eq!(names, ["kept"]);
 
     let duplicate = sqlx::query("INSERT INTO items (id, name) VALUES (?, ?)")
         .bind(1i64)
