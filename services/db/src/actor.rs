@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rusqlite::session::Session;
 use rusqlite::types::Value;
 
-use crate::engine::{Columns, Engine, EngineError, Entry, Outcome, Rows, Step};
+use crate::engine::{Columns, Engine, EngineError, Entry, Outcome, Rows, Step, is_ddl};
 
 /// What a request asks of the engine.
 #[derive(Debug)]
@@ -176,15 +176,6 @@ impl EngineHandle {
             reply,
         });
     }
-}
-
-fn is_ddl(sql: &str) -> bool {
-    let first = sql
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_ascii_uppercase();
-    matches!(first.as_str(), "CREATE" | "DROP" | "ALTER")
 }
 
 /// Answers one request outside any transaction. Returns the session that asked to begin.

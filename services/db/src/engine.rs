@@ -198,7 +198,8 @@ pub struct Rows {
     pub rows: Vec<Vec<rusqlite::types::Value>>,
 }
 
-fn is_ddl(sql: &str) -> bool {
+/// Whether a SQLite statement changes the schema (sessions do not record those).
+pub fn is_ddl(sql: &str) -> bool {
     let first = sql
         .split_whitespace()
         .next()

@@ -421,15 +421,7 @@ impl Front {
                         message: "No database selected".into(),
                     })
                 } else {
-                    let ddl = statements.iter().any(|s| {
-                        matches!(
-                            s.split_whitespace()
-                                .next()
-                                .map(str::to_ascii_uppercase)
-                                .as_deref(),
-                            Some("CREATE" | "DROP" | "ALTER")
-                        )
-                    });
+                    let ddl = statements.iter().any(|s| crate::engine::is_ddl(s));
                     let begun = if ddl {
                         Ok(())
                     } else {
