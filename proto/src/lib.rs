@@ -22,3 +22,10 @@ pub mod kit {
         tonic::include_proto!("quartet.kit.v1");
     }
 }
+
+/// `quartet.db.v1`: the database's admin API and its replicas' Raft traffic.
+pub mod db {
+    pub mod v1 {
+        tonic::include_proto!("quartet.db.v1");
+    }
+}

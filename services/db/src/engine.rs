@@ -29,6 +29,11 @@ pub enum EngineError {
     /// Schema changes are refused inside an interactive transaction.
     #[error("schema changes are not allowed inside a transaction: COMMIT or ROLLBACK first")]
     DdlInTransaction,
+    /// A change of leader rolled the session's open transaction back.
+    #[error(
+        "Deadlock found when trying to get lock; try restarting transaction (the transaction was rolled back: the group's leader changed while it was open)"
+    )]
+    Aborted,
     /// The engine thread has stopped.
     #[error("the storage engine has stopped")]
     Stopped,
@@ -58,6 +63,7 @@ impl EngineError {
             }
             EngineError::LockWait => return error(1205, "HY000", self.to_string()),
             EngineError::DdlInTransaction => return error(1179, "25000", self.to_string()),
+            EngineError::Aborted => return error(1213, "40001", self.to_string()),
             other => return error(1105, "HY000", other.to_string()),
         };
         // What follows the first ": " in SQLite's message names the table, column or constraint.
@@ -158,16 +164,16 @@ impl EngineError {
 }
 
 /// One part of a replicated write.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Step {
     /// Schema change, replayed as SQL.
     Ddl(String),
     /// Row changes, as a SQLite changeset.
-    Changes(Vec<u8>),
+    Changes(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// What the leader replicates for one committed write.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     /// The steps, in execution order.
     pub steps: Vec<Step>,
@@ -208,6 +214,16 @@ pub fn is_ddl(sql: &str) -> bool {
     matches!(first.as_str(), "CREATE" | "DROP" | "ALTER")
 }
 
+/// The table where a replica keeps its own bookkeeping (the Raft log position it has applied
+/// and the membership it knows), written in the same SQLite transaction as the data, so a
+/// restart resumes exactly where the data is. Not user-visible, not in checksums.
+pub const META_TABLE: &str = "_quartet_meta";
+
+/// Whether `name` is one of the replica's own tables.
+pub fn is_internal_table(name: &str) -> bool {
+    name.starts_with("_quartet") || name.starts_with("sqlite_")
+}
+
 /// One replica's database.
 pub struct Engine {
     conn: rusqlite::Connection,
@@ -222,28 +238,68 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// A database in memory (tests, throwaway replicas).
     pub fn in_memory() -> Result<Self, EngineError> {
-        Ok(Self {
-            conn: rusqlite::Connection::open_in_memory()?,
-        })
+        Self::prepared(rusqlite::Connection::open_in_memory()?)
     }
 
     /// The database at `path`, created if absent.
+    ///
+    /// Durability comes from the Raft log (fsynced before an entry counts towards a
+    /// majority), so the state machine itself syncs only at WAL checkpoints
+    /// (`synchronous = NORMAL`): after a crash it may be behind its log, never ahead of it,
+    /// and the log replays the rest.
     pub fn open(path: &std::path::Path) -> Result<Self, EngineError> {
         let conn = rusqlite::Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Self::prepared(conn)
+    }
+
+    fn prepared(conn: rusqlite::Connection) -> Result<Self, EngineError> {
+        conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, value BLOB NOT NULL)"
+        ))?;
         Ok(Self { conn })
     }
 
-    /// Runs `statements` as one transaction on the leader and returns the entry to replicate.
-    /// On error nothing is applied.
+    /// One bookkeeping value (see [`META_TABLE`]).
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, EngineError> {
+        Self::meta_on(&self.conn, key)
+    }
+
+    /// [`Engine::meta`] on `conn`.
+    pub fn meta_on(conn: &rusqlite::Connection, key: &str) -> Result<Option<Vec<u8>>, EngineError> {
+        let mut statement =
+            conn.prepare_cached(&format!("SELECT value FROM {META_TABLE} WHERE key = ?1"))?;
+        let mut rows = statement.query([key])?;
+        Ok(match rows.next()? {
+            Some(row) => Some(row.get(0)?),
+            None => None,
+        })
+    }
+
+    /// Runs `statements` as one transaction and keeps it: a single replica's write, for tests
+    /// and tools. A replicated write uses [`Engine::execute_bound`] and then [`Engine::apply`].
     pub fn write(&mut self, statements: &[String]) -> Result<Outcome, EngineError> {
         let bound: Vec<(&str, &[Value])> =
             statements.iter().map(|s| (s.as_str(), &[][..])).collect();
-        self.write_bound(&bound)
+        self.run_bound(&bound, true)
     }
 
-    /// Like [`Engine::write`], each statement with its `?` parameters.
-    pub fn write_bound(&mut self, statements: &[(&str, &[Value])]) -> Result<Outcome, EngineError> {
+    /// Runs `statements` (each with its `?` parameters) as one transaction, records what
+    /// they changed, and rolls back: the returned entry, once committed by the group, is
+    /// applied on every replica, this one included. On error nothing is recorded.
+    pub fn execute_bound(
+        &mut self,
+        statements: &[(&str, &[Value])],
+    ) -> Result<Outcome, EngineError> {
+        self.run_bound(statements, false)
+    }
+
+    fn run_bound(
+        &mut self,
+        statements: &[(&str, &[Value])],
+        keep: bool,
+    ) -> Result<Outcome, EngineError> {
         let tx = self.conn.unchecked_transaction()?;
         let mut entry = Entry::default();
         let (mut rows_affected, mut last_insert_id) = (0, 0);
@@ -291,7 +347,11 @@ impl Engine {
             &mut rows_affected,
             &mut last_insert_id,
         )?;
-        tx.commit()?;
+        if keep {
+            tx.commit()?;
+        } else {
+            tx.rollback()?;
+        }
         Ok(Outcome {
             entry,
             rows_affected,
@@ -321,7 +381,42 @@ impl Engine {
 
     /// Applies a leader's entry on a follower, as one transaction.
     pub fn apply(&mut self, entry: &Entry) -> Result<(), EngineError> {
+        self.apply_with_meta(Some(entry), &[])
+    }
+
+    /// Applies `entry` (if any) and records `meta` in one transaction. If the entry does not
+    /// apply, nothing of it stays, the bookkeeping is still recorded (every replica makes the
+    /// same decision about the same entry), and the entry's error is returned.
+    pub fn apply_with_meta(
+        &mut self,
+        entry: Option<&Entry>,
+        meta: &[(&str, &[u8])],
+    ) -> Result<(), EngineError> {
         let tx = self.conn.unchecked_transaction()?;
+        let applied = match entry {
+            Some(entry) => {
+                tx.execute_batch("SAVEPOINT entry")?;
+                let applied = Self::apply_steps(&tx, entry);
+                match &applied {
+                    Ok(()) => tx.execute_batch("RELEASE entry")?,
+                    Err(_) => tx.execute_batch("ROLLBACK TO entry; RELEASE entry")?,
+                }
+                applied
+            }
+            None => Ok(()),
+        };
+        for (key, value) in meta {
+            tx.prepare_cached(&format!(
+                "INSERT INTO {META_TABLE} (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            ))?
+            .execute(rusqlite::params![key, value])?;
+        }
+        tx.commit()?;
+        applied
+    }
+
+    fn apply_steps(tx: &rusqlite::Transaction<'_>, entry: &Entry) -> Result<(), EngineError> {
         for step in &entry.steps {
             match step {
                 Step::Ddl(sql) => tx.execute_batch(sql)?,
@@ -344,7 +439,23 @@ impl Engine {
                 }
             }
         }
-        tx.commit()?;
+        Ok(())
+    }
+
+    /// Writes a consistent copy of the whole database to `path` (which must not exist).
+    pub fn snapshot_to(&self, path: &std::path::Path) -> Result<(), EngineError> {
+        self.conn
+            .execute("VACUUM INTO ?1", [path.to_string_lossy().as_ref()])?;
+        Ok(())
+    }
+
+    /// Replaces the whole database with the copy at `path` (made by [`Engine::snapshot_to`]).
+    pub fn restore_from(&mut self, path: &std::path::Path) -> Result<(), EngineError> {
+        self.conn.restore(
+            rusqlite::MAIN_DB,
+            path,
+            None::<fn(rusqlite::backup::Progress)>,
+        )?;
         Ok(())
     }
 
@@ -405,7 +516,7 @@ impl Engine {
         let schema: Vec<(String, String)> = tables
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
-        for (name, sql) in &schema {
+        for (name, sql) in schema.iter().filter(|(name, _)| !is_internal_table(name)) {
             hash.update(name.as_bytes());
             hash.update([0]);
             hash.update(sql.as_bytes());
@@ -413,9 +524,12 @@ impl Engine {
         }
         let names: Vec<String> = self
             .conn
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")?
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?
             .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<String>, _>>()?
+            .into_iter()
+            .filter(|name| !is_internal_table(name))
+            .collect();
         for table in names {
             let quoted = format!("\"{}\"", table.replace('"', "\"\""));
             // Primary-key columns, in key order, give a stable row order even WITHOUT ROWID.

@@ -3,8 +3,9 @@
 //!
 //! Sessions follow MySQL's transaction rules: autocommit by default; `BEGIN` / `START
 //! TRANSACTION`, or `SET autocommit = 0` and then any statement, open a transaction that
-//! `COMMIT` or `ROLLBACK` ends; a disconnect rolls it back. Today one engine serves one
-//! database; the Raft group underneath arrives with the rest of issue 4.
+//! `COMMIT` or `ROLLBACK` ends; a disconnect rolls it back. Statements run on the replica
+//! ([`crate::replica`]): writes and linearizable reads on the group's leader, reads with
+//! `SET quartet_read_staleness_ms = N` on any replica at most N ms behind.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,14 +14,14 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
-use crate::actor::EngineHandle;
 use crate::dialect::{self, Context, MysqlError, Plan, Setting, Show, Transaction};
-use crate::engine::{Engine, Rows};
+use crate::engine::Rows;
+use crate::replica::{Consistency, Replica};
 use crate::wire::{self, Conn, Reader, WireError, capability};
 
 /// What the front serves.
 pub struct Front {
-    engine: EngineHandle,
+    engine: Arc<Replica>,
     database: String,
     users: HashMap<String, String>,
     version: String,
@@ -35,9 +36,8 @@ impl std::fmt::Debug for Front {
     }
 }
 
-/// How long a statement waits behind another session's transaction before MySQL's 1205
-/// (InnoDB's default `innodb_lock_wait_timeout`).
-const LOCK_WAIT: Duration = Duration::from_secs(50);
+/// The session variable that opts into reads from any replica at most this many ms behind.
+pub const STALENESS_VARIABLE: &str = "quartet_read_staleness_ms";
 
 /// One client connection's state.
 struct Client {
@@ -49,6 +49,8 @@ struct Client {
     autocommit: bool,
     /// Whether a transaction is open on the engine.
     in_transaction: bool,
+    /// `SET quartet_read_staleness_ms`: zero means linearizable reads.
+    staleness: Duration,
 }
 
 impl Client {
@@ -61,6 +63,24 @@ impl Client {
             status |= wire::STATUS_IN_TRANS;
         }
         status
+    }
+
+    fn set_variable(&mut self, name: &str, value: &str) {
+        for (k, v) in &mut self.context.variables {
+            if k == name {
+                *v = value.to_owned();
+            }
+        }
+    }
+
+    fn consistency(&self) -> Consistency {
+        if self.in_transaction {
+            Consistency::Transaction
+        } else if self.staleness.is_zero() {
+            Consistency::Linearizable
+        } else {
+            Consistency::Stale(self.staleness)
+        }
     }
 }
 
@@ -79,10 +99,10 @@ const SERVER_CAPABILITIES: u32 = capability::LONG_PASSWORD
     | capability::DEPRECATE_EOF;
 
 impl Front {
-    /// A front for `database` on `engine`, accepting `users` (name → password).
-    pub fn new(engine: Engine, database: &str, users: HashMap<String, String>) -> Self {
+    /// A front for `database` on `replica`, accepting `users` (name → password).
+    pub fn new(replica: Arc<Replica>, database: &str, users: HashMap<String, String>) -> Self {
         Self {
-            engine: EngineHandle::spawn(engine, LOCK_WAIT),
+            engine: replica,
             database: database.to_owned(),
             users,
             version: "8.0.36-quartet".into(),
@@ -135,6 +155,7 @@ impl Front {
             ("interactive_timeout", "28800"),
             ("net_write_timeout", "60"),
             ("license", "Apache-2.0"),
+            (STALENESS_VARIABLE, "0"),
         ]
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -209,6 +230,7 @@ impl Front {
             },
             autocommit: true,
             in_transaction: false,
+            staleness: Duration::ZERO,
         };
         let served = self.commands(&mut conn, &mut client, deprecate_eof).await;
         // Whatever the client left open is rolled back.
@@ -397,7 +419,11 @@ impl Front {
                     let mut last = None;
                     let mut failed = None;
                     for sql in &statements {
-                        match self.engine.query(client.id, sql, params).await {
+                        match self
+                            .engine
+                            .query(client.id, sql, params, client.consistency())
+                            .await
+                        {
                             Ok(rows) => last = Some(rows),
                             Err(e) => {
                                 failed = Some(e.to_mysql(&database));
@@ -475,7 +501,7 @@ impl Front {
             Plan::Set(settings) => {
                 let mut result = Ok(None);
                 for setting in settings {
-                    if let Setting::Variable { name, value } = setting
+                    if let Setting::Variable { name, value } = &setting
                         && name == "autocommit"
                     {
                         let on = matches!(value.to_ascii_lowercase().as_str(), "1" | "on" | "true");
@@ -487,21 +513,46 @@ impl Front {
                             result = Err(e);
                         }
                         client.autocommit = on;
-                        for (k, v) in &mut client.context.variables {
-                            if k == "autocommit" {
-                                *v = if on { "1" } else { "0" }.into();
+                        client.set_variable("autocommit", if on { "1" } else { "0" });
+                    } else if let Setting::Variable { name, value } = &setting
+                        && name == STALENESS_VARIABLE
+                    {
+                        match value.trim_matches(['\'', '"']).parse::<u64>() {
+                            Ok(ms) => {
+                                client.staleness = Duration::from_millis(ms);
+                                client.set_variable(STALENESS_VARIABLE, &ms.to_string());
+                            }
+                            Err(_) => {
+                                result = Err(MysqlError {
+                                    code: 1232,
+                                    sqlstate: "42000",
+                                    message: format!(
+                                        "Incorrect argument type to variable '{STALENESS_VARIABLE}': {value} is not a whole number of milliseconds"
+                                    ),
+                                });
                             }
                         }
                     }
                 }
                 result
             }
-            Plan::Transaction(Transaction::Begin) => match self.engine.begin(client.id).await {
+            Plan::Transaction(Transaction::Begin) => match async {
+                // BEGIN commits a transaction already open, as in MySQL.
+                if client.in_transaction {
+                    self.end_transaction(client, true).await?;
+                }
+                self.engine
+                    .begin(client.id)
+                    .await
+                    .map_err(|e| e.to_mysql(&database))
+            }
+            .await
+            {
                 Ok(()) => {
                     client.in_transaction = true;
                     Ok(None)
                 }
-                Err(e) => Err(e.to_mysql(&database)),
+                Err(e) => Err(e),
             },
             Plan::Transaction(Transaction::Commit) => {
                 self.end_transaction(client, true).await.map(|()| None)
@@ -509,7 +560,12 @@ impl Front {
             Plan::Transaction(Transaction::Rollback) => {
                 self.end_transaction(client, false).await.map(|()| None)
             }
-            Plan::Show(show) => self.show(client.id, &show, &database).await.map(Some),
+            Plan::Show(show) => {
+                let consistency = client.consistency();
+                self.show(client.id, consistency, &show, &database)
+                    .await
+                    .map(Some)
+            }
         };
         let status = client.status() | more;
         match outcome {
@@ -525,11 +581,17 @@ impl Front {
         Ok(true)
     }
 
-    async fn show(&self, session: u64, show: &Show, database: &str) -> Result<Rows, MysqlError> {
+    async fn show(
+        &self,
+        session: u64,
+        consistency: Consistency,
+        show: &Show,
+        database: &str,
+    ) -> Result<Rows, MysqlError> {
         use rusqlite::types::Value;
         let query = |sql: String| async move {
             self.engine
-                .query(session, &sql, &[])
+                .query(session, &sql, &[], consistency)
                 .await
                 .map_err(|e| e.to_mysql(database))
         };
@@ -540,7 +602,7 @@ impl Front {
             rows,
         };
         let tables = || async {
-            let rows = query("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name".into()).await?;
+            let rows = query("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_quartet%' ESCAPE '\\' ORDER BY name".into()).await?;
             Ok::<_, MysqlError>(
                 rows.rows
                     .into_iter()

@@ -6,25 +6,32 @@
 //! | [`dialect`] | MySQL statements → SQLite SQL or session instructions; MySQL errors |
 //! | [`engine`] | one replica's SQLite; writes as changesets for deterministic replication; checksums |
 //! | [`wire`] | the MySQL client/server protocol: packets, handshake, native password, text rows |
-//! | [`front`] | the MySQL front: sessions running statements on an engine |
+//! | [`front`] | the MySQL front: sessions running statements on a replica |
+//! | [`actor`] | the engine thread: sessions, transactions, the write gate, applying entries |
+//! | [`raft`] | openraft's types, the durable log, the state machine, peer transport |
+//! | [`replica`] | one replica: leader-only writes committed by a majority, read index |
+//! | [`admin`] | the admin API (REST and gRPC): status, membership, leadership, checksums |
 //!
-//! Today one engine serves one database; the Raft group, sharding and the admin API arrive
-//! with the rest of issue 4 (docs/db.md). The domain (dialect, engine) imports no transport.
+//! The domain (dialect, engine) imports no transport (docs/db.md).
 
 pub mod actor;
+pub mod admin;
 pub mod dialect;
 pub mod engine;
 pub mod front;
+pub mod raft;
+pub mod replica;
 pub mod wire;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use quartet_kit::app::{Context, ServiceConfig};
 use quartet_kit::reexport::tonic::service::Routes;
 use quartet_kit::settings::AuthClientSettings;
-use quartet_kit::{BaseSettings, RestApi, ServerSettings};
+use quartet_kit::{BaseSettings, ServerSettings};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -61,15 +68,91 @@ impl Default for MysqlSettings {
 /// Where this replica keeps its data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StorageSettings {
-    /// Path of this replica's SQLite database file.
+    /// Directory of this replica's files: the data (`data.sqlite`) and the Raft log (`raft-log.sqlite`).
     pub path: String,
 }
 
 impl Default for StorageSettings {
     fn default() -> Self {
         Self {
-            path: "quartet-db.sqlite".into(),
+            path: "quartet-db-data".into(),
         }
+    }
+}
+
+/// This replica's place in its Raft group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RaftSettings {
+    /// This node's id in the group: a positive number, unique in the group, never reused.
+    pub node_id: u64,
+    /// The gRPC address peers reach this node at (`host:port`); empty: the gRPC listen address.
+    pub advertise: String,
+    /// The MySQL address clients reach this node at (`host:port`), named in not-leader errors; empty: the MySQL listen address.
+    pub mysql_advertise: String,
+    /// The group to form on first start, `id=grpc-host:port/mysql-host:port` comma-separated; empty: a group of this node alone.
+    pub initial_members: String,
+    /// Do not form a group: wait to be added to an existing one through the admin API.
+    pub join: bool,
+    /// Heartbeat interval in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Election timeout in milliseconds (randomised up to twice this); a leader's death is noticed within it.
+    pub election_timeout_ms: u64,
+    /// How long a write or a linearizable read waits for a majority before a retryable error, in milliseconds.
+    pub commit_timeout_ms: u64,
+    /// Take a snapshot (and compact the log) after this many entries.
+    pub snapshot_every: u64,
+    /// File holding the secret replicas present to each other (e.g. a mounted Secret); empty: none, for local use only.
+    pub secret_file: String,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            advertise: String::new(),
+            mysql_advertise: String::new(),
+            initial_members: String::new(),
+            join: false,
+            heartbeat_ms: 100,
+            election_timeout_ms: 500,
+            commit_timeout_ms: 5000,
+            snapshot_every: 20_000,
+            secret_file: String::new(),
+        }
+    }
+}
+
+impl RaftSettings {
+    /// Parses `initial_members`.
+    pub fn members(&self) -> Result<BTreeMap<u64, raft::Member>, String> {
+        let mut members = BTreeMap::new();
+        for item in self.initial_members.split(',').map(str::trim) {
+            if item.is_empty() {
+                continue;
+            }
+            let bad = || {
+                format!("raft.initial_members: {item:?} is not id=grpc-host:port/mysql-host:port")
+            };
+            let (id, addrs) = item.split_once('=').ok_or_else(bad)?;
+            let id: u64 = id.trim().parse().map_err(|_| bad())?;
+            if id == 0 {
+                return Err(format!(
+                    "raft.initial_members: node id 0 in {item:?} is reserved"
+                ));
+            }
+            let (addr, mysql) = addrs.split_once('/').unwrap_or((addrs, ""));
+            if addr.is_empty() {
+                return Err(bad());
+            }
+            members.insert(
+                id,
+                raft::Member {
+                    addr: addr.to_owned(),
+                    mysql: mysql.to_owned(),
+                },
+            );
+        }
+        Ok(members)
     }
 }
 
@@ -85,6 +168,8 @@ pub struct Config {
     pub mysql: MysqlSettings,
     /// Data on disk.
     pub storage: StorageSettings,
+    /// The Raft group.
+    pub raft: RaftSettings,
 }
 
 impl Default for Config {
@@ -94,6 +179,7 @@ impl Default for Config {
             auth: AuthClientSettings::default(),
             mysql: MysqlSettings::default(),
             storage: StorageSettings::default(),
+            raft: RaftSettings::default(),
         }
     }
 }
@@ -104,29 +190,81 @@ impl ServiceConfig for Config {
     }
 }
 
-/// Opens the data, serves MySQL clients and the standard listeners until a stop signal.
+fn read_secret(setting: &str, file: &str) -> anyhow::Result<String> {
+    if file.is_empty() {
+        return Ok(String::new());
+    }
+    Ok(std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("{setting} {file:?}: {e}"))?
+        .trim_end_matches(['\n', '\r'])
+        .to_owned())
+}
+
+/// Opens the data, joins or forms the Raft group, serves MySQL clients, the admin API and the
+/// standard listeners until a stop signal.
 pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
-    let password = if config.mysql.password_file.is_empty() {
-        String::new()
-    } else {
-        let file = &config.mysql.password_file;
-        std::fs::read_to_string(file)
-            .map_err(|e| anyhow::anyhow!("mysql.password_file {file:?}: {e}"))?
-            .trim_end_matches(['\n', '\r'])
-            .to_owned()
-    };
-    let engine = engine::Engine::open(std::path::Path::new(&config.storage.path))
-        .map_err(|e| anyhow::anyhow!("storage.path {:?}: {e}", config.storage.path))?;
-    let users = HashMap::from([(config.mysql.user.clone(), password)]);
-    let front = Arc::new(front::Front::new(engine, &config.mysql.database, users));
+    let password = read_secret("mysql.password_file", &config.mysql.password_file)?;
+    let secret = read_secret("raft.secret_file", &config.raft.secret_file)?;
+    if secret.is_empty() {
+        tracing::warn!(
+            "raft.secret_file is not set: any caller reaching the gRPC port can act as a replica (local use only)"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.mysql.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (mysql): {e}", config.mysql.listen))?;
-    tracing::info!(listener = "mysql", addr = %listener.local_addr()?, "listening");
+    let mysql_addr = listener.local_addr()?;
+    let settings = &config.raft;
+    if settings.node_id == 0 {
+        anyhow::bail!("raft.node_id must be a positive number");
+    }
+    let me = raft::Member {
+        addr: if settings.advertise.is_empty() {
+            config.server.grpc.listen.to_string()
+        } else {
+            settings.advertise.clone()
+        },
+        mysql: if settings.mysql_advertise.is_empty() {
+            mysql_addr.to_string()
+        } else {
+            settings.mysql_advertise.clone()
+        },
+    };
+    let options = replica::GroupOptions {
+        node_id: settings.node_id,
+        me,
+        initial_members: settings.members().map_err(|e| anyhow::anyhow!(e))?,
+        join: settings.join,
+        heartbeat: Duration::from_millis(settings.heartbeat_ms),
+        election_timeout: Duration::from_millis(settings.election_timeout_ms),
+        commit_timeout: Duration::from_millis(settings.commit_timeout_ms),
+        snapshot_every: settings.snapshot_every.max(10),
+        secret,
+    };
+    let replica =
+        replica::Replica::start(std::path::Path::new(&config.storage.path), options).await?;
+
+    let users = HashMap::from([(config.mysql.user.clone(), password)]);
+    let front = Arc::new(front::Front::new(
+        replica.clone(),
+        &config.mysql.database,
+        users,
+    ));
+    tracing::info!(listener = "mysql", addr = %mysql_addr, "listening");
     ctx.shutdown
         .spawn(front.serve(listener, ctx.shutdown.token()));
 
-    let grpc = Routes::builder().routes();
-    let rest = RestApi::empty().with_bearer(quartet_kit::token::authenticator(&config.auth));
-    quartet_kit::app::serve_server(ctx, &config.server, grpc, rest).await
+    let authenticator = quartet_kit::token::authenticator(&config.auth);
+    let mut grpc = Routes::builder();
+    grpc.add_service(replica.raft_service());
+    grpc.add_service(admin::AdminService::server(
+        replica.clone(),
+        authenticator.clone(),
+    ));
+    let rest = admin::rest(replica.clone()).with_bearer(authenticator);
+    let served = quartet_kit::app::serve_server(ctx, &config.server, grpc.routes(), rest).await;
+    if let Err(e) = replica.raft().shutdown().await {
+        tracing::warn!(error = %e, "raft did not shut down cleanly");
+    }
+    served
 }

@@ -6,16 +6,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use quartet_db::engine::Engine;
 use quartet_db::front::Front;
+use quartet_db::replica::{GroupOptions, Replica};
 
 async fn start() -> (SocketAddr, tokio_util::sync::CancellationToken) {
     let users = HashMap::from([("app".to_owned(), "s3cret".to_owned())]);
-    let front = Arc::new(Front::new(
-        Engine::in_memory().expect("engine"),
-        "shop",
-        users,
-    ));
+    let dir = tempfile::tempdir().expect("tempdir").keep();
+    let replica = Replica::start(&dir, GroupOptions::alone())
+        .await
+        .expect("replica");
+    replica
+        .wait_for_leader(std::time::Duration::from_secs(10))
+        .await
+        .expect("a group of one elects itself");
+    let front = Arc::new(Front::new(replica, "shop", users));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -1,0 +1,743 @@
+//! One replica of a shard group: the engine thread, the Raft instance around it, and the
+//! operations the MySQL front and the admin API call.
+//!
+//! - **Writes** run on the leader only. The engine executes them and hands back an entry
+//!   (see [`crate::actor`]); the entry is proposed to the group and the client hears OK only
+//!   after a majority holds it in its log and it has been applied here.
+//! - **Reads** are linearizable by default: the leader confirms it is still leader with a round
+//!   of heartbeats acknowledged by a majority (Raft's read index), waits until it has applied
+//!   that far, and only then reads. Concurrent reads share one round. A session may instead
+//!   accept data up to a bound old (`SET quartet_read_staleness_ms = N`) and read from any
+//!   replica that heard from its leader within that bound and has applied what the leader had
+//!   committed then.
+//! - **Errors** a client can retry are MySQL errors naming what happened: not the leader
+//!   (1290, with the leader's MySQL address), no leader yet (1290), a commit whose outcome is
+//!   unknown because the group could not confirm it in time (1180).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use rusqlite::types::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::actor::{EngineHandle, Progress};
+use crate::dialect::MysqlError;
+use crate::engine::{Columns, Engine, EngineError, Outcome, Rows};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{Network, RaftService, request_election};
+use crate::raft::state_machine::StateMachine;
+use crate::raft::{Command, Member, NodeId, Raft};
+
+/// How long a queued statement waits behind another session's transaction (InnoDB's default).
+pub const LOCK_WAIT: Duration = Duration::from_secs(50);
+
+/// Why a replica could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The engine refused (SQL errors, lock waits...).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// This replica is not the leader.
+    #[error("{}", not_leader_message(.0))]
+    NotLeader(Option<(NodeId, Member)>),
+    /// The group did not confirm in time; for a write, whether it committed is unknown.
+    #[error("{0}")]
+    Unconfirmed(String),
+    /// The group committed the entry but its changes did not apply (on any replica).
+    #[error("the write was refused when applied: {0}")]
+    Refused(String),
+    /// An admin request that cannot be done as asked.
+    #[error("{0}")]
+    Invalid(String),
+    /// openraft failed.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+fn not_leader_message(leader: &Option<(NodeId, Member)>) -> String {
+    match leader {
+        Some((id, member)) => format!(
+            "this replica is not the leader; retry on node {id} (mysql {})",
+            member.mysql
+        ),
+        None => "this group has no leader right now (an election is under way); retry shortly"
+            .to_owned(),
+    }
+}
+
+impl ReplicaError {
+    /// The MySQL error a client sees, for a statement run in `database`.
+    pub fn to_mysql(&self, database: &str) -> MysqlError {
+        let error = |code, sqlstate, message: String| MysqlError {
+            code,
+            sqlstate,
+            message,
+        };
+        match self {
+            ReplicaError::Engine(e) => e.to_mysql(database),
+            ReplicaError::NotLeader(_) => error(1290, "HY000", self.to_string()),
+            ReplicaError::Unconfirmed(_) => error(1180, "HY000", self.to_string()),
+            ReplicaError::Refused(_) | ReplicaError::Invalid(_) | ReplicaError::Raft(_) => {
+                error(1105, "HY000", self.to_string())
+            }
+        }
+    }
+}
+
+/// How a read may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Inside the session's own transaction (on the leader, serializable).
+    Transaction,
+    /// Linearizable: through the leader's read index.
+    Linearizable,
+    /// From this replica if its data is at most this old.
+    Stale(Duration),
+}
+
+/// Raft timing and group formation.
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    /// This node's id in the group (non-zero).
+    pub node_id: NodeId,
+    /// How peers and clients reach this node.
+    pub me: Member,
+    /// The group to form on first start; empty: a group of this node alone, unless `join`.
+    pub initial_members: BTreeMap<NodeId, Member>,
+    /// Wait to be added by an existing group instead of forming one.
+    pub join: bool,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout (randomised between this and twice this).
+    pub election_timeout: Duration,
+    /// How long a write or a read-index round may wait for a majority.
+    pub commit_timeout: Duration,
+    /// A snapshot is taken after this many log entries since the last one.
+    pub snapshot_every: u64,
+    /// Shared secret between replicas (empty: none).
+    pub secret: String,
+}
+
+impl GroupOptions {
+    /// A group of this node alone, with quick timings: tests and embedded use.
+    pub fn alone() -> Self {
+        Self {
+            node_id: 1,
+            me: Member::default(),
+            initial_members: BTreeMap::new(),
+            join: false,
+            heartbeat: Duration::from_millis(50),
+            election_timeout: Duration::from_millis(150),
+            commit_timeout: Duration::from_secs(5),
+            snapshot_every: 1000,
+            secret: String::new(),
+        }
+    }
+}
+
+/// One replica.
+pub struct Replica {
+    id: NodeId,
+    raft: Arc<Raft>,
+    engine: EngineHandle,
+    reads: mpsc::Sender<oneshot::Sender<Result<u64, ReplicaError>>>,
+    commit_timeout: Duration,
+    /// When this replica last accepted its leader's append, and the leader's commit index then.
+    contact: Arc<std::sync::Mutex<Option<(Instant, u64)>>>,
+    secret: String,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replica {
+    /// Opens the replica's data in `dir` (created if absent) and starts its Raft instance.
+    pub async fn start(dir: &Path, options: GroupOptions) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("storage.path {}: {e}", dir.display()))?;
+        let progress = Arc::new(Progress::default());
+        let engine = Engine::open(&dir.join("data.sqlite"))
+            .map_err(|e| anyhow::anyhow!("storage.path {}: {e}", dir.display()))?;
+        let log = LogStore::open(&dir.join("raft-log.sqlite"), progress.clone())
+            .map_err(|e| anyhow::anyhow!("storage.path {}: raft log: {e}", dir.display()))?;
+        let engine = EngineHandle::spawn(engine, progress, LOCK_WAIT);
+        let state_machine = StateMachine::new(engine.clone(), dir.to_path_buf());
+        let heartbeat = options.heartbeat.as_millis() as u64;
+        let election = options.election_timeout.as_millis() as u64;
+        let config = openraft::Config {
+            cluster_name: "quartet-db".into(),
+            heartbeat_interval: heartbeat,
+            election_timeout_min: election,
+            election_timeout_max: election * 2,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(options.snapshot_every),
+            max_in_snapshot_log_to_keep: options.snapshot_every / 2,
+            install_snapshot_timeout: 10_000,
+            ..Default::default()
+        }
+        .validate()?;
+        let raft = Arc::new(
+            Raft::new(
+                options.node_id,
+                Arc::new(config),
+                Network::new(&options.secret),
+                log,
+                state_machine,
+            )
+            .await?,
+        );
+        if !options.join && !raft.is_initialized().await? {
+            let members = if options.initial_members.is_empty() {
+                BTreeMap::from([(options.node_id, options.me.clone())])
+            } else {
+                options.initial_members.clone()
+            };
+            if members.contains_key(&options.node_id) {
+                match raft.initialize(members).await {
+                    Ok(()) => tracing::info!(node = options.node_id, "group initialised"),
+                    Err(e) => tracing::info!(error = %e, "group already initialised elsewhere"),
+                }
+            }
+        }
+        let (reads, queue) = mpsc::channel(4096);
+        tokio::spawn(read_rounds(raft.clone(), queue, options.commit_timeout));
+        Ok(Arc::new(Self {
+            id: options.node_id,
+            raft,
+            engine,
+            reads,
+            commit_timeout: options.commit_timeout,
+            contact: Arc::default(),
+            secret: options.secret,
+        }))
+    }
+
+    /// Waits until the group has a leader this replica knows of; returns it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, ReplicaError> {
+        let mut metrics = self.raft.metrics();
+        tokio::time::timeout(timeout, async {
+            loop {
+                if let Some(leader) = metrics.borrow().current_leader {
+                    return Ok(leader);
+                }
+                if metrics.changed().await.is_err() {
+                    return Err(ReplicaError::Raft("raft stopped".into()));
+                }
+            }
+        })
+        .await
+        .map_err(|_| ReplicaError::NotLeader(None))?
+    }
+
+    /// This replica's node id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The Raft instance (for metrics and shutdown).
+    pub fn raft(&self) -> &Arc<Raft> {
+        &self.raft
+    }
+
+    /// The peer-facing gRPC service of this replica.
+    pub fn raft_service(&self) -> quartet_proto::db::v1::raft_server::RaftServer<RaftService> {
+        let contact = self.contact.clone();
+        RaftService::server(
+            self.raft.clone(),
+            Arc::new(move |commit| {
+                *contact.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), commit));
+            }),
+            &self.secret,
+        )
+    }
+
+    /// The leader as this replica knows it.
+    pub fn leader(&self) -> Option<(NodeId, Member)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let id = metrics.current_leader?;
+        let member = metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+            .unwrap_or_default();
+        Some((id, member))
+    }
+
+    fn ensure_leader(&self) -> Result<(), ReplicaError> {
+        match self.leader() {
+            Some((id, _)) if id == self.id => Ok(()),
+            other => Err(ReplicaError::NotLeader(other)),
+        }
+    }
+
+    /// Waits until reads here may observe everything committed before the call.
+    async fn read_barrier(&self, consistency: Consistency) -> Result<(), ReplicaError> {
+        match consistency {
+            Consistency::Transaction => Ok(()),
+            Consistency::Stale(bound) => {
+                if self.leader().is_some_and(|(id, _)| id == self.id) {
+                    return Ok(()); // the leader's applied data is never older than the bound
+                }
+                let contact = *self.contact.lock().unwrap_or_else(|p| p.into_inner());
+                match contact {
+                    Some((at, commit)) if at.elapsed() <= bound => {
+                        tokio::time::timeout(
+                            bound.saturating_sub(at.elapsed()),
+                            self.engine.progress().wait_applied(commit),
+                        )
+                        .await
+                        .map_err(|_| {
+                            ReplicaError::Unconfirmed(format!(
+                                "this replica is more than {} ms behind its leader; read from the leader or allow more staleness",
+                                bound.as_millis()
+                            ))
+                        })
+                    }
+                    _ => Err(ReplicaError::Unconfirmed(format!(
+                        "this replica has not heard from a leader within {} ms; read from the leader or allow more staleness",
+                        bound.as_millis()
+                    ))),
+                }
+            }
+            Consistency::Linearizable => {
+                self.ensure_leader()?;
+                let (tx, rx) = oneshot::channel();
+                self.reads
+                    .send(tx)
+                    .await
+                    .map_err(|_| ReplicaError::Raft("the read queue has stopped".into()))?;
+                let index = rx
+                    .await
+                    .map_err(|_| ReplicaError::Raft("the read queue has stopped".into()))??;
+                tokio::time::timeout(
+                    self.commit_timeout,
+                    self.engine.progress().wait_applied(index),
+                )
+                .await
+                .map_err(|_| {
+                    ReplicaError::Unconfirmed("the leader could not apply its log in time".into())
+                })
+            }
+        }
+    }
+
+    /// Runs a read for `session`.
+    pub async fn query(
+        &self,
+        session: u64,
+        sql: &str,
+        params: &[Value],
+        consistency: Consistency,
+    ) -> Result<Rows, ReplicaError> {
+        self.read_barrier(consistency).await?;
+        Ok(self.engine.query(session, sql, params).await?)
+    }
+
+    /// Parameter count and result columns of `sql` (no consistency needed: schema only).
+    pub async fn describe(
+        &self,
+        session: u64,
+        sql: &str,
+    ) -> Result<(usize, Columns), ReplicaError> {
+        Ok(self.engine.describe(session, sql).await?)
+    }
+
+    /// Runs writes for `session`: inside its transaction, or committed through the group.
+    pub async fn write(
+        &self,
+        session: u64,
+        statements: Vec<String>,
+        params: &[Value],
+    ) -> Result<Outcome, ReplicaError> {
+        self.ensure_leader()?;
+        let outcome = self.engine.write(session, statements, params).await?;
+        self.commit_outcome(outcome).await
+    }
+
+    /// Opens a transaction for `session` (on the leader only).
+    pub async fn begin(&self, session: u64) -> Result<(), ReplicaError> {
+        self.ensure_leader()?;
+        Ok(self.engine.begin(session).await?)
+    }
+
+    /// Commits `session`'s transaction through the group.
+    pub async fn commit(&self, session: u64) -> Result<(), ReplicaError> {
+        match self.engine.commit(session).await? {
+            Some(outcome) => self.commit_outcome(outcome).await.map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Rolls back `session`'s transaction.
+    pub async fn rollback(&self, session: u64) -> Result<(), ReplicaError> {
+        Ok(self.engine.rollback(session).await?)
+    }
+
+    /// The session is gone.
+    pub fn close(&self, session: u64) {
+        self.engine.close(session);
+    }
+
+    /// Proposes a write's entry (if it changed anything) and waits for it to apply here.
+    async fn commit_outcome(&self, outcome: Outcome) -> Result<Outcome, ReplicaError> {
+        if outcome.entry.steps.is_empty() {
+            return Ok(outcome);
+        }
+        let command = Command {
+            entry: outcome.entry.clone(),
+        };
+        let proposed =
+            tokio::time::timeout(self.commit_timeout, self.raft.client_write(command)).await;
+        self.engine.settle();
+        match proposed {
+            Err(_) => Err(ReplicaError::Unconfirmed(format!(
+                "commit outcome unknown: the group did not confirm the write within {} ms (no majority reachable?); check before retrying",
+                self.commit_timeout.as_millis()
+            ))),
+            Ok(Ok(response)) => match response.data.error {
+                None => Ok(outcome),
+                Some(refusal) => Err(ReplicaError::Refused(refusal)),
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                let leader = forward
+                    .leader_id
+                    .map(|id| (id, forward.leader_node.unwrap_or_default()));
+                Err(ReplicaError::NotLeader(leader))
+            }
+            Ok(Err(e)) => Err(ReplicaError::Raft(e.to_string())),
+        }
+    }
+
+    /// The group as this replica sees it.
+    pub fn status(&self) -> GroupStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let last_log = metrics.last_log_index;
+        let members = membership
+            .nodes()
+            .map(|(id, member)| {
+                let matched = metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned())
+                    .map(|m| m.map_or(0, |l| l.index));
+                MemberStatus {
+                    id: *id,
+                    addr: member.addr.clone(),
+                    mysql: member.mysql.clone(),
+                    voter: voters.contains(id),
+                    matched,
+                    lag: matched.map(|m| last_log.unwrap_or(0).saturating_sub(m)),
+                }
+            })
+            .collect::<Vec<MemberStatus>>();
+        let committed = if metrics.state == ServerState::Leader {
+            // The highest index a majority of voters holds (the leader holds its whole log).
+            let mut held: Vec<u64> = members
+                .iter()
+                .filter(|m| m.voter)
+                .map(|m| {
+                    if m.id == self.id {
+                        last_log.unwrap_or(0)
+                    } else {
+                        m.matched.unwrap_or(0)
+                    }
+                })
+                .collect();
+            held.sort_unstable_by(|a, b| b.cmp(a));
+            held.get(held.len() / 2).copied()
+        } else {
+            self.contact
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map(|(_, commit)| commit)
+        };
+        GroupStatus {
+            node: self.id,
+            role: match metrics.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+            .into(),
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            last_log_index: last_log,
+            committed,
+            applied: metrics.last_applied.map(|l| l.index),
+            members,
+        }
+    }
+
+    /// Adds `member` as a learner and waits until it has caught up.
+    pub async fn add_learner(&self, id: NodeId, member: Member) -> Result<(), ReplicaError> {
+        if id == 0 {
+            return Err(ReplicaError::Invalid("node id 0 is reserved".into()));
+        }
+        if member.addr.is_empty() {
+            return Err(ReplicaError::Invalid(
+                "the new node's addr is required".into(),
+            ));
+        }
+        self.membership_call(self.raft.add_learner(id, member, true))
+            .await
+    }
+
+    /// Makes learners voters.
+    pub async fn promote(&self, ids: BTreeSet<NodeId>) -> Result<(), ReplicaError> {
+        let status = self.status();
+        for id in &ids {
+            if !status.members.iter().any(|m| m.id == *id) {
+                return Err(ReplicaError::Invalid(format!(
+                    "node {id} is not a member: add it as a learner first"
+                )));
+            }
+        }
+        self.membership_call(
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(ids), false),
+        )
+        .await
+    }
+
+    /// Removes nodes: voters leave the voting set and the group in one change; learners go.
+    pub async fn remove(&self, ids: BTreeSet<NodeId>) -> Result<(), ReplicaError> {
+        let status = self.status();
+        let voters: BTreeSet<NodeId> = status
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.id)
+            .collect();
+        let remaining = voters.difference(&ids).count();
+        if remaining == 0 {
+            return Err(ReplicaError::Invalid(
+                "refusing to remove every voter: the group would have none".into(),
+            ));
+        }
+        let leaving_voters: BTreeSet<NodeId> = voters.intersection(&ids).copied().collect();
+        if !leaving_voters.is_empty() {
+            self.membership_call(
+                self.raft
+                    .change_membership(ChangeMembers::RemoveVoters(leaving_voters.clone()), false),
+            )
+            .await?;
+        }
+        let learners: BTreeSet<NodeId> = ids.difference(&leaving_voters).copied().collect();
+        if !learners.is_empty() {
+            self.membership_call(
+                self.raft
+                    .change_membership(ChangeMembers::RemoveNodes(learners), false),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn membership_call<T, F>(&self, call: F) -> Result<(), ReplicaError>
+    where
+        F: Future<Output = Result<T, RaftError<NodeId, ClientWriteError<NodeId, Member>>>>,
+    {
+        match tokio::time::timeout(Duration::from_secs(60), call).await {
+            Err(_) => Err(ReplicaError::Unconfirmed(
+                "the membership change was not confirmed within 60 s".into(),
+            )),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                Err(ReplicaError::NotLeader(
+                    forward
+                        .leader_id
+                        .map(|id| (id, forward.leader_node.unwrap_or_default())),
+                ))
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(ReplicaError::Invalid(e.to_string()))
+            }
+            Ok(Err(e)) => Err(ReplicaError::Raft(e.to_string())),
+        }
+    }
+
+    /// Moves leadership to voter `to`: this leader stops heartbeating until the followers'
+    /// leader lease lapses, `to` starts an election (its log is complete, so it wins), and
+    /// this replica follows. openraft 0.9 has no TimeoutNow message; this is its equivalent.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), ReplicaError> {
+        self.ensure_leader()?;
+        if to == self.id {
+            return Ok(());
+        }
+        let status = self.status();
+        let target = status
+            .members
+            .iter()
+            .find(|m| m.id == to)
+            .ok_or_else(|| ReplicaError::Invalid(format!("node {to} is not a member")))?;
+        if !target.voter {
+            return Err(ReplicaError::Invalid(format!(
+                "node {to} is a learner; only a voter can lead"
+            )));
+        }
+        let member = Member {
+            addr: target.addr.clone(),
+            mysql: target.mysql.clone(),
+        };
+        let config = self.raft.config().clone();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        self.raft.runtime_config().heartbeat(false);
+        let result = async {
+            // Followers refuse votes while their leader lease (the election timeout) lasts.
+            tokio::time::sleep(Duration::from_millis(config.election_timeout_max)).await;
+            while Instant::now() < deadline {
+                // The target must hold the whole log to win.
+                let caught_up = self
+                    .status()
+                    .members
+                    .iter()
+                    .find(|m| m.id == to)
+                    .is_some_and(|m| m.lag == Some(0));
+                if caught_up {
+                    request_election(&member, &self.secret)
+                        .await
+                        .map_err(ReplicaError::Raft)?;
+                    let mut metrics = self.raft.metrics();
+                    let waited = tokio::time::timeout(Duration::from_secs(3), async {
+                        loop {
+                            if metrics.borrow().current_leader == Some(to) {
+                                return;
+                            }
+                            if metrics.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                    })
+                    .await;
+                    if waited.is_ok() && self.raft.metrics().borrow().current_leader == Some(to) {
+                        return Ok(());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(config.heartbeat_interval)).await;
+            }
+            Err(ReplicaError::Unconfirmed(format!(
+                "node {to} did not become leader within 10 s"
+            )))
+        }
+        .await;
+        self.raft.runtime_config().heartbeat(true);
+        result
+    }
+
+    /// The data's checksum once at least `at_least` is applied here, and the applied index it
+    /// was taken at.
+    pub async fn checksum(&self, at_least: u64) -> Result<(u64, [u8; 32]), ReplicaError> {
+        tokio::time::timeout(
+            self.commit_timeout,
+            self.engine.progress().wait_applied(at_least),
+        )
+        .await
+        .map_err(|_| {
+            ReplicaError::Unconfirmed(format!("index {at_least} is not applied here yet"))
+        })?;
+        // Taken on the engine thread between entries; the index read after it is the one it
+        // reflects, because entries are only applied on that same thread.
+        let sum = self.engine.checksum().await?;
+        let applied = self
+            .engine
+            .progress()
+            .applied_next
+            .load(Ordering::Acquire)
+            .saturating_sub(1);
+        Ok((applied, sum))
+    }
+}
+
+/// The leader's read-index rounds: every read queued while a round runs waits for the next
+/// one, which then serves them all (a round confirms leadership for reads that arrived before
+/// it started, never after).
+async fn read_rounds(
+    raft: Arc<Raft>,
+    mut queue: mpsc::Receiver<oneshot::Sender<Result<u64, ReplicaError>>>,
+    timeout: Duration,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(next) = queue.try_recv() {
+            waiting.push(next);
+        }
+        let result = match tokio::time::timeout(timeout, raft.get_read_log_id()).await {
+            Err(_) => Err(ReplicaError::Unconfirmed(format!(
+                "the leader could not confirm its leadership with a majority within {} ms",
+                timeout.as_millis()
+            ))),
+            Ok(Ok((read, _))) => Ok(read.map_or(0, |id| id.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(ReplicaError::NotLeader(
+                    f.leader_id
+                        .map(|id| (id, f.leader_node.unwrap_or_default())),
+                ))
+            }
+            Ok(Err(RaftError::APIError(e))) => Err(ReplicaError::Unconfirmed(e.to_string())),
+            Ok(Err(e)) => Err(ReplicaError::Raft(e.to_string())),
+        };
+        for waiter in waiting {
+            let copy = match &result {
+                Ok(index) => Ok(*index),
+                Err(e) => Err(match e {
+                    ReplicaError::NotLeader(l) => ReplicaError::NotLeader(l.clone()),
+                    ReplicaError::Unconfirmed(m) => ReplicaError::Unconfirmed(m.clone()),
+                    other => ReplicaError::Raft(other.to_string()),
+                }),
+            };
+            let _ = waiter.send(copy);
+        }
+    }
+}
+
+/// A member as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct MemberStatus {
+    /// Node id.
+    pub id: NodeId,
+    /// gRPC address.
+    pub addr: String,
+    /// MySQL address.
+    pub mysql: String,
+    /// Voter, or learner.
+    pub voter: bool,
+    /// The last log index the leader knows it holds (leader only).
+    pub matched: Option<u64>,
+    /// Entries behind the leader's log (leader only).
+    pub lag: Option<u64>,
+}
+
+/// The group as one replica sees it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct GroupStatus {
+    /// The replica that answered.
+    pub node: NodeId,
+    /// leader, follower, candidate or learner.
+    pub role: String,
+    /// The leader it follows.
+    pub leader: Option<NodeId>,
+    /// Current term.
+    pub term: u64,
+    /// Last index in its log.
+    pub last_log_index: Option<u64>,
+    /// Committed index as far as it knows.
+    pub committed: Option<u64>,
+    /// Applied index.
+    pub applied: Option<u64>,
+    /// Members, voters and learners.
+    pub members: Vec<MemberStatus>,
+}
