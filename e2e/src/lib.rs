@@ -6,11 +6,17 @@
 //! | [`otlp`] | an in-process OTLP/gRPC trace receiver that keeps every span it is sent |
 //! | [`docker`] | containers of Quartet images on a private Docker network, and faults on them |
 //! | [`kube`] | a real Kubernetes API server (etcd + kube-apiserver) through `e2e/k8s/envtest.sh` |
+//! | [`auth`] | quartet-auth with a bootstrap administrator, and tokens from it |
+//! | [`db`] | a quartet-db group as processes, with kill, restart, pause and resume |
+//! | [`history`] | recorded client histories and their checks: linearizability, lost writes |
 //!
 //! Each harness cleans up on drop and, when the test is failing, prints what it collected
 //! (process output, container logs) first.
 
+pub mod auth;
+pub mod db;
 pub mod docker;
+pub mod history;
 pub mod kube;
 pub mod otlp;
 pub mod process;

@@ -8,7 +8,7 @@ use quartet_e2e::http_client;
 use quartet_e2e::process::Server;
 use serde_json::{Value, json};
 
-const ISSUER: &str = "http://quartet-auth.e2e";
+use quartet_e2e::auth::ISSUER;
 
 async fn python() -> String {
     let script = quartet_e2e::repo_root().join("scripts/python.sh");
@@ -44,25 +44,9 @@ async fn oauth_client(args: &[&str]) -> Value {
 }
 
 async fn start_auth() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("admin-password"), "correct horse battery\n").expect("write");
-    Server::start_in(
-        dir,
-        "quartet-auth",
-        true,
-        &[
-            ("QUARTET_AUTH_TOKENS_ISSUER", ISSUER),
-            ("QUARTET_AUTH_BOOTSTRAP_ADMIN_USER", "admin"),
-            (
-                "QUARTET_AUTH_BOOTSTRAP_ADMIN_PASSWORD_FILE",
-                "admin-password",
-            ),
-            ("QUARTET_AUTH_BOOTSTRAP_CLI_CLIENT", "quartet-cli"),
-            ("QUARTET_AUTH_PASSWORDS_MEMORY_KIB", "4096"),
-        ],
-    )
-    .await
-    .expect("quartet-auth starts")
+    quartet_e2e::auth::start()
+        .await
+        .expect("quartet-auth starts")
 }
 
 #[tokio::test]

@@ -123,6 +123,8 @@ impl Front {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    // Answers are flushed whole; waiting for more (Nagle) only adds latency.
+                    let _ = stream.set_nodelay(true);
                     let front = self.clone();
                     tokio::spawn(async move {
                         if let Err(e) = front.session(stream).await {

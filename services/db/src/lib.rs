@@ -200,6 +200,58 @@ fn read_secret(setting: &str, file: &str) -> anyhow::Result<String> {
         .to_owned())
 }
 
+/// Readiness (`raft`: a leader is known) and Raft gauges on the admin listener's `/metrics`.
+fn observe(replica: &Arc<replica::Replica>, ctx: &Context) -> anyhow::Result<()> {
+    use prometheus::{IntGauge, Opts};
+    let watched = replica.clone();
+    ctx.readiness.register("raft", move || {
+        let status = watched.status();
+        async move {
+            match status.leader {
+                Some(_) => Ok(()),
+                None => Err(format!(
+                    "no leader known (this node is {}, term {})",
+                    status.role, status.term
+                )),
+            }
+        }
+    });
+    let gauge = |name: &str, help: &str| -> anyhow::Result<IntGauge> {
+        let g = IntGauge::with_opts(Opts::new(name, help))?;
+        ctx.metrics.registry().register(Box::new(g.clone()))?;
+        Ok(g)
+    };
+    let leader = gauge(
+        "quartet_db_raft_is_leader",
+        "1 while this replica leads its group",
+    )?;
+    let term = gauge("quartet_db_raft_term", "The current Raft term")?;
+    let last_log = gauge(
+        "quartet_db_raft_last_log_index",
+        "The last index in this replica's log",
+    )?;
+    let applied = gauge(
+        "quartet_db_raft_applied_index",
+        "The last index applied to this replica's data",
+    )?;
+    let mut metrics = replica.raft().metrics();
+    tokio::spawn(async move {
+        loop {
+            {
+                let m = metrics.borrow();
+                leader.set(i64::from(m.state == openraft::ServerState::Leader));
+                term.set(m.current_term as i64);
+                last_log.set(m.last_log_index.map_or(-1, |i| i as i64));
+                applied.set(m.last_applied.map_or(-1, |l| l.index as i64));
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Opens the data, joins or forms the Raft group, serves MySQL clients, the admin API and the
 /// standard listeners until a stop signal.
 pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
@@ -243,6 +295,8 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     };
     let replica =
         replica::Replica::start(std::path::Path::new(&config.storage.path), options).await?;
+
+    observe(&replica, &ctx)?;
 
     let users = HashMap::from([(config.mysql.user.clone(), password)]);
     let front = Arc::new(front::Front::new(

@@ -408,11 +408,15 @@ impl Replica {
                 None => Ok(outcome),
                 Some(refusal) => Err(ReplicaError::Refused(refusal)),
             },
+            // Leadership moved while the entry was in flight: it may already sit in a
+            // majority's logs and commit under the next leader, so the outcome is unknown.
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                let leader = forward
-                    .leader_id
-                    .map(|id| (id, forward.leader_node.unwrap_or_default()));
-                Err(ReplicaError::NotLeader(leader))
+                Err(ReplicaError::Unconfirmed(format!(
+                    "commit outcome unknown: leadership moved (now {}) while the write was being committed; check before retrying",
+                    forward
+                        .leader_id
+                        .map_or_else(|| "no leader".to_owned(), |id| format!("node {id}"))
+                )))
             }
             Ok(Err(e)) => Err(ReplicaError::Raft(e.to_string())),
         }

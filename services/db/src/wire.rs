@@ -59,16 +59,22 @@ pub enum WireError {
     Protocol(String),
 }
 
-/// Packet reader and writer over one connection, tracking sequence ids.
+/// Packet reader and writer over one connection, tracking sequence ids. Written packets are
+/// buffered until [`Conn::flush`], so a whole answer leaves in as few segments as possible.
 pub struct Conn<S> {
     stream: S,
     seq: u8,
+    out: Vec<u8>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Wraps a connected stream.
     pub fn new(stream: S) -> Self {
-        Self { stream, seq: 0 }
+        Self {
+            stream,
+            seq: 0,
+            out: Vec::new(),
+        }
     }
 
     /// Reads one logical packet (joining continuation packets).
@@ -95,7 +101,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Writes one logical packet (splitting it when long) without flushing.
+    /// Writes one logical packet (splitting it when long) without flushing; a large buffer
+    /// is sent on the way.
     pub async fn write(&mut self, payload: &[u8]) -> Result<(), WireError> {
         let mut rest = payload;
         loop {
@@ -103,17 +110,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let len = chunk.len();
             let header = [len as u8, (len >> 8) as u8, (len >> 16) as u8, self.seq];
             self.seq = self.seq.wrapping_add(1);
-            self.stream.write_all(&header).await?;
-            self.stream.write_all(chunk).await?;
+            self.out.extend_from_slice(&header);
+            self.out.extend_from_slice(chunk);
             rest = &rest[len..];
             if len < MAX_PAYLOAD {
-                return Ok(());
+                break;
             }
         }
+        if self.out.len() >= 1 << 20 {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
     }
 
     /// Sends what was written.
     pub async fn flush(&mut self) -> Result<(), WireError> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
         self.stream.flush().await.map_err(Into::into)
     }
 

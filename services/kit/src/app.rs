@@ -224,7 +224,9 @@ impl Context {
                     })?;
             let listener =
                 tokio::net::TcpListener::from_std(listener).map_err(server_error("grpc"))?;
-            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            // Small RPCs (replica heartbeats, reads) must not wait on Nagle's algorithm.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let stop = self.shutdown.clone();
             grpc_task = Some(tokio::spawn(async move {
                 router

@@ -1,0 +1,73 @@
+//! A real quartet-auth process with a bootstrap administrator, and tokens from it, for tests
+//! of services that verify bearer tokens.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::process::Server;
+
+/// The issuer the test instance signs tokens as.
+pub const ISSUER: &str = "http://quartet-auth.e2e";
+/// The bootstrap administrator (role `admin`, permission `*`).
+pub const ADMIN: &str = "admin";
+/// Its password.
+pub const ADMIN_PASSWORD: &str = "correct horse battery";
+/// The public OAuth client that may use the password grant.
+pub const CLI_CLIENT: &str = "quartet-cli";
+
+/// Starts quartet-auth with the bootstrap administrator.
+pub async fn start() -> anyhow::Result<Server> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("admin-password"),
+        format!("{ADMIN_PASSWORD}\n"),
+    )?;
+    Server::start_in(
+        dir,
+        "quartet-auth",
+        true,
+        &[
+            ("QUARTET_AUTH_TOKENS_ISSUER", ISSUER),
+            ("QUARTET_AUTH_BOOTSTRAP_ADMIN_USER", ADMIN),
+            (
+                "QUARTET_AUTH_BOOTSTRAP_ADMIN_PASSWORD_FILE",
+                "admin-password",
+            ),
+            ("QUARTET_AUTH_BOOTSTRAP_CLI_CLIENT", CLI_CLIENT),
+            ("QUARTET_AUTH_PASSWORDS_MEMORY_KIB", "4096"),
+        ],
+    )
+    .await
+}
+
+/// An access token for `user` (password grant through the CLI client).
+pub async fn token(auth: &Server, user: &str, password: &str) -> anyhow::Result<String> {
+    let response: serde_json::Value = crate::http_client(Duration::from_secs(10))
+        .post(format!("{}/oauth2/token", auth.url("http")))
+        .form(&[
+            ("grant_type", "password"),
+            ("client_id", CLI_CLIENT),
+            ("username", user),
+            ("password", password),
+        ])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    response["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .context("the token response has no access_token")
+}
+
+/// The flags that point a Quartet service at this instance for token verification.
+pub fn client_flags(auth: &Server) -> Vec<String> {
+    vec![
+        "--auth-jwks-url".to_owned(),
+        format!("{}/.well-known/jwks.json", auth.url("http")),
+        "--auth-issuer".to_owned(),
+        ISSUER.to_owned(),
+    ]
+}

@@ -1,0 +1,434 @@
+//! quartet-db replica groups as separate processes, under faults: the leader killed under
+//! load, a leader paused, a node restarted that catches up from a snapshot. Clients are
+//! sqlx's MySQL driver; every operation is recorded and the history is checked for lost
+//! acknowledged writes and for linearizability of a set of registers.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quartet_e2e::db::DbGroup;
+use quartet_e2e::history::{Event, Op, Outcome, check_registers, lost_writes};
+use quartet_e2e::process::Server;
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
+use sqlx::{ConnectOptions, Row};
+
+const OP_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn options(addr: SocketAddr) -> MySqlConnectOptions {
+    MySqlConnectOptions::new()
+        .host(&addr.ip().to_string())
+        .port(addr.port())
+        .username(quartet_e2e::db::USER)
+        .password(quartet_e2e::db::PASSWORD)
+        .database(quartet_e2e::db::DATABASE)
+}
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<MySqlConnection> {
+    Ok(tokio::time::timeout(Duration::from_secs(2), options(addr).connect()).await??)
+}
+
+/// Connects to whichever node leads (following not-leader hints).
+async fn leader_connection(group: &DbGroup) -> MySqlConnection {
+    let leader = group
+        .wait_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    connect(group.mysql_addr(leader)).await.expect("connect")
+}
+
+/// What the workload records.
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<Event>>,
+    /// Log ids whose insert was acknowledged.
+    acked: Mutex<BTreeSet<i64>>,
+    /// Log ids whose insert may or may not have happened.
+    maybe: Mutex<BTreeSet<i64>>,
+}
+
+/// The MySQL error number of a failed statement, if the server sent one.
+fn mysql_error(e: &sqlx::Error) -> Option<(u16, String)> {
+    match e {
+        sqlx::Error::Database(db) => {
+            let number = db
+                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .map(|m| m.number())?;
+            Some((number, db.message().to_owned()))
+        }
+        _ => None,
+    }
+}
+
+/// Where a not-leader error says to go.
+fn leader_hint(message: &str, nodes: &[SocketAddr]) -> Option<usize> {
+    let addr = message.split("(mysql ").nth(1)?.split(')').next()?;
+    nodes.iter().position(|n| n.to_string() == addr)
+}
+
+enum Kind {
+    WriteRegister(String, i64),
+    ReadRegister(String),
+    Append(i64),
+}
+
+/// One client: register writes and reads over three keys and appends to a log table, against
+/// whichever node it can reach, until `until`.
+async fn client(
+    worker: i64,
+    nodes: Vec<SocketAddr>,
+    until: Instant,
+    start: Instant,
+    rec: Arc<Recorder>,
+) {
+    let mut target = worker as usize % nodes.len();
+    let mut conn: Option<MySqlConnection> = None;
+    let mut n = 0i64;
+    let now = || start.elapsed().as_nanos() as u64;
+    while Instant::now() < until {
+        let Some(c) = conn.as_mut() else {
+            match connect(nodes[target]).await {
+                Ok(c) => conn = Some(c),
+                Err(_) => {
+                    target = (target + 1) % nodes.len();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            continue;
+        };
+        n += 1;
+        let unique = worker * 1_000_000 + n;
+        let key = format!("k{}", (worker + n) % 3);
+        let kind = match n % 3 {
+            0 => Kind::WriteRegister(key, unique),
+            1 => Kind::ReadRegister(key),
+            _ => Kind::Append(unique),
+        };
+        let invoked = now();
+        let result: Result<Result<Option<i64>, sqlx::Error>, _> = tokio::time::timeout(OP_TIMEOUT, async {
+            match &kind {
+                Kind::WriteRegister(k, v) => sqlx::query(
+                    "INSERT INTO registers (k, v) VALUES (?, ?) ON DUPLICATE KEY UPDATE v = VALUES(v)",
+                )
+                .bind(k)
+                .bind(v)
+                .execute(&mut *c)
+                .await
+                .map(|_| None),
+                Kind::ReadRegister(k) => sqlx::query("SELECT v FROM registers WHERE k = ?")
+                    .bind(k)
+                    .fetch_optional(&mut *c)
+                    .await
+                    .map(|row| row.map(|r| r.get::<i64, _>(0))),
+                Kind::Append(id) => sqlx::query("INSERT INTO appended (id) VALUES (?)")
+                    .bind(id)
+                    .execute(&mut *c)
+                    .await
+                    .map(|_| None),
+            }
+        })
+        .await;
+        let completed = now();
+        let outcome = match &result {
+            Ok(Ok(_)) => Outcome::Ok,
+            Ok(Err(e)) => match mysql_error(e) {
+                // Not the leader, or none yet: nothing was proposed. Follow the hint.
+                Some((1290, message)) => {
+                    target = leader_hint(&message, &nodes).unwrap_or((target + 1) % nodes.len());
+                    conn = None;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Outcome::Failed
+                }
+                // The group did not confirm in time: it may still commit.
+                Some((1180, _)) => Outcome::Unknown,
+                Some(_) => Outcome::Failed,
+                // The connection broke mid-statement.
+                None => {
+                    conn = None;
+                    target = (target + 1) % nodes.len();
+                    Outcome::Unknown
+                }
+            },
+            Err(_) => {
+                conn = None;
+                target = (target + 1) % nodes.len();
+                Outcome::Unknown
+            }
+        };
+        match kind {
+            Kind::WriteRegister(key, v) => rec.events.lock().expect("lock").push(Event {
+                key,
+                op: Op::Write(v),
+                invoked,
+                completed,
+                outcome,
+            }),
+            Kind::ReadRegister(key) => {
+                if let Ok(Ok(value)) = result {
+                    rec.events.lock().expect("lock").push(Event {
+                        key,
+                        op: Op::Read(value),
+                        invoked,
+                        completed,
+                        outcome,
+                    });
+                }
+            }
+            Kind::Append(id) => match outcome {
+                Outcome::Ok => {
+                    rec.acked.lock().expect("lock").insert(id);
+                }
+                Outcome::Unknown => {
+                    rec.maybe.lock().expect("lock").insert(id);
+                }
+                Outcome::Failed => {}
+            },
+        }
+    }
+}
+
+async fn create_tables(group: &DbGroup) {
+    let mut c = leader_connection(group).await;
+    for sql in [
+        "CREATE TABLE registers (k VARCHAR(16) PRIMARY KEY, v BIGINT NOT NULL)",
+        "CREATE TABLE appended (id BIGINT PRIMARY KEY)",
+    ] {
+        sqlx::query(sql).execute(&mut c).await.expect(sql);
+    }
+}
+
+/// Waits until every node has applied the same index, then compares their checksums through
+/// the admin API.
+async fn assert_converged(group: &DbGroup, token: &str) {
+    let applied = quartet_e2e::eventually(
+        "every node at the same applied index",
+        Duration::from_secs(30),
+        || async {
+            let mut seen = BTreeSet::new();
+            for i in 0..group.len() {
+                seen.insert(group.applied(i).await?);
+            }
+            (seen.len() == 1).then(|| seen.into_iter().next().unwrap_or_default())
+        },
+    )
+    .await
+    .expect("convergence");
+    let client = quartet_e2e::http_client(Duration::from_secs(10));
+    let mut sums = BTreeSet::new();
+    for i in 0..group.len() {
+        let response: serde_json::Value = client
+            .get(format!(
+                "{}/v1/cluster/checksum?at_least={applied}",
+                group.http_url(i)
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("checksum call")
+            .error_for_status()
+            .expect("checksum status")
+            .json()
+            .await
+            .expect("json");
+        sums.insert(response["sha256"].as_str().expect("sha256").to_owned());
+    }
+    assert_eq!(
+        sums.len(),
+        1,
+        "replicas differ at index {applied}: {sums:?}"
+    );
+}
+
+async fn auth_and_token() -> (Server, String) {
+    let auth = quartet_e2e::auth::start().await.expect("quartet-auth");
+    let token = quartet_e2e::auth::token(
+        &auth,
+        quartet_e2e::auth::ADMIN,
+        quartet_e2e::auth::ADMIN_PASSWORD,
+    )
+    .await
+    .expect("token");
+    (auth, token)
+}
+
+fn group_flags(auth: &Server, extra: &[&str]) -> Vec<String> {
+    let mut flags = quartet_e2e::auth::client_flags(auth);
+    flags.extend(extra.iter().map(|s| (*s).to_owned()));
+    flags
+}
+
+#[tokio::test]
+async fn no_acknowledged_write_is_lost_and_registers_stay_linearizable_through_kill_and_pause() {
+    let (_auth, token) = auth_and_token().await;
+    let flags = group_flags(&_auth, &["--raft-snapshot-every", "300"]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut group = DbGroup::start(3, &flags).await.expect("group");
+    create_tables(&group).await;
+
+    let nodes: Vec<SocketAddr> = (0..group.len()).map(|i| group.mysql_addr(i)).collect();
+    let start = Instant::now();
+    let until = start + Duration::from_secs(16);
+    let rec = Arc::new(Recorder::default());
+    let workers: Vec<_> = (0..4)
+        .map(|w| tokio::spawn(client(w, nodes.clone(), until, start, rec.clone())))
+        .collect();
+
+    // Kill the leader under load, bring it back, then freeze whichever node leads next.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let first = group
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let killed_at = start.elapsed().as_nanos() as u64;
+    group.kill(first).await.expect("kill");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    group.restart(first).await.expect("restart");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = group
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let paused_at = start.elapsed().as_nanos() as u64;
+    group.pause(second).expect("pause");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    group.resume(second).expect("resume");
+    for w in workers {
+        w.await.expect("worker");
+    }
+
+    // The record.
+    let events = rec.events.lock().expect("lock").clone();
+    let acked = rec.acked.lock().expect("lock").clone();
+    let maybe = rec.maybe.lock().expect("lock").clone();
+    let resumed = |after: u64| {
+        events
+            .iter()
+            .filter(|e| {
+                matches!(e.op, Op::Write(_)) && e.outcome == Outcome::Ok && e.invoked >= after
+            })
+            .map(|e| e.completed)
+            .min()
+            .map(|done| Duration::from_nanos(done - after))
+    };
+    let after_kill = resumed(killed_at).expect("writes resumed after the kill");
+    let after_pause = resumed(paused_at).expect("writes resumed after the pause");
+    eprintln!(
+        "history: {} register operations, {} acknowledged appends, {} with unknown outcome; writes resumed {:?} after the leader was killed and {:?} after it was paused",
+        events.len(),
+        acked.len(),
+        maybe.len(),
+        after_kill,
+        after_pause
+    );
+    assert!(
+        acked.len() > 50,
+        "the workload made progress: {}",
+        acked.len()
+    );
+
+    // Nothing acknowledged is lost, nothing never attempted appears.
+    let mut c = leader_connection(&group).await;
+    let present: BTreeSet<i64> = sqlx::query("SELECT id FROM appended")
+        .fetch_all(&mut c)
+        .await
+        .expect("final read")
+        .iter()
+        .map(|r| r.get::<i64, _>(0))
+        .collect();
+    assert_eq!(
+        lost_writes(&acked, &present),
+        Vec::<i64>::new(),
+        "lost acknowledged appends"
+    );
+    let stray: Vec<i64> = present
+        .iter()
+        .filter(|id| !acked.contains(id) && !maybe.contains(id))
+        .copied()
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "rows that no client wrote or that definitely failed: {stray:?}"
+    );
+
+    // Every register's history has a linearization.
+    if let Err(violation) = check_registers(&events) {
+        panic!("{violation}");
+    }
+
+    // Replicas agree byte for byte, and a follower read with bounded staleness sees it all.
+    assert_converged(&group, &token).await;
+    let leader = group
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let follower = (leader + 1) % group.len();
+    let mut f = connect(group.mysql_addr(follower)).await.expect("follower");
+    let refused = sqlx::query("SELECT COUNT(*) FROM appended")
+        .fetch_one(&mut f)
+        .await;
+    let (code, message) = mysql_error(&refused.expect_err("linearizable reads need the leader"))
+        .expect("a MySQL error");
+    assert_eq!(code, 1290, "{message}");
+    assert!(
+        message.contains("retry on node"),
+        "names the leader: {message}"
+    );
+    sqlx::query("SET quartet_read_staleness_ms = 5000")
+        .execute(&mut f)
+        .await
+        .expect("set");
+    let count: i64 = sqlx::query("SELECT COUNT(*) FROM appended")
+        .fetch_one(&mut f)
+        .await
+        .expect("follower read")
+        .get(0);
+    assert_eq!(count as usize, present.len());
+    assert!(
+        after_kill < Duration::from_secs(5),
+        "writes resumed {after_kill:?} after the kill"
+    );
+}
+
+#[tokio::test]
+async fn a_node_that_missed_compacted_entries_catches_up_from_a_snapshot() {
+    let (_auth, token) = auth_and_token().await;
+    let flags = group_flags(&_auth, &["--raft-snapshot-every", "40"]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut group = DbGroup::start(3, &flags).await.expect("group");
+    create_tables(&group).await;
+    let leader = group
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let lagging = (leader + 1) % group.len();
+    group.kill(lagging).await.expect("kill");
+
+    // A majority keeps committing while the node is down; the log is compacted past it.
+    let mut c = leader_connection(&group).await;
+    for id in 0..200i64 {
+        sqlx::query("INSERT INTO appended (id) VALUES (?)")
+            .bind(id)
+            .execute(&mut c)
+            .await
+            .expect("insert with one node down");
+    }
+    group.restart(lagging).await.expect("restart");
+    assert_converged(&group, &token).await;
+    assert!(
+        group.output(lagging).contains("snapshot installed"),
+        "the restarted node was brought up to date by a snapshot"
+    );
+    // The group's admin status shows every member caught up.
+    let status: serde_json::Value = quartet_e2e::http_client(Duration::from_secs(5))
+        .get(format!("{}/v1/cluster", group.http_url(leader)))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["role"], "leader");
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
+}
