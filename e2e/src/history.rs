@@ -59,8 +59,13 @@ pub struct Violation {
 
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "register {:?} has no linearization:", self.key)?;
-        for op in &self.operations {
+        writeln!(
+            f,
+            "register {:?} has no linearization ({} operations; the first 40):",
+            self.key,
+            self.operations.len()
+        )?;
+        for op in self.operations.iter().take(40) {
             writeln!(f, "  {op}")?;
         }
         Ok(())

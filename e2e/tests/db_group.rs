@@ -29,13 +29,21 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<MySqlConnection> {
     Ok(tokio::time::timeout(Duration::from_secs(2), options(addr).connect()).await??)
 }
 
-/// Connects to whichever node leads (following not-leader hints).
+/// Connects to the node that leads, once a statement shows it accepts writes there (a
+/// group that just formed may still change leader once).
 async fn leader_connection(group: &DbGroup) -> MySqlConnection {
-    let leader = group
-        .wait_leader(Duration::from_secs(20))
-        .await
-        .expect("a leader");
-    connect(group.mysql_addr(leader)).await.expect("connect")
+    quartet_e2e::eventually(
+        "a leader accepting statements",
+        Duration::from_secs(20),
+        || async {
+            let leader = group.leader().await?;
+            let mut c = connect(group.mysql_addr(leader)).await.ok()?;
+            sqlx::query("SELECT 1").execute(&mut c).await.ok()?;
+            Some(c)
+        },
+    )
+    .await
+    .expect("a leader")
 }
 
 /// What the workload records.
@@ -73,25 +81,33 @@ enum Kind {
     Append(i64),
 }
 
-/// One client: register writes and reads over three keys and appends to a log table, against
-/// whichever node it can reach, until `until`.
+/// One client, until `until`. A writer does register writes and reads over three keys and
+/// appends to a log table against whichever node leads (following not-leader hints); a
+/// roaming reader reads registers from every node in turn, so a replica that answered reads
+/// it may not serve would show up as a stale read.
 async fn client(
     worker: i64,
+    roaming: bool,
     nodes: Vec<SocketAddr>,
     until: Instant,
     start: Instant,
     rec: Arc<Recorder>,
 ) {
     let mut target = worker as usize % nodes.len();
-    let mut conn: Option<MySqlConnection> = None;
+    let mut conns: Vec<Option<MySqlConnection>> = nodes.iter().map(|_| None).collect();
     let mut n = 0i64;
     let now = || start.elapsed().as_nanos() as u64;
     while Instant::now() < until {
+        if roaming {
+            target = n as usize % nodes.len();
+        }
+        let conn = &mut conns[target];
         let Some(c) = conn.as_mut() else {
             match connect(nodes[target]).await {
-                Ok(c) => conn = Some(c),
+                Ok(c) => *conn = Some(c),
                 Err(_) => {
                     target = (target + 1) % nodes.len();
+                    n += 1;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -101,6 +117,7 @@ async fn client(
         let unique = worker * 1_000_000 + n;
         let key = format!("k{}", (worker + n) % 3);
         let kind = match n % 3 {
+            _ if roaming => Kind::ReadRegister(key),
             0 => Kind::WriteRegister(key, unique),
             1 => Kind::ReadRegister(key),
             _ => Kind::Append(unique),
@@ -136,7 +153,6 @@ async fn client(
                 // Not the leader, or none yet: nothing was proposed. Follow the hint.
                 Some((1290, message)) => {
                     target = leader_hint(&message, &nodes).unwrap_or((target + 1) % nodes.len());
-                    conn = None;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     Outcome::Failed
                 }
@@ -145,13 +161,13 @@ async fn client(
                 Some(_) => Outcome::Failed,
                 // The connection broke mid-statement.
                 None => {
-                    conn = None;
+                    conns[target] = None;
                     target = (target + 1) % nodes.len();
                     Outcome::Unknown
                 }
             },
             Err(_) => {
-                conn = None;
+                conns[target] = None;
                 target = (target + 1) % nodes.len();
                 Outcome::Unknown
             }
@@ -270,8 +286,8 @@ async fn no_acknowledged_write_is_lost_and_registers_stay_linearizable_through_k
     let start = Instant::now();
     let until = start + Duration::from_secs(16);
     let rec = Arc::new(Recorder::default());
-    let workers: Vec<_> = (0..4)
-        .map(|w| tokio::spawn(client(w, nodes.clone(), until, start, rec.clone())))
+    let workers: Vec<_> = (0..6)
+        .map(|w| tokio::spawn(client(w, w >= 4, nodes.clone(), until, start, rec.clone())))
         .collect();
 
     // Kill the leader under load, bring it back, then freeze whichever node leads next.

@@ -6,7 +6,13 @@
 //!   after a majority holds it in its log and it has been applied here.
 //! - **Reads** are linearizable by default: the leader confirms it is still leader with a round
 //!   of heartbeats acknowledged by a majority (Raft's read index), waits until it has applied
-//!   that far, and only then reads. Concurrent reads share one round. A session may instead
+//!   that far, and only then reads. Concurrent reads share one round. A confirmed round also
+//!   grants a **lease** of a quarter of the minimum election timeout: followers refuse to vote
+//!   for anyone else until a whole election timeout after they last heard from this leader
+//!   (openraft's leader lease), so within the lease no other leader can exist and reads are
+//!   served locally without a round (every write acknowledged before the read has been applied
+//!   here, since acknowledgement waits for that). The lease is measured on the monotonic clock
+//!   from the moment the round started, so a paused process resumes without one. A session may instead
 //!   accept data up to a bound old (`SET quartet_read_staleness_ms = N`) and read from any
 //!   replica that heard from its leader within that bound and has applied what the leader had
 //!   committed then.
@@ -146,6 +152,12 @@ pub struct Replica {
     raft: Arc<Raft>,
     engine: EngineHandle,
     reads: mpsc::Sender<oneshot::Sender<Result<u64, ReplicaError>>>,
+    /// The last confirmed read round: when it started, in which term, at which read index.
+    lease: Arc<std::sync::Mutex<Option<(Instant, u64, u64)>>>,
+    /// How long a confirmed round lets reads skip the next one.
+    lease_length: Duration,
+    /// Set while this leader hands leadership over: it serves no linearizable reads.
+    transferring: std::sync::atomic::AtomicBool,
     commit_timeout: Duration,
     /// When this replica last accepted its leader's append, and the leader's commit index then.
     contact: Arc<std::sync::Mutex<Option<(Instant, u64)>>>,
@@ -209,13 +221,22 @@ impl Replica {
             }
         }
         let (reads, queue) = mpsc::channel(4096);
-        tokio::spawn(read_rounds(raft.clone(), queue, options.commit_timeout));
+        let lease = Arc::new(std::sync::Mutex::new(None));
+        tokio::spawn(read_rounds(
+            raft.clone(),
+            queue,
+            options.commit_timeout,
+            lease.clone(),
+        ));
         Ok(Arc::new(Self {
             id: options.node_id,
             raft,
             engine,
             reads,
             commit_timeout: options.commit_timeout,
+            lease,
+            lease_length: options.election_timeout / 4,
+            transferring: std::sync::atomic::AtomicBool::new(false),
             contact: Arc::default(),
             secret: options.secret,
         }))
@@ -311,6 +332,30 @@ impl Replica {
             }
             Consistency::Linearizable => {
                 self.ensure_leader()?;
+                if self.transferring.load(Ordering::Acquire) {
+                    return Err(ReplicaError::NotLeader(None));
+                }
+                let leased = {
+                    let lease = *self.lease.lock().unwrap_or_else(|p| p.into_inner());
+                    let metrics = self.raft.metrics().borrow().clone();
+                    lease.filter(|(started, term, _)| {
+                        started.elapsed() < self.lease_length
+                            && metrics.current_term == *term
+                            && metrics.state == ServerState::Leader
+                    })
+                };
+                if let Some((_, _, index)) = leased {
+                    return tokio::time::timeout(
+                        self.commit_timeout,
+                        self.engine.progress().wait_applied(index),
+                    )
+                    .await
+                    .map_err(|_| {
+                        ReplicaError::Unconfirmed(
+                            "the leader could not apply its log in time".into(),
+                        )
+                    });
+                }
                 let (tx, rx) = oneshot::channel();
                 self.reads
                     .send(tx)
@@ -599,6 +644,9 @@ impl Replica {
         };
         let config = self.raft.config().clone();
         let deadline = Instant::now() + Duration::from_secs(10);
+        // No lease reads from here on: this leader is about to stop being one.
+        self.transferring.store(true, Ordering::Release);
+        *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.raft.runtime_config().heartbeat(false);
         let result = async {
             // Followers refuse votes while their leader lease (the election timeout) lasts.
@@ -639,6 +687,7 @@ impl Replica {
         }
         .await;
         self.raft.runtime_config().heartbeat(true);
+        self.transferring.store(false, Ordering::Release);
         result
     }
 
@@ -673,12 +722,15 @@ async fn read_rounds(
     raft: Arc<Raft>,
     mut queue: mpsc::Receiver<oneshot::Sender<Result<u64, ReplicaError>>>,
     timeout: Duration,
+    lease: Arc<std::sync::Mutex<Option<(Instant, u64, u64)>>>,
 ) {
     while let Some(first) = queue.recv().await {
         let mut waiting = vec![first];
         while let Ok(next) = queue.try_recv() {
             waiting.push(next);
         }
+        let started = Instant::now();
+        let term = raft.metrics().borrow().current_term;
         let result = match tokio::time::timeout(timeout, raft.get_read_log_id()).await {
             Err(_) => Err(ReplicaError::Unconfirmed(format!(
                 "the leader could not confirm its leadership with a majority within {} ms",
@@ -694,6 +746,14 @@ async fn read_rounds(
             Ok(Err(RaftError::APIError(e))) => Err(ReplicaError::Unconfirmed(e.to_string())),
             Ok(Err(e)) => Err(ReplicaError::Raft(e.to_string())),
         };
+        let mut granted = lease.lock().unwrap_or_else(|p| p.into_inner());
+        *granted = match &result {
+            Ok(index) if raft.metrics().borrow().current_term == term => {
+                Some((started, term, *index))
+            }
+            _ => None,
+        };
+        drop(granted);
         for waiter in waiting {
             let copy = match &result {
                 Ok(index) => Ok(*index),
