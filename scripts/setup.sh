@@ -15,9 +15,10 @@ as_root() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
 
 # openjdk + libshiro-java: the real Apache Shiro, a test and benchmark peer of quartet-auth.
 # mariadb-client: the MySQL command-line client, a real client of quartet-db.
+# sysbench: the OLTP load generator quartet-db is tested and benchmarked with.
 # libclang-dev: bindgen generates SQLite's session-extension bindings (quartet-db replication).
 PACKAGES=(build-essential pkg-config binutils curl ca-certificates openssl python3 python3-venv
-          golang-go dpkg-dev make rsync openjdk-17-jdk-headless libshiro-java libclang-dev mariadb-client)
+          golang-go dpkg-dev make rsync openjdk-17-jdk-headless libshiro-java libclang-dev mariadb-client sysbench)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

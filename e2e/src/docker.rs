@@ -55,6 +55,17 @@ impl Cluster {
     /// Starts `n` containers of `image` (which must exist locally) on a fresh network, each
     /// with `args` appended to the image's entrypoint.
     pub async fn start(image: &str, n: usize, args: &[&str]) -> anyhow::Result<Self> {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        Self::start_each(image, n, |_, _| args.clone()).await
+    }
+
+    /// Like [`Cluster::start`], with each node's arguments from `args_for(node, names)`,
+    /// where `names` are every node's container (and host) name on the private network.
+    pub async fn start_each(
+        image: &str,
+        n: usize,
+        args_for: impl Fn(usize, &[String]) -> Vec<String>,
+    ) -> anyhow::Result<Self> {
         if docker(&["image", "inspect", "--format", "{{.Id}}", image])
             .await
             .is_err()
@@ -66,12 +77,13 @@ impl Cluster {
         let suffix = format!("{}-{}", std::process::id(), nonce());
         let network = format!("quartet-e2e-{suffix}");
         docker(&["network", "create", "--driver", "bridge", &network]).await?;
+        let names: Vec<String> = (0..n).map(|i| format!("{network}-{i}")).collect();
         let mut cluster = Self {
             network,
             nodes: Vec::new(),
         };
-        for i in 0..n {
-            let name = format!("{}-{i}", cluster.network);
+        for (i, name) in names.iter().enumerate() {
+            let args = args_for(i, &names);
             let mut run = vec![
                 "run",
                 "--detach",
@@ -80,14 +92,35 @@ impl Cluster {
                 "--network",
                 &cluster.network,
                 "--hostname",
-                &name,
+                name,
                 image,
             ];
-            run.extend_from_slice(args);
+            run.extend(args.iter().map(String::as_str));
             docker(&run).await?;
-            cluster.nodes.push(name);
+            cluster.nodes.push(name.clone());
         }
         Ok(cluster)
+    }
+
+    /// Also attaches the node to Docker's default bridge, which has no name resolution: the
+    /// host reaches the node there (see [`Cluster::bridge_ip`]) while the other nodes, which
+    /// find it by name, reach it only over the private network that faults cut.
+    pub async fn attach_bridge(&self, node: usize) -> anyhow::Result<()> {
+        docker(&["network", "connect", "bridge", &self.nodes[node]])
+            .await
+            .map(drop)
+    }
+
+    /// The node's address on Docker's default bridge, once attached.
+    pub async fn bridge_ip(&self, node: usize) -> anyhow::Result<Option<IpAddr>> {
+        let out = docker(&[
+            "inspect",
+            "--format",
+            "{{with index .NetworkSettings.Networks \"bridge\"}}{{.IPAddress}}{{end}}",
+            &self.nodes[node],
+        ])
+        .await?;
+        Ok(out.parse().ok())
     }
 
     /// The node's address on the private network, if it is connected and running.

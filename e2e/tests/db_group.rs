@@ -16,6 +16,9 @@ use sqlx::{ConnectOptions, Row};
 
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The tests here measure timings on a two-core machine: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn options(addr: SocketAddr) -> MySqlConnectOptions {
     MySqlConnectOptions::new()
         .host(&addr.ip().to_string())
@@ -276,6 +279,7 @@ fn group_flags(auth: &Server, extra: &[&str]) -> Vec<String> {
 
 #[tokio::test]
 async fn no_acknowledged_write_is_lost_and_registers_stay_linearizable_through_kill_and_pause() {
+    let _serial = SERIAL.lock().await;
     let (_auth, token) = auth_and_token().await;
     let flags = group_flags(&_auth, &["--raft-snapshot-every", "300"]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -408,6 +412,7 @@ async fn no_acknowledged_write_is_lost_and_registers_stay_linearizable_through_k
 
 #[tokio::test]
 async fn a_node_that_missed_compacted_entries_catches_up_from_a_snapshot() {
+    let _serial = SERIAL.lock().await;
     let (_auth, token) = auth_and_token().await;
     let flags = group_flags(&_auth, &["--raft-snapshot-every", "40"]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -447,4 +452,90 @@ async fn a_node_that_missed_compacted_entries_catches_up_from_a_snapshot() {
         .expect("json");
     assert_eq!(status["role"], "leader");
     assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
+}
+
+/// Runs sysbench (the Debian package) and returns its report; fails on a non-zero exit.
+async fn sysbench(args: &[&str]) -> String {
+    let out = tokio::process::Command::new("sysbench")
+        .args(args)
+        .output()
+        .await
+        .expect("sysbench is installed (scripts/setup.sh)");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "sysbench {args:?} failed:\n{report}");
+    report
+}
+
+/// A number from a sysbench report line such as `transactions: 607 (60.37 per sec.)`.
+fn figure(report: &str, label: &str) -> f64 {
+    report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {label:?} in:\n{report}"))
+}
+
+#[tokio::test]
+async fn sysbench_oltp_runs_without_errors_on_three_replicas() {
+    let _serial = SERIAL.lock().await;
+    let (_auth, token) = auth_and_token().await;
+    let flags = group_flags(&_auth, &[]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let group = DbGroup::start(3, &flags).await.expect("group");
+    drop(leader_connection(&group).await);
+    let leader = group
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let port = format!("--mysql-port={}", group.ports(leader).mysql);
+    let password = format!("--mysql-password={}", quartet_e2e::db::PASSWORD);
+    let user = format!("--mysql-user={}", quartet_e2e::db::USER);
+    let db = format!("--mysql-db={}", quartet_e2e::db::DATABASE);
+    let common = [
+        "--mysql-host=127.0.0.1",
+        &port,
+        &user,
+        &password,
+        &db,
+        "--tables=2",
+        "--table-size=2000",
+    ];
+    let with = |extra: &[&'static str]| {
+        let mut args: Vec<&str> = common.to_vec();
+        args.extend_from_slice(extra);
+        args
+    };
+    sysbench(&with(&["oltp_read_write", "prepare"])).await;
+    let rw = sysbench(&with(&[
+        "oltp_read_write",
+        "--threads=4",
+        "--time=8",
+        "run",
+    ]))
+    .await;
+    let ps = sysbench(&with(&[
+        "oltp_point_select",
+        "--threads=4",
+        "--time=4",
+        "run",
+    ]))
+    .await;
+    for (name, report) in [("oltp_read_write", &rw), ("oltp_point_select", &ps)] {
+        assert_eq!(figure(report, "ignored errors:"), 0.0, "{name}:\n{report}");
+        assert!(figure(report, "transactions:") > 0.0, "{name}:\n{report}");
+        assert!(!report.contains("FATAL"), "{name}:\n{report}");
+        eprintln!(
+            "{name}: {} transactions, p95 {} ms",
+            figure(report, "transactions:"),
+            figure(report, "95th percentile:")
+        );
+    }
+    // sysbench's random updates, deletes and inserts left every replica identical.
+    assert_converged(&group, &token).await;
+    sysbench(&with(&["oltp_read_write", "cleanup"])).await;
 }
