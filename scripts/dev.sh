@@ -15,13 +15,19 @@ say "building"
 CARGO_TARGET_DIR=$TARGET cargo build --workspace --bins --locked
 
 # name  gRPC  REST  admin   (ports are each service's defaults; only the address is loopback)
+# quartet-db runs as a three-replica group: replica N on the 7N40 block, MySQL on 7N43.
 SERVICES=(
   "quartet-auth 7110 7111 7119"
   "quartet-task-gateway 7120 7121 7129"
   "quartet-rpc-gateway 7130 7131 7139"
   "quartet-db 7140 7141 7149"
+  "quartet-db 7240 7241 7249"
+  "quartet-db 7340 7341 7349"
   "quartet-operator - - 7159"
 )
+DB_MEMBERS=1=127.0.0.1:7140/127.0.0.1:7143,2=127.0.0.1:7240/127.0.0.1:7243,3=127.0.0.1:7340/127.0.0.1:7343
+RAFT_SECRET_FILE=$DIR/raft-secret
+[[ -s $RAFT_SECRET_FILE ]] || head -c 24 /dev/urandom | base64 >"$RAFT_SECRET_FILE"
 
 # quartet-auth keeps its store in the dev directory and bootstraps an administrator whose
 # password is in a file, as a mounted Secret would hold it; the other services verify its tokens.
@@ -34,11 +40,12 @@ DB_PASSWORD_FILE=$DIR/db-password
 command -v mariadb >/dev/null || { say "installing the MySQL command-line client (Debian's mariadb-client)";
   { [[ $(id -u) == 0 ]] && apt-get install -y -qq --no-install-recommends mariadb-client >/dev/null; } ||
   sudo apt-get install -y -qq --no-install-recommends mariadb-client >/dev/null; }
-extra_args() {
+extra_args() { # name grpc-port
   case $1 in
     quartet-auth) echo "--store-url sqlite://$DIR/auth.db?mode=rwc --bootstrap-admin-user admin --bootstrap-admin-password-file $ADMIN_PASSWORD_FILE --bootstrap-cli-client quartet-cli --tokens-issuer http://127.0.0.1:7111" ;;
     quartet-operator) ;;
-    quartet-db) echo "--auth-jwks-url $JWKS --auth-issuer http://127.0.0.1:7111 --mysql-listen 127.0.0.1:7143 --mysql-database shop --mysql-user app --mysql-password-file $DB_PASSWORD_FILE --storage-path $DIR/db.sqlite" ;;
+    quartet-db) local n=${2:1:1}
+      echo "--auth-jwks-url $JWKS --auth-issuer http://127.0.0.1:7111 --mysql-listen 127.0.0.1:7${n}43 --mysql-database shop --mysql-user app --mysql-password-file $DB_PASSWORD_FILE --storage-path $DIR/db-$n --raft-node-id $n --raft-initial-members $DB_MEMBERS --raft-secret-file $RAFT_SECRET_FILE" ;;
     *) echo "--auth-jwks-url $JWKS --auth-issuer http://127.0.0.1:7111" ;;
   esac
 }
@@ -66,7 +73,8 @@ for line in "${SERVICES[@]}"; do
   args=(--admin-listen "127.0.0.1:$admin")
   [[ $grpc != - ]] && args+=(--grpc-listen "127.0.0.1:$grpc" --http-listen "127.0.0.1:$http")
   # shellcheck disable=SC2046 # the extra arguments are words on purpose
-  "$TARGET/debug/$name" "${args[@]}" $(extra_args "$name") >"$DIR/logs/$name.log" 2>&1 &
+  log=$DIR/logs/$name.log; [[ $name == quartet-db ]] && log=$DIR/logs/$name-${grpc:1:1}.log
+  "$TARGET/debug/$name" "${args[@]}" $(extra_args "$name" "$grpc") >"$log" 2>&1 &
   pids+=($!)
 done
 
@@ -76,7 +84,7 @@ for line in "${SERVICES[@]}"; do
     curl -fsS "http://127.0.0.1:$admin/healthz" >/dev/null 2>&1 && break
     sleep 0.1
   done
-  curl -fsS "http://127.0.0.1:$admin/healthz" >/dev/null || { say "$name did not start; see $DIR/logs/$name.log"; tail -20 "$DIR/logs/$name.log"; exit 1; }
+  curl -fsS "http://127.0.0.1:$admin/healthz" >/dev/null || { say "$name did not start (admin port $admin); see $DIR/logs"; exit 1; }
 done
 
 printf '\n%-22s %-24s %-32s %s\n' SERVICE gRPC REST ADMIN
@@ -85,7 +93,7 @@ for line in "${SERVICES[@]}"; do
   if [[ $grpc == - ]]; then g=-; r=-; else g="127.0.0.1:$grpc"; r="http://127.0.0.1:$http/v1"; fi
   printf '%-22s %-24s %-32s %s\n' "$name" "$g" "$r" "http://127.0.0.1:$admin/healthz"
 done
-printf '%-22s %-24s\n' "quartet-db (MySQL)" "127.0.0.1:7143  (mariadb -h 127.0.0.1 -P 7143 -u app -p\$(cat $DB_PASSWORD_FILE) shop)"
+printf '%-22s %-24s\n' "quartet-db (MySQL)" "127.0.0.1:7143, :7243, :7343  (mariadb -h 127.0.0.1 -P 7143 -u app -p\$(cat $DB_PASSWORD_FILE) shop)"
 printf '\nEach answers:\n'
 for line in "${SERVICES[@]}"; do
   read -r name grpc http admin <<<"$line"
@@ -113,11 +121,37 @@ printf '  quartet-task-gateway /v1/whoami with ada'"'"'s token: %s\n' \
   "$(curl -fsS http://127.0.0.1:7121/v1/whoami -H "Authorization: Bearer $ADA_TOKEN")"
 printf '  the same call without a token: HTTP %s\n' "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:7121/v1/whoami)"
 
-printf '\nA mysql client session with quartet-db (127.0.0.1:7143, user app, database shop):\n'
-mariadb -h 127.0.0.1 -P 7143 -u app -p"$(cat "$DB_PASSWORD_FILE")" -D shop --table -e \
+printf '\nquartet-db, a group of three replicas:\n'
+leader=
+for _ in $(seq 1 100); do
+  for n in 1 2 3; do
+    curl -fsS "http://127.0.0.1:7${n}49/metrics" 2>/dev/null | grep -qx 'quartet_db_raft_is_leader 1' && leader=$n
+  done
+  [[ -n $leader ]] && break
+  sleep 0.1
+done
+[[ -n $leader ]] || { say "the quartet-db group elected no leader; see $DIR/logs"; exit 1; }
+follower=$(( leader % 3 + 1 ))
+status=$(curl -fsS "http://127.0.0.1:7${leader}41/v1/cluster" -H "Authorization: Bearer $ADMIN_TOKEN")
+python3 - "$status" <<'PY'
+import json, sys
+s = json.loads(sys.argv[1])
+print(f"  GET /v1/cluster (admin token): node {s['node']} is {s['role']}, term {s['term']}, applied {s['applied']}")
+for m in s["members"]:
+    kind = "voter" if m["voter"] else "learner"
+    print(f"    member {m['id']}: {kind}, mysql {m['mysql']}, lag {m['lag']}")
+PY
+DB="mariadb -h 127.0.0.1 -u app -p$(cat "$DB_PASSWORD_FILE") -D shop"
+
+printf '\nA mysql client session with the leader (127.0.0.1:7%s43, user app, database shop):\n' "$leader"
+$DB -P "7${leader}43" --table -e \
   "CREATE TABLE IF NOT EXISTS visits (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, who VARCHAR(40) NOT NULL, at VARCHAR(32) DEFAULT CURRENT_TIMESTAMP);
    INSERT INTO visits (who) VALUES ('ada'), ('bob');
    SELECT who, COUNT(*) AS visits FROM visits GROUP BY who ORDER BY who;" | sed 's/^/  /'
+printf '\nThe same write on a follower (127.0.0.1:7%s43) is refused, naming the leader:\n' "$follower"
+$DB -P "7${follower}43" -e "INSERT INTO visits (who) VALUES ('eve')" 2>&1 | sed 's/^/  /' || true
+printf 'A follower read that accepts data up to 5 s old:\n'
+$DB -P "7${follower}43" --table -e "SET quartet_read_staleness_ms = 5000; SELECT COUNT(*) AS visits FROM visits;" | sed 's/^/  /'
 
 printf '\nLogs: %s/logs/. OpenAPI: http://127.0.0.1:7111/openapi.json. Press Ctrl-C to stop everything.\n' "$DIR"
 wait -n "${pids[@]}" || true

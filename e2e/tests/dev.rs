@@ -65,6 +65,15 @@ async fn dev_starts_every_service_and_ctrl_c_leaves_nothing_behind() {
         out.contains("| ada  |      1 |") && out.contains("| bob  |      1 |"),
         "no mysql client session:\n{out}"
     );
+    assert!(
+        out.contains("member 3: voter") && out.contains(" is leader, term "),
+        "no three-replica quartet-db group in the admin API:\n{out}"
+    );
+    assert!(
+        out.contains("ERROR 1290 (HY000) at line 1: this replica is not the leader; retry on node"),
+        "a follower did not refuse the write naming the leader:\n{out}"
+    );
+    assert!(out.contains("|      2 |"), "no follower read:\n{out}");
     let health = quartet_e2e::http_client(Duration::from_secs(2))
         .get("http://127.0.0.1:7119/healthz")
         .send()
