@@ -2,7 +2,7 @@
 # `make bench`: each benchmark runs Quartet and its peer in the same run, on the same machine,
 # and reports the ratio. Figures go to standard output as Markdown rows for docs/BENCHMARKS.md.
 #
-#   scripts/bench.sh [rest|auth|all]   (default all)
+#   scripts/bench.sh [rest|auth|db|all]   (default all)
 #
 # rest: the kit's REST path (actix-web with the request span and metrics middleware) serving
 #       GET /v1/info from a release build of quartet-auth, against nginx returning the same JSON
@@ -11,6 +11,10 @@
 # auth: quartet-auth's permission checks, local token verifications and logins per second
 #       (services/auth/benches/auth.rs) against the real Apache Shiro (Debian's libshiro-java),
 #       PyJWT and the argon2 reference implementation (argon2-cffi), on the same inputs.
+# db:   sysbench oltp_point_select and oltp_read_write against a three-replica quartet-db
+#       group (release build, every commit on a majority) and against MariaDB (Debian's
+#       mariadb-server, InnoDB, durable commits), same tables, threads and duration; then the
+#       time from killing the group's leader to the first acknowledged write, three times.
 set -euo pipefail
 WHAT=${1:-all}
 cd "$(dirname "$0")/.."
@@ -46,7 +50,102 @@ bench_auth() {
     }'
 }
 
+bench_db() {
+  local out=$WORK/db threads=${BENCH_DB_THREADS:-8} seconds=${BENCH_DB_SECONDS:-20}
+  local tables=${BENCH_DB_TABLES:-4} size=${BENCH_DB_TABLE_SIZE:-10000}
+  local need=()
+  command -v sysbench >/dev/null || need+=(sysbench)
+  command -v mariadbd >/dev/null || need+=(mariadb-server)
+  if [[ ${#need[@]} -gt 0 ]]; then
+    say "apt-get install ${need[*]}"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+  say "building quartet-db (release)"
+  CARGO_TARGET_DIR=$TARGET cargo build --release --locked -p quartet-db
+  rm -rf "$out"; mkdir -p "$out"
+  local dbpids=()
+  stop_db() { kill -9 "${dbpids[@]}" 2>/dev/null || true; wait "${dbpids[@]}" 2>/dev/null || true; }
+  trap stop_db EXIT
+
+  say "MariaDB $(mariadbd --version | awk '{print $3}') on 127.0.0.1:13400"
+  mariadb-install-db --user=root --datadir="$out/mariadb" --auth-root-authentication-method=normal >"$out/mariadb-install.log" 2>&1
+  mariadbd --user=root --datadir="$out/mariadb" --port=13400 --bind-address=127.0.0.1 \
+    --socket="$out/mariadb.sock" --pid-file="$out/mariadb.pid" --skip-log-bin \
+    --innodb-buffer-pool-size=512M --innodb-flush-log-at-trx-commit=1 --max-connections=200 \
+    >"$out/mariadb.log" 2>&1 &
+  dbpids+=($!)
+  for _ in $(seq 1 100); do [[ -S $out/mariadb.sock ]] && break; sleep 0.2; done
+  mariadb --socket="$out/mariadb.sock" -u root -e \
+    "CREATE DATABASE sbtest; CREATE USER 'sb'@'%' IDENTIFIED BY 'sb'; GRANT ALL ON sbtest.* TO 'sb'@'%';"
+
+  say "quartet-db, three replicas on 127.0.0.1:1350x (MySQL) / 1351x (gRPC)"
+  echo sb >"$out/password"
+  local members=1=127.0.0.1:13511/127.0.0.1:13501,2=127.0.0.1:13512/127.0.0.1:13502,3=127.0.0.1:13513/127.0.0.1:13503
+  start_replica() { # n
+    "$TARGET/release/quartet-db" --log-filter warn --admin-listen "127.0.0.1:1352$1" \
+      --grpc-listen "127.0.0.1:1351$1" --http-listen "127.0.0.1:1353$1" --mysql-listen "127.0.0.1:1350$1" \
+      --mysql-user sb --mysql-password-file "$out/password" --mysql-database sbtest \
+      --storage-path "$out/replica-$1" --raft-node-id "$1" --raft-initial-members "$members" \
+      2>>"$out/replica-$1.log" &
+    replica_pid[$1]=$!
+    dbpids+=($!)
+  }
+  local -a replica_pid
+  for n in 1 2 3; do start_replica "$n"; done
+  local leader_port=
+  for _ in $(seq 1 100); do
+    for n in 1 2 3; do
+      curl -fsS "http://127.0.0.1:1352$n/metrics" 2>/dev/null | grep -qx 'quartet_db_raft_is_leader 1' && leader_port=1350$n
+    done
+    [[ -n $leader_port ]] && break
+    sleep 0.1
+  done
+  [[ -n $leader_port ]] || { say "no leader"; return 1; }
+
+  sb() { # port test action [options]
+    local port=$1; shift
+    sysbench "$@" --mysql-host=127.0.0.1 --mysql-port="$port" --mysql-user=sb --mysql-password=sb \
+      --mysql-db=sbtest --tables="$tables" --table-size="$size" --threads="$threads" \
+      --time="$seconds" --percentile=99 --report-interval=0
+  }
+  figures() { # report → "tps p99 errors"
+    awk '/transactions:/ {gsub(/\(/, "", $3); tps=$3} /99th percentile:/ {p99=$3} /ignored errors:/ {err=$3} END {print tps, p99, err}'
+  }
+  printf '| test | quartet-db TPS | MariaDB TPS | TPS ratio | quartet-db p99 ms | MariaDB p99 ms | p99 ratio | errors (quartet-db / MariaDB) |\n|---|---|---|---|---|---|---|---|\n'
+  for port in 13400 "$leader_port"; do
+    sb "$port" oltp_read_write prepare >"$out/prepare-$port.log" 2>&1
+  done
+  for test in oltp_point_select oltp_read_write; do
+    sb "$leader_port" "$test" run >"$out/$test-quartet.txt" 2>&1
+    sb 13400 "$test" run >"$out/$test-mariadb.txt" 2>&1
+    read -r q_tps q_p99 q_err < <(figures <"$out/$test-quartet.txt")
+    read -r m_tps m_p99 m_err < <(figures <"$out/$test-mariadb.txt")
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s / %s |\n' "$test" "$q_tps" "$m_tps" \
+      "$(awk -v a="$q_tps" -v b="$m_tps" 'BEGIN {printf "%.2f", a / b}')" "$q_p99" "$m_p99" \
+      "$(awk -v a="$q_p99" -v b="$m_p99" 'BEGIN {printf "%.2f", a / b}')" "$q_err" "$m_err"
+  done
+
+  local py; py=$(scripts/python.sh)
+  printf '\n| failover round | leader killed (pid) | kill → first acknowledged write |\n|---|---|---|\n'
+  for round in 1 2 3; do
+    local nodes=()
+    for n in 1 2 3; do nodes+=("1350$n:1352$n:${replica_pid[$n]}"); done
+    read -r _ ms _ pid < <("$py" e2e/python/db_failover.py sb sb sbtest "${nodes[@]}")
+    printf '| %s | %s | %s ms |\n' "$round" "$pid" "$ms"
+    for n in 1 2 3; do
+      if [[ ${replica_pid[$n]} == "$pid" ]]; then wait "$pid" 2>/dev/null || true; start_replica "$n"; fi
+    done
+    sleep 3
+  done
+  stop_db
+  trap - EXIT
+}
+
 mkdir -p "$WORK"
+if [[ $WHAT == db || $WHAT == all ]]; then
+  bench_db
+fi
 if [[ $WHAT == auth || $WHAT == all ]]; then
   bench_auth
 fi

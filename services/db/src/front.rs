@@ -185,21 +185,43 @@ impl Front {
         conn.flush().await?;
         let response = wire::parse_handshake_response(&conn.read().await?)?;
         let mut auth_response = response.auth_response.clone();
-        if response.plugin != "mysql_native_password" {
-            // Ask the client to answer with mysql_native_password over the same scramble.
+        let password = self.users.get(&response.user);
+        let switch_to = |plugin: &str| {
             let mut switch = vec![0xFE];
-            switch.extend_from_slice(b"mysql_native_password\0");
+            switch.extend_from_slice(plugin.as_bytes());
+            switch.push(0);
             switch.extend_from_slice(&scramble);
             switch.push(0);
-            conn.write(&switch).await?;
-            conn.flush().await?;
-            auth_response = conn.read().await?;
-        }
+            switch
+        };
+        let accepted = if response.plugin == "caching_sha2_password" {
+            // MySQL 8's default plugin, answered on its fast path: the password is known here.
+            // A client that chose it itself sends nothing yet and waits for its scramble.
+            if auth_response.is_empty() && password.is_some_and(|p| !p.is_empty()) {
+                conn.write(&switch_to("caching_sha2_password")).await?;
+                conn.flush().await?;
+                auth_response = conn.read().await?;
+            }
+            let accepted = password.is_some_and(|p| {
+                wire::check_caching_sha2_password(p.as_bytes(), &scramble, &auth_response)
+            });
+            if accepted {
+                conn.write(&wire::FAST_AUTH_SUCCESS).await?;
+            }
+            accepted
+        } else {
+            if response.plugin != "mysql_native_password" {
+                // Ask the client to answer with mysql_native_password over the same scramble.
+                conn.write(&switch_to("mysql_native_password")).await?;
+                conn.flush().await?;
+                auth_response = conn.read().await?;
+            }
+            password.is_some_and(|p| {
+                wire::check_native_password(p.as_bytes(), &scramble, &auth_response)
+            })
+        };
         let deprecate_eof = response.capabilities & capability::DEPRECATE_EOF != 0;
-        let password = self.users.get(&response.user);
-        if !password
-            .is_some_and(|p| wire::check_native_password(p.as_bytes(), &scramble, &auth_response))
-        {
+        if !accepted {
             let message = format!(
                 "Access denied for user '{}'@'%' (using password: {})",
                 response.user,

@@ -250,3 +250,48 @@ async fn sqlx_uses_prepared_statements_with_binary_rows() {
     pool.close().await;
     stop.cancel();
 }
+
+/// Runs the mariadb client logging in with `plugin`; returns (success, stdout, stderr).
+async fn mariadb_login(addr: SocketAddr, plugin: &str, password: &str) -> (bool, String, String) {
+    let out = tokio::process::Command::new("mariadb")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &addr.port().to_string(),
+            "-u",
+            "app",
+            &format!("-p{password}"),
+            &format!("--default-auth={plugin}"),
+            "--batch",
+            "-e",
+            "SELECT 6 * 7 AS answer",
+        ])
+        .output()
+        .await
+        .expect("the mariadb client runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn caching_sha2_password_logins_take_the_fast_path() {
+    let (addr, stop) = start().await;
+    let (ok, stdout, stderr) = mariadb_login(addr, "caching_sha2_password", "s3cret").await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "answer\n42\n");
+    let (ok, _, stderr) = mariadb_login(addr, "caching_sha2_password", "wrong").await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("ERROR 1045 (28000): Access denied for user 'app'"),
+        "{stderr}"
+    );
+    // A client starting with mysql_native_password still logs in.
+    let (ok, stdout, stderr) = mariadb_login(addr, "mysql_native_password", "s3cret").await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "answer\n42\n");
+    stop.cancel();
+}
