@@ -43,9 +43,28 @@ pub struct Ports {
 
 struct Node {
     id: u64,
+    /// Started to join an existing group (added through the admin API), not to form one.
+    joining: bool,
     ports: Ports,
     child: Option<Child>,
     output: Arc<Mutex<Vec<String>>>,
+}
+
+impl Node {
+    fn new(id: u64, joining: bool) -> anyhow::Result<Self> {
+        Ok(Self {
+            id,
+            joining,
+            ports: Ports {
+                grpc: free_port()?,
+                http: free_port()?,
+                admin: free_port()?,
+                mysql: free_port()?,
+            },
+            child: None,
+            output: Arc::default(),
+        })
+    }
 }
 
 /// A group of quartet-db processes.
@@ -64,17 +83,7 @@ impl DbGroup {
         std::fs::write(dir.path().join("raft-secret"), "e2e-raft-secret")?;
         let mut nodes = Vec::new();
         for i in 0..n {
-            nodes.push(Node {
-                id: i as u64 + 1,
-                ports: Ports {
-                    grpc: free_port()?,
-                    http: free_port()?,
-                    admin: free_port()?,
-                    mysql: free_port()?,
-                },
-                child: None,
-                output: Arc::default(),
-            });
+            nodes.push(Node::new(i as u64 + 1, false)?);
         }
         let members = nodes
             .iter()
@@ -151,6 +160,7 @@ impl DbGroup {
             .args(["--storage-path", &data.to_string_lossy()])
             .args(["--raft-node-id", &node.id.to_string()])
             .args(["--raft-initial-members", &self.members])
+            .args(["--raft-join", if node.joining { "true" } else { "false" }])
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -188,6 +198,21 @@ impl DbGroup {
             bail!("node {} did not start: {e}\n{}", i + 1, self.output(i));
         }
         Ok(())
+    }
+
+    /// Starts one more node that waits to be added to the group; returns its index.
+    pub async fn start_joiner(&mut self) -> anyhow::Result<usize> {
+        self.nodes
+            .push(Node::new(self.nodes.len() as u64 + 1, true)?);
+        let i = self.nodes.len() - 1;
+        self.spawn(i)?;
+        self.wait_listening(i).await?;
+        Ok(i)
+    }
+
+    /// Node `i`'s id in the group.
+    pub fn node_id(&self, i: usize) -> u64 {
+        self.nodes[i].id
     }
 
     /// Kills node `i` with SIGKILL and reaps it.

@@ -539,3 +539,209 @@ async fn sysbench_oltp_runs_without_errors_on_three_replicas() {
     assert_converged(&group, &token).await;
     sysbench(&with(&["oltp_read_write", "cleanup"])).await;
 }
+
+async fn admin(
+    group: &DbGroup,
+    node: usize,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let client = quartet_e2e::http_client(Duration::from_secs(70));
+    let mut request = client
+        .request(method, format!("{}{path}", group.http_url(node)))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("admin call");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+fn voters(status: &serde_json::Value) -> Vec<u64> {
+    let mut ids: Vec<u64> = status["members"]
+        .as_array()
+        .map(|members| {
+            members
+                .iter()
+                .filter(|m| m["voter"] == true)
+                .filter_map(|m| m["id"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test]
+async fn membership_follows_the_admin_api_learner_promotion_transfer_and_removal() {
+    let _serial = SERIAL.lock().await;
+    let (auth, token) = auth_and_token().await;
+    let flags = group_flags(&auth, &[]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut group = DbGroup::start(3, &flags).await.expect("group");
+    create_tables(&group).await;
+    let mut c = leader_connection(&group).await;
+    for id in 0..50i64 {
+        sqlx::query("INSERT INTO appended (id) VALUES (?)")
+            .bind(id)
+            .execute(&mut c)
+            .await
+            .expect("insert");
+    }
+    let leader = group
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let follower = (leader + 1) % 3;
+    use reqwest::Method;
+
+    // Without a token, or from a follower: refused with a reason.
+    let anonymous = quartet_e2e::http_client(Duration::from_secs(5))
+        .get(format!("{}/v1/cluster", group.http_url(leader)))
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let joiner = group.start_joiner().await.expect("a fourth node");
+    let new_id = group.node_id(joiner);
+    let learner = serde_json::json!({
+        "id": new_id,
+        "addr": format!("127.0.0.1:{}", group.ports(joiner).grpc),
+        "mysql": group.mysql_addr(joiner).to_string(),
+    });
+    let (code, body) = admin(
+        &group,
+        follower,
+        &token,
+        Method::POST,
+        "/v1/cluster/learners",
+        Some(learner.clone()),
+    )
+    .await;
+    assert_eq!(code, 412, "a follower refuses membership changes: {body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("retry on node"),
+        "{body}"
+    );
+
+    // Add learner: returns once it has caught up; it holds the data but does not vote.
+    let (code, status) = admin(
+        &group,
+        leader,
+        &token,
+        Method::POST,
+        "/v1/cluster/learners",
+        Some(learner),
+    )
+    .await;
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(voters(&status), vec![1, 2, 3]);
+    let lag = status["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["id"] == new_id))
+        .map(|m| m["lag"].clone());
+    assert_eq!(lag, Some(serde_json::json!(0)), "caught up: {status}");
+
+    // Promote, then move leadership to the new voter.
+    let (code, status) = admin(
+        &group,
+        leader,
+        &token,
+        Method::POST,
+        "/v1/cluster/voters",
+        Some(serde_json::json!({"ids": [new_id]})),
+    )
+    .await;
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(voters(&status), vec![1, 2, 3, 4]);
+    let (code, status) = admin(
+        &group,
+        leader,
+        &token,
+        Method::POST,
+        "/v1/cluster/leader",
+        Some(serde_json::json!({"to": new_id})),
+    )
+    .await;
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(
+        group
+            .wait_leader(Duration::from_secs(10))
+            .await
+            .expect("leader"),
+        joiner
+    );
+
+    // Remove the old leader from the new one; the group keeps three voters and serves.
+    let old_id = group.node_id(leader);
+    let (code, status) = admin(
+        &group,
+        joiner,
+        &token,
+        Method::DELETE,
+        &format!("/v1/cluster/nodes/{old_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{status}");
+    let mut expected: Vec<u64> = vec![1, 2, 3, 4];
+    expected.retain(|id| *id != old_id);
+    assert_eq!(voters(&status), expected);
+    let mut c = connect(group.mysql_addr(joiner))
+        .await
+        .expect("connect to the new leader");
+    let count: i64 = sqlx::query("SELECT COUNT(*) FROM appended")
+        .fetch_one(&mut c)
+        .await
+        .expect("read on the new leader")
+        .get(0);
+    assert_eq!(count, 50, "the learner received every row before it voted");
+    sqlx::query("INSERT INTO appended (id) VALUES (1000)")
+        .execute(&mut c)
+        .await
+        .expect("writes go on without the removed node");
+
+    // With one of the two other voters down, removing the last healthy one would leave no
+    // live majority: refused, with the reason.
+    let others: Vec<usize> = (0..group.len())
+        .filter(|i| *i != joiner && *i != leader)
+        .collect();
+    group.kill(others[0]).await.expect("kill");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, body) = admin(
+        &group,
+        joiner,
+        &token,
+        Method::DELETE,
+        &format!("/v1/cluster/nodes/{}", group.node_id(others[1])),
+        None,
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("a majority needs 2"),
+        "{body}"
+    );
+
+    // Removing a node that is not a member is refused with the reason.
+    let (code, body) = admin(
+        &group,
+        joiner,
+        &token,
+        Method::DELETE,
+        "/v1/cluster/nodes/99",
+        None,
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    group.kill(leader).await.expect("stop the removed node");
+}

@@ -274,6 +274,7 @@ fn member(m: MemberStatus) -> pb::Member {
         voter: m.voter,
         matched: m.matched,
         lag: m.lag,
+        last_heard_ms: m.last_heard_ms,
     }
 }
 

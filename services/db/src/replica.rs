@@ -35,9 +35,12 @@ use crate::actor::{EngineHandle, Progress};
 use crate::dialect::MysqlError;
 use crate::engine::{Columns, Engine, EngineError, Outcome, Rows};
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{Network, RaftService, request_election};
+use crate::raft::network::{Contacts, Network, RaftService, request_election};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{Command, Member, NodeId, Raft};
+
+/// A replica this many entries or fewer behind the leader counts as caught up.
+pub const CAUGHT_UP: u64 = 1000;
 
 /// How long a queued statement waits behind another session's transaction (InnoDB's default).
 pub const LOCK_WAIT: Duration = Duration::from_secs(50);
@@ -162,6 +165,10 @@ pub struct Replica {
     /// When this replica last accepted its leader's append, and the leader's commit index then.
     contact: Arc<std::sync::Mutex<Option<(Instant, u64)>>>,
     secret: String,
+    /// When each peer last answered this replica.
+    contacts: Contacts,
+    /// A peer silent for longer than this is not counted as alive.
+    alive_within: Duration,
 }
 
 impl std::fmt::Debug for Replica {
@@ -197,11 +204,12 @@ impl Replica {
             ..Default::default()
         }
         .validate()?;
+        let contacts = Contacts::default();
         let raft = Arc::new(
             Raft::new(
                 options.node_id,
                 Arc::new(config),
-                Network::new(&options.secret),
+                Network::new(&options.secret, contacts.clone()),
                 log,
                 state_machine,
             )
@@ -239,6 +247,8 @@ impl Replica {
             transferring: std::sync::atomic::AtomicBool::new(false),
             contact: Arc::default(),
             secret: options.secret,
+            contacts,
+            alive_within: options.election_timeout * 2,
         }))
     }
 
@@ -473,6 +483,11 @@ impl Replica {
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let last_log = metrics.last_log_index;
+        let contacts = self
+            .contacts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let members = membership
             .nodes()
             .map(|(id, member)| {
@@ -481,6 +496,13 @@ impl Replica {
                     .as_ref()
                     .and_then(|r| r.get(id).cloned())
                     .map(|m| m.map_or(0, |l| l.index));
+                let heard = if *id == self.id {
+                    Some(0)
+                } else if metrics.state == ServerState::Leader {
+                    contacts.get(id).map(|at| at.elapsed().as_millis() as u64)
+                } else {
+                    None
+                };
                 MemberStatus {
                     id: *id,
                     addr: member.addr.clone(),
@@ -488,6 +510,7 @@ impl Replica {
                     voter: voters.contains(id),
                     matched,
                     lag: matched.map(|m| last_log.unwrap_or(0).saturating_sub(m)),
+                    last_heard_ms: heard,
                 }
             })
             .collect::<Vec<MemberStatus>>();
@@ -542,7 +565,26 @@ impl Replica {
             ));
         }
         self.membership_call(self.raft.add_learner(id, member, true))
-            .await
+            .await?;
+        // openraft returns once the learner holds the log; let the reported progress catch
+        // up too, so the status the caller sees next says so.
+        let target = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let mut metrics = self.raft.metrics();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let matched = metrics
+                    .borrow()
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map(|l| l.index);
+                if matched.is_some_and(|m| m >= target) || metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        Ok(())
     }
 
     /// Makes learners voters.
@@ -571,11 +613,37 @@ impl Replica {
             .filter(|m| m.voter)
             .map(|m| m.id)
             .collect();
-        let remaining = voters.difference(&ids).count();
-        if remaining == 0 {
+        let remaining: Vec<&MemberStatus> = status
+            .members
+            .iter()
+            .filter(|m| m.voter && !ids.contains(&m.id))
+            .collect();
+        if remaining.is_empty() {
             return Err(ReplicaError::Invalid(
                 "refusing to remove every voter: the group would have none".into(),
             ));
+        }
+        for id in &ids {
+            if !status.members.iter().any(|m| m.id == *id) {
+                return Err(ReplicaError::Invalid(format!("node {id} is not a member")));
+            }
+        }
+        // The voters left must include a live, caught-up majority, or the group would stall.
+        let alive = self.alive_within.as_millis() as u64;
+        let caught_up = remaining
+            .iter()
+            .filter(|m| {
+                m.id == self.id
+                    || (m.lag.is_some_and(|lag| lag <= CAUGHT_UP)
+                        && m.last_heard_ms.is_some_and(|ms| ms <= alive))
+            })
+            .count();
+        let majority = remaining.len() / 2 + 1;
+        if caught_up < majority {
+            return Err(ReplicaError::Invalid(format!(
+                "refusing the removal: {} voters would remain, only {caught_up} of them alive and caught up, and a majority needs {majority}",
+                remaining.len()
+            )));
         }
         let leaving_voters: BTreeSet<NodeId> = voters.intersection(&ids).copied().collect();
         if !leaving_voters.is_empty() {
@@ -783,6 +851,8 @@ pub struct MemberStatus {
     pub matched: Option<u64>,
     /// Entries behind the leader's log (leader only).
     pub lag: Option<u64>,
+    /// Milliseconds since it last answered the leader (leader only; 0 for the leader itself).
+    pub last_heard_ms: Option<u64>,
 }
 
 /// The group as one replica sees it.

@@ -33,17 +33,22 @@ use super::{Member, NodeId, Raft, TypeConfig, decode, encode};
 
 const SECRET_HEADER: &str = "x-quartet-raft-secret";
 
+/// When each peer last answered an RPC from this replica.
+pub type Contacts = Arc<std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>>;
+
 /// Makes a client per peer.
 #[derive(Clone, Debug, Default)]
 pub struct Network {
     secret: Arc<str>,
+    contacts: Contacts,
 }
 
 impl Network {
-    /// Clients presenting `secret` (empty: none).
-    pub fn new(secret: &str) -> Self {
+    /// Clients presenting `secret` (empty: none), recording answers in `contacts`.
+    pub fn new(secret: &str, contacts: Contacts) -> Self {
         Self {
             secret: secret.into(),
+            contacts,
         }
     }
 }
@@ -74,6 +79,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             member: node.clone(),
             client: channel.map(RaftClient::new),
             secret: self.secret.clone(),
+            contacts: self.contacts.clone(),
         }
     }
 }
@@ -84,6 +90,7 @@ pub struct Peer {
     member: Member,
     client: Result<RaftClient<Channel>, String>,
     secret: Arc<str>,
+    contacts: Contacts,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +134,10 @@ impl Peer {
             ));
             RPCError::Unreachable(Unreachable::new(&error))
         })?;
+        self.contacts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.target, std::time::Instant::now());
         let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply.into_inner().body)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| {
