@@ -13,6 +13,14 @@
 //!
 //! Anything else MySQL-only is refused with MySQL error 1235 naming the construct, and a
 //! statement that does not parse gets 1064 with the parser's message: never a guess.
+//!
+//! **Databases.** A MySQL database (schema) is a namespace of tables; here all of them live in
+//! one SQLite database, each table under the single identifier `"db.table"` (and each index as
+//! `"db.table.index"`, index names being per table in MySQL). Every table reference is
+//! qualified with the session's database unless it names one, and keeps its MySQL name as an
+//! alias, so `t.col` still resolves. The databases themselves are rows of `_quartet_schemata`,
+//! written through the group like any data; `information_schema.tables`, `.columns` and
+//! `.schemata` are views over SQLite's catalog in the same naming.
 
 use std::fmt::Write as _;
 use std::ops::ControlFlow;
@@ -99,11 +107,15 @@ pub enum Show {
     },
     /// `SHOW [FULL] COLUMNS FROM t`.
     Columns {
+        /// The database, if named.
+        database: Option<String>,
         /// The table.
         table: String,
     },
     /// `SHOW CREATE TABLE t`.
     CreateTable {
+        /// The database, if named.
+        database: Option<String>,
         /// The table.
         table: String,
     },
@@ -141,6 +153,20 @@ pub enum Plan {
     Use(String),
     /// Answer from the catalog.
     Show(Show),
+    /// `CREATE DATABASE [IF NOT EXISTS] name`.
+    CreateDatabase {
+        /// The database.
+        name: String,
+        /// `IF NOT EXISTS`.
+        if_not_exists: bool,
+    },
+    /// `DROP DATABASE [IF EXISTS] name`.
+    DropDatabase {
+        /// The database.
+        name: String,
+        /// `IF EXISTS`.
+        if_exists: bool,
+    },
     /// Transaction control.
     Transaction(Transaction),
 }
@@ -195,6 +221,119 @@ fn keep_column_names(statement: &mut Statement) {
     }
 }
 
+/// The database that holds MySQL's catalog views.
+pub const INFORMATION_SCHEMA: &str = "information_schema";
+
+/// The table keeping the list of databases (replicated like user data).
+pub const SCHEMATA_TABLE: &str = "_quartet_schemata";
+
+/// The SQLite name of MySQL table `table` in database `db`.
+pub fn sqlite_table(db: &str, table: &str) -> String {
+    format!("{db}.{table}")
+}
+
+fn no_database() -> MysqlError {
+    MysqlError {
+        code: 1046,
+        sqlstate: "3D000",
+        message: "No database selected".into(),
+    }
+}
+
+/// The (database, table) a MySQL table name means in `context`.
+fn resolve(name: &ObjectName, context: &Context) -> Result<(String, String), MysqlError> {
+    let parts: Vec<&str> = name
+        .0
+        .iter()
+        .map(|p| p.as_ident().map(|i| i.value.as_str()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| MysqlError::unsupported(format!("the table name {name}")))?;
+    let (db, table) = match parts.as_slice() {
+        [table] => (
+            context.database.clone().ok_or_else(no_database)?,
+            (*table).to_owned(),
+        ),
+        [db, table] => ((*db).to_owned(), (*table).to_owned()),
+        _ => return Err(MysqlError::unsupported(format!("the table name {name}"))),
+    };
+    if db.eq_ignore_ascii_case(INFORMATION_SCHEMA) {
+        return Ok((INFORMATION_SCHEMA.to_owned(), table.to_lowercase()));
+    }
+    Ok((db, table))
+}
+
+/// The SQLite object name for a MySQL table name.
+fn qualified(name: &ObjectName, context: &Context) -> Result<(ObjectName, String), MysqlError> {
+    let (db, table) = resolve(name, context)?;
+    Ok((
+        ObjectName::from(vec![Ident::with_quote('"', sqlite_table(&db, &table))]),
+        table,
+    ))
+}
+
+/// Qualifies every table a statement reads or writes (see the module notes on databases).
+struct Qualify<'a> {
+    context: &'a Context,
+    /// Names of common table expressions in scope: not tables.
+    ctes: Vec<String>,
+    error: Option<MysqlError>,
+}
+
+impl VisitorMut for Qualify<'_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut sqlparser::ast::Query) -> ControlFlow<()> {
+        if let Some(with) = &query.with {
+            self.ctes
+                .extend(with.cte_tables.iter().map(|c| c.alias.name.value.clone()));
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(
+        &mut self,
+        factor: &mut sqlparser::ast::TableFactor,
+    ) -> ControlFlow<()> {
+        if let sqlparser::ast::TableFactor::Table { name, alias, .. } = factor {
+            if name.0.len() == 1
+                && name.0[0]
+                    .as_ident()
+                    .is_some_and(|i| self.ctes.contains(&i.value))
+            {
+                return ControlFlow::Continue(());
+            }
+            match qualified(name, self.context) {
+                Ok((sqlite, table)) => {
+                    *name = sqlite;
+                    if alias.is_none() {
+                        *alias = Some(sqlparser::ast::TableAlias {
+                            explicit: true,
+                            name: Ident::with_quote('`', table),
+                            columns: Vec::new(),
+                            at: None,
+                        });
+                    }
+                }
+                Err(e) => {
+                    self.error = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        // `db.table.column`: the table's alias is its own name.
+        if let Expr::CompoundIdentifier(parts) = expr
+            && parts.len() == 3
+        {
+            parts.remove(0);
+        }
+        ControlFlow::Continue(())
+    }
+}
+
 fn plan(mut statement: Statement, context: &Context) -> Result<Plan, MysqlError> {
     keep_column_names(&mut statement);
     let mut substitute = Substitute {
@@ -205,7 +344,126 @@ fn plan(mut statement: Statement, context: &Context) -> Result<Plan, MysqlError>
     if let Some(e) = substitute.error {
         return Err(e);
     }
+    // Catalog and session statements name databases and tables themselves.
+    let qualify = !matches!(
+        statement,
+        Statement::CreateTable(_)
+            | Statement::ShowTables { .. }
+            | Statement::ShowColumns { .. }
+            | Statement::ShowCreate { .. }
+            | Statement::ShowDatabases { .. }
+            | Statement::ShowVariables { .. }
+            | Statement::Use(_)
+            | Statement::CreateDatabase { .. }
+            | Statement::CreateSchema { .. }
+            | Statement::Drop { .. }
+            | Statement::AlterTable(_)
+            | Statement::CreateIndex(_)
+    );
+    if qualify {
+        let mut qualify = Qualify {
+            context,
+            ctes: Vec::new(),
+            error: None,
+        };
+        let _ = statement.visit(&mut qualify);
+        if let Some(e) = qualify.error {
+            return Err(e);
+        }
+    }
     match statement {
+        Statement::CreateDatabase {
+            db_name,
+            if_not_exists,
+            ..
+        }
+        | Statement::CreateSchema {
+            schema_name: sqlparser::ast::SchemaName::Simple(db_name),
+            if_not_exists,
+            ..
+        } => Ok(Plan::CreateDatabase {
+            name: object_name(&db_name),
+            if_not_exists,
+        }),
+        Statement::Drop {
+            object_type: sqlparser::ast::ObjectType::Database | sqlparser::ast::ObjectType::Schema,
+            if_exists,
+            names,
+            ..
+        } if names.len() == 1 => Ok(Plan::DropDatabase {
+            name: object_name(&names[0]),
+            if_exists,
+        }),
+        Statement::Drop {
+            object_type: sqlparser::ast::ObjectType::Table,
+            if_exists,
+            names,
+            ..
+        } => {
+            let mut statements = Vec::new();
+            for name in &names {
+                let (sqlite, _) = qualified(name, context)?;
+                let if_exists = if if_exists { "IF EXISTS " } else { "" };
+                statements.push(format!("DROP TABLE {if_exists}{sqlite}"));
+            }
+            Ok(Plan::Sqlite {
+                statements,
+                read_only: false,
+            })
+        }
+        Statement::Drop {
+            object_type: sqlparser::ast::ObjectType::Index,
+            if_exists,
+            names,
+            table: Some(table),
+            ..
+        } => {
+            let (db, table) = resolve(&table, context)?;
+            let mut statements = Vec::new();
+            for name in &names {
+                let index = sqlite_table(&db, &format!("{table}.{}", object_name(name)));
+                let if_exists = if if_exists { "IF EXISTS " } else { "" };
+                statements.push(format!("DROP INDEX {if_exists}{}", quote(&index)));
+            }
+            Ok(Plan::Sqlite {
+                statements,
+                read_only: false,
+            })
+        }
+        Statement::CreateIndex(index) => {
+            let (db, table) = resolve(&index.table_name, context)?;
+            let name = index
+                .name
+                .as_ref()
+                .map(object_name)
+                .ok_or_else(|| MysqlError::syntax("CREATE INDEX needs an index name"))?;
+            let columns: Vec<String> = index
+                .columns
+                .iter()
+                .map(|c| quote(&last_ident(&c.column.expr.to_string())))
+                .collect();
+            let unique = if index.unique { "UNIQUE " } else { "" };
+            let if_not_exists = if index.if_not_exists {
+                "IF NOT EXISTS "
+            } else {
+                ""
+            };
+            Ok(Plan::Sqlite {
+                statements: vec![format!(
+                    "CREATE {unique}INDEX {if_not_exists}{} ON {} ({})",
+                    quote(&sqlite_table(&db, &format!("{table}.{name}"))),
+                    quote(&sqlite_table(&db, &table)),
+                    columns.join(", ")
+                )],
+                read_only: false,
+            })
+        }
+        Statement::AlterTable(alter) => {
+            alter_table(&alter, context).map(|statements| Plan::Sqlite {
+                statements,
+                read_only: false,
+            })
+        }
         Statement::Query(_) => Ok(Plan::Sqlite {
             statements: vec![statement.to_string()],
             read_only: true,
@@ -227,22 +485,24 @@ fn plan(mut statement: Statement, context: &Context) -> Result<Plan, MysqlError>
             if !insert.assignments.is_empty() {
                 return Err(MysqlError::unsupported("INSERT ... SET"));
             }
+            if let sqlparser::ast::TableObject::TableName(name) = &mut insert.table {
+                *name = qualified(name, context)?.0;
+            }
             Ok(Plan::Sqlite {
                 statements: vec![Statement::Insert(insert).to_string()],
                 read_only: false,
             })
         }
-        Statement::Update(_)
-        | Statement::Delete(_)
-        | Statement::CreateIndex(_)
-        | Statement::Drop { .. } => Ok(Plan::Sqlite {
+        Statement::Update(_) | Statement::Delete(_) => Ok(Plan::Sqlite {
             statements: vec![statement.to_string()],
             read_only: false,
         }),
-        Statement::CreateTable(table) => create_table(&table).map(|statements| Plan::Sqlite {
-            statements,
-            read_only: false,
-        }),
+        Statement::CreateTable(table) => {
+            create_table(&table, context).map(|statements| Plan::Sqlite {
+                statements,
+                read_only: false,
+            })
+        }
         Statement::StartTransaction { .. } => Ok(Plan::Transaction(Transaction::Begin)),
         Statement::Commit { .. } => Ok(Plan::Transaction(Transaction::Commit)),
         Statement::Rollback {
@@ -261,18 +521,20 @@ fn plan(mut statement: Statement, context: &Context) -> Result<Plan, MysqlError>
         })),
         Statement::ShowColumns { show_options, .. } => {
             match show_options.show_in.and_then(|i| i.parent_name) {
-                Some(table) => Ok(Plan::Show(Show::Columns {
-                    table: object_name(&table),
-                })),
+                Some(table) => {
+                    let (database, table) = split_name(&table);
+                    Ok(Plan::Show(Show::Columns { database, table }))
+                }
                 None => Err(MysqlError::syntax("SHOW COLUMNS needs FROM <table>")),
             }
         }
         Statement::ShowCreate {
             obj_type: sqlparser::ast::ShowCreateObject::Table,
             obj_name,
-        } => Ok(Plan::Show(Show::CreateTable {
-            table: object_name(&obj_name),
-        })),
+        } => {
+            let (database, table) = split_name(&obj_name);
+            Ok(Plan::Show(Show::CreateTable { database, table }))
+        }
         Statement::ShowVariables { filter, .. } => Ok(Plan::Show(Show::Variables {
             like: match filter {
                 None => None,
@@ -294,6 +556,19 @@ fn statement_kind(statement: &Statement) -> String {
         .take(2)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `db.table` or `table`, unquoted.
+fn split_name(name: &ObjectName) -> (Option<String>, String) {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident().map(|i| i.value.clone()))
+        .collect();
+    match parts.as_slice() {
+        [db, table] => (Some(db.clone()), table.clone()),
+        _ => (None, object_name(name)),
+    }
 }
 
 fn object_name(name: &ObjectName) -> String {
@@ -435,8 +710,15 @@ fn declared_type(data_type: &DataType) -> String {
     }
 }
 
-fn create_table(table: &CreateTable) -> Result<Vec<String>, MysqlError> {
-    let name = object_name(&table.name);
+fn create_table(table: &CreateTable, context: &Context) -> Result<Vec<String>, MysqlError> {
+    let (db, name) = resolve(&table.name, context)?;
+    if db == INFORMATION_SCHEMA {
+        return Err(MysqlError {
+            code: 1044,
+            sqlstate: "42000",
+            message: format!("Access denied for user to database '{INFORMATION_SCHEMA}'"),
+        });
+    }
     if table.query.is_some() {
         return Err(MysqlError::unsupported("CREATE TABLE ... AS SELECT"));
     }
@@ -481,12 +763,11 @@ fn create_table(table: &CreateTable) -> Result<Vec<String>, MysqlError> {
     let mut columns = Vec::new();
     for column in &table.columns {
         let is_auto = auto.contains(&column.name.value.as_str());
-        let mut text = format!("{} ", quote(&column.name.value));
-        let inline_pk = column
-            .options
-            .iter()
-            .any(|o| matches!(o.option, ColumnOption::PrimaryKey(_)));
         if is_auto {
+            let inline_pk = column
+                .options
+                .iter()
+                .any(|o| matches!(o.option, ColumnOption::PrimaryKey(_)));
             let single_pk = inline_pk
                 || table_pk
                     .as_deref()
@@ -494,30 +775,23 @@ fn create_table(table: &CreateTable) -> Result<Vec<String>, MysqlError> {
             if !single_pk {
                 return Err(MysqlError { code: 1075, sqlstate: "42000", message: "Incorrect table definition; there can be only one auto column and it must be defined as a key".into() });
             }
-            text.push_str("INTEGER PRIMARY KEY");
-        } else {
-            text.push_str(&declared_type(&column.data_type));
         }
-        for option in &column.options {
-            match &option.option {
-                ColumnOption::Null => text.push_str(" NULL"),
-                ColumnOption::NotNull => text.push_str(" NOT NULL"),
-                ColumnOption::Default(expr) => {
-                    let _ = write!(text, " DEFAULT ({expr})");
-                }
-                ColumnOption::PrimaryKey(_) if !is_auto => text.push_str(" PRIMARY KEY"),
-                ColumnOption::Unique(_) => text.push_str(" UNIQUE"),
-                ColumnOption::Check(check) => {
-                    let _ = write!(text, " CHECK ({})", check.expr);
-                }
-                ColumnOption::PrimaryKey(_)
-                | ColumnOption::DialectSpecific(_)
-                | ColumnOption::CharacterSet(_)
-                | ColumnOption::Collation(_)
-                | ColumnOption::Comment(_)
-                | ColumnOption::OnUpdate(_) => {}
-                other => return Err(MysqlError::unsupported(format!("column option {other}"))),
-            }
+        let mut text = column_sql(column, is_auto)?;
+        // MySQL's key columns are NOT NULL; SQLite's are not unless told (the rowid alias of
+        // the auto-increment column assigns a value for NULL, as MySQL does).
+        let in_pk = column
+            .options
+            .iter()
+            .any(|o| matches!(o.option, ColumnOption::PrimaryKey(_)))
+            || table_pk
+                .as_deref()
+                .is_some_and(|pk| pk.contains(&column.name.value));
+        let declared_not_null = column
+            .options
+            .iter()
+            .any(|o| matches!(o.option, ColumnOption::NotNull));
+        if in_pk && !is_auto && !declared_not_null {
+            text.push_str(" NOT NULL");
         }
         columns.push(text);
     }
@@ -559,8 +833,8 @@ fn create_table(table: &CreateTable) -> Result<Vec<String>, MysqlError> {
                     .unwrap_or_else(|| format!("{name}_{}", indexes.len() + 1));
                 indexes.push(format!(
                     "CREATE INDEX {} ON {} ({})",
-                    quote(&format!("{name}.{index_name}")),
-                    quote(&name),
+                    quote(&sqlite_table(&db, &format!("{name}.{index_name}"))),
+                    quote(&sqlite_table(&db, &name)),
                     cols.join(", ")
                 ));
             }
@@ -574,10 +848,105 @@ fn create_table(table: &CreateTable) -> Result<Vec<String>, MysqlError> {
     };
     let mut statements = vec![format!(
         "CREATE TABLE {if_not_exists}{} ({})",
-        quote(&name),
+        quote(&sqlite_table(&db, &name)),
         columns.join(", ")
     )];
     statements.extend(indexes);
+    Ok(statements)
+}
+
+/// One column definition in SQLite's terms; the auto-increment column becomes the rowid alias.
+fn column_sql(column: &sqlparser::ast::ColumnDef, is_auto: bool) -> Result<String, MysqlError> {
+    let mut text = format!("{} ", quote(&column.name.value));
+    if is_auto {
+        text.push_str("INTEGER PRIMARY KEY");
+    } else {
+        text.push_str(&declared_type(&column.data_type));
+    }
+    for option in &column.options {
+        match &option.option {
+            ColumnOption::Null => text.push_str(" NULL"),
+            ColumnOption::NotNull => text.push_str(" NOT NULL"),
+            ColumnOption::Default(expr) => {
+                let _ = write!(text, " DEFAULT ({expr})");
+            }
+            ColumnOption::PrimaryKey(_) if !is_auto => text.push_str(" PRIMARY KEY"),
+            ColumnOption::Unique(_) => text.push_str(" UNIQUE"),
+            ColumnOption::Check(check) => {
+                let _ = write!(text, " CHECK ({})", check.expr);
+            }
+            ColumnOption::PrimaryKey(_)
+            | ColumnOption::DialectSpecific(_)
+            | ColumnOption::CharacterSet(_)
+            | ColumnOption::Collation(_)
+            | ColumnOption::Comment(_)
+            | ColumnOption::OnUpdate(_) => {}
+            other => return Err(MysqlError::unsupported(format!("column option {other}"))),
+        }
+    }
+    Ok(text)
+}
+
+/// `ALTER TABLE`: each operation SQLite can do becomes its own statement.
+fn alter_table(
+    alter: &sqlparser::ast::AlterTable,
+    context: &Context,
+) -> Result<Vec<String>, MysqlError> {
+    use sqlparser::ast::{AlterTableOperation as Op, RenameTableNameKind};
+    let (db, table) = resolve(&alter.name, context)?;
+    let target = quote(&sqlite_table(&db, &table));
+    let mut statements = Vec::new();
+    for operation in &alter.operations {
+        statements.push(match operation {
+            Op::AddColumn {
+                column_def,
+                column_position: None,
+                ..
+            } => {
+                if column_def.options.iter().any(|o| {
+                    matches!(
+                        o.option,
+                        ColumnOption::PrimaryKey(_) | ColumnOption::Unique(_)
+                    )
+                }) {
+                    return Err(MysqlError::unsupported(
+                        "ALTER TABLE ... ADD COLUMN with PRIMARY KEY or UNIQUE",
+                    ));
+                }
+                format!(
+                    "ALTER TABLE {target} ADD COLUMN {}",
+                    column_sql(column_def, false)?
+                )
+            }
+            Op::DropColumn { column_names, .. } if column_names.len() == 1 => format!(
+                "ALTER TABLE {target} DROP COLUMN {}",
+                quote(&column_names[0].value)
+            ),
+            Op::RenameColumn {
+                old_column_name,
+                new_column_name,
+            } => format!(
+                "ALTER TABLE {target} RENAME COLUMN {} TO {}",
+                quote(&old_column_name.value),
+                quote(&new_column_name.value)
+            ),
+            Op::RenameTable {
+                table_name: RenameTableNameKind::To(name) | RenameTableNameKind::As(name),
+            } => {
+                let (new_db, new_table) = resolve(name, context)?;
+                if new_db != db {
+                    return Err(MysqlError::unsupported(
+                        "ALTER TABLE ... RENAME to another database",
+                    ));
+                }
+                format!(
+                    "ALTER TABLE {target} RENAME TO {}",
+                    quote(&sqlite_table(&db, &new_table))
+                )
+            }
+            other => return Err(MysqlError::unsupported(format!("ALTER TABLE ... {other}"))),
+        });
+    }
     Ok(statements)
 }
 
@@ -739,11 +1108,17 @@ mod tests {
         );
         assert_eq!(
             translate("SHOW CREATE TABLE `t`", &context()).expect("parses"),
-            [Plan::Show(Show::CreateTable { table: "t".into() })]
+            [Plan::Show(Show::CreateTable {
+                database: None,
+                table: "t".into()
+            })]
         );
         assert_eq!(
             translate("SHOW COLUMNS FROM app.t", &context()).expect("parses"),
-            [Plan::Show(Show::Columns { table: "t".into() })]
+            [Plan::Show(Show::Columns {
+                database: Some("app".into()),
+                table: "t".into()
+            })]
         );
     }
 
@@ -850,12 +1225,32 @@ mod tests {
             [["3"]],
             "AUTO_INCREMENT continues after the largest id"
         );
-        let indexes = db.run("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'users' AND sql IS NOT NULL");
-        assert_eq!(indexes, [["users.k_seen"]]);
+        // Tables and indexes live under their database's name.
+        let catalog = |sql: &str| -> Vec<String> {
+            let mut statement = db.0.prepare(sql).expect("catalog query");
+            statement
+                .query_map([], |r| r.get::<_, String>(0))
+                .expect("rows")
+                .collect::<Result<_, _>>()
+                .expect("names")
+        };
+        assert_eq!(
+            catalog(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'app.users' AND sql IS NOT NULL"
+            ),
+            ["app.users.k_seen"]
+        );
+        db.run("CREATE TABLE other.users (id INT PRIMARY KEY)");
+        db.run("INSERT INTO other.users VALUES (7)");
+        assert_eq!(
+            db.run("SELECT u.id, COUNT(*) FROM other.users AS u JOIN users ON users.id > 0 GROUP BY u.id"),
+            [["7", "3"]],
+            "a table of another database, joined with the current one's"
+        );
         db.run("DROP TABLE `users`");
-        assert!(
-            db.run("SELECT name FROM sqlite_master WHERE type = 'table'")
-                .is_empty()
+        assert_eq!(
+            catalog("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"),
+            ["other.users"]
         );
     }
 

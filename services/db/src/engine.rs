@@ -87,13 +87,13 @@ impl EngineError {
                 "23000",
                 format!(
                     "Duplicate entry for key '{}.PRIMARY'",
-                    subject.split('.').next().unwrap_or_default()
+                    unqualified(&subject).split('.').next().unwrap_or_default()
                 ),
             ),
             (2067, _) => error(
                 1062,
                 "23000",
-                format!("Duplicate entry for key '{subject}'"),
+                format!("Duplicate entry for key '{}'", unqualified(&subject)),
             ),
             (1299, _) => error(
                 1048,
@@ -103,7 +103,7 @@ impl EngineError {
             (275, _) => error(
                 3819,
                 "HY000",
-                format!("Check constraint '{subject}' is violated."),
+                format!("Check constraint '{}' is violated.", unqualified(&subject)),
             ),
             (787, _) => error(
                 1452,
@@ -118,7 +118,11 @@ impl EngineError {
             _ if message.starts_with("no such table: ") => error(
                 1146,
                 "42S02",
-                format!("Table '{database}.{subject}' doesn't exist"),
+                if subject.contains('.') {
+                    format!("Table '{subject}' doesn't exist")
+                } else {
+                    format!("Table '{database}.{subject}' doesn't exist")
+                },
             ),
             _ if message.starts_with("no such column: ") => error(
                 1054,
@@ -141,10 +145,12 @@ impl EngineError {
                 "42S01",
                 format!(
                     "Table '{}' already exists",
-                    message
-                        .trim_start_matches("table ")
-                        .trim_end_matches(" already exists")
-                        .trim_matches('"')
+                    unqualified(
+                        message
+                            .trim_start_matches("table ")
+                            .trim_end_matches(" already exists")
+                            .trim_matches('"')
+                    )
                 ),
             ),
             _ if message.starts_with("index ") && message.ends_with(" already exists") => error(
@@ -152,15 +158,25 @@ impl EngineError {
                 "42000",
                 format!(
                     "Duplicate key name '{}'",
+                    // `db.table.index`: MySQL names the index alone.
                     message
                         .trim_start_matches("index ")
                         .trim_end_matches(" already exists")
                         .trim_matches('"')
+                        .rsplit('.')
+                        .next()
+                        .unwrap_or_default()
                 ),
             ),
             _ => error(1105, "HY000", message),
         }
     }
+}
+
+/// A SQLite object name without its database part: `app.t.id` → `t.id` (see the dialect's
+/// notes on databases).
+fn unqualified(name: &str) -> &str {
+    name.split_once('.').map_or(name, |(_, rest)| rest)
 }
 
 /// One part of a replicated write.
@@ -219,9 +235,14 @@ pub fn is_ddl(sql: &str) -> bool {
 /// restart resumes exactly where the data is. Not user-visible, not in checksums.
 pub const META_TABLE: &str = "_quartet_meta";
 
-/// Whether `name` is one of the replica's own tables.
+/// The databases created with `CREATE DATABASE` (replicated like user data, so it is part of
+/// the checksum).
+pub const SCHEMATA_TABLE: &str = crate::dialect::SCHEMATA_TABLE;
+
+/// Whether `name` is one of the replica's own tables, left out of checksums: its bookkeeping
+/// and SQLite's.
 pub fn is_internal_table(name: &str) -> bool {
-    name.starts_with("_quartet") || name.starts_with("sqlite_")
+    name == META_TABLE || name.starts_with("sqlite_")
 }
 
 /// One replica's database.
@@ -256,9 +277,52 @@ impl Engine {
 
     fn prepared(conn: rusqlite::Connection) -> Result<Self, EngineError> {
         conn.execute_batch(&format!(
-            "CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, value BLOB NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS {SCHEMATA_TABLE} (name TEXT PRIMARY KEY);"
         ))?;
         Ok(Self { conn })
+    }
+
+    /// Adds MySQL's `information_schema.schemata`, `.tables` and `.columns` as views over
+    /// SQLite's catalog, `default_database` always listed. They are TEMP views: this
+    /// connection's own, never in the data file, a snapshot or a checksum.
+    pub fn with_catalog(self, default_database: &str) -> Result<Self, EngineError> {
+        let db = |expr: &str| format!("substr({expr}, 1, instr({expr}, '.') - 1)");
+        let table = |expr: &str| format!("substr({expr}, instr({expr}, '.') + 1)");
+        let default = default_database.replace('\'', "''");
+        self.conn.execute_batch(&format!(
+            r#"
+            CREATE TEMP VIEW IF NOT EXISTS "information_schema.schemata" AS
+              SELECT 'def' AS CATALOG_NAME, name AS SCHEMA_NAME,
+                     'utf8mb4' AS DEFAULT_CHARACTER_SET_NAME,
+                     'utf8mb4_0900_ai_ci' AS DEFAULT_COLLATION_NAME, NULL AS SQL_PATH
+              FROM (SELECT name FROM main.{SCHEMATA_TABLE}
+                    UNION SELECT '{default}' UNION SELECT 'information_schema');
+            CREATE TEMP VIEW IF NOT EXISTS "information_schema.tables" AS
+              SELECT 'def' AS TABLE_CATALOG, {schema} AS TABLE_SCHEMA, {name} AS TABLE_NAME,
+                     'BASE TABLE' AS TABLE_TYPE, 'InnoDB' AS ENGINE, 10 AS VERSION,
+                     'Dynamic' AS ROW_FORMAT, 'utf8mb4_0900_ai_ci' AS TABLE_COLLATION,
+                     '' AS TABLE_COMMENT
+              FROM main.sqlite_master WHERE type = 'table' AND instr(name, '.') > 0;
+            CREATE TEMP VIEW IF NOT EXISTS "information_schema.columns" AS
+              SELECT 'def' AS TABLE_CATALOG, {m_schema} AS TABLE_SCHEMA, {m_name} AS TABLE_NAME,
+                     p.name AS COLUMN_NAME, p.cid + 1 AS ORDINAL_POSITION,
+                     p.dflt_value AS COLUMN_DEFAULT,
+                     CASE WHEN p."notnull" THEN 'NO' ELSE 'YES' END AS IS_NULLABLE,
+                     lower(CASE WHEN instr(p.type, '(') > 0
+                           THEN substr(p.type, 1, instr(p.type, '(') - 1) ELSE p.type END)
+                       AS DATA_TYPE,
+                     lower(p.type) AS COLUMN_TYPE,
+                     CASE WHEN p.pk > 0 THEN 'PRI' ELSE '' END AS COLUMN_KEY, '' AS EXTRA
+              FROM main.sqlite_master AS m JOIN pragma_table_info(m.name) AS p
+              WHERE m.type = 'table' AND instr(m.name, '.') > 0;
+            "#,
+            schema = db("name"),
+            name = table("name"),
+            m_schema = db("m.name"),
+            m_name = table("m.name"),
+        ))?;
+        Ok(self)
     }
 
     /// One bookkeeping value (see [`META_TABLE`]).
@@ -590,11 +654,17 @@ mod tests {
     use super::*;
     use crate::dialect::{Context, Plan, translate};
 
+    /// A MySQL query as the engine runs it.
+    fn q(mysql: &str) -> String {
+        sql(mysql).remove(0)
+    }
+
     fn sql(mysql: &str) -> Vec<String> {
-        match translate(mysql, &Context::default())
-            .expect("translates")
-            .remove(0)
-        {
+        let context = Context {
+            database: Some("app".into()),
+            ..Context::default()
+        };
+        match translate(mysql, &context).expect("translates").remove(0) {
             Plan::Sqlite { statements, .. } => statements,
             other => panic!("{other:?}"),
         }
@@ -626,7 +696,7 @@ mod tests {
         );
         assert_eq!((outcome.rows_affected, outcome.last_insert_id), (3, 3));
         let tokens_at_insert = leader
-            .query("SELECT token FROM events ORDER BY id")
+            .query(&q("SELECT token FROM events ORDER BY id"))
             .expect("q");
         entries.push(outcome.entry);
         entries.push(
@@ -657,17 +727,17 @@ mod tests {
         );
         assert_eq!(
             follower
-                .query("SELECT n FROM counters")
+                .query(&q("SELECT n FROM counters"))
                 .expect("query")
                 .rows,
             [[rusqlite::types::Value::Integer(2)]]
         );
         assert_eq!(
             leader
-                .query("SELECT token FROM events ORDER BY id")
+                .query(&q("SELECT token FROM events ORDER BY id"))
                 .expect("q"),
             follower
-                .query("SELECT token FROM events ORDER BY id")
+                .query(&q("SELECT token FROM events ORDER BY id"))
                 .expect("q")
         );
 
@@ -688,7 +758,7 @@ mod tests {
         );
         assert_ne!(
             replayed
-                .query("SELECT token FROM events ORDER BY id")
+                .query(&q("SELECT token FROM events ORDER BY id"))
                 .expect("q"),
             tokens_at_insert
         );
@@ -733,7 +803,7 @@ mod tests {
             Err(EngineError::Diverged(_))
         ));
         assert_eq!(
-            follower.query("SELECT v FROM t").expect("q").rows,
+            follower.query(&q("SELECT v FROM t")).expect("q").rows,
             [[rusqlite::types::Value::Text("stray".into())]],
             "nothing half-applied"
         );
@@ -820,7 +890,7 @@ mod tests {
             &["CREATE TABLE p (id BIGINT PRIMARY KEY, name VARCHAR(40), price DECIMAL(10,2))"],
         );
         let rows = engine
-            .query("SELECT id, name, price FROM p")
+            .query(&q("SELECT id, name, price FROM p"))
             .expect("query");
         assert_eq!(
             rows.declared,

@@ -36,6 +36,10 @@ impl std::fmt::Debug for Front {
     }
 }
 
+/// Catalog lookups (does a database exist?) accept a replica's own view: schema changes are
+/// rare and a stale answer only delays an error.
+const CATALOG: Consistency = Consistency::Stale(Duration::from_secs(3600));
+
 /// The session variable that opts into reads from any replica at most this many ms behind.
 pub const STALENESS_VARIABLE: &str = "quartet_read_staleness_ms";
 
@@ -235,14 +239,9 @@ impl Front {
             return conn.flush().await;
         }
         if let Some(db) = &response.database
-            && *db != self.database
+            && let Err(e) = self.known_database(u64::from(id), db).await
         {
-            conn.write(&wire::err(
-                1049,
-                "42000",
-                &format!("Unknown database '{db}'"),
-            ))
-            .await?;
+            conn.write(&mysql_err(&e)).await?;
             return conn.flush().await;
         }
         let mut client = Client {
@@ -290,16 +289,12 @@ impl Front {
                 0x0E => conn.write(&wire::ok(0, 0, client.status(), "")).await?,
                 0x02 => {
                     let db = String::from_utf8_lossy(r.rest()).into_owned();
-                    if db == self.database {
-                        client.context.database = Some(db);
-                        conn.write(&wire::ok(0, 0, client.status(), "")).await?;
-                    } else {
-                        conn.write(&wire::err(
-                            1049,
-                            "42000",
-                            &format!("Unknown database '{db}'"),
-                        ))
-                        .await?;
+                    match self.known_database(client.id, &db).await {
+                        Ok(()) => {
+                            client.context.database = Some(db);
+                            conn.write(&wire::ok(0, 0, client.status(), "")).await?;
+                        }
+                        Err(e) => conn.write(&mysql_err(&e)).await?,
                     }
                 }
                 0x03 => {
@@ -462,64 +457,86 @@ impl Front {
                 statements,
                 read_only: false,
             } => {
-                if client.context.database.is_none()
-                    && statements.iter().any(|s| !s.starts_with("CREATE INDEX"))
-                {
-                    Err(MysqlError {
-                        code: 1046,
-                        sqlstate: "3D000",
-                        message: "No database selected".into(),
-                    })
+                let ddl = statements.iter().any(|s| crate::engine::is_ddl(s));
+                let begun = if ddl {
+                    Ok(())
                 } else {
-                    let ddl = statements.iter().any(|s| crate::engine::is_ddl(s));
-                    let begun = if ddl {
-                        Ok(())
-                    } else {
-                        self.implicit_begin(client).await
-                    };
-                    match begun {
-                        Err(e) => Err(e),
-                        Ok(()) => match self
-                            .engine
-                            .write(client.id, statements.clone(), params)
-                            .await
-                        {
-                            Ok(outcome) => {
-                                let inserted = statements
-                                    .iter()
-                                    .any(|s| s.to_ascii_uppercase().starts_with("INSERT"));
-                                let insert_id = if inserted {
-                                    outcome.last_insert_id.max(0) as u64
-                                } else {
-                                    0
-                                };
-                                if insert_id > 0 {
-                                    client.context.last_insert_id = insert_id;
-                                }
-                                conn.write(&wire::ok(
-                                    outcome.rows_affected,
-                                    insert_id,
-                                    client.status() | more,
-                                    "",
-                                ))
-                                .await?;
-                                return Ok(true);
+                    self.implicit_begin(client).await
+                };
+                match begun {
+                    Err(e) => Err(e),
+                    Ok(()) => match self
+                        .engine
+                        .write(client.id, statements.clone(), params)
+                        .await
+                    {
+                        Ok(outcome) => {
+                            let inserted = statements
+                                .iter()
+                                .any(|s| s.to_ascii_uppercase().starts_with("INSERT"));
+                            let insert_id = if inserted {
+                                outcome.last_insert_id.max(0) as u64
+                            } else {
+                                0
+                            };
+                            if insert_id > 0 {
+                                client.context.last_insert_id = insert_id;
                             }
-                            Err(e) => Err(e.to_mysql(&database)),
-                        },
-                    }
+                            conn.write(&wire::ok(
+                                outcome.rows_affected,
+                                insert_id,
+                                client.status() | more,
+                                "",
+                            ))
+                            .await?;
+                            return Ok(true);
+                        }
+                        Err(e) => Err(e.to_mysql(&database)),
+                    },
                 }
             }
-            Plan::Use(db) => {
-                if db == self.database {
+            Plan::Use(db) => match self.known_database(client.id, &db).await {
+                Ok(()) => {
                     client.context.database = Some(db);
                     Ok(None)
-                } else {
+                }
+                Err(e) => Err(e),
+            },
+            Plan::CreateDatabase {
+                name,
+                if_not_exists,
+            } => match self.known_database(client.id, &name).await {
+                Ok(()) if if_not_exists => Ok(None),
+                Ok(()) => Err(MysqlError {
+                    code: 1007,
+                    sqlstate: "HY000",
+                    message: format!("Can't create database '{name}'; database exists"),
+                }),
+                Err(_) if name.contains('.') || name.is_empty() || name.len() > 64 => {
                     Err(MysqlError {
-                        code: 1049,
+                        code: 1102,
                         sqlstate: "42000",
-                        message: format!("Unknown database '{db}'"),
+                        message: format!("Incorrect database name '{name}'"),
                     })
+                }
+                Err(_) => {
+                    let insert =
+                        format!("INSERT INTO {} (name) VALUES (?)", dialect::SCHEMATA_TABLE);
+                    self.engine
+                        .write(
+                            client.id,
+                            vec![insert],
+                            &[rusqlite::types::Value::Text(name)],
+                        )
+                        .await
+                        .map(|_| None)
+                        .map_err(|e| e.to_mysql(&database))
+                }
+            },
+            Plan::DropDatabase { name, if_exists } => {
+                match self.drop_database(client, &name).await {
+                    Err(e) if e.code == 1008 && if_exists => Ok(None),
+                    other => other.map(|()| None),
                 }
             }
             Plan::Set(settings) => {
@@ -605,6 +622,109 @@ impl Front {
         Ok(true)
     }
 
+    /// Ok if `name` is a database here: the configured one, `information_schema`, or one
+    /// created with `CREATE DATABASE`; else MySQL's 1049.
+    async fn known_database(&self, session: u64, name: &str) -> Result<(), MysqlError> {
+        if name == self.database || name.eq_ignore_ascii_case(dialect::INFORMATION_SCHEMA) {
+            return Ok(());
+        }
+        let found = self
+            .engine
+            .query(
+                session,
+                &format!("SELECT 1 FROM {} WHERE name = ?", dialect::SCHEMATA_TABLE),
+                &[rusqlite::types::Value::Text(name.to_owned())],
+                CATALOG,
+            )
+            .await
+            .map_err(|e| e.to_mysql(name))?;
+        if found.rows.is_empty() {
+            Err(MysqlError {
+                code: 1049,
+                sqlstate: "42000",
+                message: format!("Unknown database '{name}'"),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The tables of database `db`, by their MySQL names.
+    async fn tables_of(
+        &self,
+        session: u64,
+        db: &str,
+        consistency: Consistency,
+    ) -> Result<Vec<String>, MysqlError> {
+        let prefix = dialect::sqlite_table(db, "");
+        let rows = self
+            .engine
+            .query(
+                session,
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND substr(name, 1, length(?1)) = ?1 ORDER BY name",
+                &[rusqlite::types::Value::Text(prefix.clone())],
+                consistency,
+            )
+            .await
+            .map_err(|e| e.to_mysql(db))?;
+        Ok(rows
+            .rows
+            .into_iter()
+            .filter_map(|r| match r.into_iter().next() {
+                Some(rusqlite::types::Value::Text(t)) => t.strip_prefix(&prefix).map(str::to_owned),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// `DROP DATABASE`: its tables and its entry, as one write.
+    async fn drop_database(&self, client: &mut Client, name: &str) -> Result<(), MysqlError> {
+        if name.eq_ignore_ascii_case(dialect::INFORMATION_SCHEMA) {
+            return Err(MysqlError {
+                code: 1044,
+                sqlstate: "42000",
+                message: format!("Access denied for user to database '{name}'"),
+            });
+        }
+        self.known_database(client.id, name)
+            .await
+            .map_err(|_| MysqlError {
+                code: 1008,
+                sqlstate: "HY000",
+                message: format!("Can't drop database '{name}'; database doesn't exist"),
+            })?;
+        if client.in_transaction {
+            return Err(crate::engine::EngineError::DdlInTransaction.to_mysql(name));
+        }
+        let mut statements: Vec<String> = self
+            .tables_of(client.id, name, Consistency::Linearizable)
+            .await?
+            .iter()
+            .map(|t| {
+                format!(
+                    "DROP TABLE \"{}\"",
+                    dialect::sqlite_table(name, t).replace('"', "\"\"")
+                )
+            })
+            .collect();
+        statements.push(format!(
+            "DELETE FROM {} WHERE name = ?",
+            dialect::SCHEMATA_TABLE
+        ));
+        self.engine
+            .write(
+                client.id,
+                statements,
+                &[rusqlite::types::Value::Text(name.to_owned())],
+            )
+            .await
+            .map_err(|e| e.to_mysql(name))?;
+        if client.context.database.as_deref() == Some(name) {
+            client.context.database = None;
+        }
+        Ok(())
+    }
+
     async fn show(
         &self,
         session: u64,
@@ -625,39 +745,41 @@ impl Front {
             declared: vec![None; columns.len()],
             rows,
         };
-        let tables = || async {
-            let rows = query("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_quartet%' ESCAPE '\\' ORDER BY name".into()).await?;
-            Ok::<_, MysqlError>(
-                rows.rows
-                    .into_iter()
-                    .filter_map(|r| match r.into_iter().next() {
-                        Some(Value::Text(t)) => Some(t),
-                        _ => None,
-                    })
-                    .collect(),
-            )
-        };
         match show {
-            Show::Databases => Ok(listing(
-                &["Database"],
-                vec![vec![text("information_schema")], vec![text(&self.database)]],
-            )),
+            Show::Databases => {
+                let created = query(format!(
+                    "SELECT name FROM {} ORDER BY name",
+                    dialect::SCHEMATA_TABLE
+                ))
+                .await?;
+                let mut names = vec![
+                    dialect::INFORMATION_SCHEMA.to_owned(),
+                    self.database.clone(),
+                ];
+                names.extend(
+                    created
+                        .rows
+                        .into_iter()
+                        .filter_map(|r| match r.into_iter().next() {
+                            Some(Value::Text(t)) => Some(t),
+                            _ => None,
+                        }),
+                );
+                names.sort();
+                names.dedup();
+                Ok(listing(
+                    &["Database"],
+                    names.iter().map(|n| vec![text(n)]).collect(),
+                ))
+            }
             Show::Tables {
                 database: named,
                 full,
             } => {
-                if named.as_deref().is_some_and(|n| n != self.database) {
-                    return Err(MysqlError {
-                        code: 1049,
-                        sqlstate: "42000",
-                        message: format!(
-                            "Unknown database '{}'",
-                            named.as_deref().unwrap_or_default()
-                        ),
-                    });
-                }
-                let header = format!("Tables_in_{}", self.database);
-                let names: Vec<String> = tables().await?;
+                let db = named.as_deref().unwrap_or(database);
+                self.known_database(session, db).await?;
+                let header = format!("Tables_in_{db}");
+                let names: Vec<String> = self.tables_of(session, db, consistency).await?;
                 if *full {
                     Ok(listing(
                         &[&header, "Table_type"],
@@ -673,17 +795,21 @@ impl Front {
                     ))
                 }
             }
-            Show::Columns { table } => {
+            Show::Columns {
+                database: named,
+                table,
+            } => {
+                let db = named.as_deref().unwrap_or(database);
                 let sql = format!(
                     "SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info('{}')",
-                    table.replace('\'', "''")
+                    dialect::sqlite_table(db, table).replace('\'', "''")
                 );
                 let info = query(sql).await?;
                 if info.rows.is_empty() {
                     return Err(MysqlError {
                         code: 1146,
                         sqlstate: "42S02",
-                        message: format!("Table '{database}.{table}' doesn't exist"),
+                        message: format!("Table '{db}.{table}' doesn't exist"),
                     });
                 }
                 let rows = info
@@ -711,21 +837,37 @@ impl Front {
                     rows,
                 ))
             }
-            Show::CreateTable { table } => {
+            Show::CreateTable {
+                database: named,
+                table,
+            } => {
+                let db = named.as_deref().unwrap_or(database);
+                let sqlite = dialect::sqlite_table(db, table);
                 let sql = format!(
                     "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = '{}'",
-                    table.replace('\'', "''")
+                    sqlite.replace('\'', "''")
                 );
                 let found = query(sql).await?;
                 match found.rows.into_iter().next() {
-                    Some(mut row) => Ok(listing(
-                        &["Table", "Create Table"],
-                        vec![vec![text(table), row.remove(0)]],
-                    )),
+                    Some(row) => {
+                        // Stored under its SQLite name; shown under its MySQL one.
+                        let definition = match row.into_iter().next() {
+                            Some(Value::Text(sql)) => sql.replacen(
+                                &format!("\"{}\"", sqlite.replace('"', "\"\"")),
+                                &format!("`{table}`"),
+                                1,
+                            ),
+                            _ => String::new(),
+                        };
+                        Ok(listing(
+                            &["Table", "Create Table"],
+                            vec![vec![text(table), text(&definition)]],
+                        ))
+                    }
                     None => Err(MysqlError {
                         code: 1146,
                         sqlstate: "42S02",
-                        message: format!("Table '{database}.{table}' doesn't exist"),
+                        message: format!("Table '{db}.{table}' doesn't exist"),
                     }),
                 }
             }

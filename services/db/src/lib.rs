@@ -292,6 +292,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         commit_timeout: Duration::from_millis(settings.commit_timeout_ms),
         snapshot_every: settings.snapshot_every.max(10),
         secret,
+        database: config.mysql.database.clone(),
     };
     let replica =
         replica::Replica::start(std::path::Path::new(&config.storage.path), options).await?;

@@ -130,11 +130,14 @@ pub struct GroupOptions {
     pub snapshot_every: u64,
     /// Shared secret between replicas (empty: none).
     pub secret: String,
+    /// The database that always exists (listed in `information_schema.schemata`).
+    pub database: String,
 }
 
 impl GroupOptions {
-    /// A group of this node alone, with quick timings: tests and embedded use.
-    pub fn alone() -> Self {
+    /// A group of this node alone serving `database`, with quick timings: tests and
+    /// embedded use.
+    pub fn alone(database: &str) -> Self {
         Self {
             node_id: 1,
             me: Member::default(),
@@ -145,6 +148,7 @@ impl GroupOptions {
             commit_timeout: Duration::from_secs(5),
             snapshot_every: 1000,
             secret: String::new(),
+            database: database.to_owned(),
         }
     }
 }
@@ -186,6 +190,7 @@ impl Replica {
             .map_err(|e| anyhow::anyhow!("storage.path {}: {e}", dir.display()))?;
         let progress = Arc::new(Progress::default());
         let engine = Engine::open(&dir.join("data.sqlite"))
+            .and_then(|e| e.with_catalog(&options.database))
             .map_err(|e| anyhow::anyhow!("storage.path {}: {e}", dir.display()))?;
         let log = LogStore::open(&dir.join("raft-log.sqlite"), progress.clone())
             .map_err(|e| anyhow::anyhow!("storage.path {}: raft log: {e}", dir.display()))?;

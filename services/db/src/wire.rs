@@ -748,8 +748,8 @@ mod tests {
         let scramble = b"0123456789abcdefghij";
         let response = caching_sha2_scramble(b"secret", scramble);
         let p1 = Sha256::digest(b"secret");
-        let p3 = Sha256::digest(Sha256::digest(p1));
-        let mask = Sha256::digest([p3.as_slice(), scramble].concat());
+        let p2 = Sha256::digest(p1);
+        let mask = Sha256::digest([p2.as_slice(), scramble].concat());
         let expected: Vec<u8> = p1.iter().zip(mask.iter()).map(|(a, b)| a ^ b).collect();
         assert_eq!(response, expected);
         assert!(check_caching_sha2_password(b"secret", scramble, &response));

@@ -12,7 +12,7 @@ use quartet_db::replica::{GroupOptions, Replica};
 async fn start() -> (SocketAddr, tokio_util::sync::CancellationToken) {
     let users = HashMap::from([("app".to_owned(), "s3cret".to_owned())]);
     let dir = tempfile::tempdir().expect("tempdir").keep();
-    let replica = Replica::start(&dir, GroupOptions::alone())
+    let replica = Replica::start(&dir, GroupOptions::alone("shop"))
         .await
         .expect("replica");
     replica
@@ -293,5 +293,83 @@ async fn caching_sha2_password_logins_take_the_fast_path() {
     let (ok, stdout, stderr) = mariadb_login(addr, "mysql_native_password", "s3cret").await;
     assert!(ok, "{stderr}");
     assert_eq!(stdout, "answer\n42\n");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn databases_information_schema_and_alter_table_through_the_mariadb_client() {
+    let (addr, stop) = start().await;
+    let script = "
+        CREATE DATABASE inventory;
+        CREATE DATABASE inventory;
+        CREATE DATABASE IF NOT EXISTS inventory;
+        USE inventory;
+        CREATE TABLE items (id INT PRIMARY KEY, name TEXT NOT NULL);
+        INSERT INTO items VALUES (1, 'bolt'), (2, 'nut');
+        USE shop;
+        CREATE TABLE items (id INT PRIMARY KEY, qty INT);
+        INSERT INTO items VALUES (1, 5), (2, 7);
+        SELECT i.name, s.qty FROM inventory.items AS i JOIN items AS s ON s.id = i.id ORDER BY i.id;
+        SHOW DATABASES;
+        SHOW TABLES FROM inventory;
+        SELECT table_schema, table_name FROM information_schema.tables ORDER BY table_schema, table_name;
+        SELECT column_name, data_type, is_nullable, column_key FROM information_schema.columns
+          WHERE table_schema = 'inventory' AND table_name = 'items' ORDER BY ordinal_position;
+        ALTER TABLE inventory.items ADD COLUMN weight DOUBLE;
+        ALTER TABLE inventory.items RENAME COLUMN name TO label;
+        SELECT * FROM inventory.items ORDER BY id;
+        DROP DATABASE inventory;
+        SHOW DATABASES;
+        USE inventory;
+        DROP DATABASE inventory;
+        DROP DATABASE IF EXISTS inventory;
+        SELECT COUNT(*) AS left_in_shop FROM shop.items;
+    ";
+    let mut out = tokio::process::Command::new("mariadb")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &addr.port().to_string(),
+            "-u",
+            "app",
+            "-ps3cret",
+            "-D",
+            "shop",
+            "--batch",
+            "--force",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the mariadb client runs");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = out.stdin.take().expect("stdin");
+        stdin.write_all(script.as_bytes()).await.expect("script");
+    }
+    let out = out.wait_with_output().await.expect("exits");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stdout,
+        "name\tqty\nbolt\t5\nnut\t7\n\
+         Database\ninformation_schema\ninventory\nshop\n\
+         Tables_in_inventory\nitems\n\
+         TABLE_SCHEMA\tTABLE_NAME\ninventory\titems\nshop\titems\n\
+         COLUMN_NAME\tDATA_TYPE\tIS_NULLABLE\tCOLUMN_KEY\nid\tint\tNO\tPRI\nname\ttext\tNO\t\n\
+         id\tlabel\tweight\n1\tbolt\tNULL\n2\tnut\tNULL\n\
+         Database\ninformation_schema\nshop\n\
+         left_in_shop\n2\n",
+        "stderr: {stderr}"
+    );
+    for expected in [
+        "ERROR 1007 (HY000) at line 3: Can't create database 'inventory'; database exists",
+        "ERROR 1049 (42000) at line 22: Unknown database 'inventory'",
+        "ERROR 1008 (HY000) at line 23: Can't drop database 'inventory'; database doesn't exist",
+    ] {
+        assert!(stderr.contains(expected), "{expected} not in:\n{stderr}");
+    }
     stop.cancel();
 }
