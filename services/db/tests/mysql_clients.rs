@@ -92,26 +92,33 @@ async fn pymysql_creates_writes_reads_and_sees_mysql_errors() {
     stop.cancel();
 }
 
+/// The mariadb client's arguments for a batch session as `app` in `shop`.
+fn session_args(addr: SocketAddr) -> Vec<String> {
+    [
+        "-h",
+        "127.0.0.1",
+        "-P",
+        &addr.port().to_string(),
+        "-u",
+        "app",
+        "-ps3cret",
+        "-D",
+        "shop",
+        "--batch",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
 #[tokio::test]
 async fn the_mariadb_command_line_client_runs_a_session() {
     let (addr, stop) = start().await;
     let script = "CREATE TABLE notes (id INT PRIMARY KEY, body TEXT); INSERT INTO notes VALUES (1, 'hello'), (2, NULL); \
                   SELECT id, body FROM notes ORDER BY id; SHOW TABLES; SELECT @@version;";
     let out = tokio::process::Command::new("mariadb")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-P",
-            &addr.port().to_string(),
-            "-u",
-            "app",
-            "-ps3cret",
-            "-D",
-            "shop",
-            "--batch",
-            "-e",
-            script,
-        ])
+        .args(session_args(addr))
+        .args(["-e", script])
         .output()
         .await
         .expect("the mariadb client runs (Debian's mariadb-client)");
@@ -326,19 +333,8 @@ async fn databases_information_schema_and_alter_table_through_the_mariadb_client
         SELECT COUNT(*) AS left_in_shop FROM shop.items;
     ";
     let mut out = tokio::process::Command::new("mariadb")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-P",
-            &addr.port().to_string(),
-            "-u",
-            "app",
-            "-ps3cret",
-            "-D",
-            "shop",
-            "--batch",
-            "--force",
-        ])
+        .args(session_args(addr))
+        .arg("--force")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
