@@ -76,8 +76,9 @@ bench_db() {
     >"$out/mariadb.log" 2>&1 &
   dbpids+=($!)
   for _ in $(seq 1 100); do [[ -S $out/mariadb.sock ]] && break; sleep 0.2; done
+  # 'sb'@'localhost', not @'%': the anonymous ''@'localhost' would shadow a wildcard host.
   mariadb --socket="$out/mariadb.sock" -u root -e \
-    "CREATE DATABASE sbtest; CREATE USER 'sb'@'%' IDENTIFIED BY 'sb'; GRANT ALL ON sbtest.* TO 'sb'@'%';"
+    "CREATE DATABASE sbtest; CREATE USER 'sb'@'localhost' IDENTIFIED BY 'sb'; GRANT ALL ON sbtest.* TO 'sb'@'localhost';"
 
   say "quartet-db, three replicas on 127.0.0.1:1350x (MySQL) / 1351x (gRPC)"
   echo sb >"$out/password"
@@ -114,11 +115,15 @@ bench_db() {
   }
   printf '| test | quartet-db TPS | MariaDB TPS | TPS ratio | quartet-db p99 ms | MariaDB p99 ms | p99 ratio | errors (quartet-db / MariaDB) |\n|---|---|---|---|---|---|---|---|\n'
   for port in 13400 "$leader_port"; do
-    sb "$port" oltp_read_write prepare >"$out/prepare-$port.log" 2>&1
+    sb "$port" oltp_read_write prepare >"$out/prepare-$port.log" 2>&1 ||
+      { say "sysbench prepare failed on port $port"; cat "$out/prepare-$port.log" >&2; return 1; }
   done
   for test in oltp_point_select oltp_read_write; do
     sb "$leader_port" "$test" run >"$out/$test-quartet.txt" 2>&1
     sb 13400 "$test" run >"$out/$test-mariadb.txt" 2>&1
+    for f in "$out/$test-quartet.txt" "$out/$test-mariadb.txt"; do
+      grep -q FATAL "$f" && { say "sysbench failed, see $f"; sed -n '1,20p' "$f" >&2; return 1; }
+    done
     read -r q_tps q_p99 q_err < <(figures <"$out/$test-quartet.txt")
     read -r m_tps m_p99 m_err < <(figures <"$out/$test-mariadb.txt")
     printf '| %s | %s | %s | %s | %s | %s | %s | %s / %s |\n' "$test" "$q_tps" "$m_tps" \

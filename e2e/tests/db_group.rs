@@ -732,6 +732,31 @@ async fn membership_follows_the_admin_api_learner_promotion_transfer_and_removal
         "{body}"
     );
 
+    // The same status over gRPC (quartet.db.v1.Admin), refused without a token.
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "http://127.0.0.1:{}",
+        group.ports(joiner).grpc
+    ))
+    .expect("endpoint")
+    .connect()
+    .await
+    .expect("grpc");
+    let mut client = quartet_proto::db::v1::admin_client::AdminClient::new(channel);
+    let refused = client
+        .status(quartet_proto::db::v1::StatusRequest {})
+        .await
+        .expect_err("no token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let mut request = tonic::Request::new(quartet_proto::db::v1::StatusRequest {});
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    let status = client.status(request).await.expect("status").into_inner();
+    assert_eq!(status.role, "leader");
+    assert_eq!(status.leader, Some(new_id));
+    assert_eq!(status.members.iter().filter(|m| m.voter).count(), 3);
+
     // Removing a node that is not a member is refused with the reason.
     let (code, body) = admin(
         &group,
