@@ -7,28 +7,36 @@
 //! serializable. A queued request waits at most `lock_wait` and then gets MySQL's 1205 (lock
 //! wait timeout, retryable). A session that disconnects has its transaction rolled back.
 //!
-//! Writes never change the database directly. A write (or a transaction at COMMIT) is
-//! executed, its changes recorded as an [`Entry`], and rolled back; the entry changes the
-//! database when the group has committed it and the state machine hands it to
-//! [`EngineHandle::apply`] — on every replica alike, the leader included. So the next write must
-//! not execute before the previous one is applied, or its changes would be computed against a
-//! state the group never had: writes and `BEGIN` wait (the *write gate*) while a proposal is
-//! in flight or the Raft log holds entries not yet applied here.
+//! **Speculative execution on the leader.** A write (an autocommit statement, or a transaction
+//! at COMMIT) is executed, its changes recorded as an [`Entry`] and *kept* inside one open
+//! SQLite transaction, each write under a savepoint of its own, and the entry is handed to the
+//! group in execution order ([`Proposal`]). The next write executes at once on top of it, so a
+//! group commits a stream of writes instead of one at a time. When the group applies an entry
+//! this leader made, in order, its changes are already here: only its bookkeeping is written,
+//! and once every speculative write is applied the SQLite transaction commits. Anything else —
+//! another leader's entry, a proposal that failed, a restore — rolls the unapplied writes back
+//! to the savepoint of the first one and the entries are applied the ordinary way, which is
+//! also how followers apply everything. Nothing speculative is ever shown as committed: a read
+//! that saw speculative rows reports the last one it saw ([`Read::seen`]) and the caller waits
+//! until that write is applied (committed by the group) before answering.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-use rusqlite::session::Session;
 use rusqlite::types::Value;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::{Columns, Engine, EngineError, Entry, Outcome, Rows, Step, is_ddl};
 
 /// Session number of the Raft state machine's own requests.
 const SYSTEM: u64 = 0;
+
+/// Who made an entry: an engine instance and its write number.
+pub type ProposalId = (u64, u64);
 
 /// One committed log entry for the state machine: its bookkeeping and, for writes, its data.
 #[derive(Debug, Clone)]
@@ -39,6 +47,31 @@ pub struct Applying {
     pub meta: Vec<(&'static str, Vec<u8>)>,
     /// The data change, for write entries.
     pub entry: Option<Entry>,
+    /// Which engine made it, if it says.
+    pub proposal: Option<ProposalId>,
+}
+
+/// How the group decided a proposal.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Committed and applied here.
+    Applied,
+    /// Committed, but its changes did not apply (on any replica).
+    Refused(String),
+    /// Not confirmed: it may still commit.
+    Unknown(String),
+}
+
+/// A write executed here, for the group to commit. Proposals leave the engine in execution
+/// order and must reach the log in that order.
+#[derive(Debug)]
+pub struct Proposal {
+    /// Who made it.
+    pub id: ProposalId,
+    /// Its changes.
+    pub entry: Entry,
+    /// Where the decision goes (to the session waiting for its COMMIT).
+    pub decided: oneshot::Sender<Decision>,
 }
 
 /// What a request asks of the engine.
@@ -59,8 +92,11 @@ enum Op {
     Commit,
     Rollback,
     Close,
-    /// The proposal of an earlier write has been decided (committed, or failed).
-    Settle,
+    /// The proposal with this write number is decided; `committed` if the group has it.
+    Settle {
+        seq: u64,
+        committed: bool,
+    },
     Apply(Vec<Applying>),
     Snapshot(PathBuf),
     Restore(PathBuf, u64),
@@ -73,24 +109,44 @@ impl Op {
     fn writes(&self) -> bool {
         matches!(self, Op::Write { .. } | Op::Begin)
     }
+
+    /// Whether the op needs every speculative write applied first (it reads the data as the
+    /// group has it).
+    fn needs_quiet(&self) -> bool {
+        matches!(self, Op::Snapshot(_) | Op::Checksum)
+    }
+}
+
+/// A write's result for its session.
+#[derive(Debug)]
+pub struct Written {
+    /// What it did.
+    pub outcome: Outcome,
+    /// For a write that changed something: the group's decision, to wait for before OK.
+    pub commit: Option<oneshot::Receiver<Decision>>,
+    /// For a transaction that changed nothing: the last speculative write its reads may have
+    /// seen, to wait for before OK.
+    pub seen: Option<u64>,
+}
+
+/// A read's result.
+#[derive(Debug)]
+pub struct Read {
+    /// The rows.
+    pub rows: Rows,
+    /// The last speculative write the rows may include: answer only once it is applied.
+    pub seen: Option<u64>,
 }
 
 /// What the engine answered.
 #[derive(Debug)]
-pub enum Answer {
-    /// Rows of a query.
-    Rows(Rows),
-    /// The effect of a write (its entry is empty inside a transaction until COMMIT).
-    Written(Outcome),
-    /// Parameter count and result columns of a statement.
+enum Answer {
+    Rows(Read),
+    Written(Written),
     Shape(usize, Columns),
-    /// Per applied entry: whether its data change applied.
     Applied(Vec<Result<(), String>>),
-    /// A bookkeeping value.
     Meta(Option<Vec<u8>>),
-    /// A checksum.
     Checksum([u8; 32]),
-    /// Done, nothing to return.
     Done,
 }
 
@@ -98,7 +154,7 @@ struct Request {
     session: u64,
     op: Op,
     at: Instant,
-    reply: tokio::sync::oneshot::Sender<Result<Answer, EngineError>>,
+    reply: oneshot::Sender<Result<Answer, EngineError>>,
 }
 
 /// Positions shared between the engine thread, the Raft log and readers.
@@ -108,19 +164,36 @@ pub struct Progress {
     pub log_next: AtomicU64,
     /// One past the last index applied to this engine.
     pub applied_next: AtomicU64,
+    /// The highest write number of this engine's own writes applied.
+    pub applied_seq: AtomicU64,
     applied_changed: tokio::sync::Notify,
 }
 
 impl Progress {
     /// Waits until entries up to `index` (inclusive) are applied here.
     pub async fn wait_applied(&self, index: u64) {
+        self.wait_until(|p| p.applied_next.load(Ordering::Acquire) > index)
+            .await;
+    }
+
+    /// Waits until this engine's write number `seq` is applied.
+    pub async fn wait_seq(&self, seq: u64) {
+        self.wait_until(|p| p.applied_seq.load(Ordering::Acquire) >= seq)
+            .await;
+    }
+
+    async fn wait_until(&self, done: impl Fn(&Self) -> bool) {
         loop {
             let notified = self.applied_changed.notified();
-            if self.applied_next.load(Ordering::Acquire) > index {
+            if done(self) {
                 return;
             }
             notified.await;
         }
+    }
+
+    fn changed(&self) {
+        self.applied_changed.notify_waiters();
     }
 }
 
@@ -133,25 +206,42 @@ pub struct EngineHandle {
 
 impl EngineHandle {
     /// Moves `engine` onto its own thread. Queued requests wait at most `lock_wait` behind
-    /// another session's transaction or at the write gate.
-    pub fn spawn(engine: Engine, progress: Arc<Progress>, lock_wait: Duration) -> Self {
+    /// another session's transaction or at the write gate. Returns the stream of proposals,
+    /// in execution order, for the caller to put to the group.
+    pub fn spawn(
+        engine: Engine,
+        progress: Arc<Progress>,
+        lock_wait: Duration,
+    ) -> (Self, mpsc::UnboundedReceiver<Proposal>) {
         let (requests, inbox) = std::sync::mpsc::channel();
+        let (proposals, proposed) = mpsc::unbounded_channel();
         let shared = progress.clone();
+        let mut instance = [0u8; 8];
+        getrandom::fill(&mut instance).expect("the OS random source is available");
         std::thread::Builder::new()
             .name("quartet-db-engine".into())
             .spawn(move || {
                 Worker {
                     engine,
-                    progress: shared,
-                    lock_wait,
-                    in_flight: 0,
-                    deferred: VecDeque::new(),
-                    aborted: Default::default(),
+                    st: State {
+                        progress: shared,
+                        lock_wait,
+                        instance: u64::from_le_bytes(instance),
+                        next_seq: 1,
+                        spec: VecDeque::new(),
+                        orphans: HashSet::new(),
+                        outer_open: false,
+                        remembered: HashMap::new(),
+                        client: None,
+                        proposals,
+                        deferred: VecDeque::new(),
+                        aborted: HashSet::new(),
+                    },
                 }
                 .serve(&inbox)
             })
             .expect("the engine thread starts");
-        Self { requests, progress }
+        (Self { requests, progress }, proposed)
     }
 
     /// The positions this engine shares.
@@ -160,7 +250,7 @@ impl EngineHandle {
     }
 
     async fn ask(&self, session: u64, op: Op) -> Result<Answer, EngineError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
+        let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request {
                 session,
@@ -178,32 +268,31 @@ impl EngineHandle {
         session: u64,
         sql: &str,
         params: &[Value],
-    ) -> Result<Rows, EngineError> {
+    ) -> Result<Read, EngineError> {
         let op = Op::Query {
             sql: sql.to_owned(),
             params: params.to_vec(),
         };
         match self.ask(session, op).await? {
-            Answer::Rows(rows) => Ok(rows),
+            Answer::Rows(read) => Ok(read),
             other => Err(EngineError::Unexpected(format!("{other:?}"))),
         }
     }
 
     /// Runs writes for `session`: inside its open transaction, or (autocommit) executed and
-    /// recorded as an entry to propose. When the outcome's entry is not empty, the caller
-    /// must propose it and then call [`EngineHandle::settle`], whatever happens.
+    /// proposed to the group.
     pub async fn write(
         &self,
         session: u64,
         statements: Vec<String>,
         params: &[Value],
-    ) -> Result<Outcome, EngineError> {
+    ) -> Result<Written, EngineError> {
         let op = Op::Write {
             statements,
             params: params.to_vec(),
         };
         match self.ask(session, op).await? {
-            Answer::Written(outcome) => Ok(outcome),
+            Answer::Written(written) => Ok(written),
             other => Err(EngineError::Unexpected(format!("{other:?}"))),
         }
     }
@@ -224,11 +313,10 @@ impl EngineHandle {
         self.ask(session, Op::Begin).await.map(drop)
     }
 
-    /// Ends `session`'s transaction, if any, and returns what it wrote. As with
-    /// [`EngineHandle::write`], a non-empty entry must be proposed and then settled.
-    pub async fn commit(&self, session: u64) -> Result<Option<Outcome>, EngineError> {
+    /// Ends `session`'s transaction, if any, proposing what it wrote.
+    pub async fn commit(&self, session: u64) -> Result<Option<Written>, EngineError> {
         match self.ask(session, Op::Commit).await? {
-            Answer::Written(outcome) => Ok(Some(outcome)),
+            Answer::Written(written) => Ok(Some(written)),
             _ => Ok(None),
         }
     }
@@ -243,14 +331,13 @@ impl EngineHandle {
         self.tell(session, Op::Close);
     }
 
-    /// The proposal of an entry returned by `write` or `commit` is decided: the write gate
-    /// may open once the log is applied. Does not wait.
-    pub fn settle(&self) {
-        self.tell(SYSTEM, Op::Settle);
+    /// Proposal `seq` is decided (`committed`: the group has it). Does not wait.
+    pub fn settle(&self, seq: u64, committed: bool) {
+        self.tell(SYSTEM, Op::Settle { seq, committed });
     }
 
     fn tell(&self, session: u64, op: Op) {
-        let (reply, _) = tokio::sync::oneshot::channel();
+        let (reply, _) = oneshot::channel();
         let _ = self.requests.send(Request {
             session,
             op,
@@ -271,7 +358,7 @@ impl EngineHandle {
         }
     }
 
-    /// Writes a consistent copy of the database to `path`.
+    /// Writes a consistent copy of the applied data to `path`.
     pub async fn snapshot(&self, path: PathBuf) -> Result<(), EngineError> {
         self.ask(SYSTEM, Op::Snapshot(path)).await.map(drop)
     }
@@ -301,46 +388,53 @@ impl EngineHandle {
     }
 }
 
-/// The engine thread's state.
+/// The engine thread: the engine, and the state it keeps beside it (separate, so a client
+/// transaction's SQLite session can borrow the engine while the state changes).
 struct Worker {
     engine: Engine,
-    progress: Arc<Progress>,
-    lock_wait: Duration,
-    /// Entries handed out by `write`/`commit` and not yet settled.
-    in_flight: u32,
-    /// Requests waiting for the write gate or for a transaction to end, oldest first.
-    deferred: VecDeque<Request>,
-    /// Sessions whose transaction was rolled back by a change of leader.
-    aborted: std::collections::HashSet<u64>,
+    st: State,
 }
 
-/// How a transaction ended.
-enum Ended {
-    /// Normally; nothing more to do.
-    Done,
-    /// The engine's state moved under it: serve this system request next.
-    Aborted(Request),
+/// The engine thread's state.
+struct State {
+    progress: Arc<Progress>,
+    lock_wait: Duration,
+    /// This engine's identity in proposals.
+    instance: u64,
+    next_seq: u64,
+    /// Own writes kept in the open transaction and not yet applied, in order.
+    spec: VecDeque<u64>,
+    /// Own writes proposed and then rolled back here: they may still be applied later, and
+    /// no new write may execute before they are decided.
+    orphans: HashSet<u64>,
+    /// Whether the SQLite transaction holding speculative writes (and applied ones not yet
+    /// committed with it) is open.
+    outer_open: bool,
+    /// Bookkeeping written inside the open transaction, to write again after a rollback.
+    remembered: HashMap<&'static str, Vec<u8>>,
+    /// The write number reserved by the client transaction in progress (its savepoint's).
+    client: Option<u64>,
+    proposals: mpsc::UnboundedSender<Proposal>,
+    /// Requests waiting for the write gate, a quiet state or a transaction to end.
+    deferred: VecDeque<Request>,
+    /// Sessions whose transaction was rolled back by a change of leader.
+    aborted: HashSet<u64>,
+}
+
+fn savepoint(seq: u64) -> String {
+    format!("quartet_spec_{seq}")
 }
 
 impl Worker {
-    fn gate_open(&self) -> bool {
-        self.in_flight == 0
-            && self.progress.applied_next.load(Ordering::Acquire)
-                >= self.progress.log_next.load(Ordering::Acquire)
-    }
-
     fn serve(mut self, inbox: &Receiver<Request>) {
         loop {
-            self.expire_deferred();
-            let ready = self
-                .deferred
-                .iter()
-                .position(|r| !r.op.writes() || self.gate_open());
-            let request = match ready.and_then(|i| self.deferred.remove(i)) {
+            self.st.expire_deferred();
+            let ready = self.st.deferred.iter().position(|r| self.st.ready(r));
+            let request = match ready.and_then(|i| self.st.deferred.remove(i)) {
                 Some(r) => r,
                 None => match inbox.recv_timeout(Duration::from_millis(50)) {
-                    Ok(r) if r.op.writes() && !self.gate_open() => {
-                        self.deferred.push_back(r);
+                    Ok(r) if !self.st.ready(&r) => {
+                        self.st.deferred.push_back(r);
                         continue;
                     }
                     Ok(r) => r,
@@ -349,12 +443,280 @@ impl Worker {
                 },
             };
             if let Some(begin) = self.outside(request)
-                && let Ended::Aborted(system) = self.transaction(begin, inbox)
+                && let Some(system) = self.transaction(begin, inbox)
             {
-                // A state machine request, never a BEGIN.
+                // A state machine request that ended the transaction, never a BEGIN.
                 let _ = self.outside(system);
             }
         }
+    }
+
+    /// Answers one request outside any transaction. Returns a BEGIN to serve.
+    fn outside(&mut self, request: Request) -> Option<Request> {
+        if self.st.aborted.remove(&request.session) {
+            // The session's transaction was rolled back under it: say so once, before
+            // anything else of the session runs outside a transaction.
+            match request.op {
+                Op::Query { .. } | Op::Write { .. } | Op::Describe { .. } | Op::Commit => {
+                    let _ = request.reply.send(Err(EngineError::Aborted));
+                    return None;
+                }
+                _ => {}
+            }
+        }
+        let answer = match request.op {
+            Op::Begin => return Some(request),
+            Op::Query { sql, params } => self.engine.query_bound(&sql, &params).map(|rows| {
+                Answer::Rows(Read {
+                    rows,
+                    seen: self.st.spec.back().copied(),
+                })
+            }),
+            Op::Write { statements, params } => self
+                .st
+                .speculate(&self.engine, &statements, &params)
+                .map(Answer::Written),
+            Op::Describe { sql } => self.engine.describe(&sql).map(|(p, c)| Answer::Shape(p, c)),
+            Op::Commit | Op::Rollback | Op::Close => Ok(Answer::Done),
+            Op::Settle { seq, committed } => self
+                .st
+                .settle(&self.engine, seq, committed)
+                .map(|()| Answer::Done),
+            Op::Apply(entries) => self.st.apply(&self.engine, entries).map(Answer::Applied),
+            Op::Snapshot(path) => self.engine.snapshot_to(&path).map(|()| Answer::Done),
+            Op::Restore(path, next_index) => self.st.discard(&self.engine).and_then(|()| {
+                self.st.orphans.clear();
+                let restored = self.engine.restore_from(&path);
+                if restored.is_ok() {
+                    self.st.advance(next_index);
+                }
+                restored.map(|()| Answer::Done)
+            }),
+            Op::Meta(key) => self.engine.meta(key).map(Answer::Meta),
+            Op::Checksum => self.engine.checksum().map(Answer::Checksum),
+        };
+        let _ = request.reply.send(answer);
+        None
+    }
+
+    /// Serves `begin`'s session's transaction until it ends. Returns a state machine request
+    /// that ended it, to serve next.
+    fn transaction(&mut self, begin: Request, inbox: &Receiver<Request>) -> Option<Request> {
+        let owner = begin.session;
+        // The transaction runs under the savepoint its write will keep if it commits.
+        let seq = self.st.next_seq;
+        let opened = self
+            .st
+            .open_outer(&self.engine)
+            .and_then(|()| self.engine.exec(&format!("SAVEPOINT {}", savepoint(seq))));
+        if let Err(e) = opened {
+            let _ = begin.reply.send(Err(e));
+            return None;
+        }
+        self.st.client = Some(seq);
+        let mut session = match crate::engine::recorder(self.engine.connection()) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.st.end_client(&self.engine);
+                let _ = begin.reply.send(Err(e.into()));
+                return None;
+            }
+        };
+        let _ = begin.reply.send(Ok(Answer::Done));
+        let (mut rows_affected, mut last_insert_id) = (0u64, 0i64);
+        let mut waiting: VecDeque<Request> = std::mem::take(&mut self.st.deferred);
+        loop {
+            // Requests of other sessions wait their turn, but never longer than the lock wait.
+            let now = Instant::now();
+            let lock_wait = self.st.lock_wait;
+            let (expired, kept): (VecDeque<_>, VecDeque<_>) = waiting.drain(..).partition(|r| {
+                r.session != owner && r.session != SYSTEM && now.duration_since(r.at) >= lock_wait
+            });
+            waiting = kept;
+            for request in expired {
+                let _ = request.reply.send(Err(EngineError::LockWait));
+            }
+            // The state machine's requests cannot wait for the owner. Own writes applied in
+            // order, blank entries and bookkeeping are taken in stride; anything else means
+            // the speculative state is no longer the group's, and the transaction (begun on
+            // it) is rolled back.
+            let urgent = waiting.iter().position(|r| {
+                r.session == SYSTEM
+                    && matches!(
+                        r.op,
+                        Op::Apply(_) | Op::Restore(..) | Op::Settle { .. } | Op::Meta(_)
+                    )
+            });
+            if let Some(i) = urgent {
+                let request = waiting.remove(i).expect("position is in range");
+                let in_stride = match &request.op {
+                    Op::Meta(_) => true,
+                    Op::Settle { seq, committed } => *committed || !self.st.spec.contains(seq),
+                    Op::Apply(entries) => {
+                        let mut expected = self.st.spec.iter();
+                        entries.iter().all(|a| {
+                            a.entry.is_none()
+                                || a.proposal.is_some_and(|(instance, seq)| {
+                                    instance == self.st.instance && expected.next() == Some(&seq)
+                                })
+                        })
+                    }
+                    _ => false,
+                };
+                if in_stride {
+                    let answer = match request.op {
+                        Op::Meta(key) => self.engine.meta(key).map(Answer::Meta),
+                        Op::Settle { seq, committed } => self
+                            .st
+                            .settle(&self.engine, seq, committed)
+                            .map(|()| Answer::Done),
+                        Op::Apply(entries) => {
+                            self.st.apply(&self.engine, entries).map(Answer::Applied)
+                        }
+                        _ => unreachable!("only in-stride requests get here"),
+                    };
+                    let _ = request.reply.send(answer);
+                    continue;
+                }
+                drop(session);
+                let _ = self.st.end_client(&self.engine);
+                tracing::warn!(
+                    session = owner,
+                    "transaction rolled back: the speculative state it began on was discarded"
+                );
+                self.st.aborted.insert(owner);
+                self.st.deferred = waiting;
+                return Some(request);
+            }
+            let position = waiting.iter().position(|r| r.session == owner);
+            let request = match position.and_then(|i| waiting.remove(i)) {
+                Some(r) => r,
+                None => match inbox.recv_timeout(Duration::from_millis(50)) {
+                    Ok(r) if r.session == owner => r,
+                    Ok(r) => {
+                        waiting.push_back(r);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return None,
+                },
+            };
+            let conn = self.engine.connection();
+            match request.op {
+                Op::Query { sql, params } => {
+                    let rows = Engine::query_on(conn, &sql, &params);
+                    let _ = request
+                        .reply
+                        .send(rows.map(|rows| Answer::Rows(Read { rows, seen: None })));
+                }
+                Op::Describe { sql } => {
+                    let _ = request
+                        .reply
+                        .send(Engine::describe_on(conn, &sql).map(|(p, c)| Answer::Shape(p, c)));
+                }
+                Op::Write { statements, params } => {
+                    if statements.iter().any(|s| is_ddl(s)) {
+                        let _ = request.reply.send(Err(EngineError::DdlInTransaction));
+                        continue;
+                    }
+                    let mut result = Ok(());
+                    for sql in &statements {
+                        match conn.execute(sql, rusqlite::params_from_iter(params.iter())) {
+                            Ok(n) => {
+                                rows_affected = n as u64;
+                                last_insert_id = conn.last_insert_rowid();
+                            }
+                            Err(e) => {
+                                result = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                    let written = result.map(|()| {
+                        Answer::Written(Written {
+                            outcome: Outcome {
+                                entry: Entry::default(),
+                                rows_affected,
+                                last_insert_id,
+                            },
+                            commit: None,
+                            seen: None,
+                        })
+                    });
+                    let _ = request.reply.send(written.map_err(Into::into));
+                }
+                Op::Commit => {
+                    let mut bytes = Vec::new();
+                    let recorded = session.changeset_strm(&mut bytes);
+                    drop(session);
+                    let answer = match recorded {
+                        Err(e) => {
+                            let _ = self.st.end_client(&self.engine);
+                            Err(e.into())
+                        }
+                        Ok(()) if bytes.is_empty() => {
+                            // Nothing to replicate; its reads may have seen speculative rows.
+                            let seen = self.st.spec.back().copied();
+                            self.st.end_client(&self.engine).map(|()| {
+                                Answer::Written(Written {
+                                    outcome: Outcome {
+                                        entry: Entry::default(),
+                                        rows_affected,
+                                        last_insert_id,
+                                    },
+                                    commit: None,
+                                    seen,
+                                })
+                            })
+                        }
+                        Ok(()) => self.st.keep_client(bytes, rows_affected, last_insert_id),
+                    };
+                    let _ = request.reply.send(answer);
+                    self.st.deferred.extend(waiting);
+                    return None;
+                }
+                Op::Begin => {
+                    let _ = request.reply.send(Err(EngineError::Unexpected(
+                        "BEGIN inside an open transaction".into(),
+                    )));
+                }
+                Op::Rollback | Op::Close => {
+                    drop(session);
+                    let rolled = self.st.end_client(&self.engine).map(|()| Answer::Done);
+                    let _ = request.reply.send(rolled);
+                    self.st.deferred.extend(waiting);
+                    return None;
+                }
+                Op::Settle { .. }
+                | Op::Apply(_)
+                | Op::Snapshot(_)
+                | Op::Restore(..)
+                | Op::Meta(_)
+                | Op::Checksum => {
+                    unreachable!("system requests are never the owner's")
+                }
+            }
+        }
+    }
+}
+
+impl State {
+    fn gate_open(&self) -> bool {
+        if !self.spec.is_empty() {
+            // Steady leadership: write on top of the speculative ones, unless something
+            // waits for them to drain.
+            return !self.deferred.iter().any(|r| r.op.needs_quiet());
+        }
+        self.orphans.is_empty()
+            && self.progress.applied_next.load(Ordering::Acquire)
+                >= self.progress.log_next.load(Ordering::Acquire)
+    }
+
+    fn ready(&self, request: &Request) -> bool {
+        if request.op.needs_quiet() {
+            return self.spec.is_empty();
+        }
+        !request.op.writes() || self.gate_open()
     }
 
     /// Requests waiting longer than the lock wait are answered with 1205.
@@ -371,58 +733,124 @@ impl Worker {
         }
     }
 
-    /// Answers one request outside any transaction. Returns a BEGIN to serve.
-    fn outside(&mut self, request: Request) -> Option<Request> {
-        if self.aborted.remove(&request.session) {
-            // The session's transaction was rolled back under it: say so once, before
-            // anything else of the session runs outside a transaction.
-            match request.op {
-                Op::Query { .. } | Op::Write { .. } | Op::Describe { .. } | Op::Commit => {
-                    let _ = request.reply.send(Err(EngineError::Aborted));
-                    return None;
-                }
-                _ => {}
-            }
+    fn open_outer(&mut self, engine: &Engine) -> Result<(), EngineError> {
+        if !self.outer_open {
+            engine.exec("BEGIN")?;
+            self.outer_open = true;
+            self.remembered.clear();
         }
-        let answer = match request.op {
-            Op::Begin => return Some(request),
-            Op::Query { sql, params } => self.engine.query_bound(&sql, &params).map(Answer::Rows),
-            Op::Write { statements, params } => {
-                let bound: Vec<(&str, &[Value])> = statements
-                    .iter()
-                    .map(|s| (s.as_str(), params.as_slice()))
-                    .collect();
-                let executed = self.engine.execute_bound(&bound);
-                if let Ok(outcome) = &executed
-                    && !outcome.entry.steps.is_empty()
-                {
-                    self.in_flight += 1;
-                }
-                executed.map(Answer::Written)
-            }
-            Op::Describe { sql } => self.engine.describe(&sql).map(|(p, c)| Answer::Shape(p, c)),
-            Op::Commit | Op::Rollback | Op::Close => Ok(Answer::Done),
-            Op::Settle => {
-                self.in_flight = self.in_flight.saturating_sub(1);
-                Ok(Answer::Done)
-            }
-            Op::Apply(entries) => self.apply(entries).map(Answer::Applied),
-            Op::Snapshot(path) => self.engine.snapshot_to(&path).map(|()| Answer::Done),
-            Op::Restore(path, next_index) => {
-                let restored = self.engine.restore_from(&path);
-                if restored.is_ok() {
-                    self.advance(next_index);
-                }
-                restored.map(|()| Answer::Done)
-            }
-            Op::Meta(key) => self.engine.meta(key).map(Answer::Meta),
-            Op::Checksum => self.engine.checksum().map(Answer::Checksum),
-        };
-        let _ = request.reply.send(answer);
-        None
+        Ok(())
     }
 
-    fn apply(&mut self, entries: Vec<Applying>) -> Result<Vec<Result<(), String>>, EngineError> {
+    /// Commits the open transaction once nothing speculative is left in it and no client
+    /// transaction is in progress.
+    fn close_outer_if_settled(&mut self, engine: &Engine) -> Result<(), EngineError> {
+        if self.outer_open && self.spec.is_empty() && self.client.is_none() {
+            engine.exec("COMMIT")?;
+            self.outer_open = false;
+            self.remembered.clear();
+        }
+        Ok(())
+    }
+
+    /// Rolls back to savepoint `seq` (dropping it and everything after it) and writes the
+    /// bookkeeping of applied entries again, which may have been recorded after it.
+    fn roll_back_to(&mut self, engine: &Engine, seq: u64) -> Result<(), EngineError> {
+        let name = savepoint(seq);
+        engine.exec(&format!("ROLLBACK TO {name}; RELEASE {name}"))?;
+        let meta: Vec<(&str, &[u8])> = self
+            .remembered
+            .iter()
+            .map(|(k, v)| (*k, v.as_slice()))
+            .collect();
+        engine.put_meta(&meta)
+    }
+
+    /// Rolls back every speculative write not yet applied (and whatever came after them,
+    /// a client transaction included), keeping what was applied; those writes become orphans.
+    fn discard(&mut self, engine: &Engine) -> Result<(), EngineError> {
+        if let Some(&first) = self.spec.front() {
+            self.roll_back_to(engine, first)?;
+            self.client = None;
+            tracing::info!(
+                writes = self.spec.len(),
+                "speculative writes rolled back; they apply only if the group committed them"
+            );
+            self.orphans.extend(self.spec.drain(..));
+        }
+        self.close_outer_if_settled(engine)
+    }
+
+    /// Executes an autocommit write under its own savepoint and proposes it.
+    fn speculate(
+        &mut self,
+        engine: &Engine,
+        statements: &[String],
+        params: &[Value],
+    ) -> Result<Written, EngineError> {
+        self.open_outer(engine)?;
+        let seq = self.next_seq;
+        let name = savepoint(seq);
+        engine.exec(&format!("SAVEPOINT {name}"))?;
+        let bound: Vec<(&str, &[Value])> =
+            statements.iter().map(|s| (s.as_str(), params)).collect();
+        let executed = engine.execute_kept(&bound);
+        match executed {
+            Ok(outcome) if !outcome.entry.steps.is_empty() => Ok(self.propose(seq, outcome)),
+            other => {
+                engine.exec(&format!("RELEASE {name}"))?;
+                self.close_outer_if_settled(engine)?;
+                let seen = self.spec.back().copied();
+                other.map(|outcome| Written {
+                    outcome,
+                    commit: None,
+                    seen,
+                })
+            }
+        }
+    }
+
+    /// Hands a kept write (under savepoint `seq`) to the group.
+    fn propose(&mut self, seq: u64, outcome: Outcome) -> Written {
+        self.next_seq += 1;
+        self.spec.push_back(seq);
+        let (decided, commit) = oneshot::channel();
+        let _ = self.proposals.send(Proposal {
+            id: (self.instance, seq),
+            entry: outcome.entry.clone(),
+            decided,
+        });
+        Written {
+            outcome,
+            commit: Some(commit),
+            seen: None,
+        }
+    }
+
+    fn settle(&mut self, engine: &Engine, seq: u64, committed: bool) -> Result<(), EngineError> {
+        if !committed && self.spec.contains(&seq) {
+            self.discard(engine)?;
+        }
+        if committed && !self.spec.contains(&seq) {
+            // Decided and applied; nothing left to wait for.
+        }
+        self.orphans.remove(&seq);
+        Ok(())
+    }
+
+    /// Whether `applying` is the next speculative write of this engine, already in place.
+    fn is_next_own(&self, applying: &Applying) -> bool {
+        applying.entry.is_some()
+            && applying.proposal.is_some_and(|(instance, seq)| {
+                instance == self.instance && self.spec.front() == Some(&seq)
+            })
+    }
+
+    fn apply(
+        &mut self,
+        engine: &Engine,
+        entries: Vec<Applying>,
+    ) -> Result<Vec<Result<(), String>>, EngineError> {
         let mut results = Vec::with_capacity(entries.len());
         for applying in entries {
             let meta: Vec<(&str, &[u8])> = applying
@@ -430,195 +858,96 @@ impl Worker {
                 .iter()
                 .map(|(k, v)| (*k, v.as_slice()))
                 .collect();
-            match self.engine.apply_with_meta(applying.entry.as_ref(), &meta) {
-                Ok(()) => results.push(Ok(())),
-                // The bookkeeping was stored; the entry's own change was refused alike on
-                // every replica.
-                Err(EngineError::Sqlite(e)) if applying.entry.is_some() => {
-                    results.push(Err(e.to_string()));
+            if self.is_next_own(&applying) {
+                // Its changes are already here: record that it is applied.
+                engine.put_meta(&meta)?;
+                self.remember(&applying.meta);
+                self.spec.pop_front();
+                if let Some((_, seq)) = applying.proposal {
+                    self.progress.applied_seq.store(seq, Ordering::Release);
                 }
-                Err(EngineError::Diverged(kind)) => results.push(Err(format!(
-                    "the entry's changes conflict with this replica's rows ({kind})"
-                ))),
-                Err(e) => return Err(e),
+                self.close_outer_if_settled(engine)?;
+                results.push(Ok(()));
+            } else if applying.entry.is_none() && self.outer_open {
+                // Blank and membership entries change no data: bookkeeping only.
+                engine.put_meta(&meta)?;
+                self.remember(&applying.meta);
+                results.push(Ok(()));
+            } else {
+                self.discard(engine)?;
+                let own = applying
+                    .proposal
+                    .filter(|(instance, _)| *instance == self.instance)
+                    .map(|(_, seq)| seq);
+                match engine.apply_with_meta(applying.entry.as_ref(), &meta) {
+                    Ok(()) => {
+                        if let Some(seq) = own {
+                            self.progress.applied_seq.store(seq, Ordering::Release);
+                        }
+                        results.push(Ok(()));
+                    }
+                    // The bookkeeping was stored; the entry's own change was refused alike on
+                    // every replica.
+                    Err(EngineError::Sqlite(e)) if applying.entry.is_some() => {
+                        results.push(Err(e.to_string()));
+                    }
+                    Err(EngineError::Diverged(kind)) => results.push(Err(format!(
+                        "the entry's changes conflict with this replica's rows ({kind})"
+                    ))),
+                    Err(e) => return Err(e),
+                }
+                if let Some(seq) = own {
+                    self.orphans.remove(&seq);
+                }
             }
             self.advance(applying.next_index);
         }
         Ok(results)
     }
 
+    fn remember(&mut self, meta: &[(&'static str, Vec<u8>)]) {
+        for (key, value) in meta {
+            self.remembered.insert(key, value.clone());
+        }
+    }
+
     fn advance(&self, next_index: u64) {
         self.progress
             .applied_next
             .store(next_index, Ordering::Release);
-        self.progress.applied_changed.notify_waiters();
+        self.progress.changed();
     }
 
-    /// Serves `begin`'s session's transaction until it ends.
-    fn transaction(&mut self, begin: Request, inbox: &Receiver<Request>) -> Ended {
-        let owner = begin.session;
-        let conn = self.engine.connection();
-        let tx = match conn.unchecked_transaction() {
-            Ok(tx) => tx,
-            Err(e) => {
-                let _ = begin.reply.send(Err(e.into()));
-                return Ended::Done;
-            }
-        };
-        let mut session =
-            match Session::new(&tx).and_then(|mut s| s.attach(None::<&str>).map(|()| s)) {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = begin.reply.send(Err(e.into()));
-                    return Ended::Done;
-                }
-            };
-        let _ = begin.reply.send(Ok(Answer::Done));
-        let (mut rows_affected, mut last_insert_id) = (0u64, 0i64);
-        let mut waiting: VecDeque<Request> = std::mem::take(&mut self.deferred);
-        loop {
-            // Requests of other sessions wait their turn, but never longer than the lock wait.
-            let now = Instant::now();
-            let lock_wait = self.lock_wait;
-            let (expired, kept): (VecDeque<_>, VecDeque<_>) = waiting.drain(..).partition(|r| {
-                r.session != owner && r.session != SYSTEM && now.duration_since(r.at) >= lock_wait
-            });
-            waiting = kept;
-            for request in expired {
-                let _ = request.reply.send(Err(EngineError::LockWait));
-            }
-            // The state machine's requests that cannot wait for the owner: a data change
-            // or a restore means another leader's writes arrived, so this transaction (begun
-            // on a state that is no longer current) is rolled back.
-            let urgent = waiting.iter().position(|r| {
-                r.session == SYSTEM
-                    && match &r.op {
-                        Op::Apply(entries) => entries.iter().any(|a| a.entry.is_some()),
-                        Op::Restore(..) | Op::Settle | Op::Meta(_) => true,
-                        _ => false,
-                    }
-            });
-            if let Some(i) = urgent {
-                let request = waiting.remove(i).expect("position is in range");
-                match request.op {
-                    Op::Settle => {
-                        self.in_flight = self.in_flight.saturating_sub(1);
-                        let _ = request.reply.send(Ok(Answer::Done));
-                    }
-                    Op::Meta(key) => {
-                        let _ = request
-                            .reply
-                            .send(Engine::meta_on(&tx, key).map(Answer::Meta));
-                    }
-                    _ => {
-                        drop(session);
-                        let _ = tx.rollback();
-                        tracing::warn!(
-                            session = owner,
-                            "transaction rolled back: another leader's writes arrived"
-                        );
-                        self.aborted.insert(owner);
-                        self.deferred = waiting;
-                        return Ended::Aborted(request);
-                    }
-                }
-                continue;
-            }
-            let position = waiting.iter().position(|r| r.session == owner);
-            let request = match position.and_then(|i| waiting.remove(i)) {
-                Some(r) => r,
-                None => match inbox.recv_timeout(Duration::from_millis(50)) {
-                    Ok(r) if r.session == owner => r,
-                    Ok(r) => {
-                        waiting.push_back(r);
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return Ended::Done,
-                },
-            };
-            match request.op {
-                Op::Query { sql, params } => {
-                    let _ = request
-                        .reply
-                        .send(Engine::query_on(&tx, &sql, &params).map(Answer::Rows));
-                }
-                Op::Describe { sql } => {
-                    let _ = request
-                        .reply
-                        .send(Engine::describe_on(&tx, &sql).map(|(p, c)| Answer::Shape(p, c)));
-                }
-                Op::Write { statements, params } => {
-                    if statements.iter().any(|s| is_ddl(s)) {
-                        let _ = request.reply.send(Err(EngineError::DdlInTransaction));
-                        continue;
-                    }
-                    let mut result = Ok(());
-                    for sql in &statements {
-                        match tx.execute(sql, rusqlite::params_from_iter(params.iter())) {
-                            Ok(n) => {
-                                rows_affected = n as u64;
-                                last_insert_id = tx.last_insert_rowid();
-                            }
-                            Err(e) => {
-                                result = Err(e);
-                                break;
-                            }
-                        }
-                    }
-                    let written = result.map(|()| {
-                        Answer::Written(Outcome {
-                            entry: Entry::default(),
-                            rows_affected,
-                            last_insert_id,
-                        })
-                    });
-                    let _ = request.reply.send(written.map_err(Into::into));
-                }
-                Op::Commit => {
-                    let mut bytes = Vec::new();
-                    let recorded = session.changeset_strm(&mut bytes);
-                    drop(session);
-                    // The changes reach the database when the group applies the entry.
-                    let ended = recorded.and_then(|()| tx.rollback());
-                    let answer = ended.map_err(EngineError::from).map(|()| {
-                        let mut entry = Entry::default();
-                        if !bytes.is_empty() {
-                            entry.steps.push(Step::Changes(bytes));
-                            self.in_flight += 1;
-                        }
-                        Answer::Written(Outcome {
-                            entry,
-                            rows_affected,
-                            last_insert_id,
-                        })
-                    });
-                    let _ = request.reply.send(answer);
-                    self.deferred.extend(waiting);
-                    return Ended::Done;
-                }
-                Op::Begin => {
-                    let _ = request.reply.send(Err(EngineError::Unexpected(
-                        "BEGIN inside an open transaction".into(),
-                    )));
-                }
-                Op::Rollback | Op::Close => {
-                    drop(session);
-                    let rolled = tx.rollback().map_err(EngineError::from);
-                    let _ = request.reply.send(rolled.map(|()| Answer::Done));
-                    self.deferred.extend(waiting);
-                    return Ended::Done;
-                }
-                Op::Settle
-                | Op::Apply(_)
-                | Op::Snapshot(_)
-                | Op::Restore(..)
-                | Op::Meta(_)
-                | Op::Checksum => {
-                    unreachable!("system requests are never the owner's")
-                }
-            }
+    /// Ends the client transaction without keeping it (if a discard has not already).
+    fn end_client(&mut self, engine: &Engine) -> Result<(), EngineError> {
+        if let Some(seq) = self.client.take() {
+            self.roll_back_to(engine, seq)?;
         }
+        self.close_outer_if_settled(engine)
+    }
+
+    /// Keeps a committed client transaction (under its savepoint) as a speculative write and
+    /// proposes it.
+    fn keep_client(
+        &mut self,
+        changes: Vec<u8>,
+        rows_affected: u64,
+        last_insert_id: i64,
+    ) -> Result<Answer, EngineError> {
+        let seq = self
+            .client
+            .take()
+            .ok_or_else(|| EngineError::Unexpected("no client transaction to keep".into()))?;
+        let mut entry = Entry::default();
+        entry.steps.push(Step::Changes(changes));
+        Ok(Answer::Written(self.propose(
+            seq,
+            Outcome {
+                entry,
+                rows_affected,
+                last_insert_id,
+            },
+        )))
     }
 }
 
@@ -626,152 +955,104 @@ impl Worker {
 mod tests {
     use super::*;
 
-    fn handle(lock_wait: Duration) -> EngineHandle {
+    struct Harness {
+        h: EngineHandle,
+        proposals: mpsc::UnboundedReceiver<Proposal>,
+    }
+
+    fn harness(lock_wait: Duration) -> Harness {
         let engine = Engine::in_memory().expect("engine");
-        EngineHandle::spawn(engine, Arc::default(), lock_wait)
+        let (h, proposals) = EngineHandle::spawn(engine, Arc::default(), lock_wait);
+        Harness { h, proposals }
     }
 
-    /// Stands in for the Raft group: applies an entry at the next index, then settles it.
-    async fn commit_entry(h: &EngineHandle, entry: Entry) {
-        let next = h.progress().applied_next.load(Ordering::Acquire) + 1;
-        h.progress().log_next.store(next, Ordering::Release);
-        let results = h
-            .apply(vec![Applying {
-                next_index: next,
-                meta: vec![],
-                entry: Some(entry),
-            }])
-            .await
-            .expect("apply");
-        assert_eq!(results, vec![Ok(())]);
-        h.settle();
-    }
+    impl Harness {
+        /// Stands in for the Raft group: takes the next proposal and applies it at the next
+        /// index, as a committed entry, then settles it.
+        async fn commit_next(&mut self) -> Proposal {
+            let proposal = self.proposals.recv().await.expect("a proposal");
+            self.apply(Some(proposal.entry.clone()), Some(proposal.id))
+                .await;
+            self.h.settle(proposal.id.1, true);
+            proposal
+        }
 
-    async fn write(h: &EngineHandle, session: u64, sql: &str) {
-        let outcome = h
-            .write(session, vec![sql.into()], &[])
-            .await
-            .expect("write");
-        commit_entry(h, outcome.entry).await;
-    }
+        async fn apply(&self, entry: Option<Entry>, proposal: Option<ProposalId>) {
+            let next = self.h.progress().applied_next.load(Ordering::Acquire) + 1;
+            self.h.progress().log_next.store(next, Ordering::Release);
+            let results = self
+                .h
+                .apply(vec![Applying {
+                    next_index: next,
+                    meta: vec![],
+                    entry,
+                    proposal,
+                }])
+                .await
+                .expect("apply");
+            assert_eq!(results, vec![Ok(())]);
+        }
 
-    async fn count(h: &EngineHandle, session: u64) -> i64 {
-        let rows = h
-            .query(session, "SELECT COUNT(*) FROM t", &[])
-            .await
-            .expect("count");
-        match rows.rows[0][0] {
-            Value::Integer(n) => n,
-            ref other => panic!("{other:?}"),
+        async fn write(&mut self, session: u64, sql: &str) -> Written {
+            self.h
+                .write(session, vec![sql.into()], &[])
+                .await
+                .expect("write")
+        }
+
+        async fn count(&self, session: u64) -> (i64, Option<u64>) {
+            let read = self
+                .h
+                .query(session, "SELECT COUNT(*) FROM t", &[])
+                .await
+                .expect("count");
+            match read.rows.rows[0][0] {
+                Value::Integer(n) => (n, read.seen),
+                ref other => panic!("{other:?}"),
+            }
         }
     }
 
     #[tokio::test]
-    async fn writes_change_nothing_until_their_entry_is_applied() {
-        let h = handle(Duration::from_secs(5));
-        write(&h, 1, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").await;
-        let outcome = h
-            .write(1, vec!["INSERT INTO t (v) VALUES ('a')".into()], &[])
-            .await
-            .expect("insert");
-        assert_eq!(outcome.last_insert_id, 1);
-        assert_eq!(count(&h, 2).await, 0, "not applied yet");
-        // The gate is closed while the entry is in flight: a second write waits for it.
-        let second = {
-            let h = h.clone();
-            tokio::spawn(async move {
-                h.write(3, vec!["INSERT INTO t (v) VALUES ('b')".into()], &[])
-                    .await
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!second.is_finished(), "the second write waits at the gate");
-        commit_entry(&h, outcome.entry).await;
-        let second = second.await.expect("join").expect("second write");
+    async fn writes_run_ahead_of_their_commit_and_reads_say_what_they_saw() {
+        let mut t = harness(Duration::from_secs(5));
+        t.write(1, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+            .await;
+        t.commit_next().await;
+        let first = t.write(1, "INSERT INTO t (v) VALUES ('a')").await;
+        let second = t.write(2, "INSERT INTO t (v) VALUES ('b')").await;
         assert_eq!(
-            second.last_insert_id, 2,
-            "computed on the state that includes the first"
+            (first.outcome.last_insert_id, second.outcome.last_insert_id),
+            (1, 2),
+            "the second write executed on top of the first, before either committed"
         );
-        commit_entry(&h, second.entry).await;
-        assert_eq!(count(&h, 2).await, 2);
+        let (rows, seen) = t.count(3).await;
+        assert_eq!(rows, 2);
+        let newest = seen.expect("the read saw speculative writes");
+        let first_proposal = t.commit_next().await;
+        let second_proposal = t.commit_next().await;
+        assert!(
+            first_proposal.id.1 < second_proposal.id.1,
+            "proposals leave in execution order"
+        );
+        assert_eq!(second_proposal.id.1, newest);
+        assert_eq!(
+            t.h.progress().applied_seq.load(Ordering::Acquire),
+            newest,
+            "applying its own entries marks them committed"
+        );
+        assert_eq!(t.count(3).await, (2, None), "nothing speculative is left");
     }
 
     #[tokio::test]
-    async fn transactions_commit_or_roll_back_as_a_whole() {
-        let h = handle(Duration::from_secs(5));
-        write(&h, 1, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").await;
-        h.begin(1).await.expect("begin");
-        h.write(1, vec!["INSERT INTO t (v) VALUES ('a')".into()], &[])
-            .await
-            .expect("insert");
-        assert_eq!(count(&h, 1).await, 1, "a transaction sees its own writes");
-        h.rollback(1).await.expect("rollback");
-        assert_eq!(count(&h, 1).await, 0);
-
-        h.begin(1).await.expect("begin");
-        h.write(
-            1,
-            vec!["INSERT INTO t (v) VALUES (?)".into()],
-            &[Value::Text("b".into())],
-        )
-        .await
-        .expect("insert");
-        let outcome = h.commit(1).await.expect("commit").expect("was open");
-        assert_eq!(
-            outcome.entry.steps.len(),
-            1,
-            "the commit carries the transaction's changeset"
-        );
-        commit_entry(&h, outcome.entry).await;
-        assert_eq!(count(&h, 2).await, 1);
-    }
-
-    #[tokio::test]
-    async fn other_sessions_wait_for_a_transaction_and_time_out_with_1205() {
-        let h = handle(Duration::from_millis(300));
-        write(&h, 1, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").await;
-        h.begin(1).await.expect("begin");
-        h.write(1, vec!["INSERT INTO t (v) VALUES ('a')".into()], &[])
-            .await
-            .expect("insert");
-        // Session 2 waits behind the open transaction, then gives up.
-        let waited = h.query(2, "SELECT COUNT(*) FROM t", &[]).await;
-        assert!(matches!(waited, Err(EngineError::LockWait)), "{waited:?}");
-        assert_eq!(waited.expect_err("timed out").to_mysql("app").code, 1205);
-        // A waiting reader is served as soon as the transaction commits.
-        let reader = {
-            let h = h.clone();
-            tokio::spawn(async move { count(&h, 2).await })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let outcome = h.commit(1).await.expect("commit").expect("was open");
-        assert_eq!(reader.await.expect("join"), 0, "served before the apply");
-        commit_entry(&h, outcome.entry).await;
-        assert_eq!(count(&h, 2).await, 1);
-        // DDL inside a transaction is refused rather than committing implicitly.
-        h.begin(3).await.expect("begin");
-        assert!(matches!(
-            h.write(
-                3,
-                vec!["CREATE TABLE u (id INTEGER PRIMARY KEY)".into()],
-                &[]
-            )
-            .await,
-            Err(EngineError::DdlInTransaction)
-        ));
-        h.close(3);
-        assert_eq!(
-            count(&h, 4).await,
-            1,
-            "closing a session rolls its transaction back and frees the engine"
-        );
-    }
-
-    #[tokio::test]
-    async fn another_leaders_entry_rolls_an_open_transaction_back() {
-        let h = handle(Duration::from_secs(5));
-        write(&h, 1, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").await;
-        // An entry made elsewhere (as a new leader would send it).
+    async fn another_leaders_entry_discards_unapplied_writes_and_applies_in_their_place() {
+        let mut t = harness(Duration::from_secs(5));
+        t.write(1, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+            .await;
+        t.commit_next().await;
+        let local = t.write(1, "INSERT INTO t (v) VALUES ('local')").await;
+        assert!(local.commit.is_some());
+        // The entry another leader made, from the same committed state.
         let mut other = Engine::in_memory().expect("engine");
         other
             .write(&["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)".into()])
@@ -779,21 +1060,130 @@ mod tests {
         let elsewhere = other
             .execute_bound(&[("INSERT INTO t (v) VALUES ('from the new leader')", &[])])
             .expect("execute");
-        h.begin(1).await.expect("begin");
-        h.write(1, vec!["INSERT INTO t (v) VALUES ('local')".into()], &[])
-            .await
-            .expect("insert");
-        commit_entry(&h, elsewhere.entry).await;
-        let rows = h.query(2, "SELECT v FROM t", &[]).await.expect("select");
+        t.apply(Some(elsewhere.entry), Some((7, 1))).await;
+        let read = t.h.query(2, "SELECT v FROM t", &[]).await.expect("select");
         assert_eq!(
-            rows.rows,
+            read.rows.rows,
             vec![vec![Value::Text("from the new leader".into())]]
         );
-        let commit = h.commit(1).await;
+        assert_eq!(read.seen, None);
+        // The discarded write is an orphan: new writes wait until it is decided.
+        let waiting = {
+            let h = t.h.clone();
+            tokio::spawn(async move {
+                h.write(3, vec!["INSERT INTO t (v) VALUES ('next')".into()], &[])
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the gate holds writes for the orphan"
+        );
+        let orphan = t.proposals.recv().await.expect("the local proposal");
+        t.h.settle(orphan.id.1, false);
+        let next = waiting
+            .await
+            .expect("join")
+            .expect("write after the orphan");
+        assert_eq!(next.outcome.last_insert_id, 2);
+    }
+
+    #[tokio::test]
+    async fn transactions_commit_or_roll_back_as_a_whole() {
+        let mut t = harness(Duration::from_secs(5));
+        t.write(1, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+            .await;
+        t.commit_next().await;
+        t.h.begin(1).await.expect("begin");
+        t.write(1, "INSERT INTO t (v) VALUES ('a')").await;
+        assert_eq!(t.count(1).await.0, 1, "a transaction sees its own writes");
+        t.h.rollback(1).await.expect("rollback");
+        assert_eq!(t.count(1).await.0, 0);
+
+        t.h.begin(1).await.expect("begin");
+        t.h.write(
+            1,
+            vec!["INSERT INTO t (v) VALUES (?)".into()],
+            &[Value::Text("b".into())],
+        )
+        .await
+        .expect("insert");
+        let written = t.h.commit(1).await.expect("commit").expect("was open");
+        assert_eq!(
+            written.outcome.entry.steps.len(),
+            1,
+            "the commit carries the transaction's changeset"
+        );
+        t.commit_next().await;
+        assert_eq!(t.count(2).await, (1, None));
+    }
+
+    #[tokio::test]
+    async fn other_sessions_wait_for_a_transaction_and_time_out_with_1205() {
+        let mut t = harness(Duration::from_millis(300));
+        t.write(1, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+            .await;
+        t.commit_next().await;
+        t.h.begin(1).await.expect("begin");
+        t.write(1, "INSERT INTO t (v) VALUES ('a')").await;
+        let waited = t.h.query(2, "SELECT COUNT(*) FROM t", &[]).await;
+        assert!(matches!(waited, Err(EngineError::LockWait)), "{waited:?}");
+        assert_eq!(waited.expect_err("timed out").to_mysql("app").code, 1205);
+        t.h.commit(1).await.expect("commit");
+        t.commit_next().await;
+        assert_eq!(t.count(2).await.0, 1);
+        t.h.begin(3).await.expect("begin");
+        assert!(matches!(
+            t.h.write(
+                3,
+                vec!["CREATE TABLE u (id INTEGER PRIMARY KEY)".into()],
+                &[]
+            )
+            .await,
+            Err(EngineError::DdlInTransaction)
+        ));
+        t.h.close(3);
+        assert_eq!(
+            t.count(4).await.0,
+            1,
+            "closing a session rolls its transaction back and frees the engine"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_open_transaction_survives_its_predecessors_commit_but_not_another_leader() {
+        let mut t = harness(Duration::from_secs(5));
+        t.write(1, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+            .await;
+        t.commit_next().await;
+        // A write in flight, then a transaction on top of it.
+        t.write(1, "INSERT INTO t (v) VALUES ('first')").await;
+        t.h.begin(2).await.expect("begin");
+        t.write(2, "INSERT INTO t (v) VALUES ('second')").await;
+        t.commit_next().await; // the first write commits while the transaction is open
+        let written = t.h.commit(2).await.expect("commit").expect("open");
+        assert!(written.commit.is_some());
+        t.commit_next().await;
+        assert_eq!(t.count(3).await, (2, None));
+
+        // Now another leader's entry arrives while a transaction is open.
+        t.h.begin(4).await.expect("begin");
+        t.write(4, "INSERT INTO t (v) VALUES ('doomed')").await;
+        let mut other = Engine::in_memory().expect("engine");
+        other
+            .write(&["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)".into()])
+            .expect("schema");
+        let elsewhere = other
+            .execute_bound(&[("INSERT INTO t (id, v) VALUES (10, 'elsewhere')", &[])])
+            .expect("execute");
+        t.apply(Some(elsewhere.entry), None).await;
+        let commit = t.h.commit(4).await;
         assert!(
             matches!(commit, Err(EngineError::Aborted)),
             "the owner learns its transaction is gone: {commit:?}"
         );
         assert_eq!(commit.expect_err("aborted").to_mysql("app").code, 1213);
+        assert_eq!(t.count(5).await, (3, None));
     }
 }

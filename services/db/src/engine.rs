@@ -179,6 +179,15 @@ fn unqualified(name: &str) -> &str {
     name.split_once('.').map_or(name, |(_, rest)| rest)
 }
 
+/// A session recording the row changes of every table but the replica's own bookkeeping
+/// (which the leader may write while a transaction records, and which is never replicated).
+pub fn recorder(conn: &rusqlite::Connection) -> Result<Session<'_>, rusqlite::Error> {
+    let mut session = Session::new(conn)?;
+    session.table_filter(Some(|table: &str| table != META_TABLE));
+    session.attach(None::<&str>)?;
+    Ok(session)
+}
+
 /// One part of a replicated write.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Step {
@@ -359,12 +368,53 @@ impl Engine {
         self.run_bound(statements, false)
     }
 
+    /// Like [`Engine::execute_bound`], but keeps the changes: inside an open transaction
+    /// (the leader's speculative one, see `actor.rs`) they become part of it.
+    pub fn execute_kept(&self, statements: &[(&str, &[Value])]) -> Result<Outcome, EngineError> {
+        self.run_bound(statements, true)
+    }
+
+    /// Runs SQL that returns nothing (transaction control, bookkeeping).
+    pub fn exec(&self, sql: &str) -> Result<(), EngineError> {
+        self.conn.execute_batch(sql)?;
+        Ok(())
+    }
+
+    /// Records bookkeeping values in whatever transaction is open.
+    pub fn put_meta(&self, meta: &[(&str, &[u8])]) -> Result<(), EngineError> {
+        for (key, value) in meta {
+            self.conn
+                .prepare_cached(&format!(
+                    "INSERT INTO {META_TABLE} (key, value) VALUES (?1, ?2) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                ))?
+                .execute(rusqlite::params![key, value])?;
+        }
+        Ok(())
+    }
+
+    /// Runs `statements` under a savepoint (a transaction of its own when none is open) and
+    /// records their changes; keeps them or rolls them back. On error nothing stays.
     fn run_bound(
-        &mut self,
+        &self,
         statements: &[(&str, &[Value])],
         keep: bool,
     ) -> Result<Outcome, EngineError> {
-        let tx = self.conn.unchecked_transaction()?;
+        self.conn.execute_batch("SAVEPOINT quartet_write")?;
+        let recorded = Self::record(&self.conn, statements);
+        if recorded.is_ok() && keep {
+            self.conn.execute_batch("RELEASE quartet_write")?;
+        } else {
+            self.conn
+                .execute_batch("ROLLBACK TO quartet_write; RELEASE quartet_write")?;
+        }
+        recorded
+    }
+
+    fn record(
+        conn: &rusqlite::Connection,
+        statements: &[(&str, &[Value])],
+    ) -> Result<Outcome, EngineError> {
         let mut entry = Entry::default();
         let (mut rows_affected, mut last_insert_id) = (0, 0);
         let mut pending: Vec<(&str, &[Value])> = Vec::new();
@@ -378,11 +428,10 @@ impl Engine {
             if pending.is_empty() {
                 return Ok(());
             }
-            let mut session = Session::new(&tx)?;
-            session.attach(None::<&str>)?;
+            let mut session = recorder(conn)?;
             for (sql, params) in pending.drain(..) {
-                *rows = tx.execute(sql, rusqlite::params_from_iter(params.iter()))? as u64;
-                *last = tx.last_insert_rowid();
+                *rows = conn.execute(sql, rusqlite::params_from_iter(params.iter()))? as u64;
+                *last = conn.last_insert_rowid();
             }
             let mut bytes = Vec::new();
             session.changeset_strm(&mut bytes)?;
@@ -399,7 +448,7 @@ impl Engine {
                     &mut rows_affected,
                     &mut last_insert_id,
                 )?;
-                tx.execute_batch(sql)?;
+                conn.execute_batch(sql)?;
                 entry.steps.push(Step::Ddl(sql.to_owned()));
             } else {
                 pending.push((sql, params));
@@ -411,11 +460,6 @@ impl Engine {
             &mut rows_affected,
             &mut last_insert_id,
         )?;
-        if keep {
-            tx.commit()?;
-        } else {
-            tx.rollback()?;
-        }
         Ok(Outcome {
             entry,
             rows_affected,
@@ -452,7 +496,7 @@ impl Engine {
     /// apply, nothing of it stays, the bookkeeping is still recorded (every replica makes the
     /// same decision about the same entry), and the entry's error is returned.
     pub fn apply_with_meta(
-        &mut self,
+        &self,
         entry: Option<&Entry>,
         meta: &[(&str, &[u8])],
     ) -> Result<(), EngineError> {

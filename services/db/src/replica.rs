@@ -31,7 +31,7 @@ use openraft::{ChangeMembers, ServerState};
 use rusqlite::types::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::actor::{EngineHandle, Progress};
+use crate::actor::{Decision, EngineHandle, Progress, Proposal, Written};
 use crate::dialect::MysqlError;
 use crate::engine::{Columns, Engine, EngineError, Outcome, Rows};
 use crate::raft::log_store::LogStore;
@@ -194,7 +194,7 @@ impl Replica {
             .map_err(|e| anyhow::anyhow!("storage.path {}: {e}", dir.display()))?;
         let log = LogStore::open(&dir.join("raft-log.sqlite"), progress.clone())
             .map_err(|e| anyhow::anyhow!("storage.path {}: raft log: {e}", dir.display()))?;
-        let engine = EngineHandle::spawn(engine, progress, LOCK_WAIT);
+        let (engine, proposals) = EngineHandle::spawn(engine, progress, LOCK_WAIT);
         let state_machine = StateMachine::new(engine.clone(), dir.to_path_buf());
         let heartbeat = options.heartbeat.as_millis() as u64;
         let election = options.election_timeout.as_millis() as u64;
@@ -233,6 +233,12 @@ impl Replica {
                 }
             }
         }
+        tokio::spawn(propose(
+            raft.clone(),
+            engine.clone(),
+            proposals,
+            options.commit_timeout,
+        ));
         let (reads, queue) = mpsc::channel(4096);
         let lease = Arc::new(std::sync::Mutex::new(None));
         tokio::spawn(read_rounds(
@@ -400,7 +406,25 @@ impl Replica {
         consistency: Consistency,
     ) -> Result<Rows, ReplicaError> {
         self.read_barrier(consistency).await?;
-        Ok(self.engine.query(session, sql, params).await?)
+        let read = self.engine.query(session, sql, params).await?;
+        self.committed(read.seen).await?;
+        Ok(read.rows)
+    }
+
+    /// Waits until this leader's speculative write `seen` (which a read may have observed)
+    /// is applied, so nothing uncommitted is ever answered.
+    async fn committed(&self, seen: Option<u64>) -> Result<(), ReplicaError> {
+        let Some(seq) = seen else {
+            return Ok(());
+        };
+        tokio::time::timeout(self.commit_timeout, self.engine.progress().wait_seq(seq))
+            .await
+            .map_err(|_| {
+                ReplicaError::Unconfirmed(format!(
+                    "the rows read include a write the group did not confirm within {} ms; retry",
+                    self.commit_timeout.as_millis()
+                ))
+            })
     }
 
     /// Parameter count and result columns of `sql` (no consistency needed: schema only).
@@ -420,8 +444,8 @@ impl Replica {
         params: &[Value],
     ) -> Result<Outcome, ReplicaError> {
         self.ensure_leader()?;
-        let outcome = self.engine.write(session, statements, params).await?;
-        self.commit_outcome(outcome).await
+        let written = self.engine.write(session, statements, params).await?;
+        self.decided(written).await
     }
 
     /// Opens a transaction for `session` (on the leader only).
@@ -433,7 +457,7 @@ impl Replica {
     /// Commits `session`'s transaction through the group.
     pub async fn commit(&self, session: u64) -> Result<(), ReplicaError> {
         match self.engine.commit(session).await? {
-            Some(outcome) => self.commit_outcome(outcome).await.map(drop),
+            Some(written) => self.decided(written).await.map(drop),
             None => Ok(()),
         }
     }
@@ -448,37 +472,21 @@ impl Replica {
         self.engine.close(session);
     }
 
-    /// Proposes a write's entry (if it changed anything) and waits for it to apply here.
-    async fn commit_outcome(&self, outcome: Outcome) -> Result<Outcome, ReplicaError> {
-        if outcome.entry.steps.is_empty() {
-            return Ok(outcome);
-        }
-        let command = Command {
-            entry: outcome.entry.clone(),
+    /// Waits for the group's decision on a write (or, for one that changed nothing, for the
+    /// speculative writes its reads may have seen).
+    async fn decided(&self, written: Written) -> Result<Outcome, ReplicaError> {
+        let Some(commit) = written.commit else {
+            self.committed(written.seen).await?;
+            return Ok(written.outcome);
         };
-        let proposed =
-            tokio::time::timeout(self.commit_timeout, self.raft.client_write(command)).await;
-        self.engine.settle();
-        match proposed {
-            Err(_) => Err(ReplicaError::Unconfirmed(format!(
-                "commit outcome unknown: the group did not confirm the write within {} ms (no majority reachable?); check before retrying",
-                self.commit_timeout.as_millis()
-            ))),
-            Ok(Ok(response)) => match response.data.error {
-                None => Ok(outcome),
-                Some(refusal) => Err(ReplicaError::Refused(refusal)),
-            },
-            // Leadership moved while the entry was in flight: it may already sit in a
-            // majority's logs and commit under the next leader, so the outcome is unknown.
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                Err(ReplicaError::Unconfirmed(format!(
-                    "commit outcome unknown: leadership moved (now {}) while the write was being committed; check before retrying",
-                    forward
-                        .leader_id
-                        .map_or_else(|| "no leader".to_owned(), |id| format!("node {id}"))
-                )))
-            }
-            Ok(Err(e)) => Err(ReplicaError::Raft(e.to_string())),
+        match commit.await {
+            Ok(Decision::Applied) => Ok(written.outcome),
+            Ok(Decision::Refused(refusal)) => Err(ReplicaError::Refused(refusal)),
+            Ok(Decision::Unknown(why)) => Err(ReplicaError::Unconfirmed(why)),
+            Err(_) => Err(ReplicaError::Unconfirmed(
+                "commit outcome unknown: the replica stopped while the write was being committed"
+                    .into(),
+            )),
         }
     }
 
@@ -785,6 +793,62 @@ impl Replica {
             .load(Ordering::Acquire)
             .saturating_sub(1);
         Ok((applied, sum))
+    }
+}
+
+/// Puts the engine's writes to the group in the order it executed them (`client_write_ff`
+/// only enqueues, so the log keeps that order), then hands each decision to the session
+/// waiting for it and tells the engine.
+async fn propose(
+    raft: Arc<Raft>,
+    engine: EngineHandle,
+    mut proposals: mpsc::UnboundedReceiver<Proposal>,
+    timeout: Duration,
+) {
+    while let Some(proposal) = proposals.recv().await {
+        let (_, seq) = proposal.id;
+        let command = Command {
+            entry: proposal.entry,
+            proposal: Some(proposal.id),
+        };
+        let responder = raft.client_write_ff(command).await;
+        let engine = engine.clone();
+        let decided = proposal.decided;
+        tokio::spawn(async move {
+            let unknown = |why: String| {
+                Decision::Unknown(format!(
+                    "commit outcome unknown: {why}; check before retrying"
+                ))
+            };
+            let decision = match responder {
+                Err(fatal) => unknown(fatal.to_string()),
+                Ok(responder) => match tokio::time::timeout(timeout, responder).await {
+                    Err(_) => unknown(format!(
+                        "the group did not confirm the write within {} ms (no majority reachable?)",
+                        timeout.as_millis()
+                    )),
+                    Ok(Err(_)) => unknown("raft stopped".into()),
+                    Ok(Ok(Ok(response))) => match response.data.error {
+                        None => Decision::Applied,
+                        Some(refusal) => Decision::Refused(refusal),
+                    },
+                    // Leadership moved while the entry was in flight: it may already sit in
+                    // a majority's logs and commit under the next leader.
+                    Ok(Ok(Err(ClientWriteError::ForwardToLeader(forward)))) => unknown(format!(
+                        "leadership moved (now {}) while the write was being committed",
+                        forward
+                            .leader_id
+                            .map_or_else(|| "no leader".to_owned(), |id| format!("node {id}"))
+                    )),
+                    Ok(Ok(Err(e))) => unknown(e.to_string()),
+                },
+            };
+            engine.settle(
+                seq,
+                matches!(decision, Decision::Applied | Decision::Refused(_)),
+            );
+            let _ = decided.send(decision);
+        });
     }
 }
 

@@ -41,6 +41,10 @@ impl fmt::Display for Member {
 pub struct Command {
     /// The changes to apply.
     pub entry: Entry,
+    /// Which engine executed it (instance, write number): the leader that made it finds its
+    /// changes already in place.
+    #[serde(default)]
+    pub proposal: Option<(u64, u64)>,
 }
 
 /// What applying a [`Command`] did: `None` when it applied, else why it did not (the same on

@@ -146,9 +146,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut batch = Vec::new();
         for entry in entries {
             let mut meta = vec![(APPLIED, encode(&entry.log_id).map_err(sm_err)?)];
+            let mut proposal = None;
             let data = match entry.payload {
                 EntryPayload::Blank => None,
-                EntryPayload::Normal(command) => Some(command.entry),
+                EntryPayload::Normal(command) => {
+                    proposal = command.proposal;
+                    Some(command.entry)
+                }
                 EntryPayload::Membership(membership) => {
                     let stored = Membership::new(Some(entry.log_id), membership);
                     meta.push((MEMBERSHIP, encode(&stored).map_err(sm_err)?));
@@ -159,6 +163,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 next_index: entry.log_id.index + 1,
                 meta,
                 entry: data,
+                proposal,
             });
         }
         let results = self.engine.apply(batch).await.map_err(sm_err)?;
