@@ -421,6 +421,20 @@ struct State {
     aborted: HashSet<u64>,
 }
 
+/// A write result with nothing to replicate (yet): inside a transaction, or one that changed
+/// nothing.
+fn unreplicated(rows_affected: u64, last_insert_id: i64, seen: Option<u64>) -> Written {
+    Written {
+        outcome: Outcome {
+            entry: Entry::default(),
+            rows_affected,
+            last_insert_id,
+        },
+        commit: None,
+        seen,
+    }
+}
+
 fn savepoint(seq: u64) -> String {
     format!("quartet_spec_{seq}")
 }
@@ -633,15 +647,7 @@ impl Worker {
                         }
                     }
                     let written = result.map(|()| {
-                        Answer::Written(Written {
-                            outcome: Outcome {
-                                entry: Entry::default(),
-                                rows_affected,
-                                last_insert_id,
-                            },
-                            commit: None,
-                            seen: None,
-                        })
+                        Answer::Written(unreplicated(rows_affected, last_insert_id, None))
                     });
                     let _ = request.reply.send(written.map_err(Into::into));
                 }
@@ -658,15 +664,7 @@ impl Worker {
                             // Nothing to replicate; its reads may have seen speculative rows.
                             let seen = self.st.spec.back().copied();
                             self.st.end_client(&self.engine).map(|()| {
-                                Answer::Written(Written {
-                                    outcome: Outcome {
-                                        entry: Entry::default(),
-                                        rows_affected,
-                                        last_insert_id,
-                                    },
-                                    commit: None,
-                                    seen,
-                                })
+                                Answer::Written(unreplicated(rows_affected, last_insert_id, seen))
                             })
                         }
                         Ok(()) => self.st.keep_client(bytes, rows_affected, last_insert_id),
