@@ -1,11 +1,13 @@
 //! `quartet-task-gateway`: Celery-compatible task broker-gateway.
 //!
-//! Today the crate holds the server's shell, which every Quartet service shares through
-//! `quartet-kit`: configuration, listeners (gRPC, REST, admin), telemetry and graceful
-//! shutdown. The Celery protocol, the gateway API and the worker library arrive with issue 5.
+//! Built so far: the server's shell every Quartet service shares through `quartet-kit`, and
+//! [`celery`], Celery's message protocol v2 and result records as the real Celery writes
+//! them. The gateway API, the Redis broker and the worker library arrive with issue 5.
 //!
-//! Layout rule for what comes: the domain apart from the transports (gRPC, REST, Celery over Redis) and
-//! the storage, so each can be tested alone.
+//! Layout rule: the domain apart from the transports (gRPC, REST, Celery over Redis) and the
+//! storage, so each can be tested alone.
+
+pub mod celery;
 
 use quartet_kit::app::{Context, ServiceConfig};
 use quartet_kit::reexport::tonic::service::Routes;

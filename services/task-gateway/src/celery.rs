@@ -1,0 +1,562 @@
+//! Celery's task message protocol v2 as kombu's Redis transport carries it, and Celery's Redis
+//! result records: the formats the gateway, its workers and real Celery clients and workers
+//! share (captured from Celery 5.7 / kombu 5.7; docs/tasks.md lists the rules).
+//!
+//! - A queue `Q` is up to four Redis lists, one per priority bucket: priorities 0–2 in `Q`,
+//!   3–5 in `Q\x06\x163`, 6–8 in `Q\x06\x166`, 9 and above in `Q\x06\x169`. Producers `LPUSH`,
+//!   consumers `BRPOP` every queue's bucket 0 first, so **0 is served first** (the reverse of
+//!   AMQP).
+//! - A list element is kombu's envelope, JSON: `body` is base64 of the JSON payload
+//!   `[args, kwargs, embed]`; `headers` (not base64) carry the task name, id, ETA, expiry,
+//!   retries, time limits, workflow ids; `properties` carry the delivery tag the *publisher*
+//!   chose (the consumer's `unacked` hash field) and the priority.
+//! - A result is the string `celery-task-meta-<id>` in the result database, JSON with optional
+//!   fields left out rather than null.
+//!
+//! Only the JSON serializer is accepted; pickle, YAML and msgpack messages are refused with an
+//! error naming the content type.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+/// JSON text kept exactly as written: task arguments pass through the gateway unchanged
+/// (Celery writes integers beyond 64 bits as plain numbers, which a parsed value would round).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(pub Box<RawValue>);
+
+impl RawJson {
+    /// Wraps JSON text, checking that it is JSON.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        RawValue::from_string(text.to_owned()).map(Self)
+    }
+
+    /// The JSON text.
+    pub fn text(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The value, parsed (large integers become floats).
+    pub fn value(&self) -> Value {
+        serde_json::from_str(self.text()).unwrap_or(Value::Null)
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.text() == other.text()
+    }
+}
+
+/// The separator between a queue's name and its priority bucket in list names.
+pub const PRIORITY_SEP: &str = "\x06\x16";
+
+/// The priority buckets kombu's Redis transport uses.
+pub const PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
+
+/// The bucket a priority falls in (kombu clamps to 0–9, then rounds down to a step).
+pub fn priority_bucket(priority: u32) -> u8 {
+    let clamped = priority.min(9) as u8;
+    PRIORITY_STEPS
+        .iter()
+        .rev()
+        .copied()
+        .find(|step| *step <= clamped)
+        .unwrap_or(0)
+}
+
+/// The Redis list holding `queue`'s messages of `priority`.
+pub fn queue_list(queue: &str, priority: u32) -> String {
+    match priority_bucket(priority) {
+        0 => queue.to_owned(),
+        bucket => format!("{queue}{PRIORITY_SEP}{bucket}"),
+    }
+}
+
+/// The lists to `BRPOP`, in the order Celery's workers use: every queue's bucket 0, then every
+/// queue's bucket 3, and so on.
+pub fn consume_order(queues: &[&str]) -> Vec<String> {
+    PRIORITY_STEPS
+        .iter()
+        .flat_map(|step| queues.iter().map(move |q| queue_list(q, u32::from(*step))))
+        .collect()
+}
+
+/// The result record key of a task.
+pub fn result_key(task_id: &str) -> String {
+    format!("celery-task-meta-{task_id}")
+}
+
+/// Why a message cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The list element is not a kombu JSON envelope.
+    #[error("not a kombu message envelope: {0}")]
+    Envelope(String),
+    /// A serializer other than JSON.
+    #[error(
+        "content type {0:?} is not accepted: only application/json (Celery's task_serializer = 'json')"
+    )]
+    ContentType(String),
+    /// A body encoding other than base64.
+    #[error("body encoding {0:?} is not supported: kombu's Redis transport uses base64")]
+    BodyEncoding(String),
+    /// The body does not decode to `[args, kwargs, embed]`.
+    #[error("the body is not a protocol v2 payload [args, kwargs, embed]: {0}")]
+    Body(String),
+    /// Headers without a task name: Celery's protocol v1 or something else.
+    #[error("not Celery message protocol v2 (headers lack {0:?})")]
+    Version(&'static str),
+}
+
+/// Where kombu says a message was published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryInfo {
+    /// The exchange; Celery publishes through the default one, `""`.
+    pub exchange: String,
+    /// The routing key: the queue's name.
+    pub routing_key: String,
+    /// Set on a message put back after its consumer did not ack it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redelivered: Option<bool>,
+}
+
+/// kombu's message properties.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Properties {
+    /// The task id.
+    pub correlation_id: String,
+    /// The publishing app's id (unused by the Redis result backend).
+    #[serde(default)]
+    pub reply_to: Option<String>,
+    /// 2 (persistent) for tasks.
+    pub delivery_mode: u8,
+    /// Exchange and routing key.
+    pub delivery_info: DeliveryInfo,
+    /// The priority as given (the list name holds the bucket).
+    #[serde(default)]
+    pub priority: u32,
+    /// `base64`.
+    pub body_encoding: String,
+    /// The publisher's uuid for this delivery: the field in the `unacked` hash.
+    pub delivery_tag: String,
+    /// Anything else (e.g. `origin` on a retry).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Celery protocol v2 headers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Headers {
+    /// `py` from Python clients.
+    #[serde(default = "default_lang")]
+    pub lang: String,
+    /// The task name.
+    pub task: String,
+    /// The task id.
+    pub id: String,
+    /// A display name overriding the task name.
+    #[serde(default)]
+    pub shadow: Option<String>,
+    /// When to run, ISO-8601 UTC, if delayed.
+    #[serde(default)]
+    pub eta: Option<String>,
+    /// When it expires unrun, ISO-8601 UTC.
+    #[serde(default)]
+    pub expires: Option<String>,
+    /// The group it belongs to.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Its place in the group.
+    #[serde(default)]
+    pub group_index: Option<u64>,
+    /// How many times it was retried.
+    #[serde(default)]
+    pub retries: u32,
+    /// `[hard, soft]` time limits in seconds.
+    #[serde(default)]
+    pub timelimit: (Option<f64>, Option<f64>),
+    /// The workflow's first task.
+    #[serde(default)]
+    pub root_id: Option<String>,
+    /// The task that published this one.
+    #[serde(default)]
+    pub parent_id: Option<String>,
+    /// Display form of the args.
+    #[serde(default)]
+    pub argsrepr: Option<String>,
+    /// Display form of the kwargs.
+    #[serde(default)]
+    pub kwargsrepr: Option<String>,
+    /// `gen<pid>@<host>` of the publisher.
+    #[serde(default)]
+    pub origin: Option<String>,
+    /// Whether no result is stored.
+    #[serde(default)]
+    pub ignore_result: bool,
+    /// Nesting of `self.replace`.
+    #[serde(default)]
+    pub replaced_task_nesting: u32,
+    /// Stamping API.
+    #[serde(default)]
+    pub stamped_headers: Option<Value>,
+    /// Stamping API.
+    #[serde(default)]
+    pub stamps: Map<String, Value>,
+    /// Headers beyond Celery's (e.g. `traceparent`), kept as given.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn default_lang() -> String {
+    "py".into()
+}
+
+/// The workflow part of the payload.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Embed {
+    /// Signatures to run with this task's result (`link`).
+    #[serde(default)]
+    pub callbacks: Option<Vec<Value>>,
+    /// Signatures to run when it fails (`link_error`).
+    #[serde(default)]
+    pub errbacks: Option<Vec<Value>>,
+    /// The remaining chain steps, **last step first**.
+    #[serde(default)]
+    pub chain: Option<Vec<Value>>,
+    /// The chord body, for a chord header task.
+    #[serde(default)]
+    pub chord: Option<Value>,
+}
+
+/// One task message, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskMessage {
+    /// Protocol v2 headers.
+    pub headers: Headers,
+    /// kombu properties.
+    pub properties: Properties,
+    /// Positional arguments: a JSON array, as written.
+    pub args: RawJson,
+    /// Keyword arguments: a JSON object, as written.
+    pub kwargs: RawJson,
+    /// Callbacks, errbacks, chain, chord.
+    pub embed: Embed,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    body: String,
+    #[serde(rename = "content-encoding")]
+    content_encoding: String,
+    #[serde(rename = "content-type")]
+    content_type: String,
+    headers: Value,
+    properties: Properties,
+}
+
+impl TaskMessage {
+    /// Decodes one list element.
+    pub fn decode(raw: &[u8]) -> Result<Self, ProtocolError> {
+        let envelope: Envelope =
+            serde_json::from_slice(raw).map_err(|e| ProtocolError::Envelope(e.to_string()))?;
+        if envelope.content_type != "application/json" {
+            return Err(ProtocolError::ContentType(envelope.content_type));
+        }
+        if envelope.properties.body_encoding != "base64" {
+            return Err(ProtocolError::BodyEncoding(
+                envelope.properties.body_encoding.clone(),
+            ));
+        }
+        for required in ["task", "id"] {
+            if envelope.headers.get(required).is_none() {
+                return Err(ProtocolError::Version(required));
+            }
+        }
+        let headers: Headers = serde_json::from_value(envelope.headers)
+            .map_err(|e| ProtocolError::Envelope(format!("headers: {e}")))?;
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(envelope.body.as_bytes())
+            .map_err(|e| ProtocolError::Body(format!("base64: {e}")))?;
+        let (args, kwargs, embed): (RawJson, RawJson, Option<Embed>) =
+            serde_json::from_slice(&body).map_err(|e| ProtocolError::Body(e.to_string()))?;
+        if !args.text().trim_start().starts_with('[') {
+            return Err(ProtocolError::Body("args is not a JSON array".into()));
+        }
+        if !kwargs.text().trim_start().starts_with('{') {
+            return Err(ProtocolError::Body("kwargs is not a JSON object".into()));
+        }
+        Ok(Self {
+            headers,
+            properties: envelope.properties,
+            args,
+            kwargs,
+            embed: embed.unwrap_or_default(),
+        })
+    }
+
+    /// Encodes it as the list element kombu writes.
+    pub fn encode(&self) -> String {
+        let body = serde_json::to_vec(&(&self.args, &self.kwargs, &self.embed))
+            .expect("JSON values always serialize");
+        let envelope = Envelope {
+            body: base64::engine::general_purpose::STANDARD.encode(body),
+            content_encoding: "utf-8".into(),
+            content_type: "application/json".into(),
+            headers: serde_json::to_value(&self.headers).expect("headers serialize"),
+            properties: self.properties.clone(),
+        };
+        serde_json::to_string(&envelope).expect("the envelope serializes")
+    }
+
+    /// The Redis list this message goes to.
+    pub fn list(&self) -> String {
+        queue_list(
+            &self.properties.delivery_info.routing_key,
+            self.properties.priority,
+        )
+    }
+}
+
+/// A task's state in Celery's result records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum State {
+    /// Not known (also: no record yet).
+    Pending,
+    /// A worker took it.
+    Received,
+    /// Running.
+    Started,
+    /// Done.
+    Success,
+    /// Raised.
+    Failure,
+    /// Will be retried.
+    Retry,
+    /// Revoked.
+    Revoked,
+}
+
+/// A result record, `celery-task-meta-<id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultMeta {
+    /// The state.
+    pub status: State,
+    /// The return value, or for FAILURE/RETRY `{exc_type, exc_message: [args…], exc_module}`.
+    pub result: Value,
+    /// The formatted traceback of a failure.
+    #[serde(default)]
+    pub traceback: Option<String>,
+    /// Tasks this one started, each `[[id, null], null]`.
+    #[serde(default)]
+    pub children: Vec<Value>,
+    /// When it finished, ISO-8601 UTC; null while retrying.
+    #[serde(default)]
+    pub date_done: Option<String>,
+    /// Its group, when it has one (left out otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// Its parent, when it has one (left out otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
+    /// `result_extended` fields (name, args, kwargs, worker, retries, queue) when present.
+    #[serde(flatten)]
+    pub extended: Map<String, Value>,
+    /// The task id.
+    pub task_id: String,
+}
+
+/// The `result` of a FAILURE or RETRY record: an exception as Celery describes it.
+pub fn exception(exc_type: &str, message: &str, module: &str) -> Value {
+    serde_json::json!({
+        "exc_type": exc_type,
+        "exc_message": [message],
+        "exc_module": module,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The captured items of a fixture (Redis key dumps or MONITOR records).
+    fn fixture_items(name: &str) -> Vec<Value> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/celery")
+            .join(name);
+        let fixture: Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("fixture")).expect("json");
+        match &fixture["data"] {
+            Value::Array(items) => items.clone(),
+            item => vec![item.clone()],
+        }
+    }
+
+    /// Every message captured from the real Celery in `tests/fixtures/celery/`, with its list.
+    fn fixture_messages(name: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for item in fixture_items(name) {
+            if matches!(item["cmd"].as_str(), Some("LPUSH" | "RPUSH")) {
+                out.push((
+                    item["key"].as_str().expect("key").to_owned(),
+                    item["raw"].as_str().expect("raw").to_owned(),
+                ));
+            }
+            if item["type"] == "list" {
+                for element in item["value"].as_array().expect("list") {
+                    out.push((
+                        item["key"].as_str().expect("key").to_owned(),
+                        element.as_str().expect("element").to_owned(),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn priorities_map_to_kombus_buckets_and_lists() {
+        let cases = [
+            (0, "q"),
+            (1, "q"),
+            (2, "q"),
+            (3, "q\x06\x163"),
+            (5, "q\x06\x163"),
+        ];
+        for (priority, list) in cases {
+            assert_eq!(queue_list("q", priority), list, "priority {priority}");
+        }
+        assert_eq!(queue_list("q", 6), "q\x06\x166");
+        assert_eq!(queue_list("q", 9), "q\x06\x169");
+        assert_eq!(queue_list("q", 255), "q\x06\x169");
+        assert_eq!(
+            consume_order(&["a", "b"]),
+            [
+                "a",
+                "b",
+                "a\x06\x163",
+                "b\x06\x163",
+                "a\x06\x166",
+                "b\x06\x166",
+                "a\x06\x169",
+                "b\x06\x169"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_captured_celery_message_decodes_and_lands_on_its_list() {
+        let files = [
+            "msg_args.json",
+            "msg_args_kwargs.json",
+            "msg_countdown.json",
+            "msg_eta.json",
+            "msg_expires.json",
+            "msg_timelimits.json",
+            "msg_priorities.json",
+            "msg_other_queue.json",
+            "msg_link_errback.json",
+            "msg_chain.json",
+            "msg_group.json",
+            "msg_chord.json",
+            "msg_special_types.json",
+            "msg_retry_republish.json",
+        ];
+        let mut seen = 0;
+        for file in files {
+            for (list, raw) in fixture_messages(file) {
+                let message =
+                    TaskMessage::decode(raw.as_bytes()).unwrap_or_else(|e| panic!("{file}: {e}"));
+                assert_eq!(message.list(), list, "{file}");
+                assert_eq!(message.headers.id, message.properties.correlation_id);
+                // Our encoding decodes to the same message.
+                let again = TaskMessage::decode(message.encode().as_bytes()).expect("re-decode");
+                assert_eq!(again, message, "{file}");
+                seen += 1;
+            }
+        }
+        assert!(seen >= 20, "only {seen} messages");
+    }
+
+    #[test]
+    fn workflow_fields_read_as_celery_wrote_them() {
+        let (_, raw) = fixture_messages("msg_args_kwargs.json").remove(0);
+        let m = TaskMessage::decode(raw.as_bytes()).expect("decode");
+        assert_eq!(m.headers.task, "peers.add");
+        assert_eq!(m.args.value(), serde_json::json!([2]));
+        assert_eq!(m.kwargs.value()["y"], 3);
+        let (_, raw) = fixture_messages("msg_timelimits.json").remove(0);
+        let m = TaskMessage::decode(raw.as_bytes()).expect("decode");
+        assert_eq!(m.headers.timelimit, (Some(30.0), Some(20.0)));
+        let (_, raw) = fixture_messages("msg_chain.json").remove(0);
+        let m = TaskMessage::decode(raw.as_bytes()).expect("decode");
+        let chain = m.embed.chain.expect("remaining steps");
+        assert_eq!(chain.len(), 2);
+        assert_eq!(chain[0]["task"], "peers.add", "the last step comes first");
+        assert_eq!(chain[1]["task"], "peers.mul");
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_pass_through_unchanged() {
+        let (_, raw) = fixture_messages("msg_special_types.json").remove(0);
+        let m = TaskMessage::decode(raw.as_bytes()).expect("decode");
+        assert!(
+            m.kwargs.text().contains("1180591620717411303424"),
+            "{}",
+            m.kwargs.text()
+        );
+        let again = TaskMessage::decode(m.encode().as_bytes()).expect("decode");
+        assert!(again.kwargs.text().contains("1180591620717411303424"));
+        assert_eq!(
+            m.kwargs.value()["uid"]["__value__"]["hex"],
+            "12345678123456781234567812345678"
+        );
+    }
+
+    #[test]
+    fn other_serializers_and_protocol_v1_are_refused_by_name() {
+        let (_, raw) = fixture_messages("msg_args.json").remove(0);
+        let mut envelope: Value = serde_json::from_str(&raw).expect("json");
+        envelope["content-type"] = "application/x-python-serialize".into();
+        let e = TaskMessage::decode(envelope.to_string().as_bytes()).expect_err("pickle");
+        assert!(
+            e.to_string().contains("application/x-python-serialize"),
+            "{e}"
+        );
+        let mut v1: Value = serde_json::from_str(&raw).expect("json");
+        v1["headers"] = serde_json::json!({});
+        assert_eq!(
+            TaskMessage::decode(v1.to_string().as_bytes()),
+            Err(ProtocolError::Version("task"))
+        );
+        assert!(matches!(
+            TaskMessage::decode(b"not json"),
+            Err(ProtocolError::Envelope(_))
+        ));
+    }
+
+    #[test]
+    fn result_records_read_and_write_in_celerys_shape() {
+        for file in [
+            "result_success.json",
+            "result_failure.json",
+            "result_retry.json",
+            "result_success_extended.json",
+        ] {
+            for item in fixture_items(file) {
+                let raw = item["value"].as_str().expect("string value");
+                let meta: ResultMeta =
+                    serde_json::from_str(raw).unwrap_or_else(|e| panic!("{file}: {e}"));
+                assert_eq!(item["key"], result_key(&meta.task_id));
+                let ours: Value =
+                    serde_json::from_str(&serde_json::to_string(&meta).expect("encode"))
+                        .expect("json");
+                let theirs: Value = serde_json::from_str(raw).expect("json");
+                assert_eq!(ours, theirs, "{file}: the same record, field for field");
+            }
+        }
+    }
+}
