@@ -136,7 +136,7 @@ pub struct Properties {
     /// Exchange and routing key.
     pub delivery_info: DeliveryInfo,
     /// The priority as given (the list name holds the bucket).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub priority: u32,
     /// `base64`.
     pub body_encoding: String,
@@ -151,7 +151,7 @@ pub struct Properties {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Headers {
     /// `py` from Python clients.
-    #[serde(default = "default_lang")]
+    #[serde(default = "default_lang", deserialize_with = "nullable")]
     pub lang: String,
     /// The task name.
     pub task: String,
@@ -173,10 +173,10 @@ pub struct Headers {
     #[serde(default)]
     pub group_index: Option<u64>,
     /// How many times it was retried.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub retries: u32,
     /// `[hard, soft]` time limits in seconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub timelimit: (Option<f64>, Option<f64>),
     /// The workflow's first task.
     #[serde(default)]
@@ -194,16 +194,16 @@ pub struct Headers {
     #[serde(default)]
     pub origin: Option<String>,
     /// Whether no result is stored.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub ignore_result: bool,
     /// Nesting of `self.replace`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub replaced_task_nesting: u32,
     /// Stamping API.
     #[serde(default)]
     pub stamped_headers: Option<Value>,
     /// Stamping API.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub stamps: Map<String, Value>,
     /// Headers beyond Celery's (e.g. `traceparent`), kept as given.
     #[serde(flatten)]
@@ -212,6 +212,16 @@ pub struct Headers {
 
 fn default_lang() -> String {
     "py".into()
+}
+
+/// Reads `null` as the type's default: Celery's clients write some fields as null on some
+/// paths (`send_task` leaves `ignore_result` null) and as values on others.
+fn nullable<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// The workflow part of the payload.
@@ -320,6 +330,74 @@ impl TaskMessage {
     }
 }
 
+/// A random (version 4) UUID in its usual text form, as Celery uses for task ids and
+/// delivery tags.
+pub fn uuid4() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("the OS random source is available");
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+impl TaskMessage {
+    /// A new task, as a Celery client publishes it: fresh task id and delivery tag, the task
+    /// its own workflow root.
+    pub fn new(task: &str, args: RawJson, kwargs: RawJson, queue: &str, priority: u32) -> Self {
+        let id = uuid4();
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        Self {
+            headers: Headers {
+                lang: "py".into(),
+                task: task.to_owned(),
+                id: id.clone(),
+                shadow: None,
+                eta: None,
+                expires: None,
+                group: None,
+                group_index: None,
+                retries: 0,
+                timelimit: (None, None),
+                root_id: Some(id.clone()),
+                parent_id: None,
+                argsrepr: Some(args.text().to_owned()),
+                kwargsrepr: Some(kwargs.text().to_owned()),
+                origin: Some(format!("gen{}@{host}", std::process::id())),
+                ignore_result: false,
+                replaced_task_nesting: 0,
+                stamped_headers: None,
+                stamps: Map::new(),
+                extra: Map::new(),
+            },
+            properties: Properties {
+                correlation_id: id,
+                reply_to: None,
+                delivery_mode: 2,
+                delivery_info: DeliveryInfo {
+                    exchange: String::new(),
+                    routing_key: queue.to_owned(),
+                    redelivered: None,
+                },
+                priority,
+                body_encoding: "base64".into(),
+                delivery_tag: uuid4(),
+                extra: Map::new(),
+            },
+            args,
+            kwargs,
+            embed: Embed::default(),
+        }
+    }
+}
+
 /// A task's state in Celery's result records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -367,6 +445,36 @@ pub struct ResultMeta {
     pub extended: Map<String, Value>,
     /// The task id.
     pub task_id: String,
+}
+
+/// Now, as Celery writes times: ISO-8601 UTC with microseconds and `+00:00`.
+pub fn iso_now() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+        .to_string()
+}
+
+impl ResultMeta {
+    /// A finished task's record: SUCCESS with its return value, or FAILURE with an exception
+    /// value from [`exception`] and a traceback.
+    pub fn finished(
+        task_id: &str,
+        status: State,
+        result: Value,
+        traceback: Option<String>,
+    ) -> Self {
+        Self {
+            status,
+            result,
+            traceback,
+            children: Vec::new(),
+            date_done: Some(iso_now()),
+            group_id: None,
+            parent_id: None,
+            extended: Map::new(),
+            task_id: task_id.to_owned(),
+        }
+    }
 }
 
 /// The `result` of a FAILURE or RETRY record: an exception as Celery describes it.

@@ -7,6 +7,7 @@
 //! Layout rule: the domain apart from the transports (gRPC, REST, Celery over Redis) and the
 //! storage, so each can be tested alone.
 
+pub mod broker;
 pub mod celery;
 
 use quartet_kit::app::{Context, ServiceConfig};

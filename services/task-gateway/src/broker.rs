@@ -1,0 +1,235 @@
+//! Celery's Redis layout, spoken directly: publishing onto priority lists, taking messages with
+//! the `unacked` bookkeeping kombu's consumers keep, acknowledging, and Celery's result records
+//! (`SETEX` + `PUBLISH` on `celery-task-meta-<id>`), so real Celery clients and workers share
+//! queues and results with the gateway (see [`crate::celery`] for the message format).
+//!
+//! Blocking reads (`BRPOP`) run on a connection of their own: a multiplexed connection would
+//! queue every other command behind them.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt as _;
+use redis::AsyncCommands as _;
+use redis::aio::MultiplexedConnection;
+
+use crate::celery::{
+    PRIORITY_SEP, ProtocolError, ResultMeta, TaskMessage, consume_order, result_key,
+};
+
+/// How long Celery keeps results (`result_expires`, one day).
+pub const RESULT_TTL: Duration = Duration::from_secs(86_400);
+
+/// Why a broker operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Redis failed or is unreachable.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A message or record did not decode.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// A result record that is not Celery's JSON.
+    #[error("result record for {task_id} is not Celery's JSON: {reason}")]
+    Result {
+        /// The task.
+        task_id: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A message taken from a queue, recorded in `unacked` until acknowledged.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The list it came from.
+    pub list: String,
+    /// The raw list element.
+    pub raw: String,
+    /// The decoded message, or why it is unusable.
+    pub message: Result<TaskMessage, ProtocolError>,
+}
+
+/// The broker database (queues) and the result database of one Celery deployment.
+#[derive(Clone)]
+pub struct Broker {
+    client: redis::Client,
+    broker: MultiplexedConnection,
+    results: redis::Client,
+    results_conn: MultiplexedConnection,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").finish_non_exhaustive()
+    }
+}
+
+fn now_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+impl Broker {
+    /// Connects to the broker database at `broker_url` and the result database at
+    /// `result_url` (Celery's `broker_url` and `result_backend`).
+    pub async fn connect(broker_url: &str, result_url: &str) -> Result<Self, BrokerError> {
+        let client = redis::Client::open(broker_url)?;
+        let results = redis::Client::open(result_url)?;
+        Ok(Self {
+            broker: client.get_multiplexed_async_connection().await?,
+            results_conn: results.get_multiplexed_async_connection().await?,
+            client,
+            results,
+        })
+    }
+
+    /// Publishes `message` on its queue's list for its priority, declaring the queue's binding
+    /// the way kombu does.
+    pub async fn publish(&self, message: &TaskMessage) -> Result<(), BrokerError> {
+        let queue = &message.properties.delivery_info.routing_key;
+        let binding = format!("{queue}{PRIORITY_SEP}{PRIORITY_SEP}{queue}");
+        let mut conn = self.broker.clone();
+        redis::pipe()
+            .atomic()
+            .sadd(format!("_kombu.binding.{queue}"), &binding)
+            .ignore()
+            .lpush(message.list(), message.encode())
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// A connection for one consumer's blocking reads.
+    pub async fn consumer(&self) -> Result<Consumer, BrokerError> {
+        Ok(Consumer {
+            conn: self.client.get_multiplexed_async_connection().await?,
+            broker: self.broker.clone(),
+        })
+    }
+
+    /// Writes a result record and announces it to waiting clients, as Celery's backend does.
+    pub async fn store_result(&self, meta: &ResultMeta) -> Result<(), BrokerError> {
+        let key = result_key(&meta.task_id);
+        let json = serde_json::to_string(meta).expect("result records serialize");
+        let mut conn = self.results_conn.clone();
+        redis::pipe()
+            .atomic()
+            .set_ex(&key, &json, RESULT_TTL.as_secs())
+            .ignore()
+            .publish(&key, &json)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The task's result record, if there is one.
+    pub async fn result(&self, task_id: &str) -> Result<Option<ResultMeta>, BrokerError> {
+        let mut conn = self.results_conn.clone();
+        let raw: Option<String> = conn.get(result_key(task_id)).await?;
+        raw.map(|raw| {
+            serde_json::from_str(&raw).map_err(|e| BrokerError::Result {
+                task_id: task_id.to_owned(),
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
+    /// Waits up to `timeout` for a finished (SUCCESS, FAILURE or REVOKED) result, listening
+    /// for the record's announcement rather than polling.
+    pub async fn wait_result(
+        &self,
+        task_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<ResultMeta>, BrokerError> {
+        use crate::celery::State;
+        let finished =
+            |m: &ResultMeta| matches!(m.status, State::Success | State::Failure | State::Revoked);
+        let mut pubsub = self.results.get_async_pubsub().await?;
+        pubsub.subscribe(result_key(task_id)).await?;
+        // Subscribed first, then read: a record written in between is not missed.
+        if let Some(meta) = self.result(task_id).await?
+            && finished(&meta)
+        {
+            return Ok(Some(meta));
+        }
+        let mut messages = pubsub.on_message();
+        let waited = tokio::time::timeout(timeout, async {
+            while let Some(message) = messages.next().await {
+                let Ok(raw) = message.get_payload::<String>() else {
+                    continue;
+                };
+                if let Ok(meta) = serde_json::from_str::<ResultMeta>(&raw)
+                    && finished(&meta)
+                {
+                    return Some(meta);
+                }
+            }
+            None
+        })
+        .await;
+        Ok(waited.ok().flatten())
+    }
+}
+
+/// One consumer: takes messages and acknowledges them.
+pub struct Consumer {
+    conn: MultiplexedConnection,
+    broker: MultiplexedConnection,
+}
+
+impl Consumer {
+    /// Takes the next message from `queues` (priority 0 first, then FIFO), waiting up to
+    /// `timeout` (whole seconds, at least one), and records it in `unacked` as kombu does.
+    pub async fn fetch(
+        &mut self,
+        queues: &[&str],
+        timeout: Duration,
+    ) -> Result<Option<Delivery>, BrokerError> {
+        let lists = consume_order(queues);
+        let popped: Option<(String, String)> = redis::cmd("BRPOP")
+            .arg(&lists)
+            .arg(timeout.as_secs().max(1))
+            .query_async(&mut self.conn)
+            .await?;
+        let Some((list, raw)) = popped else {
+            return Ok(None);
+        };
+        let message = TaskMessage::decode(raw.as_bytes());
+        if let Ok(m) = &message {
+            let envelope: serde_json::Value =
+                serde_json::from_str(&raw).unwrap_or(serde_json::Value::Null);
+            let entry = serde_json::json!([
+                envelope,
+                m.properties.delivery_info.exchange,
+                m.properties.delivery_info.routing_key
+            ]);
+            redis::pipe()
+                .atomic()
+                .zadd("unacked_index", &m.properties.delivery_tag, now_seconds())
+                .ignore()
+                .hset("unacked", &m.properties.delivery_tag, entry.to_string())
+                .ignore()
+                .query_async::<()>(&mut self.broker)
+                .await?;
+        }
+        Ok(Some(Delivery { list, raw, message }))
+    }
+
+    /// Acknowledges a delivery: it leaves `unacked` for good.
+    pub async fn ack(&mut self, delivery_tag: &str) -> Result<(), BrokerError> {
+        redis::pipe()
+            .atomic()
+            .zrem("unacked_index", delivery_tag)
+            .ignore()
+            .hdel("unacked", delivery_tag)
+            .ignore()
+            .query_async::<()>(&mut self.broker)
+            .await?;
+        Ok(())
+    }
+}

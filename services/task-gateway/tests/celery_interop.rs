@@ -1,0 +1,184 @@
+//! The real Celery (5.7, from PyPI) and the gateway's Redis layer, both ways, on a real Redis:
+//! messages we publish run on a Celery worker and we read its results; messages Celery's own
+//! client publishes run on our consumer and `AsyncResult.get()` reads our results.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use quartet_task_gateway::broker::Broker;
+use quartet_task_gateway::celery::{RawJson, ResultMeta, State, TaskMessage, exception, uuid4};
+use tokio::process::{Child, Command};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+async fn output_of(script: &str, args: &[&str]) -> String {
+    let out = Command::new(repo().join(script))
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{script}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+/// Broker and result URLs on the private test Redis, in databases of this test's own.
+async fn urls(broker_db: u8) -> (String, String) {
+    let base = output_of("scripts/redis.sh", &["up"]).await;
+    (
+        format!("{base}/{broker_db}"),
+        format!("{base}/{}", broker_db + 1),
+    )
+}
+
+fn raw(text: &str) -> RawJson {
+    RawJson::parse(text).expect("json")
+}
+
+/// A Celery worker (solo pool) consuming `queue`.
+async fn celery_worker(broker: &str, results: &str, queue: &str) -> Child {
+    let python = output_of("scripts/python.sh", &[]).await;
+    Command::new(python)
+        .args([
+            "-m",
+            "celery",
+            "-A",
+            "peers",
+            "worker",
+            "--pool=solo",
+            "-Q",
+            queue,
+        ])
+        .args(["--without-mingle", "--without-gossip", "--loglevel=warning"])
+        .current_dir(repo().join("e2e/python"))
+        .env("BROKER_URL", broker)
+        .env("RESULT_URL", results)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("celery worker starts")
+}
+
+#[tokio::test]
+async fn our_messages_run_on_a_real_celery_worker_and_we_read_its_results() {
+    let (broker_url, result_url) = urls(4).await;
+    let broker = Broker::connect(&broker_url, &result_url)
+        .await
+        .expect("redis");
+    // A queue of this run's own: the test Redis outlives runs.
+    let queue = format!("gw-to-celery-{}", uuid4());
+    let _worker = celery_worker(&broker_url, &result_url, &queue).await;
+
+    let add = TaskMessage::new("peers.add", raw("[2, 3]"), raw("{}"), &queue, 0);
+    broker.publish(&add).await.expect("publish");
+    let meta = broker
+        .wait_result(&add.headers.id, Duration::from_secs(60))
+        .await
+        .expect("wait")
+        .expect("Celery ran it within a minute");
+    assert_eq!(meta.status, State::Success);
+    assert_eq!(meta.result, 5);
+
+    let fail = TaskMessage::new("peers.fail", raw(r#"["boom"]"#), raw("{}"), &queue, 0);
+    broker.publish(&fail).await.expect("publish");
+    let meta = broker
+        .wait_result(&fail.headers.id, Duration::from_secs(30))
+        .await
+        .expect("wait")
+        .expect("a result");
+    assert_eq!(meta.status, State::Failure);
+    assert_eq!(meta.result["exc_type"], "ValueError");
+    assert_eq!(meta.result["exc_message"], serde_json::json!(["boom"]));
+    assert!(
+        meta.traceback
+            .unwrap_or_default()
+            .contains("ValueError: boom"),
+        "Celery's traceback comes through"
+    );
+}
+
+#[tokio::test]
+async fn celery_clients_tasks_run_on_our_consumer_and_get_reads_our_results() {
+    let (broker_url, result_url) = urls(6).await;
+    let broker = Broker::connect(&broker_url, &result_url)
+        .await
+        .expect("redis");
+    let python = output_of("scripts/python.sh", &[]).await;
+    let queue = format!("celery-to-gw-{}", uuid4());
+    let submit = |task: &str, args: &str| {
+        Command::new(&python)
+            .args(["peers.py", "submit", task, args, &queue, "30"])
+            .current_dir(repo().join("e2e/python"))
+            .env("BROKER_URL", &broker_url)
+            .env("RESULT_URL", &result_url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python runs")
+    };
+    let ok = submit("rust.add", "[20, 22]");
+    let failing = submit("rust.missing", "[]");
+
+    let mut consumer = broker.consumer().await.expect("consumer");
+    for _ in 0..2 {
+        let delivery = consumer
+            .fetch(&[&queue], Duration::from_secs(30))
+            .await
+            .expect("fetch")
+            .expect("Celery's message arrived");
+        let message = delivery.message.expect("a protocol v2 message");
+        let id = message.headers.id.clone();
+        let meta = match message.headers.task.as_str() {
+            "rust.add" => {
+                let args = message.args.value();
+                let sum = args[0].as_i64().unwrap_or(0) + args[1].as_i64().unwrap_or(0);
+                ResultMeta::finished(&id, State::Success, sum.into(), None)
+            }
+            other => ResultMeta::finished(
+                &id,
+                State::Failure,
+                exception("NotRegistered", other, "celery.exceptions"),
+                Some(format!("no task named {other:?} here")),
+            ),
+        };
+        broker.store_result(&meta).await.expect("store");
+        consumer
+            .ack(&message.properties.delivery_tag)
+            .await
+            .expect("ack");
+    }
+
+    let ok = ok.wait_with_output().await.expect("python exits");
+    let ok: serde_json::Value = serde_json::from_slice(&ok.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&ok.stderr)));
+    assert_eq!(ok["state"], "SUCCESS");
+    assert_eq!(ok["result"], 42);
+    let failing = failing.wait_with_output().await.expect("python exits");
+    let failing_stderr = failing.stderr.clone();
+    let failing: serde_json::Value = serde_json::from_slice(&failing.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&failing.stderr)));
+    assert_eq!(
+        failing["state"],
+        "FAILURE",
+        "{failing} {}",
+        String::from_utf8_lossy(&failing_stderr)
+    );
+    assert!(
+        failing["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rust.missing"),
+        "{failing}"
+    );
+}
