@@ -26,6 +26,8 @@ SERVICES=(
   "quartet-operator - - 7159"
 )
 DB_MEMBERS=1=127.0.0.1:7140/127.0.0.1:7143,2=127.0.0.1:7240/127.0.0.1:7243,3=127.0.0.1:7340/127.0.0.1:7343
+# quartet-task-gateway keeps Celery's queues and results in Redis: a private one for dev.
+REDIS=$(QUARTET_REDIS_PORT=${QUARTET_DEV_REDIS_PORT:-7168} QUARTET_REDIS_DIR=$DIR/redis scripts/redis.sh up)
 RAFT_SECRET_FILE=$DIR/raft-secret
 [[ -s $RAFT_SECRET_FILE ]] || head -c 24 /dev/urandom | base64 >"$RAFT_SECRET_FILE"
 
@@ -46,6 +48,7 @@ extra_args() { # name grpc-port
     quartet-operator) ;;
     quartet-db) local n=${2:1:1}
       echo "--auth-jwks-url $JWKS --auth-issuer http://127.0.0.1:7111 --mysql-listen 127.0.0.1:7${n}43 --mysql-database shop --mysql-user app --mysql-password-file $DB_PASSWORD_FILE --storage-path $DIR/db-$n --raft-node-id $n --raft-initial-members $DB_MEMBERS --raft-secret-file $RAFT_SECRET_FILE" ;;
+    quartet-task-gateway) echo "--auth-jwks-url $JWKS --auth-issuer http://127.0.0.1:7111 --redis-broker-url $REDIS/0 --redis-result-url $REDIS/1 --worker-enabled true" ;;
     *) echo "--auth-jwks-url $JWKS --auth-issuer http://127.0.0.1:7111" ;;
   esac
 }
@@ -53,10 +56,14 @@ extra_args() { # name grpc-port
 pids=()
 stop_all() {
   trap - INT TERM EXIT
-  [[ ${#pids[@]} -eq 0 ]] && return 0
+  if [[ ${#pids[@]} -eq 0 ]]; then
+    QUARTET_REDIS_PORT=${QUARTET_DEV_REDIS_PORT:-7168} QUARTET_REDIS_DIR=$DIR/redis scripts/redis.sh down >/dev/null 2>&1 || true
+    return 0
+  fi
   say "stopping ${#pids[@]} processes"
   kill -TERM "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
+  QUARTET_REDIS_PORT=${QUARTET_DEV_REDIS_PORT:-7168} QUARTET_REDIS_DIR=$DIR/redis scripts/redis.sh down >/dev/null 2>&1 || true
   say "all stopped"
 }
 trap 'stop_all; exit 0' INT TERM
@@ -112,14 +119,22 @@ printf '\nA login, a user with a role, and a token another service accepts:\n'
 ADMIN_TOKEN=$(token admin "$(cat "$ADMIN_PASSWORD_FILE")")
 printf '  admin logged in (password in %s); token for quartet-cli issued\n' "$ADMIN_PASSWORD_FILE"
 curl -fsS http://127.0.0.1:7111/v1/admin/roles -H "Authorization: Bearer $ADMIN_TOKEN" -H 'content-type: application/json' \
-  -d '{"name":"ops","description":"runs tasks","permissions":["task:submit:*","rpc:call:reports.*"]}' >/dev/null 2>&1 || true
+  -d '{"name":"ops","description":"runs tasks","permissions":["task:submit:*","task:read:*","rpc:call:reports.*"]}' >/dev/null 2>&1 || true
 curl -fsS http://127.0.0.1:7111/v1/admin/users -H "Authorization: Bearer $ADMIN_TOKEN" -H 'content-type: application/json' \
   -d '{"name":"ada","password":"ada-dev-password","roles":["ops"]}' >/dev/null 2>&1 || true
-printf '  role ops (task:submit:*, rpc:call:reports.*) and user ada (password ada-dev-password) exist\n'
+printf '  role ops (task:submit:*, task:read:*, rpc:call:reports.*) and user ada (password ada-dev-password) exist\n'
 ADA_TOKEN=$(token ada ada-dev-password)
 printf '  quartet-task-gateway /v1/whoami with ada'"'"'s token: %s\n' \
   "$(curl -fsS http://127.0.0.1:7121/v1/whoami -H "Authorization: Bearer $ADA_TOKEN")"
 printf '  the same call without a token: HTTP %s\n' "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:7121/v1/whoami)"
+
+printf '\nA task submitted over REST with ada'"'"'s token, run by the gateway'"'"'s Rust worker (Redis at %s):\n' "$REDIS"
+TASK=$(curl -fsS http://127.0.0.1:7121/v1/tasks -H "Authorization: Bearer $ADA_TOKEN" -H 'content-type: application/json' \
+  -d '{"name":"quartet.add","args":[2,40]}')
+printf '  POST /v1/tasks {"name":"quartet.add","args":[2,40]} -> %s\n' "$TASK"
+TASK_ID=$(printf '%s' "$TASK" | json "['id']")
+printf '  GET /v1/tasks/%s?wait=10 -> %s\n' "$TASK_ID" \
+  "$(curl -fsS "http://127.0.0.1:7121/v1/tasks/$TASK_ID?wait=10" -H "Authorization: Bearer $ADA_TOKEN")"
 
 printf '\nquartet-db, a group of three replicas:\n'
 leader=

@@ -62,6 +62,14 @@ pub async fn token(auth: &Server, user: &str, password: &str) -> anyhow::Result<
         .context("the token response has no access_token")
 }
 
+/// Starts quartet-auth and logs the administrator in: the server and an access token with
+/// every permission.
+pub async fn start_with_admin_token() -> anyhow::Result<(Server, String)> {
+    let auth = start().await?;
+    let token = token(&auth, ADMIN, ADMIN_PASSWORD).await?;
+    Ok((auth, token))
+}
+
 /// The flags that point a Quartet service at this instance for token verification.
 pub fn client_flags(auth: &Server) -> Vec<String> {
     vec![

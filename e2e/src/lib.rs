@@ -50,6 +50,35 @@ where
     }
 }
 
+/// Runs one of the repository's scripts and returns what it printed, trimmed; panics with its
+/// standard error when it fails.
+pub async fn script(path: &str, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(repo_root().join(path))
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert!(
+        out.status.success(),
+        "{path} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+/// The private test Redis (`scripts/redis.sh`), started if needed: its base URL.
+pub async fn redis_url() -> String {
+    script("scripts/redis.sh", &["up"]).await
+}
+
+/// The test venv's Python (`scripts/python.sh`), installed if needed.
+pub async fn python() -> String {
+    script("scripts/python.sh", &[]).await
+}
+
 /// A plain HTTP client with a short timeout, for health probes.
 pub fn http_client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()

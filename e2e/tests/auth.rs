@@ -10,26 +10,9 @@ use serde_json::{Value, json};
 
 use quartet_e2e::auth::ISSUER;
 
-async fn python() -> String {
-    let script = quartet_e2e::repo_root().join("scripts/python.sh");
-    let out = tokio::process::Command::new(script)
-        .output()
-        .await
-        .expect("scripts/python.sh runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
-
 async fn oauth_client(args: &[&str]) -> Value {
     let script = quartet_e2e::repo_root().join("e2e/python/oauth_client.py");
-    let out = tokio::process::Command::new(python().await)
+    let out = tokio::process::Command::new(quartet_e2e::python().await)
         .arg(script)
         .args(args)
         .output()

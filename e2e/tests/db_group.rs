@@ -260,15 +260,9 @@ async fn assert_converged(group: &DbGroup, token: &str) {
 }
 
 async fn auth_and_token() -> (Server, String) {
-    let auth = quartet_e2e::auth::start().await.expect("quartet-auth");
-    let token = quartet_e2e::auth::token(
-        &auth,
-        quartet_e2e::auth::ADMIN,
-        quartet_e2e::auth::ADMIN_PASSWORD,
-    )
-    .await
-    .expect("token");
-    (auth, token)
+    quartet_e2e::auth::start_with_admin_token()
+        .await
+        .expect("quartet-auth and a token")
 }
 
 fn group_flags(auth: &Server, extra: &[&str]) -> Vec<String> {

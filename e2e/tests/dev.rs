@@ -62,6 +62,10 @@ async fn dev_starts_every_service_and_ctrl_c_leaves_nothing_behind() {
     );
     assert!(out.contains("without a token: HTTP 401"), "{out}");
     assert!(
+        out.contains("\"state\":\"SUCCESS\",\"result\":42"),
+        "no task run through the gateway's worker:\n{out}"
+    );
+    assert!(
         out.contains("| ada  |      1 |") && out.contains("| bob  |      1 |"),
         "no mysql client session:\n{out}"
     );

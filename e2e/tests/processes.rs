@@ -13,10 +13,63 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 #[tokio::test]
+async fn the_task_gateway_without_its_redis_runs_but_says_it_is_not_ready() {
+    let server = Server::start(
+        "quartet-task-gateway",
+        true,
+        &[
+            (
+                "QUARTET_TASK_GATEWAY_REDIS_BROKER_URL",
+                "redis://127.0.0.1:1/0",
+            ),
+            (
+                "QUARTET_TASK_GATEWAY_REDIS_RESULT_URL",
+                "redis://127.0.0.1:1/1",
+            ),
+        ],
+    )
+    .await
+    .expect("starts without Redis");
+    let ready: serde_json::Value = http_client(Duration::from_secs(5))
+        .get(format!("{}/readyz", server.url("admin")))
+        .send()
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["ready"], false, "{ready}");
+    let broker = ready["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "broker"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(broker["ok"], false, "{ready}");
+    assert!(
+        broker["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("redis"),
+        "the reason names Redis: {ready}"
+    );
+}
+
+#[tokio::test]
 async fn every_binary_serves_its_listeners_and_stops_cleanly_on_sigterm() {
     let http = http_client(Duration::from_secs(5));
+    // The task gateway is ready only with its Redis: give it the test one.
+    let redis = quartet_e2e::redis_url().await;
+    let (broker_url, result_url) = (format!("{redis}/10"), format!("{redis}/11"));
     for &(name, with_apis) in BINARIES {
-        let mut server = Server::start(name, with_apis, &[])
+        let env: Vec<(&str, &str)> = if name == "quartet-task-gateway" {
+            vec![
+                ("QUARTET_TASK_GATEWAY_REDIS_BROKER_URL", &broker_url),
+                ("QUARTET_TASK_GATEWAY_REDIS_RESULT_URL", &result_url),
+            ]
+        } else {
+            Vec::new()
+        };
+        let mut server = Server::start(name, with_apis, &env)
             .await
             .expect("server starts");
         let admin = server.url("admin");
@@ -27,15 +80,24 @@ async fn every_binary_serves_its_listeners_and_stops_cleanly_on_sigterm() {
             .await
             .expect("healthz");
         assert_eq!(health.status(), 200, "{name}");
-        let ready: serde_json::Value = http
-            .get(format!("{admin}/readyz"))
-            .send()
-            .await
-            .expect("readyz")
-            .json()
-            .await
-            .expect("json");
-        assert_eq!(ready["ready"], true, "{name}: {ready}");
+        // Ready once its dependencies are (quartet-db: once its group has elected a leader).
+        let ready = quartet_e2e::eventually(
+            &format!("{name} ready"),
+            Duration::from_secs(15),
+            || async {
+                let ready: serde_json::Value = http
+                    .get(format!("{admin}/readyz"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                (ready["ready"] == true).then_some(ready)
+            },
+        )
+        .await;
+        assert!(ready.is_ok(), "{name}: {ready:?}");
         let metrics = http
             .get(format!("{admin}/metrics"))
             .send()

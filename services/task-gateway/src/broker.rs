@@ -49,13 +49,49 @@ pub struct Delivery {
     pub message: Result<TaskMessage, ProtocolError>,
 }
 
+/// A connection made on first use and made again after it breaks, so the gateway starts
+/// (and says it is not ready) while Redis is down, and recovers when it returns.
+struct Lazy {
+    client: redis::Client,
+    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+}
+
+impl Lazy {
+    fn new(client: redis::Client) -> Self {
+        Self {
+            client,
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn get(&self) -> Result<MultiplexedConnection, redis::RedisError> {
+        let mut cached = self.conn.lock().await;
+        if let Some(conn) = cached.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = self.client.get_multiplexed_async_connection().await?;
+        *cached = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Forgets a connection that failed, so the next use connects again.
+    async fn check<T>(&self, result: redis::RedisResult<T>) -> Result<T, BrokerError> {
+        if let Err(e) = &result
+            && (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal())
+        {
+            *self.conn.lock().await = None;
+        }
+        result.map_err(BrokerError::from)
+    }
+}
+
 /// The broker database (queues) and the result database of one Celery deployment.
 #[derive(Clone)]
 pub struct Broker {
     client: redis::Client,
-    broker: MultiplexedConnection,
+    broker: std::sync::Arc<Lazy>,
     results: redis::Client,
-    results_conn: MultiplexedConnection,
+    results_conn: std::sync::Arc<Lazy>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -72,17 +108,28 @@ fn now_seconds() -> f64 {
 }
 
 impl Broker {
-    /// Connects to the broker database at `broker_url` and the result database at
-    /// `result_url` (Celery's `broker_url` and `result_backend`).
-    pub async fn connect(broker_url: &str, result_url: &str) -> Result<Self, BrokerError> {
+    /// The broker database at `broker_url` and the result database at `result_url`
+    /// (Celery's `broker_url` and `result_backend`). Connects on first use; fails only on an
+    /// invalid URL.
+    pub fn open(broker_url: &str, result_url: &str) -> Result<Self, BrokerError> {
         let client = redis::Client::open(broker_url)?;
         let results = redis::Client::open(result_url)?;
         Ok(Self {
-            broker: client.get_multiplexed_async_connection().await?,
-            results_conn: results.get_multiplexed_async_connection().await?,
+            broker: std::sync::Arc::new(Lazy::new(client.clone())),
+            results_conn: std::sync::Arc::new(Lazy::new(results.clone())),
             client,
             results,
         })
+    }
+
+    /// Whether both databases answer, for readiness.
+    pub async fn ping(&self) -> Result<(), BrokerError> {
+        for lazy in [&self.broker, &self.results_conn] {
+            let mut conn = lazy.get().await?;
+            let pong = redis::cmd("PING").query_async::<String>(&mut conn).await;
+            lazy.check(pong).await?;
+        }
+        Ok(())
     }
 
     /// Publishes `message` on its queue's list for its priority, declaring the queue's binding
@@ -90,23 +137,39 @@ impl Broker {
     pub async fn publish(&self, message: &TaskMessage) -> Result<(), BrokerError> {
         let queue = &message.properties.delivery_info.routing_key;
         let binding = format!("{queue}{PRIORITY_SEP}{PRIORITY_SEP}{queue}");
-        let mut conn = self.broker.clone();
-        redis::pipe()
+        let mut conn = self.broker.get().await?;
+        let pushed = redis::pipe()
             .atomic()
             .sadd(format!("_kombu.binding.{queue}"), &binding)
             .ignore()
             .lpush(message.list(), message.encode())
             .ignore()
             .query_async::<()>(&mut conn)
-            .await?;
-        Ok(())
+            .await;
+        self.broker.check(pushed).await
+    }
+
+    /// Moves an unusable message to the quarantine list ([`crate::worker::QUARANTINE`]) with
+    /// the list it came from and the reason: never dropped silently.
+    pub async fn quarantine(&self, list: &str, raw: &str, reason: &str) -> Result<(), BrokerError> {
+        let record = serde_json::json!({
+            "list": list,
+            "reason": reason,
+            "at": crate::celery::iso_now(),
+            "message": raw,
+        });
+        let mut conn = self.broker.get().await?;
+        let pushed = conn
+            .lpush::<_, _, ()>(crate::worker::QUARANTINE, record.to_string())
+            .await;
+        self.broker.check(pushed).await
     }
 
     /// A connection for one consumer's blocking reads.
     pub async fn consumer(&self) -> Result<Consumer, BrokerError> {
         Ok(Consumer {
             conn: self.client.get_multiplexed_async_connection().await?,
-            broker: self.broker.clone(),
+            broker: self.broker.get().await?,
         })
     }
 
@@ -114,22 +177,39 @@ impl Broker {
     pub async fn store_result(&self, meta: &ResultMeta) -> Result<(), BrokerError> {
         let key = result_key(&meta.task_id);
         let json = serde_json::to_string(meta).expect("result records serialize");
-        let mut conn = self.results_conn.clone();
-        redis::pipe()
+        let mut conn = self.results_conn.get().await?;
+        let stored = redis::pipe()
             .atomic()
             .set_ex(&key, &json, RESULT_TTL.as_secs())
             .ignore()
             .publish(&key, &json)
             .ignore()
             .query_async::<()>(&mut conn)
-            .await?;
-        Ok(())
+            .await;
+        self.results_conn.check(stored).await
+    }
+
+    /// Keeps a small fact about a task (e.g. its queue) next to its result, as long as results.
+    pub async fn remember(&self, key: &str, value: &str) -> Result<(), BrokerError> {
+        let mut conn = self.results_conn.get().await?;
+        let set = conn
+            .set_ex::<_, _, ()>(key, value, RESULT_TTL.as_secs())
+            .await;
+        self.results_conn.check(set).await
+    }
+
+    /// A fact kept with [`Broker::remember`].
+    pub async fn recall(&self, key: &str) -> Result<Option<String>, BrokerError> {
+        let mut conn = self.results_conn.get().await?;
+        let got = conn.get(key).await;
+        self.results_conn.check(got).await
     }
 
     /// The task's result record, if there is one.
     pub async fn result(&self, task_id: &str) -> Result<Option<ResultMeta>, BrokerError> {
-        let mut conn = self.results_conn.clone();
-        let raw: Option<String> = conn.get(result_key(task_id)).await?;
+        let mut conn = self.results_conn.get().await?;
+        let got = conn.get(result_key(task_id)).await;
+        let raw: Option<String> = self.results_conn.check(got).await?;
         raw.map(|raw| {
             serde_json::from_str(&raw).map_err(|e| BrokerError::Result {
                 task_id: task_id.to_owned(),

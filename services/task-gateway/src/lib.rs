@@ -7,13 +7,15 @@
 //! Layout rule: the domain apart from the transports (gRPC, REST, Celery over Redis) and the
 //! storage, so each can be tested alone.
 
+pub mod api;
 pub mod broker;
 pub mod celery;
+pub mod worker;
 
 use quartet_kit::app::{Context, ServiceConfig};
 use quartet_kit::reexport::tonic::service::Routes;
 use quartet_kit::settings::AuthClientSettings;
-use quartet_kit::{BaseSettings, RestApi, ServerSettings};
+use quartet_kit::{BaseSettings, ServerSettings};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +25,64 @@ pub const SERVICE: &str = "quartet-task-gateway";
 /// One line for `--help`.
 pub const ABOUT: &str = "Celery-compatible task broker-gateway.";
 
+/// Where Celery's queues and results live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RedisSettings {
+    /// The broker database (Celery's `broker_url`).
+    pub broker_url: String,
+    /// The result database (Celery's `result_backend`).
+    pub result_url: String,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            broker_url: "redis://127.0.0.1:6379/0".into(),
+            result_url: "redis://127.0.0.1:6379/1".into(),
+        }
+    }
+}
+
+/// Submissions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskSettings {
+    /// The queue of a submission that names none (Celery's default queue is `celery`).
+    pub default_queue: String,
+    /// The largest submission accepted, in bytes; larger ones are refused with an error naming the limit.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for TaskSettings {
+    fn default() -> Self {
+        Self {
+            default_queue: "celery".into(),
+            max_payload_bytes: 1 << 20,
+        }
+    }
+}
+
+/// The worker inside the gateway process, running the built-in tasks (`quartet.echo`,
+/// `quartet.add`, `quartet.sleep`): for trying the gateway out and for `make dev`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkerSettings {
+    /// Run it.
+    pub enabled: bool,
+    /// The queues it consumes, comma-separated.
+    pub queues: String,
+    /// How many tasks it runs at once.
+    pub concurrency: usize,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            queues: "celery".into(),
+            concurrency: 4,
+        }
+    }
+}
+
 /// Every setting of `quartet-task-gateway`; `quartet-task-gateway --config-reference` lists them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Config {
@@ -31,6 +91,12 @@ pub struct Config {
     pub server: ServerSettings,
     /// Verifying callers' tokens from `quartet-auth`.
     pub auth: AuthClientSettings,
+    /// Celery's Redis databases.
+    pub redis: RedisSettings,
+    /// Submissions.
+    pub tasks: TaskSettings,
+    /// The built-in worker.
+    pub worker: WorkerSettings,
 }
 
 impl Default for Config {
@@ -38,6 +104,9 @@ impl Default for Config {
         Self {
             server: ServerSettings::with_ports(7120),
             auth: AuthClientSettings::default(),
+            redis: RedisSettings::default(),
+            tasks: TaskSettings::default(),
+            worker: WorkerSettings::default(),
         }
     }
 }
@@ -48,9 +117,69 @@ impl ServiceConfig for Config {
     }
 }
 
+/// The built-in tasks the gateway's own worker runs.
+pub fn builtin_worker(worker: worker::Worker) -> worker::Worker {
+    use serde_json::Value;
+    use worker::TaskError;
+    worker
+        .task("quartet.echo", |args, _| async move { Ok(args) })
+        .task("quartet.add", |args, _| async move {
+            let numbers: Option<Vec<f64>> = args
+                .as_array()
+                .map(|a| a.iter().map(Value::as_f64).collect())
+                .unwrap_or(None);
+            let numbers =
+                numbers.ok_or_else(|| TaskError::new("TypeError", "quartet.add takes numbers"))?;
+            let sum: f64 = numbers.iter().sum();
+            Ok(if sum.fract() == 0.0 && sum.abs() < 9e15 {
+                Value::from(sum as i64)
+            } else {
+                Value::from(sum)
+            })
+        })
+        .task("quartet.sleep", |args, _| async move {
+            let seconds = args[0]
+                .as_f64()
+                .filter(|s| (0.0..=3600.0).contains(s))
+                .ok_or_else(|| {
+                    TaskError::new("ValueError", "quartet.sleep takes 0 to 3600 seconds")
+                })?;
+            tokio::time::sleep(std::time::Duration::from_secs_f64(seconds)).await;
+            Ok(Value::from(seconds))
+        })
+}
+
 /// Serves `quartet-task-gateway` until a stop signal, then drains.
 pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
+    let broker = broker::Broker::open(&config.redis.broker_url, &config.redis.result_url)
+        .map_err(|e| anyhow::anyhow!("redis.broker_url / redis.result_url: {e}"))?;
+    let probe = broker.clone();
+    ctx.readiness.register("broker", move || {
+        let probe = probe.clone();
+        async move { probe.ping().await.map_err(|e| e.to_string()) }
+    });
+    if config.worker.enabled {
+        let queues: Vec<&str> = config
+            .worker
+            .queues
+            .split(',')
+            .map(str::trim)
+            .filter(|q| !q.is_empty())
+            .collect();
+        let worker = builtin_worker(worker::Worker::new(
+            broker.clone(),
+            &queues,
+            config.worker.concurrency,
+        ));
+        tracing::info!(queues = ?queues, tasks = ?worker.tasks(), "built-in worker running");
+        ctx.shutdown.spawn(worker.run(ctx.shutdown.token()));
+    }
+    let api = std::sync::Arc::new(api::Api {
+        broker,
+        default_queue: config.tasks.default_queue.clone(),
+        max_payload_bytes: config.tasks.max_payload_bytes,
+    });
     let grpc = Routes::builder().routes();
-    let rest = RestApi::empty().with_bearer(quartet_kit::token::authenticator(&config.auth));
+    let rest = api::rest(api).with_bearer(quartet_kit::token::authenticator(&config.auth));
     quartet_kit::app::serve_server(ctx, &config.server, grpc, rest).await
 }

@@ -72,9 +72,7 @@ async fn celery_worker(broker: &str, results: &str, queue: &str) -> Child {
 #[tokio::test]
 async fn our_messages_run_on_a_real_celery_worker_and_we_read_its_results() {
     let (broker_url, result_url) = urls(4).await;
-    let broker = Broker::connect(&broker_url, &result_url)
-        .await
-        .expect("redis");
+    let broker = Broker::open(&broker_url, &result_url).expect("redis urls");
     // A queue of this run's own: the test Redis outlives runs.
     let queue = format!("gw-to-celery-{}", uuid4());
     let _worker = celery_worker(&broker_url, &result_url, &queue).await;
@@ -110,9 +108,7 @@ async fn our_messages_run_on_a_real_celery_worker_and_we_read_its_results() {
 #[tokio::test]
 async fn celery_clients_tasks_run_on_our_consumer_and_get_reads_our_results() {
     let (broker_url, result_url) = urls(6).await;
-    let broker = Broker::connect(&broker_url, &result_url)
-        .await
-        .expect("redis");
+    let broker = Broker::open(&broker_url, &result_url).expect("redis urls");
     let python = output_of("scripts/python.sh", &[]).await;
     let queue = format!("celery-to-gw-{}", uuid4());
     let submit = |task: &str, args: &str| {

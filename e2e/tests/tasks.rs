@@ -1,0 +1,141 @@
+//! quartet-task-gateway as a process with its built-in worker, a real Redis and tokens from a
+//! real quartet-auth: a task submitted over REST runs and its result comes back; the errors a
+//! client can make are refused with their reasons; a real Celery client reads the result of a
+//! task the gateway ran.
+
+use std::time::Duration;
+
+use quartet_e2e::http_client;
+use quartet_e2e::process::Server;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes_back() {
+    let (auth, token) = quartet_e2e::auth::start_with_admin_token()
+        .await
+        .expect("quartet-auth and a token");
+    let redis = quartet_e2e::redis_url().await;
+    let (broker_url, result_url) = (format!("{redis}/12"), format!("{redis}/13"));
+    let queue = format!("rest-{}", std::process::id());
+    let jwks = format!("{}/.well-known/jwks.json", auth.url("http"));
+    let gateway = Server::start(
+        "quartet-task-gateway",
+        true,
+        &[
+            ("QUARTET_TASK_GATEWAY_AUTH_JWKS_URL", &jwks),
+            (
+                "QUARTET_TASK_GATEWAY_AUTH_ISSUER",
+                quartet_e2e::auth::ISSUER,
+            ),
+            ("QUARTET_TASK_GATEWAY_REDIS_BROKER_URL", &broker_url),
+            ("QUARTET_TASK_GATEWAY_REDIS_RESULT_URL", &result_url),
+            ("QUARTET_TASK_GATEWAY_WORKER_ENABLED", "true"),
+            ("QUARTET_TASK_GATEWAY_WORKER_QUEUES", &queue),
+            ("QUARTET_TASK_GATEWAY_TASKS_DEFAULT_QUEUE", &queue),
+            ("QUARTET_TASK_GATEWAY_TASKS_MAX_PAYLOAD_BYTES", "4096"),
+        ],
+    )
+    .await
+    .expect("the gateway starts");
+    let base = gateway.url("http");
+    let http = http_client(Duration::from_secs(30));
+    let finished = |id: String| {
+        let request = http
+            .get(format!("{base}/v1/tasks/{id}?wait=20"))
+            .bearer_auth(&token);
+        async move {
+            request
+                .send()
+                .await
+                .expect("status")
+                .json::<Value>()
+                .await
+                .expect("json")
+        }
+    };
+    let post = |body: Value| {
+        http.post(format!("{base}/v1/tasks"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+
+    let submitted: Value = post(json!({"name": "quartet.add", "args": [2, 40]}))
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    let id = submitted["id"].as_str().expect("an id").to_owned();
+    assert_eq!(submitted["queue"], queue.as_str());
+    let status = finished(id.to_string()).await;
+    assert_eq!(status["state"], "SUCCESS", "{status}");
+    assert_eq!(status["result"], 42);
+
+    // A task nobody serves fails as Celery reports it, with the reason.
+    let unknown: Value = post(json!({"name": "shop.nobody", "args": []}))
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    let id = unknown["id"].as_str().expect("id");
+    let status = finished(id.to_string()).await;
+    assert_eq!(status["state"], "FAILURE", "{status}");
+    assert_eq!(status["result"]["exc_type"], "NotRegistered");
+
+    // Bad input is refused with its reason; nothing is queued.
+    let big = "x".repeat(8000);
+    let refused = post(json!({"name": "quartet.echo", "args": [big]}))
+        .await
+        .expect("post");
+    assert_eq!(refused.status(), 400);
+    let problem: Value = refused.json().await.expect("problem");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the limit is 4096"),
+        "{problem}"
+    );
+    let refused = post(json!({"name": "quartet.echo", "args": {"not": "a list"}}))
+        .await
+        .expect("post");
+    assert_eq!(refused.status(), 400);
+    let anonymous = http
+        .post(format!("{base}/v1/tasks"))
+        .json(&json!({"name": "quartet.add", "args": [1, 1]}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(anonymous.status(), 401);
+
+    // A real Celery client reads the result of a task the gateway ran.
+    let python = quartet_e2e::python().await;
+    let submitted: Value = post(json!({"name": "quartet.echo", "args": ["from rest"]}))
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    let id = submitted["id"].as_str().expect("id");
+    let out = tokio::process::Command::new(python)
+        .args([
+            "-c",
+            "import sys, json; from peers import app; print(json.dumps(app.AsyncResult(sys.argv[1]).get(timeout=20)))",
+            id,
+        ])
+        .current_dir(quartet_e2e::repo_root().join("e2e/python"))
+        .env("BROKER_URL", &broker_url)
+        .env("RESULT_URL", &result_url)
+        .output()
+        .await
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(value, json!(["from rest"]));
+}

@@ -1,0 +1,239 @@
+//! The gateway's REST API: submit a task, read its state and result (optionally waiting).
+//! Bearer tokens from quartet-auth; `task:submit:<queue>` to submit, `task:read:<queue>` to
+//! read (the queue a task went to is remembered next to its result; tasks submitted by other
+//! Celery clients need `task:read:*`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{HttpResponse, web};
+use quartet_kit::error::{ErrorKind, Problem};
+use quartet_kit::token::Bearer;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::broker::{Broker, BrokerError};
+use crate::celery::{RawJson, TaskMessage};
+
+/// What the API needs.
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// The Redis broker and result databases.
+    pub broker: Broker,
+    /// The queue of a submission that names none.
+    pub default_queue: String,
+    /// The largest accepted submission body.
+    pub max_payload_bytes: usize,
+}
+
+/// A task to run.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Submit {
+    /// The task name, e.g. `shop.send_invoice`.
+    pub name: String,
+    /// Positional arguments.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub args: Option<Box<serde_json::value::RawValue>>,
+    /// Keyword arguments.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub kwargs: Option<Box<serde_json::value::RawValue>>,
+    /// The queue; the gateway's default when absent.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// 0 (first) to 9 (last), Celery's Redis order.
+    #[serde(default)]
+    pub priority: u32,
+}
+
+/// A submitted task.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Submitted {
+    /// The task id.
+    pub id: String,
+    /// The queue it went to.
+    pub queue: String,
+}
+
+/// A task's state and result.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskStatus {
+    /// The task id.
+    pub id: String,
+    /// PENDING (unknown or not started), STARTED, RETRY, SUCCESS, FAILURE, REVOKED.
+    pub state: String,
+    /// The return value, or the exception `{exc_type, exc_message, exc_module}`.
+    #[schema(value_type = Object)]
+    pub result: Value,
+    /// The failure's traceback.
+    pub traceback: Option<String>,
+    /// When it finished.
+    pub date_done: Option<String>,
+}
+
+/// How long to wait for a result.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct Wait {
+    /// Seconds to wait for the task to finish (at most 60); 0 answers at once.
+    #[serde(default)]
+    pub wait: f64,
+}
+
+fn invalid(code: &str, detail: impl Into<String>) -> Problem {
+    Problem::new(ErrorKind::InvalidArgument, code, detail)
+}
+
+fn unavailable(e: &BrokerError) -> Problem {
+    Problem::new(
+        ErrorKind::Unavailable,
+        "broker-unavailable",
+        format!("the task broker is unreachable: {e}"),
+    )
+}
+
+fn queue_key(id: &str) -> String {
+    format!("quartet-task-queue-{id}")
+}
+
+/// Submits a task.
+#[utoipa::path(post, path = "/v1/tasks", tag = "tasks", request_body = Submit,
+    responses((status = 202, description = "Queued", body = Submitted),
+              (status = 400, description = "Invalid or oversized submission", body = Problem),
+              (status = 401, description = "No valid token", body = Problem),
+              (status = 403, description = "Lacks task:submit:<queue>", body = Problem),
+              (status = 503, description = "Broker unreachable", body = Problem)),
+    security(("bearer" = [])))]
+async fn submit(
+    api: web::Data<Arc<Api>>,
+    caller: Bearer,
+    body: web::Bytes,
+) -> Result<HttpResponse, Problem> {
+    if body.len() > api.max_payload_bytes {
+        return Err(invalid(
+            "payload-too-large",
+            format!(
+                "the submission is {} bytes; the limit is {} (tasks.max_payload_bytes): pass large data by reference",
+                body.len(),
+                api.max_payload_bytes
+            ),
+        ));
+    }
+    let request: Submit = serde_json::from_slice(&body).map_err(|e| {
+        invalid(
+            "invalid-submission",
+            format!("the body is not a task submission: {e}"),
+        )
+    })?;
+    if request.name.trim().is_empty() {
+        return Err(invalid("invalid-submission", "name is required"));
+    }
+    let queue = request
+        .queue
+        .clone()
+        .unwrap_or_else(|| api.default_queue.clone());
+    if queue.is_empty() || queue.contains(crate::celery::PRIORITY_SEP) {
+        return Err(invalid(
+            "invalid-submission",
+            format!("invalid queue name {queue:?}"),
+        ));
+    }
+    caller.require(&format!("task:submit:{queue}"))?;
+    let args = match &request.args {
+        Some(raw) if raw.get().trim_start().starts_with('[') => RawJson(raw.clone()),
+        Some(_) => return Err(invalid("invalid-submission", "args must be a JSON array")),
+        None => RawJson::parse("[]").expect("literal"),
+    };
+    let kwargs = match &request.kwargs {
+        Some(raw) if raw.get().trim_start().starts_with('{') => RawJson(raw.clone()),
+        Some(_) => {
+            return Err(invalid(
+                "invalid-submission",
+                "kwargs must be a JSON object",
+            ));
+        }
+        None => RawJson::parse("{}").expect("literal"),
+    };
+    let message = TaskMessage::new(&request.name, args, kwargs, &queue, request.priority);
+    api.broker
+        .remember(&queue_key(&message.headers.id), &queue)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    api.broker
+        .publish(&message)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(HttpResponse::Accepted().json(Submitted {
+        id: message.headers.id,
+        queue,
+    }))
+}
+
+/// A task's state and result.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "Task id"), Wait),
+    responses((status = 200, description = "State and result", body = TaskStatus),
+              (status = 401, description = "No valid token", body = Problem),
+              (status = 403, description = "Lacks task:read:<queue>", body = Problem)),
+    security(("bearer" = [])))]
+async fn status(
+    api: web::Data<Arc<Api>>,
+    caller: Bearer,
+    id: web::Path<String>,
+    wait: web::Query<Wait>,
+) -> Result<HttpResponse, Problem> {
+    let id = id.into_inner();
+    let queue = api
+        .broker
+        .recall(&queue_key(&id))
+        .await
+        .map_err(|e| unavailable(&e))?
+        .unwrap_or_else(|| "*".into());
+    caller.require(&format!("task:read:{queue}"))?;
+    let meta = if wait.wait > 0.0 {
+        let wait = Duration::from_secs_f64(wait.wait.min(60.0));
+        api.broker.wait_result(&id, wait).await
+    } else {
+        api.broker.result(&id).await
+    }
+    .map_err(|e| unavailable(&e))?;
+    let status = match meta {
+        Some(meta) => TaskStatus {
+            id,
+            state: serde_json::to_value(meta.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            result: meta.result,
+            traceback: meta.traceback,
+            date_done: meta.date_done,
+        },
+        None => TaskStatus {
+            id,
+            state: "PENDING".into(),
+            result: Value::Null,
+            traceback: None,
+            date_done: None,
+        },
+    };
+    Ok(HttpResponse::Ok().json(status))
+}
+
+#[derive(OpenApi)]
+#[openapi(paths(submit, status))]
+struct Doc;
+
+/// The REST routes and their OpenAPI document.
+pub fn rest(api: Arc<Api>) -> quartet_kit::RestApi {
+    let data = web::Data::new(api);
+    quartet_kit::RestApi::new(
+        move |cfg| {
+            cfg.app_data(data.clone())
+                // The size check is ours (a clear error naming the limit), not actix's.
+                .app_data(web::PayloadConfig::new(64 << 20))
+                .route("/v1/tasks", web::post().to(submit))
+                .route("/v1/tasks/{id}", web::get().to(status));
+        },
+        Doc::openapi(),
+    )
+}

@@ -1,0 +1,211 @@
+//! The Rust worker library: register async handlers by task name, consume queues, store
+//! results where Celery clients read them.
+//!
+//! ```no_run
+//! # async fn demo(broker: quartet_task_gateway::broker::Broker) {
+//! use quartet_task_gateway::worker::{TaskError, Worker};
+//! let worker = Worker::new(broker, &["celery"], 4)
+//!     .task("shop.add", |args, _kwargs| async move {
+//!         let sum: i64 = args.as_array().into_iter().flatten().filter_map(|v| v.as_i64()).sum();
+//!         Ok::<_, TaskError>(sum.into())
+//!     });
+//! worker.run(tokio_util::sync::CancellationToken::new()).await;
+//! # }
+//! ```
+//!
+//! Semantics today: acks-late (a message leaves `unacked` only after its result is stored, so
+//! a worker that dies mid-task leaves it for redelivery); at most `concurrency` tasks run at
+//! once, each consumer taking one message at a time (prefetch 1); a message that is not a
+//! usable Celery protocol v2 JSON message is moved to the quarantine list with the reason,
+//! never dropped and never crashing the worker; an unknown task name is a FAILURE
+//! (`NotRegistered`), as Celery reports it; on stop, consumers stop taking work and the tasks
+//! in hand finish.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::broker::{Broker, BrokerError, Consumer, Delivery};
+use crate::celery::{ResultMeta, State, exception};
+
+/// The list where unusable messages go, each wrapped with the reason and the time.
+pub const QUARANTINE: &str = "quartet.quarantine";
+
+/// How a handler fails: Celery's exception triple.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskError {
+    /// Exception type name, e.g. `ValueError`.
+    pub kind: String,
+    /// The message.
+    pub message: String,
+}
+
+impl TaskError {
+    /// A failure of type `kind`.
+    pub fn new(kind: &str, message: impl Into<String>) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+type BoxedHandler = Arc<
+    dyn Fn(Value, Value) -> Pin<Box<dyn Future<Output = Result<Value, TaskError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A worker: handlers by task name, the queues it consumes, how many tasks run at once.
+#[derive(Clone)]
+pub struct Worker {
+    broker: Broker,
+    queues: Vec<String>,
+    concurrency: usize,
+    handlers: HashMap<String, BoxedHandler>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("queues", &self.queues)
+            .field("tasks", &self.handlers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker on `queues` running up to `concurrency` tasks at once.
+    pub fn new(broker: Broker, queues: &[&str], concurrency: usize) -> Self {
+        Self {
+            broker,
+            queues: queues.iter().map(|q| (*q).to_owned()).collect(),
+            concurrency: concurrency.max(1),
+            handlers: HashMap::new(),
+        }
+    }
+
+    /// Registers `handler` for task `name`: it gets the positional arguments (a JSON array)
+    /// and the keyword arguments (a JSON object) and returns the result or a [`TaskError`].
+    pub fn task<F, Fut>(mut self, name: &str, handler: F) -> Self
+    where
+        F: Fn(Value, Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, TaskError>> + Send + 'static,
+    {
+        self.handlers.insert(
+            name.to_owned(),
+            Arc::new(move |args, kwargs| Box::pin(handler(args, kwargs))),
+        );
+        self
+    }
+
+    /// The task names it serves.
+    pub fn tasks(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.handlers.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Consumes until `stop` is cancelled, then lets the tasks in hand finish.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut consumers = Vec::new();
+        for _ in 0..self.concurrency {
+            let worker = self.clone();
+            let stop = stop.clone();
+            consumers.push(tokio::spawn(async move { worker.consume(stop).await }));
+        }
+        for consumer in consumers {
+            let _ = consumer.await;
+        }
+    }
+
+    async fn consume(&self, stop: CancellationToken) {
+        let queues: Vec<&str> = self.queues.iter().map(String::as_str).collect();
+        let mut consumer: Option<Consumer> = None;
+        while !stop.is_cancelled() {
+            let conn = match &mut consumer {
+                Some(c) => c,
+                None => match self.broker.consumer().await {
+                    Ok(c) => consumer.insert(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot reach the broker; retrying");
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        }
+                    }
+                },
+            };
+            let fetched = tokio::select! {
+                () = stop.cancelled() => return,
+                fetched = conn.fetch(&queues, Duration::from_secs(1)) => fetched,
+            };
+            match fetched {
+                Ok(None) => {}
+                Ok(Some(delivery)) => {
+                    if let Err(e) = self.handle(conn, delivery).await {
+                        tracing::warn!(error = %e, "a delivery could not be completed; it stays unacked for redelivery");
+                        consumer = None;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "lost the broker connection; reconnecting");
+                    consumer = None;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, conn: &mut Consumer, delivery: Delivery) -> Result<(), BrokerError> {
+        let message = match delivery.message {
+            Ok(message) => message,
+            Err(reason) => {
+                tracing::warn!(list = %delivery.list, %reason, "quarantined an unusable message");
+                return self
+                    .broker
+                    .quarantine(&delivery.list, &delivery.raw, &reason.to_string())
+                    .await;
+            }
+        };
+        let id = message.headers.id.clone();
+        let meta = match self.handlers.get(&message.headers.task) {
+            None => ResultMeta::finished(
+                &id,
+                State::Failure,
+                exception("NotRegistered", &message.headers.task, "celery.exceptions"),
+                Some(format!(
+                    "NotRegistered: no task named {:?} on this worker (it serves {:?})",
+                    message.headers.task,
+                    self.tasks()
+                )),
+            ),
+            Some(handler) => {
+                let span = tracing::info_span!("task", task = %message.headers.task, id = %id);
+                match handler(message.args.value(), message.kwargs.value())
+                    .instrument(span)
+                    .await
+                {
+                    Ok(value) => ResultMeta::finished(&id, State::Success, value, None),
+                    Err(e) => ResultMeta::finished(
+                        &id,
+                        State::Failure,
+                        exception(&e.kind, &e.message, "builtins"),
+                        Some(format!("{}: {}", e.kind, e.message)),
+                    ),
+                }
+            }
+        };
+        if !message.headers.ignore_result {
+            self.broker.store_result(&meta).await?;
+        }
+        // Acks-late: only now does the message leave `unacked`.
+        conn.ack(&message.properties.delivery_tag).await
+    }
+}
