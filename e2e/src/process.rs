@@ -161,6 +161,11 @@ impl Server {
             .join("\n")
     }
 
+    /// SIGKILL: the process dies at once, with whatever it held.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await.map_err(Into::into)
+    }
+
     /// Sends SIGTERM and waits for the exit status, failing after `timeout`.
     pub async fn terminate(
         &mut self,

@@ -139,3 +139,88 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
     let value: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(value, json!(["from rest"]));
 }
+
+/// A gateway process with its built-in worker on `queue`, leases of `lease` seconds.
+async fn gateway_worker(broker_url: &str, result_url: &str, queue: &str, lease: &str) -> Server {
+    Server::start(
+        "quartet-task-gateway",
+        true,
+        &[
+            ("QUARTET_TASK_GATEWAY_REDIS_BROKER_URL", broker_url),
+            ("QUARTET_TASK_GATEWAY_REDIS_RESULT_URL", result_url),
+            ("QUARTET_TASK_GATEWAY_WORKER_ENABLED", "true"),
+            ("QUARTET_TASK_GATEWAY_WORKER_QUEUES", queue),
+            ("QUARTET_TASK_GATEWAY_WORKER_CONCURRENCY", "1"),
+            ("QUARTET_TASK_GATEWAY_WORKER_LEASE_SECONDS", lease),
+        ],
+    )
+    .await
+    .expect("a gateway with a worker starts")
+}
+
+/// How many times `server` started task `id`.
+fn starts(server: &Server, id: &str) -> usize {
+    server
+        .output()
+        .lines()
+        .filter(|l| l.contains("task started") && l.contains(id))
+        .count()
+}
+
+#[tokio::test]
+async fn a_killed_workers_task_runs_again_elsewhere_and_a_live_workers_long_task_runs_once() {
+    use quartet_task_gateway::broker::Broker;
+    use quartet_task_gateway::celery::{RawJson, State, TaskMessage};
+    let redis = quartet_e2e::redis_url().await;
+    let (broker_url, result_url) = (format!("{redis}/14"), format!("{redis}/15"));
+    let queue = format!("lease-{}", std::process::id());
+    let broker = Broker::open(&broker_url, &result_url).expect("urls");
+    let mut workers = [
+        gateway_worker(&broker_url, &result_url, &queue, "2").await,
+        gateway_worker(&broker_url, &result_url, &queue, "2").await,
+    ];
+    let sleep = |seconds: &str| {
+        TaskMessage::new(
+            "quartet.sleep",
+            RawJson::parse(&format!("[{seconds}]")).expect("json"),
+            RawJson::parse("{}").expect("json"),
+            &queue,
+            0,
+        )
+    };
+
+    // A live worker's task that outlasts its lease twice over runs exactly once.
+    let long = sleep("5");
+    broker.publish(&long).await.expect("publish");
+    let meta = broker
+        .wait_result(&long.headers.id, Duration::from_secs(30))
+        .await
+        .expect("wait")
+        .expect("finished");
+    assert_eq!(meta.status, State::Success);
+    let runs: usize = workers.iter().map(|w| starts(w, &long.headers.id)).sum();
+    assert_eq!(runs, 1, "the heartbeat kept the lease: no second delivery");
+
+    // Kill the worker in the middle of a task: the other one runs it, nothing is lost.
+    let task = sleep("3");
+    broker.publish(&task).await.expect("publish");
+    let holder = quartet_e2e::eventually("a worker took the task", Duration::from_secs(10), || {
+        let found = workers.iter().position(|w| starts(w, &task.headers.id) > 0);
+        async move { found }
+    })
+    .await
+    .expect("taken");
+    workers[holder].kill().await.expect("SIGKILL");
+    let meta = broker
+        .wait_result(&task.headers.id, Duration::from_secs(30))
+        .await
+        .expect("wait")
+        .expect("the task finished on the surviving worker");
+    assert_eq!(meta.status, State::Success);
+    let survivor = &workers[1 - holder];
+    assert_eq!(starts(survivor, &task.headers.id), 1);
+    assert!(
+        survivor.output().contains("\"redelivered\":true"),
+        "the survivor got it as a redelivery"
+    );
+}

@@ -16,6 +16,34 @@ use crate::celery::{
     PRIORITY_SEP, ProtocolError, ResultMeta, TaskMessage, consume_order, result_key,
 };
 
+/// Leases of messages our workers hold: delivery tag → expiry (ms since the epoch).
+pub const LEASES: &str = "quartet.leases";
+/// Which worker holds each lease: delivery tag → worker identity.
+pub const LEASE_OWNERS: &str = "quartet.lease_owners";
+
+/// Puts an expired lease's message back, atomically and only if it is still unacknowledged
+/// and the lease was not renewed meanwhile. KEYS: unacked, unacked_index, leases, owners, the
+/// queue list. ARGV: tag, the message marked redelivered, now (ms).
+const REDELIVER: &str = r"
+local score = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if score and tonumber(score) > tonumber(ARGV[3]) then return -1 end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('RPUSH', KEYS[5], ARGV[2])
+  return 1
+end
+return 0
+";
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
 /// How long Celery keeps results (`result_expires`, one day).
 pub const RESULT_TTL: Duration = Duration::from_secs(86_400);
 
@@ -173,6 +201,65 @@ impl Broker {
         })
     }
 
+    /// Puts back the messages whose lease expired (their worker died or stalls): at the
+    /// consumer end of their list (taken next), marked redelivered, out of `unacked`. A message
+    /// acknowledged or re-leased meanwhile is left alone. Returns how many went back.
+    pub async fn redeliver_expired(&self) -> Result<usize, BrokerError> {
+        let mut conn = self.broker.get().await?;
+        let now = now_millis();
+        let expired: redis::RedisResult<Vec<String>> = redis::cmd("ZRANGEBYSCORE")
+            .arg(LEASES)
+            .arg("-inf")
+            .arg(now)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(100)
+            .query_async(&mut conn)
+            .await;
+        let script = redis::Script::new(REDELIVER);
+        let mut moved = 0;
+        for tag in self.broker.check(expired).await? {
+            let entry: redis::RedisResult<Option<String>> = conn.hget("unacked", &tag).await;
+            let Some(entry) = self.broker.check(entry).await? else {
+                let _: redis::RedisResult<()> = redis::pipe()
+                    .zrem(LEASES, &tag)
+                    .hdel(LEASE_OWNERS, &tag)
+                    .query_async(&mut conn)
+                    .await;
+                continue;
+            };
+            // kombu's entry: [envelope, exchange, routing_key].
+            let Ok(serde_json::Value::Array(parts)) = serde_json::from_str(&entry) else {
+                continue;
+            };
+            let Some(mut envelope) = parts.into_iter().next() else {
+                continue;
+            };
+            envelope["properties"]["delivery_info"]["redelivered"] = true.into();
+            let raw = envelope.to_string();
+            let list = match TaskMessage::decode(raw.as_bytes()) {
+                Ok(m) => m.list(),
+                Err(_) => continue,
+            };
+            let result: redis::RedisResult<i64> = script
+                .key("unacked")
+                .key("unacked_index")
+                .key(LEASES)
+                .key(LEASE_OWNERS)
+                .key(&list)
+                .arg(&tag)
+                .arg(&raw)
+                .arg(now)
+                .invoke_async(&mut conn)
+                .await;
+            if self.broker.check(result).await? == 1 {
+                tracing::warn!(delivery_tag = %tag, %list, "lease expired: message redelivered");
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+
     /// Writes a result record and announces it to waiting clients, as Celery's backend does.
     pub async fn store_result(&self, meta: &ResultMeta) -> Result<(), BrokerError> {
         let key = result_key(&meta.task_id);
@@ -264,11 +351,13 @@ pub struct Consumer {
 
 impl Consumer {
     /// Takes the next message from `queues` (priority 0 first, then FIFO), waiting up to
-    /// `timeout` (whole seconds, at least one), and records it in `unacked` as kombu does.
+    /// `timeout` (whole seconds, at least one), and records it in `unacked` as kombu does;
+    /// with `lease`, also leases it to `worker` for that long (renew with [`Consumer::renew`]).
     pub async fn fetch(
         &mut self,
         queues: &[&str],
         timeout: Duration,
+        lease: Option<(&str, Duration)>,
     ) -> Result<Option<Delivery>, BrokerError> {
         let lists = consume_order(queues);
         let popped: Option<(String, String)> = redis::cmd("BRPOP")
@@ -288,25 +377,64 @@ impl Consumer {
                 m.properties.delivery_info.exchange,
                 m.properties.delivery_info.routing_key
             ]);
-            redis::pipe()
-                .atomic()
-                .zadd("unacked_index", &m.properties.delivery_tag, now_seconds())
+            let tag = &m.properties.delivery_tag;
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .zadd("unacked_index", tag, now_seconds())
                 .ignore()
-                .hset("unacked", &m.properties.delivery_tag, entry.to_string())
-                .ignore()
-                .query_async::<()>(&mut self.broker)
-                .await?;
+                .hset("unacked", tag, entry.to_string())
+                .ignore();
+            if let Some((worker, lease)) = lease {
+                pipe.zadd(LEASES, tag, now_millis() + lease.as_millis() as u64)
+                    .ignore()
+                    .hset(LEASE_OWNERS, tag, worker)
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut self.broker).await?;
         }
         Ok(Some(Delivery { list, raw, message }))
     }
 
-    /// Acknowledges a delivery: it leaves `unacked` for good.
+    /// Extends the leases of `tags` by `lease` from now. Returns the tags whose lease was
+    /// gone (expired and redelivered: the task may now run twice).
+    pub async fn renew(
+        &mut self,
+        tags: &[String],
+        lease: Duration,
+    ) -> Result<Vec<String>, BrokerError> {
+        let until = now_millis() + lease.as_millis() as u64;
+        let mut lost = Vec::new();
+        for tag in tags {
+            let changed: i64 = redis::cmd("ZADD")
+                .arg(LEASES)
+                .arg("XX")
+                .arg("CH")
+                .arg(until)
+                .arg(tag)
+                .query_async(&mut self.broker)
+                .await?;
+            if changed == 0 {
+                // Unchanged: either gone, or renewed within the same millisecond.
+                let held: Option<f64> = self.broker.zscore(LEASES, tag).await?;
+                if held.is_none() {
+                    lost.push(tag.clone());
+                }
+            }
+        }
+        Ok(lost)
+    }
+
+    /// Acknowledges a delivery: it leaves `unacked` (and its lease) for good.
     pub async fn ack(&mut self, delivery_tag: &str) -> Result<(), BrokerError> {
         redis::pipe()
             .atomic()
             .zrem("unacked_index", delivery_tag)
             .ignore()
             .hdel("unacked", delivery_tag)
+            .ignore()
+            .zrem(LEASES, delivery_tag)
+            .ignore()
+            .hdel(LEASE_OWNERS, delivery_tag)
             .ignore()
             .query_async::<()>(&mut self.broker)
             .await?;

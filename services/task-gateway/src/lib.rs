@@ -71,6 +71,8 @@ pub struct WorkerSettings {
     pub queues: String,
     /// How many tasks it runs at once.
     pub concurrency: usize,
+    /// Seconds a task's lease lasts without renewal: a dead worker's tasks return to their queue within about this long.
+    pub lease_seconds: u64,
 }
 
 impl Default for WorkerSettings {
@@ -79,6 +81,7 @@ impl Default for WorkerSettings {
             enabled: false,
             queues: "celery".into(),
             concurrency: 4,
+            lease_seconds: 15,
         }
     }
 }
@@ -166,12 +169,11 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
             .map(str::trim)
             .filter(|q| !q.is_empty())
             .collect();
-        let worker = builtin_worker(worker::Worker::new(
-            broker.clone(),
-            &queues,
-            config.worker.concurrency,
-        ));
-        tracing::info!(queues = ?queues, tasks = ?worker.tasks(), "built-in worker running");
+        let worker = builtin_worker(
+            worker::Worker::new(broker.clone(), &queues, config.worker.concurrency)
+                .lease(std::time::Duration::from_secs(config.worker.lease_seconds)),
+        );
+        tracing::info!(queues = ?queues, tasks = ?worker.tasks(), worker = %worker.id(), "built-in worker running");
         ctx.shutdown.spawn(worker.run(ctx.shutdown.token()));
     }
     let api = std::sync::Arc::new(api::Api {

@@ -14,8 +14,13 @@
 //! ```
 //!
 //! Semantics today: acks-late (a message leaves `unacked` only after its result is stored, so
-//! a worker that dies mid-task leaves it for redelivery); at most `concurrency` tasks run at
-//! once, each consumer taking one message at a time (prefetch 1); a message that is not a
+//! a worker that dies mid-task leaves it for redelivery); every message a worker holds is
+//! **leased** to that worker's identity and the lease is renewed by a heartbeat every third of
+//! its length, so a dead worker's tasks go back to their queue once the lease lapses (seconds,
+//! not Celery's one-hour visibility timeout) while a live worker's long task is never handed
+//! out again; any worker puts expired leases back, atomically and only if still unacknowledged.
+//! At most `concurrency` tasks run at once, each consumer taking one message at a time
+//! (prefetch 1); a message that is not a
 //! usable Celery protocol v2 JSON message is moved to the quarantine list with the reason,
 //! never dropped and never crashing the worker; an unknown task name is a FAILURE
 //! (`NotRegistered`), as Celery reports it; on stop, consumers stop taking work and the tasks
@@ -69,7 +74,16 @@ pub struct Worker {
     queues: Vec<String>,
     concurrency: usize,
     handlers: HashMap<String, BoxedHandler>,
+    /// This worker's identity in leases.
+    id: String,
+    /// How long a lease lasts without renewal.
+    lease: Duration,
+    /// Delivery tags of the messages in hand.
+    in_hand: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
+
+/// How long a lease lasts by default: a dead worker's tasks return within about this long.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,12 +97,32 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     /// A worker on `queues` running up to `concurrency` tasks at once.
     pub fn new(broker: Broker, queues: &[&str], concurrency: usize) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        let nonce = crate::celery::uuid4();
         Self {
             broker,
             queues: queues.iter().map(|q| (*q).to_owned()).collect(),
             concurrency: concurrency.max(1),
             handlers: HashMap::new(),
+            id: format!(
+                "quartet-worker-{}@{host}-{}",
+                std::process::id(),
+                &nonce[..8]
+            ),
+            lease: DEFAULT_LEASE,
+            in_hand: Arc::default(),
         }
+    }
+
+    /// Sets the lease length (at least one second).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_secs(1));
+        self
+    }
+
+    /// This worker's identity.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// Registers `handler` for task `name`: it gets the positional arguments (a JSON array)
@@ -120,8 +154,58 @@ impl Worker {
             let stop = stop.clone();
             consumers.push(tokio::spawn(async move { worker.consume(stop).await }));
         }
+        let leases = CancellationToken::new();
+        let keeper = {
+            let worker = self.clone();
+            let leases = leases.clone();
+            tokio::spawn(async move { worker.keep_leases(leases).await })
+        };
         for consumer in consumers {
             let _ = consumer.await;
+        }
+        // Renewal goes on until the last task in hand is done.
+        leases.cancel();
+        let _ = keeper.await;
+    }
+
+    /// The heartbeat: renews the leases of the messages in hand, and puts back any worker's
+    /// expired ones.
+    async fn keep_leases(&self, stop: CancellationToken) {
+        let mut consumer: Option<Consumer> = None;
+        let beat = self.lease / 3;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(beat) => {}
+            }
+            let tags: Vec<String> = self
+                .in_hand
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            if consumer.is_none() {
+                consumer = self.broker.consumer().await.ok();
+            }
+            if let Some(conn) = consumer.as_mut()
+                && !tags.is_empty()
+            {
+                match conn.renew(&tags, self.lease).await {
+                    Ok(lost) => {
+                        for tag in lost {
+                            tracing::warn!(delivery_tag = %tag, "lease lost (this worker stalled past it): the task may run twice");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not renew leases");
+                        consumer = None;
+                    }
+                }
+            }
+            if let Err(e) = self.broker.redeliver_expired().await {
+                tracing::warn!(error = %e, "could not check for expired leases");
+            }
         }
     }
 
@@ -144,7 +228,7 @@ impl Worker {
             };
             let fetched = tokio::select! {
                 () = stop.cancelled() => return,
-                fetched = conn.fetch(&queues, Duration::from_secs(1)) => fetched,
+                fetched = conn.fetch(&queues, Duration::from_secs(1), Some((&self.id, self.lease))) => fetched,
             };
             match fetched {
                 Ok(None) => {}
@@ -174,7 +258,26 @@ impl Worker {
                     .await;
             }
         };
+        let tag = message.properties.delivery_tag.clone();
+        self.in_hand
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tag.clone());
+        let done = self.finish(conn, message).await;
+        self.in_hand
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&tag);
+        done
+    }
+
+    async fn finish(
+        &self,
+        conn: &mut Consumer,
+        message: crate::celery::TaskMessage,
+    ) -> Result<(), BrokerError> {
         let id = message.headers.id.clone();
+        tracing::info!(task = %message.headers.task, id = %id, worker = %self.id, redelivered = message.properties.delivery_info.redelivered.unwrap_or(false), "task started");
         let meta = match self.handlers.get(&message.headers.task) {
             None => ResultMeta::finished(
                 &id,

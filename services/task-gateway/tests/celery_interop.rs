@@ -129,7 +129,7 @@ async fn celery_clients_tasks_run_on_our_consumer_and_get_reads_our_results() {
     let mut consumer = broker.consumer().await.expect("consumer");
     for _ in 0..2 {
         let delivery = consumer
-            .fetch(&[&queue], Duration::from_secs(30))
+            .fetch(&[&queue], Duration::from_secs(30), None)
             .await
             .expect("fetch")
             .expect("Celery's message arrived");
