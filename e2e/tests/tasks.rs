@@ -9,6 +9,25 @@ use quartet_e2e::http_client;
 use quartet_e2e::process::Server;
 use serde_json::{Value, json};
 
+/// Runs a line of Python against the `peers` Celery app on `(broker, results)` and returns
+/// what it printed, as JSON.
+async fn celery_client(python: &str, urls: (&str, &str), code: &str, arg: &str) -> Value {
+    let out = tokio::process::Command::new(python)
+        .args(["-c", code, arg])
+        .current_dir(quartet_e2e::repo_root().join("e2e/python"))
+        .env("BROKER_URL", urls.0)
+        .env("RESULT_URL", urls.1)
+        .output()
+        .await
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
 #[tokio::test]
 async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes_back() {
     let (auth, token) = quartet_e2e::auth::start_with_admin_token()
@@ -110,6 +129,69 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
         .expect("post");
     assert_eq!(anonymous.status(), 401);
 
+    // Delayed, expiring and revoked tasks.
+    let submitted_at = std::time::Instant::now();
+    let later: Value = post(json!({"name": "quartet.echo", "args": ["later"], "countdown": 2}))
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    let expiring: Value =
+        post(json!({"name": "quartet.echo", "args": [1], "countdown": 2, "expires": 1}))
+            .await
+            .expect("submit")
+            .json()
+            .await
+            .expect("json");
+    let revoked: Value = post(json!({"name": "quartet.echo", "args": [2], "countdown": 2}))
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    let revoking = http
+        .delete(format!(
+            "{base}/v1/tasks/{}",
+            revoked["id"].as_str().expect("id")
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(revoking.status(), 202);
+    let delayed: Vec<String> = {
+        let client = redis::Client::open(broker_url.as_str()).expect("url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        redis::cmd("ZRANGE")
+            .arg("quartet.delayed")
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .expect("zrange")
+    };
+    assert_eq!(
+        delayed.len(),
+        3,
+        "delayed tasks wait in Redis, not in a worker"
+    );
+    let status = finished(later["id"].as_str().expect("id").to_owned()).await;
+    assert_eq!(status["result"], json!(["later"]), "{status}");
+    assert!(
+        submitted_at.elapsed() >= Duration::from_millis(1500),
+        "ran no sooner than its countdown"
+    );
+    let status = finished(expiring["id"].as_str().expect("id").to_owned()).await;
+    assert_eq!(status["state"], "REVOKED", "{status}");
+    assert_eq!(status["result"]["exc_message"], json!(["expired"]));
+    let status = finished(revoked["id"].as_str().expect("id").to_owned()).await;
+    assert_eq!(status["state"], "REVOKED", "{status}");
+    assert_eq!(status["result"]["exc_message"], json!(["revoked"]));
+
     // A real Celery client reads the result of a task the gateway ran.
     let python = quartet_e2e::python().await;
     let submitted: Value = post(json!({"name": "quartet.echo", "args": ["from rest"]}))
@@ -119,25 +201,25 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
         .await
         .expect("json");
     let id = submitted["id"].as_str().expect("id");
-    let out = tokio::process::Command::new(python)
-        .args([
-            "-c",
-            "import sys, json; from peers import app; print(json.dumps(app.AsyncResult(sys.argv[1]).get(timeout=20)))",
-            id,
-        ])
-        .current_dir(quartet_e2e::repo_root().join("e2e/python"))
-        .env("BROKER_URL", &broker_url)
-        .env("RESULT_URL", &result_url)
-        .output()
-        .await
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let value: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let value = celery_client(
+        &python,
+        (&broker_url, &result_url),
+        "import sys, json; from peers import app; print(json.dumps(app.AsyncResult(sys.argv[1]).get(timeout=20)))",
+        id,
+    )
+    .await;
     assert_eq!(value, json!(["from rest"]));
+
+    // A Celery client's countdown: our worker parks it in Redis until due, then runs it.
+    let value = celery_client(
+        &python,
+        (&broker_url, &result_url),
+        "import sys, json, time; from peers import app; t = time.time(); r = app.send_task('quartet.echo', args=['celery countdown'], countdown=2, queue=sys.argv[1]); print(json.dumps([r.get(timeout=20), time.time() - t]))",
+        &queue,
+    )
+    .await;
+    assert_eq!(value[0], json!(["celery countdown"]));
+    assert!(value[1].as_f64().unwrap_or_default() >= 1.5, "{value}");
 }
 
 /// A gateway process with its built-in worker on `queue`, leases of `lease` seconds.

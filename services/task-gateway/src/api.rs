@@ -46,6 +46,15 @@ pub struct Submit {
     /// 0 (first) to 9 (last), Celery's Redis order.
     #[serde(default)]
     pub priority: u32,
+    /// Run no sooner than this many seconds from now.
+    #[serde(default)]
+    pub countdown: Option<f64>,
+    /// Run no sooner than this time (ISO-8601 with offset); exclusive with `countdown`.
+    #[serde(default)]
+    pub eta: Option<String>,
+    /// Do not run if not started within this many seconds: recorded as REVOKED (expired).
+    #[serde(default)]
+    pub expires: Option<f64>,
 }
 
 /// A submitted task.
@@ -95,6 +104,18 @@ fn unavailable(e: &BrokerError) -> Problem {
 
 fn queue_key(id: &str) -> String {
     format!("quartet-task-queue-{id}")
+}
+
+/// Checks `task:<action>:<queue>` for the queue task `id` went to (`*` when unknown: submitted
+/// by another Celery client).
+async fn allow(api: &Api, caller: &Bearer, action: &str, id: &str) -> Result<(), Problem> {
+    let queue = api
+        .broker
+        .recall(&queue_key(id))
+        .await
+        .map_err(|e| unavailable(&e))?
+        .unwrap_or_else(|| "*".into());
+    caller.require(&format!("task:{action}:{queue}"))
 }
 
 /// Submits a task.
@@ -155,7 +176,42 @@ async fn submit(
         }
         None => RawJson::parse("{}").expect("literal"),
     };
-    let message = TaskMessage::new(&request.name, args, kwargs, &queue, request.priority);
+    let mut message = TaskMessage::new(&request.name, args, kwargs, &queue, request.priority);
+    let from_now = |seconds: f64, what: &str| {
+        if !(0.0..=31_536_000.0).contains(&seconds) {
+            return Err(invalid(
+                "invalid-submission",
+                format!("{what} must be 0 to 31536000 seconds, not {seconds}"),
+            ));
+        }
+        Ok(
+            (chrono::Utc::now() + chrono::Duration::milliseconds((seconds * 1000.0) as i64))
+                .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+                .to_string(),
+        )
+    };
+    message.headers.eta = match (request.countdown, &request.eta) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "invalid-submission",
+                "give countdown or eta, not both",
+            ));
+        }
+        (Some(seconds), None) => Some(from_now(seconds, "countdown")?),
+        (None, Some(eta)) => {
+            crate::broker::iso_millis(eta).ok_or_else(|| {
+                invalid(
+                    "invalid-submission",
+                    format!("eta {eta:?} is not an ISO-8601 time with an offset"),
+                )
+            })?;
+            Some(eta.clone())
+        }
+        (None, None) => None,
+    };
+    if let Some(seconds) = request.expires {
+        message.headers.expires = Some(from_now(seconds, "expires")?);
+    }
     api.broker
         .remember(&queue_key(&message.headers.id), &queue)
         .await
@@ -183,13 +239,7 @@ async fn status(
     wait: web::Query<Wait>,
 ) -> Result<HttpResponse, Problem> {
     let id = id.into_inner();
-    let queue = api
-        .broker
-        .recall(&queue_key(&id))
-        .await
-        .map_err(|e| unavailable(&e))?
-        .unwrap_or_else(|| "*".into());
-    caller.require(&format!("task:read:{queue}"))?;
+    allow(&api, &caller, "read", &id).await?;
     let meta = if wait.wait > 0.0 {
         let wait = Duration::from_secs_f64(wait.wait.min(60.0));
         api.broker.wait_result(&id, wait).await
@@ -219,8 +269,25 @@ async fn status(
     Ok(HttpResponse::Ok().json(status))
 }
 
+/// Revokes a task: a worker that takes it records REVOKED instead of running it.
+#[utoipa::path(delete, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "Task id")),
+    responses((status = 202, description = "Revoked"),
+              (status = 401, description = "No valid token", body = Problem),
+              (status = 403, description = "Lacks task:revoke:<queue>", body = Problem)),
+    security(("bearer" = [])))]
+async fn revoke(
+    api: web::Data<Arc<Api>>,
+    caller: Bearer,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let id = id.into_inner();
+    allow(&api, &caller, "revoke", &id).await?;
+    api.broker.revoke(&id).await.map_err(|e| unavailable(&e))?;
+    Ok(HttpResponse::Accepted().finish())
+}
+
 #[derive(OpenApi)]
-#[openapi(paths(submit, status))]
+#[openapi(paths(submit, status, revoke))]
 struct Doc;
 
 /// The REST routes and their OpenAPI document.
@@ -232,7 +299,8 @@ pub fn rest(api: Arc<Api>) -> quartet_kit::RestApi {
                 // The size check is ours (a clear error naming the limit), not actix's.
                 .app_data(web::PayloadConfig::new(64 << 20))
                 .route("/v1/tasks", web::post().to(submit))
-                .route("/v1/tasks/{id}", web::get().to(status));
+                .route("/v1/tasks/{id}", web::get().to(status))
+                .route("/v1/tasks/{id}", web::delete().to(revoke));
         },
         Doc::openapi(),
     )

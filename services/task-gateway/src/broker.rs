@@ -37,6 +37,34 @@ end
 return 0
 ";
 
+/// Messages waiting for their ETA, kept in Redis rather than in a worker's memory: a JSON
+/// `[list, envelope]` → due time (ms since the epoch).
+pub const DELAYED: &str = "quartet.delayed";
+
+/// Moves due delayed messages onto their lists. KEYS: the delayed set. ARGV: now (ms), limit.
+const RELEASE_DUE: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, item in ipairs(due) do
+  if redis.call('ZREM', KEYS[1], item) == 1 then
+    local parts = cjson.decode(item)
+    redis.call('LPUSH', parts[1], parts[2])
+  end
+end
+return #due
+";
+
+/// The marker of a revoked task (kept as long as results).
+pub fn revoked_key(task_id: &str) -> String {
+    format!("quartet-revoked-{task_id}")
+}
+
+/// Milliseconds since the epoch of an ISO-8601 time as Celery writes it.
+pub fn iso_millis(iso: &str) -> Option<u64> {
+    chrono::DateTime::parse_from_rfc3339(iso)
+        .ok()
+        .map(|t| t.timestamp_millis().max(0) as u64)
+}
+
 fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -160,9 +188,65 @@ impl Broker {
         Ok(())
     }
 
-    /// Publishes `message` on its queue's list for its priority, declaring the queue's binding
-    /// the way kombu does.
+    /// Publishes `message`: at once, or, when its ETA is in the future, into the delayed set
+    /// from which it moves onto its list when due ([`Broker::release_due`]).
     pub async fn publish(&self, message: &TaskMessage) -> Result<(), BrokerError> {
+        match message.headers.eta.as_deref().and_then(iso_millis) {
+            Some(due) if due > now_millis() => self.delay(message, due).await,
+            _ => self.publish_now(message).await,
+        }
+    }
+
+    /// Parks `message` until `due` (ms since the epoch).
+    pub async fn delay(&self, message: &TaskMessage, due: u64) -> Result<(), BrokerError> {
+        let item = serde_json::json!([message.list(), message.encode()]).to_string();
+        let mut conn = self.broker.get().await?;
+        let added = conn.zadd::<_, _, _, ()>(DELAYED, item, due).await;
+        self.broker.check(added).await
+    }
+
+    /// Moves delayed messages whose time has come onto their lists; returns how many.
+    pub async fn release_due(&self) -> Result<usize, BrokerError> {
+        let mut conn = self.broker.get().await?;
+        let moved: redis::RedisResult<usize> = redis::Script::new(RELEASE_DUE)
+            .key(DELAYED)
+            .arg(now_millis())
+            .arg(100)
+            .invoke_async(&mut conn)
+            .await;
+        self.broker.check(moved).await
+    }
+
+    /// Until `stop`: every half second, releases due delayed tasks and returns expired
+    /// leases. Safe to run in any number of processes (each step is atomic).
+    pub async fn housekeeping(self, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            if let Err(e) = self.release_due().await {
+                tracing::debug!(error = %e, "could not release due delayed tasks");
+            }
+            if let Err(e) = self.redeliver_expired().await {
+                tracing::debug!(error = %e, "could not check for expired leases");
+            }
+        }
+    }
+
+    /// Marks a task revoked: workers that take it store REVOKED instead of running it.
+    pub async fn revoke(&self, task_id: &str) -> Result<(), BrokerError> {
+        self.remember(&revoked_key(task_id), "revoked").await
+    }
+
+    /// Whether a task was revoked.
+    pub async fn is_revoked(&self, task_id: &str) -> Result<bool, BrokerError> {
+        Ok(self.recall(&revoked_key(task_id)).await?.is_some())
+    }
+
+    /// Publishes `message` on its queue's list for its priority now, declaring the queue's
+    /// binding the way kombu does.
+    pub async fn publish_now(&self, message: &TaskMessage) -> Result<(), BrokerError> {
         let queue = &message.properties.delivery_info.routing_key;
         let binding = format!("{queue}{PRIORITY_SEP}{PRIORITY_SEP}{queue}");
         let mut conn = self.broker.get().await?;

@@ -161,6 +161,10 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         let probe = probe.clone();
         async move { probe.ping().await.map_err(|e| e.to_string()) }
     });
+    if !config.worker.enabled {
+        ctx.shutdown
+            .spawn(broker.clone().housekeeping(ctx.shutdown.token()));
+    }
     if config.worker.enabled {
         let queues: Vec<&str> = config
             .worker

@@ -154,6 +154,7 @@ impl Worker {
             let stop = stop.clone();
             consumers.push(tokio::spawn(async move { worker.consume(stop).await }));
         }
+        tokio::spawn(self.broker.clone().housekeeping(stop.clone()));
         let leases = CancellationToken::new();
         let keeper = {
             let worker = self.clone();
@@ -168,8 +169,8 @@ impl Worker {
         let _ = keeper.await;
     }
 
-    /// The heartbeat: renews the leases of the messages in hand, and puts back any worker's
-    /// expired ones.
+    /// The heartbeat: renews the leases of the messages in hand (putting back expired leases
+    /// and releasing due delayed tasks is [`Broker::housekeeping`]'s).
     async fn keep_leases(&self, stop: CancellationToken) {
         let mut consumer: Option<Consumer> = None;
         let beat = self.lease / 3;
@@ -202,9 +203,6 @@ impl Worker {
                         consumer = None;
                     }
                 }
-            }
-            if let Err(e) = self.broker.redeliver_expired().await {
-                tracing::warn!(error = %e, "could not check for expired leases");
             }
         }
     }
@@ -277,6 +275,36 @@ impl Worker {
         message: crate::celery::TaskMessage,
     ) -> Result<(), BrokerError> {
         let id = message.headers.id.clone();
+        let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        // Not due yet (a Celery client's countdown): back to Redis until it is, not held here.
+        if let Some(due) = message
+            .headers
+            .eta
+            .as_deref()
+            .and_then(crate::broker::iso_millis)
+            && due > now + 50
+        {
+            self.broker.delay(&message, due).await?;
+            return conn.ack(&message.properties.delivery_tag).await;
+        }
+        let expired = message
+            .headers
+            .expires
+            .as_deref()
+            .and_then(crate::broker::iso_millis)
+            .is_some_and(|at| at <= now);
+        if expired || self.broker.is_revoked(&id).await? {
+            let why = if expired { "expired" } else { "revoked" };
+            tracing::info!(task = %message.headers.task, id = %id, why, "task not run");
+            let meta = ResultMeta::finished(
+                &id,
+                State::Revoked,
+                exception("TaskRevokedError", why, "celery.exceptions"),
+                None,
+            );
+            self.broker.store_result(&meta).await?;
+            return conn.ack(&message.properties.delivery_tag).await;
+        }
         tracing::info!(task = %message.headers.task, id = %id, worker = %self.id, redelivered = message.properties.delivery_info.redelivered.unwrap_or(false), "task started");
         let meta = match self.handlers.get(&message.headers.task) {
             None => ResultMeta::finished(
