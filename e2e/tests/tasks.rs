@@ -129,6 +129,88 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
         .expect("post");
     assert_eq!(anonymous.status(), 401);
 
+    // An idempotency key makes a repeated submission the same task.
+    let first: Value =
+        post(json!({"name": "quartet.echo", "args": ["once"], "idempotency_key": "order-17"}))
+            .await
+            .expect("submit")
+            .json()
+            .await
+            .expect("json");
+    let again =
+        post(json!({"name": "quartet.echo", "args": ["once"], "idempotency_key": "order-17"}))
+            .await
+            .expect("submit");
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(
+        (first["duplicate"].clone(), again["duplicate"].clone()),
+        (json!(false), json!(true))
+    );
+
+    // Messages no worker can use are quarantined with the reason; the worker goes on.
+    {
+        let client = redis::Client::open(broker_url.as_str()).expect("url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        let _: () = redis::cmd("DEL")
+            .arg("quartet.quarantine")
+            .query_async(&mut conn)
+            .await
+            .expect("del");
+        let pickled = json!({"body": "gAJ9cQAu", "content-encoding": "binary", "content-type": "application/x-python-serialize",
+            "headers": {"task": "x", "id": "p1"}, "properties": {"correlation_id": "p1", "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0, "body_encoding": "base64", "delivery_tag": "t-p1"}});
+        for raw in [pickled.to_string(), "not json at all".to_owned()] {
+            let _: () = redis::cmd("LPUSH")
+                .arg(&queue)
+                .arg(raw)
+                .query_async(&mut conn)
+                .await
+                .expect("lpush");
+        }
+        let quarantined: Vec<String> =
+            quartet_e2e::eventually("both quarantined", Duration::from_secs(10), || {
+                let mut conn = conn.clone();
+                async move {
+                    let items: Vec<String> = redis::cmd("LRANGE")
+                        .arg("quartet.quarantine")
+                        .arg(0)
+                        .arg(-1)
+                        .query_async(&mut conn)
+                        .await
+                        .ok()?;
+                    (items.len() == 2).then_some(items)
+                }
+            })
+            .await
+            .expect("quarantine");
+        let reasons: Vec<String> = quarantined
+            .iter()
+            .map(|q| {
+                serde_json::from_str::<Value>(q).expect("json")["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("application/x-python-serialize")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("not a kombu message envelope")),
+            "{reasons:?}"
+        );
+    }
+
     // Delayed, expiring and revoked tasks.
     let submitted_at = std::time::Instant::now();
     let later: Value = post(json!({"name": "quartet.echo", "args": ["later"], "countdown": 2}))

@@ -25,6 +25,8 @@ pub struct Api {
     pub default_queue: String,
     /// The largest accepted submission body.
     pub max_payload_bytes: usize,
+    /// How long an idempotency key dedupes submissions.
+    pub idempotency_window: Duration,
 }
 
 /// A task to run.
@@ -55,6 +57,10 @@ pub struct Submit {
     /// Do not run if not started within this many seconds: recorded as REVOKED (expired).
     #[serde(default)]
     pub expires: Option<f64>,
+    /// Submissions with the same key on the same queue within the idempotency window
+    /// (`tasks.idempotency_seconds`) are one task: later ones get the first one's id.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// A submitted task.
@@ -64,6 +70,8 @@ pub struct Submitted {
     pub id: String,
     /// The queue it went to.
     pub queue: String,
+    /// True when an earlier submission with the same idempotency key is this task.
+    pub duplicate: bool,
 }
 
 /// A task's state and result.
@@ -212,6 +220,30 @@ async fn submit(
     if let Some(seconds) = request.expires {
         message.headers.expires = Some(from_now(seconds, "expires")?);
     }
+    if let Some(key) = &request.idempotency_key {
+        if key.is_empty() || key.len() > 200 {
+            return Err(invalid(
+                "invalid-submission",
+                "idempotency_key must be 1 to 200 characters",
+            ));
+        }
+        let held = api
+            .broker
+            .claim(
+                &format!("quartet-idempotency-{queue}-{key}"),
+                &message.headers.id,
+                api.idempotency_window,
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if let Some(id) = held {
+            return Ok(HttpResponse::Ok().json(Submitted {
+                id,
+                queue,
+                duplicate: true,
+            }));
+        }
+    }
     api.broker
         .remember(&queue_key(&message.headers.id), &queue)
         .await
@@ -223,6 +255,7 @@ async fn submit(
     Ok(HttpResponse::Accepted().json(Submitted {
         id: message.headers.id,
         queue,
+        duplicate: false,
     }))
 }
 

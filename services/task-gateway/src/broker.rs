@@ -369,6 +369,27 @@ impl Broker {
         self.results_conn.check(set).await
     }
 
+    /// Claims `key` for `value` for `ttl` unless someone holds it: returns the holder's value
+    /// when it is taken (an idempotency key seen before), `None` when the claim is ours.
+    pub async fn claim(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, BrokerError> {
+        let mut conn = self.results_conn.get().await?;
+        let claimed: redis::RedisResult<Option<String>> = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("GET")
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .query_async(&mut conn)
+            .await;
+        self.results_conn.check(claimed).await
+    }
+
     /// A fact kept with [`Broker::remember`].
     pub async fn recall(&self, key: &str) -> Result<Option<String>, BrokerError> {
         let mut conn = self.results_conn.get().await?;

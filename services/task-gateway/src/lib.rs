@@ -50,6 +50,8 @@ pub struct TaskSettings {
     pub default_queue: String,
     /// The largest submission accepted, in bytes; larger ones are refused with an error naming the limit.
     pub max_payload_bytes: usize,
+    /// Seconds an idempotency key dedupes submissions on its queue.
+    pub idempotency_seconds: u64,
 }
 
 impl Default for TaskSettings {
@@ -57,6 +59,7 @@ impl Default for TaskSettings {
         Self {
             default_queue: "celery".into(),
             max_payload_bytes: 1 << 20,
+            idempotency_seconds: 86_400,
         }
     }
 }
@@ -184,6 +187,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         broker,
         default_queue: config.tasks.default_queue.clone(),
         max_payload_bytes: config.tasks.max_payload_bytes,
+        idempotency_window: std::time::Duration::from_secs(config.tasks.idempotency_seconds),
     });
     let grpc = Routes::builder().routes();
     let rest = api::rest(api).with_bearer(quartet_kit::token::authenticator(&config.auth));
