@@ -52,6 +52,7 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
             ("QUARTET_TASK_GATEWAY_WORKER_QUEUES", &queue),
             ("QUARTET_TASK_GATEWAY_TASKS_DEFAULT_QUEUE", &queue),
             ("QUARTET_TASK_GATEWAY_TASKS_MAX_PAYLOAD_BYTES", "4096"),
+            ("QUARTET_TASK_GATEWAY_WORKER_MAX_RETRIES", "2"),
         ],
     )
     .await
@@ -128,6 +129,41 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
         .await
         .expect("post");
     assert_eq!(anonymous.status(), 401);
+
+    // A task that keeps asking for a retry is tried three times, then goes to the dead letters.
+    let flaky: Value = post(json!({"name": "quartet.flaky", "args": [0.2]}))
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    let flaky_id = flaky["id"].as_str().expect("id").to_owned();
+    let status = finished(flaky_id.clone()).await;
+    assert_eq!(status["state"], "FAILURE", "{status}");
+    assert_eq!(status["result"]["exc_type"], "RuntimeError");
+    let attempts = gateway
+        .output()
+        .lines()
+        .filter(|l| l.contains("task started") && l.contains(&flaky_id))
+        .count();
+    assert_eq!(attempts, 3, "the first attempt and two retries");
+    {
+        let client = redis::Client::open(broker_url.as_str()).expect("url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        let dead: Vec<String> = redis::cmd("LRANGE")
+            .arg(format!("quartet.dead.{queue}"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .expect("lrange");
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        let record: Value = serde_json::from_str(&dead[0]).expect("json");
+        assert_eq!(record["reason"], "retry budget of 2 spent");
+    }
 
     // An idempotency key makes a repeated submission the same task.
     let first: Value =

@@ -261,6 +261,13 @@ impl Broker {
         self.broker.check(pushed).await
     }
 
+    /// Pushes a record onto a list of the broker database (dead letters, quarantine).
+    pub async fn push(&self, list: &str, record: &str) -> Result<(), BrokerError> {
+        let mut conn = self.broker.get().await?;
+        let pushed = conn.lpush::<_, _, ()>(list, record).await;
+        self.broker.check(pushed).await
+    }
+
     /// Moves an unusable message to the quarantine list ([`crate::worker::QUARANTINE`]) with
     /// the list it came from and the reason: never dropped silently.
     pub async fn quarantine(&self, list: &str, raw: &str, reason: &str) -> Result<(), BrokerError> {
@@ -270,11 +277,8 @@ impl Broker {
             "at": crate::celery::iso_now(),
             "message": raw,
         });
-        let mut conn = self.broker.get().await?;
-        let pushed = conn
-            .lpush::<_, _, ()>(crate::worker::QUARANTINE, record.to_string())
-            .await;
-        self.broker.check(pushed).await
+        self.push(crate::worker::QUARANTINE, &record.to_string())
+            .await
     }
 
     /// A connection for one consumer's blocking reads.

@@ -65,7 +65,7 @@ impl Default for TaskSettings {
 }
 
 /// The worker inside the gateway process, running the built-in tasks (`quartet.echo`,
-/// `quartet.add`, `quartet.sleep`): for trying the gateway out and for `make dev`.
+/// `quartet.add`, `quartet.sleep`, `quartet.flaky`): for trying the gateway out and for `make dev`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct WorkerSettings {
     /// Run it.
@@ -76,6 +76,8 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     /// Seconds a task's lease lasts without renewal: a dead worker's tasks return to their queue within about this long.
     pub lease_seconds: u64,
+    /// Retries a failing task gets before it goes to the queue's dead letters (`quartet.dead.<queue>`).
+    pub max_retries: u32,
 }
 
 impl Default for WorkerSettings {
@@ -85,6 +87,7 @@ impl Default for WorkerSettings {
             queues: "celery".into(),
             concurrency: 4,
             lease_seconds: 15,
+            max_retries: worker::DEFAULT_MAX_RETRIES,
         }
     }
 }
@@ -143,6 +146,16 @@ pub fn builtin_worker(worker: worker::Worker) -> worker::Worker {
                 Value::from(sum)
             })
         })
+        .task("quartet.flaky", |args, _| async move {
+            // Always fails, asking for a retry after args[0] seconds: shows retries and
+            // dead letters.
+            let countdown = args[0].as_f64().unwrap_or(1.0).clamp(0.0, 3600.0);
+            Err::<Value, _>(TaskError::retry(
+                "RuntimeError",
+                "quartet.flaky always fails",
+                std::time::Duration::from_secs_f64(countdown),
+            ))
+        })
         .task("quartet.sleep", |args, _| async move {
             let seconds = args[0]
                 .as_f64()
@@ -178,7 +191,8 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
             .collect();
         let worker = builtin_worker(
             worker::Worker::new(broker.clone(), &queues, config.worker.concurrency)
-                .lease(std::time::Duration::from_secs(config.worker.lease_seconds)),
+                .lease(std::time::Duration::from_secs(config.worker.lease_seconds))
+                .max_retries(config.worker.max_retries),
         );
         tracing::info!(queues = ?queues, tasks = ?worker.tasks(), worker = %worker.id(), "built-in worker running");
         ctx.shutdown.spawn(worker.run(ctx.shutdown.token()));

@@ -42,13 +42,16 @@ use crate::celery::{ResultMeta, State, exception};
 /// The list where unusable messages go, each wrapped with the reason and the time.
 pub const QUARANTINE: &str = "quartet.quarantine";
 
-/// How a handler fails: Celery's exception triple.
+/// How a handler fails: Celery's exception triple, and whether to try again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskError {
     /// Exception type name, e.g. `ValueError`.
     pub kind: String,
     /// The message.
     pub message: String,
+    /// Try again after this long (within the worker's retry budget), as Celery's
+    /// `self.retry(countdown=…)`.
+    pub retry: Option<Duration>,
 }
 
 impl TaskError {
@@ -57,9 +60,26 @@ impl TaskError {
         Self {
             kind: kind.to_owned(),
             message: message.into(),
+            retry: None,
+        }
+    }
+
+    /// A failure worth another attempt after `countdown`.
+    pub fn retry(kind: &str, message: impl Into<String>, countdown: Duration) -> Self {
+        Self {
+            retry: Some(countdown),
+            ..Self::new(kind, message)
         }
     }
 }
+
+/// The list where a queue's tasks go when their retry budget is spent: `quartet.dead.<queue>`.
+pub fn dead_letters(queue: &str) -> String {
+    format!("quartet.dead.{queue}")
+}
+
+/// Retries a task gets by default (Celery's `max_retries`).
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
 
 type BoxedHandler = Arc<
     dyn Fn(Value, Value) -> Pin<Box<dyn Future<Output = Result<Value, TaskError>> + Send>>
@@ -80,6 +100,8 @@ pub struct Worker {
     lease: Duration,
     /// Delivery tags of the messages in hand.
     in_hand: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Retries a task gets before it goes to the dead letters.
+    max_retries: u32,
 }
 
 /// How long a lease lasts by default: a dead worker's tasks return within about this long.
@@ -111,7 +133,14 @@ impl Worker {
             ),
             lease: DEFAULT_LEASE,
             in_hand: Arc::default(),
+            max_retries: DEFAULT_MAX_RETRIES,
         }
+    }
+
+    /// Sets how many retries a task gets before it goes to the dead letters.
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = retries;
+        self
     }
 
     /// Sets the lease length (at least one second).
@@ -324,12 +353,7 @@ impl Worker {
                     .await
                 {
                     Ok(value) => ResultMeta::finished(&id, State::Success, value, None),
-                    Err(e) => ResultMeta::finished(
-                        &id,
-                        State::Failure,
-                        exception(&e.kind, &e.message, "builtins"),
-                        Some(format!("{}: {}", e.kind, e.message)),
-                    ),
+                    Err(e) => return self.failed(conn, &message, e).await,
                 }
             }
         };
@@ -337,6 +361,63 @@ impl Worker {
             self.broker.store_result(&meta).await?;
         }
         // Acks-late: only now does the message leave `unacked`.
+        conn.ack(&message.properties.delivery_tag).await
+    }
+
+    /// A handler failed: retry it later (a new message, the same task id, one more retry,
+    /// an ETA; RETRY recorded as Celery does), or, with the retry budget spent, record FAILURE
+    /// and put the message on the queue's dead letters with the reason.
+    async fn failed(
+        &self,
+        conn: &mut Consumer,
+        message: &crate::celery::TaskMessage,
+        error: TaskError,
+    ) -> Result<(), BrokerError> {
+        let id = &message.headers.id;
+        let cause = exception(&error.kind, &error.message, "builtins");
+        let traceback = format!("{}: {}", error.kind, error.message);
+        match error.retry {
+            Some(countdown) if message.headers.retries < self.max_retries => {
+                let mut again = message.clone();
+                again.headers.retries += 1;
+                again.headers.eta = Some(
+                    (chrono::Utc::now()
+                        + chrono::Duration::milliseconds(countdown.as_millis() as i64))
+                    .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+                    .to_string(),
+                );
+                again.headers.parent_id = Some(id.clone());
+                again.properties.delivery_tag = crate::celery::uuid4();
+                again.properties.delivery_info.redelivered = None;
+                self.broker.publish(&again).await?;
+                let mut meta = ResultMeta::finished(id, State::Retry, cause, Some(traceback));
+                meta.date_done = None;
+                meta.children = vec![serde_json::json!([[id, null], null])];
+                self.broker.store_result(&meta).await?;
+                tracing::info!(id = %id, retries = again.headers.retries, "task will be retried");
+            }
+            retry => {
+                if retry.is_some() {
+                    let record = serde_json::json!({
+                        "reason": format!("retry budget of {} spent", self.max_retries),
+                        "error": traceback,
+                        "at": crate::celery::iso_now(),
+                        "message": message.encode(),
+                    });
+                    self.broker
+                        .push(
+                            &dead_letters(&message.properties.delivery_info.routing_key),
+                            &record.to_string(),
+                        )
+                        .await?;
+                    tracing::warn!(id = %id, "retry budget spent: task moved to the dead letters");
+                }
+                let meta = ResultMeta::finished(id, State::Failure, cause, Some(traceback));
+                if !message.headers.ignore_result {
+                    self.broker.store_result(&meta).await?;
+                }
+            }
+        }
         conn.ack(&message.properties.delivery_tag).await
     }
 }
