@@ -424,3 +424,72 @@ async fn a_killed_workers_task_runs_again_elsewhere_and_a_live_workers_long_task
         "the survivor got it as a redelivery"
     );
 }
+
+#[tokio::test]
+async fn a_tasks_trace_runs_from_the_rest_call_into_the_worker() {
+    let receiver = quartet_e2e::otlp::Receiver::start()
+        .await
+        .expect("receiver");
+    let endpoint = format!("http://{}", receiver.addr);
+    let (auth, token) = quartet_e2e::auth::start_with_admin_token()
+        .await
+        .expect("quartet-auth and a token");
+    let redis = quartet_e2e::redis_url().await;
+    let (broker_url, result_url) = (format!("{redis}/12"), format!("{redis}/13"));
+    let queue = format!("traced-{}", std::process::id());
+    let jwks = format!("{}/.well-known/jwks.json", auth.url("http"));
+    let gateway = Server::start(
+        "quartet-task-gateway",
+        true,
+        &[
+            ("QUARTET_TASK_GATEWAY_AUTH_JWKS_URL", &jwks),
+            (
+                "QUARTET_TASK_GATEWAY_AUTH_ISSUER",
+                quartet_e2e::auth::ISSUER,
+            ),
+            ("QUARTET_TASK_GATEWAY_REDIS_BROKER_URL", &broker_url),
+            ("QUARTET_TASK_GATEWAY_REDIS_RESULT_URL", &result_url),
+            ("QUARTET_TASK_GATEWAY_WORKER_ENABLED", "true"),
+            ("QUARTET_TASK_GATEWAY_WORKER_QUEUES", &queue),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await
+    .expect("the gateway starts");
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let http = http_client(Duration::from_secs(30));
+    let submitted: Value = http
+        .post(format!("{}/v1/tasks", gateway.url("http")))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&json!({"name": "quartet.add", "args": [1, 2], "queue": queue}))
+        .send()
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    let id = submitted["id"].as_str().expect("id");
+    let status: Value = http
+        .get(format!("{}/v1/tasks/{id}?wait=20", gateway.url("http")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["result"], 3, "{status}");
+    let span = quartet_e2e::eventually("the worker's span", Duration::from_secs(15), || {
+        let found = receiver
+            .spans()
+            .into_iter()
+            .find(|s| s.name.starts_with("task.run") && s.trace_id == trace_id);
+        async move { found }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}", receiver.spans()));
+    assert_eq!(span.service, "quartet-task-gateway");
+    assert!(!span.parent_span_id.is_empty(), "a child, not a new root");
+}

@@ -220,6 +220,12 @@ async fn submit(
     if let Some(seconds) = request.expires {
         message.headers.expires = Some(from_now(seconds, "expires")?);
     }
+    // The trace continues into the worker: `traceparent` rides in the task's headers.
+    let mut trace = std::collections::HashMap::new();
+    quartet_kit::telemetry::inject_current(&mut quartet_kit::telemetry::MapCarrier(&mut trace));
+    for (key, value) in trace {
+        message.headers.extra.insert(key, Value::String(value));
+    }
     if let Some(key) = &request.idempotency_key {
         if key.is_empty() || key.len() > 200 {
             return Err(invalid(

@@ -347,7 +347,24 @@ impl Worker {
                 )),
             ),
             Some(handler) => {
-                let span = tracing::info_span!("task", task = %message.headers.task, id = %id);
+                let span = tracing::info_span!(
+                    "task.run",
+                    otel.name = %format!("task.run {}", message.headers.task),
+                    otel.kind = "consumer",
+                    task = %message.headers.task,
+                    id = %id
+                );
+                // Continue the submitter's trace when the message carries `traceparent`.
+                let carried: std::collections::HashMap<String, String> = message
+                    .headers
+                    .extra
+                    .iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                    .collect();
+                quartet_kit::telemetry::adopt_parent(
+                    &span,
+                    &quartet_kit::telemetry::MapView(&carried),
+                );
                 match handler(message.args.value(), message.kwargs.value())
                     .instrument(span)
                     .await
