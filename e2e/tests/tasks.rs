@@ -28,6 +28,32 @@ async fn celery_client(python: &str, urls: (&str, &str), code: &str, arg: &str) 
     serde_json::from_slice(&out.stdout).expect("json")
 }
 
+/// A gateway verifying `auth`'s tokens, on Redis `(broker, results)`, its built-in worker
+/// consuming `queue`, plus `extra` settings.
+async fn rest_gateway(
+    auth: &Server,
+    urls: (&str, &str),
+    queue: &str,
+    extra: &[(&str, &str)],
+) -> Server {
+    let jwks = format!("{}/.well-known/jwks.json", auth.url("http"));
+    let mut env = vec![
+        ("QUARTET_TASK_GATEWAY_AUTH_JWKS_URL", jwks.as_str()),
+        (
+            "QUARTET_TASK_GATEWAY_AUTH_ISSUER",
+            quartet_e2e::auth::ISSUER,
+        ),
+        ("QUARTET_TASK_GATEWAY_REDIS_BROKER_URL", urls.0),
+        ("QUARTET_TASK_GATEWAY_REDIS_RESULT_URL", urls.1),
+        ("QUARTET_TASK_GATEWAY_WORKER_ENABLED", "true"),
+        ("QUARTET_TASK_GATEWAY_WORKER_QUEUES", queue),
+    ];
+    env.extend_from_slice(extra);
+    Server::start("quartet-task-gateway", true, &env)
+        .await
+        .expect("the gateway starts")
+}
+
 #[tokio::test]
 async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes_back() {
     let (auth, token) = quartet_e2e::auth::start_with_admin_token()
@@ -36,27 +62,17 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
     let redis = quartet_e2e::redis_url().await;
     let (broker_url, result_url) = (format!("{redis}/12"), format!("{redis}/13"));
     let queue = format!("rest-{}", std::process::id());
-    let jwks = format!("{}/.well-known/jwks.json", auth.url("http"));
-    let gateway = Server::start(
-        "quartet-task-gateway",
-        true,
+    let gateway = rest_gateway(
+        &auth,
+        (&broker_url, &result_url),
+        &queue,
         &[
-            ("QUARTET_TASK_GATEWAY_AUTH_JWKS_URL", &jwks),
-            (
-                "QUARTET_TASK_GATEWAY_AUTH_ISSUER",
-                quartet_e2e::auth::ISSUER,
-            ),
-            ("QUARTET_TASK_GATEWAY_REDIS_BROKER_URL", &broker_url),
-            ("QUARTET_TASK_GATEWAY_REDIS_RESULT_URL", &result_url),
-            ("QUARTET_TASK_GATEWAY_WORKER_ENABLED", "true"),
-            ("QUARTET_TASK_GATEWAY_WORKER_QUEUES", &queue),
             ("QUARTET_TASK_GATEWAY_TASKS_DEFAULT_QUEUE", &queue),
             ("QUARTET_TASK_GATEWAY_TASKS_MAX_PAYLOAD_BYTES", "4096"),
             ("QUARTET_TASK_GATEWAY_WORKER_MAX_RETRIES", "2"),
         ],
     )
-    .await
-    .expect("the gateway starts");
+    .await;
     let base = gateway.url("http");
     let http = http_client(Duration::from_secs(30));
     let finished = |id: String| {
@@ -437,26 +453,16 @@ async fn a_tasks_trace_runs_from_the_rest_call_into_the_worker() {
     let redis = quartet_e2e::redis_url().await;
     let (broker_url, result_url) = (format!("{redis}/12"), format!("{redis}/13"));
     let queue = format!("traced-{}", std::process::id());
-    let jwks = format!("{}/.well-known/jwks.json", auth.url("http"));
-    let gateway = Server::start(
-        "quartet-task-gateway",
-        true,
+    let gateway = rest_gateway(
+        &auth,
+        (&broker_url, &result_url),
+        &queue,
         &[
-            ("QUARTET_TASK_GATEWAY_AUTH_JWKS_URL", &jwks),
-            (
-                "QUARTET_TASK_GATEWAY_AUTH_ISSUER",
-                quartet_e2e::auth::ISSUER,
-            ),
-            ("QUARTET_TASK_GATEWAY_REDIS_BROKER_URL", &broker_url),
-            ("QUARTET_TASK_GATEWAY_REDIS_RESULT_URL", &result_url),
-            ("QUARTET_TASK_GATEWAY_WORKER_ENABLED", "true"),
-            ("QUARTET_TASK_GATEWAY_WORKER_QUEUES", &queue),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ],
     )
-    .await
-    .expect("the gateway starts");
+    .await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let http = http_client(Duration::from_secs(30));
     let submitted: Value = http
