@@ -70,6 +70,7 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
             ("QUARTET_TASK_GATEWAY_TASKS_DEFAULT_QUEUE", &queue),
             ("QUARTET_TASK_GATEWAY_TASKS_MAX_PAYLOAD_BYTES", "4096"),
             ("QUARTET_TASK_GATEWAY_WORKER_MAX_RETRIES", "2"),
+            ("QUARTET_TASK_GATEWAY_WORKER_LEASE_SECONDS", "3"),
         ],
     )
     .await;
@@ -354,6 +355,26 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
     .await;
     assert_eq!(value[0], json!(["celery countdown"]));
     assert!(value[1].as_f64().unwrap_or_default() >= 1.5, "{value}");
+
+    // The worker's metrics on the admin listener.
+    let metrics = http
+        .get(format!("{}/metrics", gateway.url("admin")))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for expected in [
+        "quartet_tasks_total{state=\"SUCCESS\",task=\"quartet.add\"}",
+        "quartet_tasks_total{state=\"RETRY\",task=\"quartet.flaky\"} 2",
+        "quartet_tasks_total{state=\"REVOKED\",task=\"quartet.echo\"} 2",
+        "quartet_task_wait_seconds_count{task=\"quartet.add\"}",
+        "quartet_task_run_seconds_count{task=\"quartet.add\"}",
+        &format!("quartet_queue_depth{{bucket=\"0\",queue=\"{queue}\"}} 0"),
+    ] {
+        assert!(metrics.contains(expected), "{expected} not in:\n{metrics}");
+    }
 }
 
 /// A gateway process with its built-in worker on `queue`, leases of `lease` seconds.

@@ -226,6 +226,10 @@ async fn submit(
     for (key, value) in trace {
         message.headers.extra.insert(key, Value::String(value));
     }
+    message.headers.extra.insert(
+        crate::worker::SENT_AT_HEADER.into(),
+        Value::from(chrono::Utc::now().timestamp_millis().max(0) as u64),
+    );
     if let Some(key) = &request.idempotency_key {
         if key.is_empty() || key.len() > 200 {
             return Err(invalid(

@@ -261,6 +261,22 @@ impl Broker {
         self.broker.check(pushed).await
     }
 
+    /// Messages waiting in `queue`, per priority bucket (0, 3, 6, 9).
+    pub async fn depth(&self, queue: &str) -> Result<Vec<(u8, u64)>, BrokerError> {
+        let mut conn = self.broker.get().await?;
+        let mut pipe = redis::pipe();
+        for step in crate::celery::PRIORITY_STEPS {
+            pipe.llen(crate::celery::queue_list(queue, u32::from(step)));
+        }
+        let lengths: redis::RedisResult<Vec<u64>> = pipe.query_async(&mut conn).await;
+        let lengths = self.broker.check(lengths).await?;
+        Ok(crate::celery::PRIORITY_STEPS
+            .iter()
+            .copied()
+            .zip(lengths)
+            .collect())
+    }
+
     /// Pushes a record onto a list of the broker database (dead letters, quarantine).
     pub async fn push(&self, list: &str, record: &str) -> Result<(), BrokerError> {
         let mut conn = self.broker.get().await?;

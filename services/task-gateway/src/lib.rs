@@ -193,7 +193,9 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
             worker::Worker::new(broker.clone(), &queues, config.worker.concurrency)
                 .lease(std::time::Duration::from_secs(config.worker.lease_seconds))
                 .max_retries(config.worker.max_retries),
-        );
+        )
+        .metrics(ctx.metrics.registry())
+        .map_err(|e| anyhow::anyhow!("worker metrics: {e}"))?;
         tracing::info!(queues = ?queues, tasks = ?worker.tasks(), worker = %worker.id(), "built-in worker running");
         ctx.shutdown.spawn(worker.run(ctx.shutdown.token()));
     }

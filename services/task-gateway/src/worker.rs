@@ -102,7 +102,22 @@ pub struct Worker {
     in_hand: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Retries a task gets before it goes to the dead letters.
     max_retries: u32,
+    /// Prometheus instruments, when registered.
+    metrics: Option<Metrics>,
 }
+
+/// The worker's Prometheus instruments.
+#[derive(Clone)]
+struct Metrics {
+    finished: prometheus::IntCounterVec,
+    run_seconds: prometheus::HistogramVec,
+    wait_seconds: prometheus::HistogramVec,
+    depth: prometheus::IntGaugeVec,
+}
+
+/// The header carrying when the gateway published a task (ms since the epoch), for the
+/// submit-to-start latency.
+pub const SENT_AT_HEADER: &str = "quartet_sent_at";
 
 /// How long a lease lasts by default: a dead worker's tasks return within about this long.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
@@ -134,6 +149,60 @@ impl Worker {
             lease: DEFAULT_LEASE,
             in_hand: Arc::default(),
             max_retries: DEFAULT_MAX_RETRIES,
+            metrics: None,
+        }
+    }
+
+    /// Records metrics in `registry`: tasks finished by task and state, run time, wait from
+    /// submission to start (for tasks the gateway published), and queue depth by priority
+    /// bucket (sampled by the heartbeat).
+    pub fn metrics(mut self, registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+        let finished = IntCounterVec::new(
+            Opts::new(
+                "quartet_tasks_total",
+                "Tasks finished by this worker, by task and final state (SUCCESS, FAILURE, RETRY, REVOKED)",
+            ),
+            &["task", "state"],
+        )?;
+        let run_seconds = HistogramVec::new(
+            HistogramOpts::new("quartet_task_run_seconds", "Time a task's handler ran"),
+            &["task"],
+        )?;
+        let wait_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "quartet_task_wait_seconds",
+                "Time from submission to start, for tasks the gateway published",
+            ),
+            &["task"],
+        )?;
+        let depth = IntGaugeVec::new(
+            Opts::new(
+                "quartet_queue_depth",
+                "Messages waiting in a queue, by priority bucket",
+            ),
+            &["queue", "bucket"],
+        )?;
+        registry.register(Box::new(finished.clone()))?;
+        registry.register(Box::new(run_seconds.clone()))?;
+        registry.register(Box::new(wait_seconds.clone()))?;
+        registry.register(Box::new(depth.clone()))?;
+        self.metrics = Some(Metrics {
+            finished,
+            run_seconds,
+            wait_seconds,
+            depth,
+        });
+        Ok(self)
+    }
+
+    fn count(&self, task: &str, state: State) {
+        if let Some(m) = &self.metrics {
+            let state = serde_json::to_value(state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            m.finished.with_label_values(&[task, &state]).inc();
         }
     }
 
@@ -215,6 +284,17 @@ impl Worker {
                 .iter()
                 .cloned()
                 .collect();
+            if let Some(m) = &self.metrics {
+                for queue in &self.queues {
+                    if let Ok(depths) = self.broker.depth(queue).await {
+                        for (bucket, n) in depths {
+                            m.depth
+                                .with_label_values(&[queue, &bucket.to_string()])
+                                .set(n as i64);
+                        }
+                    }
+                }
+            }
             if consumer.is_none() {
                 consumer = self.broker.consumer().await.ok();
             }
@@ -332,9 +412,23 @@ impl Worker {
                 None,
             );
             self.broker.store_result(&meta).await?;
+            self.count(&message.headers.task, State::Revoked);
             return conn.ack(&message.properties.delivery_tag).await;
         }
         tracing::info!(task = %message.headers.task, id = %id, worker = %self.id, redelivered = message.properties.delivery_info.redelivered.unwrap_or(false), "task started");
+        if let (Some(m), Some(sent)) = (
+            &self.metrics,
+            message
+                .headers
+                .extra
+                .get(SENT_AT_HEADER)
+                .and_then(Value::as_u64),
+        ) {
+            m.wait_seconds
+                .with_label_values(&[&message.headers.task])
+                .observe(now.saturating_sub(sent) as f64 / 1000.0);
+        }
+        let started = std::time::Instant::now();
         let meta = match self.handlers.get(&message.headers.task) {
             None => ResultMeta::finished(
                 &id,
@@ -370,10 +464,25 @@ impl Worker {
                     .await
                 {
                     Ok(value) => ResultMeta::finished(&id, State::Success, value, None),
-                    Err(e) => return self.failed(conn, &message, e).await,
+                    Err(e) => {
+                        if let Some(m) = &self.metrics {
+                            m.run_seconds
+                                .with_label_values(&[&message.headers.task])
+                                .observe(started.elapsed().as_secs_f64());
+                        }
+                        return self.failed(conn, &message, e).await;
+                    }
                 }
             }
         };
+        if let Some(m) = &self.metrics
+            && meta.status == State::Success
+        {
+            m.run_seconds
+                .with_label_values(&[&message.headers.task])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        self.count(&message.headers.task, meta.status);
         if !message.headers.ignore_result {
             self.broker.store_result(&meta).await?;
         }
@@ -411,6 +520,7 @@ impl Worker {
                 meta.date_done = None;
                 meta.children = vec![serde_json::json!([[id, null], null])];
                 self.broker.store_result(&meta).await?;
+                self.count(&message.headers.task, State::Retry);
                 tracing::info!(id = %id, retries = again.headers.retries, "task will be retried");
             }
             retry => {
@@ -430,6 +540,7 @@ impl Worker {
                     tracing::warn!(id = %id, "retry budget spent: task moved to the dead letters");
                 }
                 let meta = ResultMeta::finished(id, State::Failure, cause, Some(traceback));
+                self.count(&message.headers.task, State::Failure);
                 if !message.headers.ignore_result {
                     self.broker.store_result(&meta).await?;
                 }
