@@ -314,6 +314,18 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
         3,
         "delayed tasks wait in Redis, not in a worker"
     );
+    let stats: Value = http
+        .get(format!("{base}/v1/queues/{queue}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(stats["delayed"], 3, "{stats}");
+    assert_eq!(stats["dead_letters"], 1, "{stats}");
+    assert_eq!(stats["by_priority"]["0"], 0, "{stats}");
     let status = finished(later["id"].as_str().expect("id").to_owned()).await;
     assert_eq!(status["result"], json!(["later"]), "{status}");
     assert!(

@@ -329,8 +329,29 @@ async fn revoke(
     Ok(HttpResponse::Accepted().finish())
 }
 
+/// A queue's statistics.
+#[utoipa::path(get, path = "/v1/queues/{queue}", tag = "tasks", params(("queue" = String, Path, description = "Queue name")),
+    responses((status = 200, description = "Depth per priority, delayed, in flight, consumers, oldest age, dead letters", body = crate::broker::QueueStats),
+              (status = 401, description = "No valid token", body = Problem),
+              (status = 403, description = "Lacks task:stats:<queue>", body = Problem)),
+    security(("bearer" = [])))]
+async fn queue_stats(
+    api: web::Data<Arc<Api>>,
+    caller: Bearer,
+    queue: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let queue = queue.into_inner();
+    caller.require(&format!("task:stats:{queue}"))?;
+    let stats = api
+        .broker
+        .stats(&queue)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(HttpResponse::Ok().json(stats))
+}
+
 #[derive(OpenApi)]
-#[openapi(paths(submit, status, revoke))]
+#[openapi(paths(submit, status, revoke, queue_stats))]
 struct Doc;
 
 /// The REST routes and their OpenAPI document.
@@ -343,7 +364,8 @@ pub fn rest(api: Arc<Api>) -> quartet_kit::RestApi {
                 .app_data(web::PayloadConfig::new(64 << 20))
                 .route("/v1/tasks", web::post().to(submit))
                 .route("/v1/tasks/{id}", web::get().to(status))
-                .route("/v1/tasks/{id}", web::delete().to(revoke));
+                .route("/v1/tasks/{id}", web::delete().to(revoke))
+                .route("/v1/queues/{queue}", web::get().to(queue_stats));
         },
         Doc::openapi(),
     )

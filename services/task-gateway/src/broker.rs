@@ -94,6 +94,27 @@ pub enum BrokerError {
     },
 }
 
+/// What [`Broker::stats`] reports.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct QueueStats {
+    /// The queue.
+    pub queue: String,
+    /// Messages waiting, all buckets.
+    pub waiting: u64,
+    /// Waiting per priority bucket (`0`, `3`, `6`, `9`).
+    pub by_priority: std::collections::BTreeMap<String, u64>,
+    /// Messages waiting for their ETA.
+    pub delayed: u64,
+    /// Messages taken by consumers and not yet acknowledged.
+    pub in_flight: u64,
+    /// Our workers holding leases on its messages.
+    pub consumers: Vec<String>,
+    /// Age of the next message to be taken, when the gateway published it.
+    pub oldest_waiting_ms: Option<u64>,
+    /// Messages in its dead letters.
+    pub dead_letters: u64,
+}
+
 /// A message taken from a queue, recorded in `unacked` until acknowledged.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -275,6 +296,78 @@ impl Broker {
             .copied()
             .zip(lengths)
             .collect())
+    }
+
+    /// A queue's statistics: waiting messages per priority bucket, delayed ones, ones held by
+    /// consumers (in `unacked`), the workers holding leases on it, the age of the oldest
+    /// waiting message the gateway published, and dead letters.
+    pub async fn stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        let depth = self.depth(queue).await?;
+        let mut conn = self.broker.get().await?;
+        // The next message to be taken sits at the tail of the highest-priority bucket.
+        let mut oldest_ms = None;
+        for step in crate::celery::PRIORITY_STEPS {
+            let tail: redis::RedisResult<Option<String>> = conn
+                .lindex(crate::celery::queue_list(queue, u32::from(step)), -1)
+                .await;
+            if let Some(raw) = self.broker.check(tail).await? {
+                oldest_ms = TaskMessage::decode(raw.as_bytes())
+                    .ok()
+                    .and_then(|m| {
+                        m.headers
+                            .extra
+                            .get(crate::worker::SENT_AT_HEADER)
+                            .and_then(serde_json::Value::as_u64)
+                    })
+                    .map(|sent| now_millis().saturating_sub(sent));
+                break;
+            }
+        }
+        let delayed: redis::RedisResult<Vec<String>> = conn.zrange(DELAYED, 0, -1).await;
+        let bucketed = format!("{queue}{PRIORITY_SEP}");
+        let delayed = self
+            .broker
+            .check(delayed)
+            .await?
+            .iter()
+            .filter(|item| {
+                // `[list, envelope]`: the list is the queue or one of its buckets.
+                serde_json::from_str::<(String, String)>(item)
+                    .is_ok_and(|(list, _)| list == queue || list.starts_with(&bucketed))
+            })
+            .count() as u64;
+        let unacked: redis::RedisResult<std::collections::HashMap<String, String>> =
+            conn.hgetall("unacked").await;
+        let owners: redis::RedisResult<std::collections::HashMap<String, String>> =
+            conn.hgetall(LEASE_OWNERS).await;
+        let owners = self.broker.check(owners).await?;
+        let mut in_flight = 0;
+        let mut consumers = std::collections::BTreeSet::new();
+        for (tag, entry) in self.broker.check(unacked).await? {
+            let routed = serde_json::from_str::<serde_json::Value>(&entry)
+                .ok()
+                .is_some_and(|e| e[2] == queue);
+            if routed {
+                in_flight += 1;
+                if let Some(worker) = owners.get(&tag) {
+                    consumers.insert(worker.clone());
+                }
+            }
+        }
+        let dead: redis::RedisResult<u64> = conn.llen(crate::worker::dead_letters(queue)).await;
+        Ok(QueueStats {
+            queue: queue.to_owned(),
+            waiting: depth.iter().map(|(_, n)| n).sum(),
+            by_priority: depth
+                .into_iter()
+                .map(|(bucket, n)| (bucket.to_string(), n))
+                .collect(),
+            delayed,
+            in_flight,
+            consumers: consumers.into_iter().collect(),
+            oldest_waiting_ms: oldest_ms,
+            dead_letters: self.broker.check(dead).await?,
+        })
     }
 
     /// Pushes a record onto a list of the broker database (dead letters, quarantine).
