@@ -368,6 +368,66 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
     assert_eq!(value[0], json!(["celery countdown"]));
     assert!(value[1].as_f64().unwrap_or_default() >= 1.5, "{value}");
 
+    // The same API over gRPC, with the same permissions.
+    {
+        use quartet_proto::tasks::v1 as pb;
+        let channel = tonic::transport::Endpoint::from_shared(gateway.url("grpc"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("grpc");
+        let mut client = pb::tasks_client::TasksClient::new(channel);
+        fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
+            let mut request = tonic::Request::new(message);
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("header"),
+            );
+            request
+        }
+        let submit = pb::SubmitRequest {
+            name: "quartet.add".into(),
+            args_json: "[40, 2]".into(),
+            queue: queue.clone(),
+            ..Default::default()
+        };
+        let refused = client.submit(submit.clone()).await.expect_err("no token");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        let submitted = client
+            .submit(with_token(&token, submit))
+            .await
+            .expect("submit")
+            .into_inner();
+        let status = client
+            .get(with_token(
+                &token,
+                pb::GetRequest {
+                    id: submitted.id,
+                    wait: 20.0,
+                },
+            ))
+            .await
+            .expect("get")
+            .into_inner();
+        assert_eq!(
+            (status.state.as_str(), status.result_json.as_str()),
+            ("SUCCESS", "42")
+        );
+        let bad = client
+            .submit(with_token(
+                &token,
+                pb::SubmitRequest {
+                    name: "quartet.add".into(),
+                    args_json: "[1,".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("bad json");
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+        assert!(bad.message().contains("args_json"), "{}", bad.message());
+    }
+
     // The worker's metrics on the admin listener.
     let metrics = http
         .get(format!("{}/metrics", gateway.url("admin")))

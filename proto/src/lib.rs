@@ -29,3 +29,10 @@ pub mod db {
         tonic::include_proto!("quartet.db.v1");
     }
 }
+
+/// `quartet.tasks.v1`: the task gateway's API.
+pub mod tasks {
+    pub mod v1 {
+        tonic::include_proto!("quartet.tasks.v1");
+    }
+}

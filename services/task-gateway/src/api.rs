@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
 use quartet_kit::error::{ErrorKind, Problem};
-use quartet_kit::token::Bearer;
+use quartet_kit::token::{Bearer, Claims, require};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -116,14 +116,14 @@ fn queue_key(id: &str) -> String {
 
 /// Checks `task:<action>:<queue>` for the queue task `id` went to (`*` when unknown: submitted
 /// by another Celery client).
-async fn allow(api: &Api, caller: &Bearer, action: &str, id: &str) -> Result<(), Problem> {
+async fn allow(api: &Api, caller: &Claims, action: &str, id: &str) -> Result<(), Problem> {
     let queue = api
         .broker
         .recall(&queue_key(id))
         .await
         .map_err(|e| unavailable(&e))?
         .unwrap_or_else(|| "*".into());
-    caller.require(&format!("task:{action}:{queue}"))
+    require(caller, &format!("task:{action}:{queue}"))
 }
 
 /// Submits a task.
@@ -139,134 +139,152 @@ async fn submit(
     caller: Bearer,
     body: web::Bytes,
 ) -> Result<HttpResponse, Problem> {
-    if body.len() > api.max_payload_bytes {
-        return Err(invalid(
-            "payload-too-large",
-            format!(
-                "the submission is {} bytes; the limit is {} (tasks.max_payload_bytes): pass large data by reference",
-                body.len(),
-                api.max_payload_bytes
-            ),
-        ));
-    }
+    api.check_size(body.len())?;
     let request: Submit = serde_json::from_slice(&body).map_err(|e| {
         invalid(
             "invalid-submission",
             format!("the body is not a task submission: {e}"),
         )
     })?;
-    if request.name.trim().is_empty() {
-        return Err(invalid("invalid-submission", "name is required"));
+    let submitted = api.submit(&caller.0, request).await?;
+    Ok(if submitted.duplicate {
+        HttpResponse::Ok().json(submitted)
+    } else {
+        HttpResponse::Accepted().json(submitted)
+    })
+}
+
+impl Api {
+    /// Refuses a submission larger than the limit, naming it.
+    pub fn check_size(&self, bytes: usize) -> Result<(), Problem> {
+        if bytes <= self.max_payload_bytes {
+            return Ok(());
+        }
+        Err(invalid(
+            "payload-too-large",
+            format!(
+                "the submission is {bytes} bytes; the limit is {} (tasks.max_payload_bytes): pass large data by reference",
+                self.max_payload_bytes
+            ),
+        ))
     }
-    let queue = request
-        .queue
-        .clone()
-        .unwrap_or_else(|| api.default_queue.clone());
-    if queue.is_empty() || queue.contains(crate::celery::PRIORITY_SEP) {
-        return Err(invalid(
-            "invalid-submission",
-            format!("invalid queue name {queue:?}"),
-        ));
-    }
-    caller.require(&format!("task:submit:{queue}"))?;
-    let args = match &request.args {
-        Some(raw) if raw.get().trim_start().starts_with('[') => RawJson(raw.clone()),
-        Some(_) => return Err(invalid("invalid-submission", "args must be a JSON array")),
-        None => RawJson::parse("[]").expect("literal"),
-    };
-    let kwargs = match &request.kwargs {
-        Some(raw) if raw.get().trim_start().starts_with('{') => RawJson(raw.clone()),
-        Some(_) => {
+
+    /// Submits a task for `caller`.
+    pub async fn submit(&self, caller: &Claims, request: Submit) -> Result<Submitted, Problem> {
+        let api = self;
+        if request.name.trim().is_empty() {
+            return Err(invalid("invalid-submission", "name is required"));
+        }
+        let queue = request
+            .queue
+            .clone()
+            .unwrap_or_else(|| api.default_queue.clone());
+        if queue.is_empty() || queue.contains(crate::celery::PRIORITY_SEP) {
             return Err(invalid(
                 "invalid-submission",
-                "kwargs must be a JSON object",
+                format!("invalid queue name {queue:?}"),
             ));
         }
-        None => RawJson::parse("{}").expect("literal"),
-    };
-    let mut message = TaskMessage::new(&request.name, args, kwargs, &queue, request.priority);
-    let from_now = |seconds: f64, what: &str| {
-        if !(0.0..=31_536_000.0).contains(&seconds) {
-            return Err(invalid(
-                "invalid-submission",
-                format!("{what} must be 0 to 31536000 seconds, not {seconds}"),
-            ));
-        }
-        Ok(
-            (chrono::Utc::now() + chrono::Duration::milliseconds((seconds * 1000.0) as i64))
-                .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
-                .to_string(),
-        )
-    };
-    message.headers.eta = match (request.countdown, &request.eta) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "invalid-submission",
-                "give countdown or eta, not both",
-            ));
-        }
-        (Some(seconds), None) => Some(from_now(seconds, "countdown")?),
-        (None, Some(eta)) => {
-            crate::broker::iso_millis(eta).ok_or_else(|| {
-                invalid(
+        require(caller, &format!("task:submit:{queue}"))?;
+        let args = match &request.args {
+            Some(raw) if raw.get().trim_start().starts_with('[') => RawJson(raw.clone()),
+            Some(_) => return Err(invalid("invalid-submission", "args must be a JSON array")),
+            None => RawJson::parse("[]").expect("literal"),
+        };
+        let kwargs = match &request.kwargs {
+            Some(raw) if raw.get().trim_start().starts_with('{') => RawJson(raw.clone()),
+            Some(_) => {
+                return Err(invalid(
                     "invalid-submission",
-                    format!("eta {eta:?} is not an ISO-8601 time with an offset"),
-                )
-            })?;
-            Some(eta.clone())
-        }
-        (None, None) => None,
-    };
-    if let Some(seconds) = request.expires {
-        message.headers.expires = Some(from_now(seconds, "expires")?);
-    }
-    // The trace continues into the worker: `traceparent` rides in the task's headers.
-    let mut trace = std::collections::HashMap::new();
-    quartet_kit::telemetry::inject_current(&mut quartet_kit::telemetry::MapCarrier(&mut trace));
-    for (key, value) in trace {
-        message.headers.extra.insert(key, Value::String(value));
-    }
-    message.headers.extra.insert(
-        crate::worker::SENT_AT_HEADER.into(),
-        Value::from(chrono::Utc::now().timestamp_millis().max(0) as u64),
-    );
-    if let Some(key) = &request.idempotency_key {
-        if key.is_empty() || key.len() > 200 {
-            return Err(invalid(
-                "invalid-submission",
-                "idempotency_key must be 1 to 200 characters",
-            ));
-        }
-        let held = api
-            .broker
-            .claim(
-                &format!("quartet-idempotency-{queue}-{key}"),
-                &message.headers.id,
-                api.idempotency_window,
+                    "kwargs must be a JSON object",
+                ));
+            }
+            None => RawJson::parse("{}").expect("literal"),
+        };
+        let mut message = TaskMessage::new(&request.name, args, kwargs, &queue, request.priority);
+        let from_now = |seconds: f64, what: &str| {
+            if !(0.0..=31_536_000.0).contains(&seconds) {
+                return Err(invalid(
+                    "invalid-submission",
+                    format!("{what} must be 0 to 31536000 seconds, not {seconds}"),
+                ));
+            }
+            Ok(
+                (chrono::Utc::now() + chrono::Duration::milliseconds((seconds * 1000.0) as i64))
+                    .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+                    .to_string(),
             )
+        };
+        message.headers.eta = match (request.countdown, &request.eta) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "invalid-submission",
+                    "give countdown or eta, not both",
+                ));
+            }
+            (Some(seconds), None) => Some(from_now(seconds, "countdown")?),
+            (None, Some(eta)) => {
+                crate::broker::iso_millis(eta).ok_or_else(|| {
+                    invalid(
+                        "invalid-submission",
+                        format!("eta {eta:?} is not an ISO-8601 time with an offset"),
+                    )
+                })?;
+                Some(eta.clone())
+            }
+            (None, None) => None,
+        };
+        if let Some(seconds) = request.expires {
+            message.headers.expires = Some(from_now(seconds, "expires")?);
+        }
+        // The trace continues into the worker: `traceparent` rides in the task's headers.
+        let mut trace = std::collections::HashMap::new();
+        quartet_kit::telemetry::inject_current(&mut quartet_kit::telemetry::MapCarrier(&mut trace));
+        for (key, value) in trace {
+            message.headers.extra.insert(key, Value::String(value));
+        }
+        message.headers.extra.insert(
+            crate::worker::SENT_AT_HEADER.into(),
+            Value::from(chrono::Utc::now().timestamp_millis().max(0) as u64),
+        );
+        if let Some(key) = &request.idempotency_key {
+            if key.is_empty() || key.len() > 200 {
+                return Err(invalid(
+                    "invalid-submission",
+                    "idempotency_key must be 1 to 200 characters",
+                ));
+            }
+            let held = api
+                .broker
+                .claim(
+                    &format!("quartet-idempotency-{queue}-{key}"),
+                    &message.headers.id,
+                    api.idempotency_window,
+                )
+                .await
+                .map_err(|e| unavailable(&e))?;
+            if let Some(id) = held {
+                return Ok(Submitted {
+                    id,
+                    queue,
+                    duplicate: true,
+                });
+            }
+        }
+        api.broker
+            .remember(&queue_key(&message.headers.id), &queue)
             .await
             .map_err(|e| unavailable(&e))?;
-        if let Some(id) = held {
-            return Ok(HttpResponse::Ok().json(Submitted {
-                id,
-                queue,
-                duplicate: true,
-            }));
-        }
+        api.broker
+            .publish(&message)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(Submitted {
+            id: message.headers.id,
+            queue,
+            duplicate: false,
+        })
     }
-    api.broker
-        .remember(&queue_key(&message.headers.id), &queue)
-        .await
-        .map_err(|e| unavailable(&e))?;
-    api.broker
-        .publish(&message)
-        .await
-        .map_err(|e| unavailable(&e))?;
-    Ok(HttpResponse::Accepted().json(Submitted {
-        id: message.headers.id,
-        queue,
-        duplicate: false,
-    }))
 }
 
 /// A task's state and result.
@@ -281,35 +299,63 @@ async fn status(
     id: web::Path<String>,
     wait: web::Query<Wait>,
 ) -> Result<HttpResponse, Problem> {
-    let id = id.into_inner();
-    allow(&api, &caller, "read", &id).await?;
-    let meta = if wait.wait > 0.0 {
-        let wait = Duration::from_secs_f64(wait.wait.min(60.0));
-        api.broker.wait_result(&id, wait).await
-    } else {
-        api.broker.result(&id).await
-    }
-    .map_err(|e| unavailable(&e))?;
-    let status = match meta {
-        Some(meta) => TaskStatus {
-            id,
-            state: serde_json::to_value(meta.status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            result: meta.result,
-            traceback: meta.traceback,
-            date_done: meta.date_done,
-        },
-        None => TaskStatus {
-            id,
-            state: "PENDING".into(),
-            result: Value::Null,
-            traceback: None,
-            date_done: None,
-        },
-    };
+    let status = api.status(&caller.0, id.into_inner(), wait.wait).await?;
     Ok(HttpResponse::Ok().json(status))
+}
+
+impl Api {
+    /// A task's state and result for `caller`, waiting up to `wait` seconds (≤ 60).
+    pub async fn status(
+        &self,
+        caller: &Claims,
+        id: String,
+        wait: f64,
+    ) -> Result<TaskStatus, Problem> {
+        let api = self;
+        allow(api, caller, "read", &id).await?;
+        let meta = if wait > 0.0 {
+            let wait = Duration::from_secs_f64(wait.min(60.0));
+            api.broker.wait_result(&id, wait).await
+        } else {
+            api.broker.result(&id).await
+        }
+        .map_err(|e| unavailable(&e))?;
+        Ok(match meta {
+            Some(meta) => TaskStatus {
+                id,
+                state: serde_json::to_value(meta.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                result: meta.result,
+                traceback: meta.traceback,
+                date_done: meta.date_done,
+            },
+            None => TaskStatus {
+                id,
+                state: "PENDING".into(),
+                result: Value::Null,
+                traceback: None,
+                date_done: None,
+            },
+        })
+    }
+
+    /// Revokes a task for `caller`.
+    pub async fn revoke(&self, caller: &Claims, id: &str) -> Result<(), Problem> {
+        allow(self, caller, "revoke", id).await?;
+        self.broker.revoke(id).await.map_err(|e| unavailable(&e))
+    }
+
+    /// A queue's statistics for `caller`.
+    pub async fn stats(
+        &self,
+        caller: &Claims,
+        queue: &str,
+    ) -> Result<crate::broker::QueueStats, Problem> {
+        require(caller, &format!("task:stats:{queue}"))?;
+        self.broker.stats(queue).await.map_err(|e| unavailable(&e))
+    }
 }
 
 /// Revokes a task: a worker that takes it records REVOKED instead of running it.
@@ -323,9 +369,7 @@ async fn revoke(
     caller: Bearer,
     id: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
-    let id = id.into_inner();
-    allow(&api, &caller, "revoke", &id).await?;
-    api.broker.revoke(&id).await.map_err(|e| unavailable(&e))?;
+    api.revoke(&caller.0, &id.into_inner()).await?;
     Ok(HttpResponse::Accepted().finish())
 }
 
@@ -340,13 +384,7 @@ async fn queue_stats(
     caller: Bearer,
     queue: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
-    let queue = queue.into_inner();
-    caller.require(&format!("task:stats:{queue}"))?;
-    let stats = api
-        .broker
-        .stats(&queue)
-        .await
-        .map_err(|e| unavailable(&e))?;
+    let stats = api.stats(&caller.0, &queue.into_inner()).await?;
     Ok(HttpResponse::Ok().json(stats))
 }
 

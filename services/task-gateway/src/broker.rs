@@ -393,7 +393,16 @@ impl Broker {
     /// A connection for one consumer's blocking reads.
     pub async fn consumer(&self) -> Result<Consumer, BrokerError> {
         Ok(Consumer {
-            conn: self.client.get_multiplexed_async_connection().await?,
+            // No client-side response timeout on the blocking connection: redis-rs's default
+            // (500 ms) gives up on a BRPOP that Redis still serves, and the message Redis
+            // then pops is written to a reader that has left: lost. BRPOP's own timeout bounds
+            // the wait; the call adds a margin for a dead connection.
+            conn: self
+                .client
+                .get_multiplexed_async_connection_with_config(
+                    &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+                )
+                .await?,
             broker: self.broker.get().await?,
         })
     }
@@ -578,11 +587,21 @@ impl Consumer {
         lease: Option<(&str, Duration)>,
     ) -> Result<Option<Delivery>, BrokerError> {
         let lists = consume_order(queues);
-        let popped: Option<(String, String)> = redis::cmd("BRPOP")
-            .arg(&lists)
-            .arg(timeout.as_secs().max(1))
-            .query_async(&mut self.conn)
-            .await?;
+        let seconds = timeout.as_secs().max(1);
+        let popped: Option<(String, String)> = tokio::time::timeout(
+            Duration::from_secs(seconds + 10),
+            redis::cmd("BRPOP")
+                .arg(&lists)
+                .arg(seconds)
+                .query_async(&mut self.conn),
+        )
+        .await
+        .map_err(|_| {
+            BrokerError::Redis(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "BRPOP outlived its own timeout by 10 s: the connection is dead",
+            )))
+        })??;
         let Some((list, raw)) = popped else {
             return Ok(None);
         };

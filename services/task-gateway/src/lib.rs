@@ -10,6 +10,7 @@
 pub mod api;
 pub mod broker;
 pub mod celery;
+pub mod grpc;
 pub mod worker;
 
 use quartet_kit::app::{Context, ServiceConfig};
@@ -205,7 +206,12 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         max_payload_bytes: config.tasks.max_payload_bytes,
         idempotency_window: std::time::Duration::from_secs(config.tasks.idempotency_seconds),
     });
-    let grpc = Routes::builder().routes();
-    let rest = api::rest(api).with_bearer(quartet_kit::token::authenticator(&config.auth));
-    quartet_kit::app::serve_server(ctx, &config.server, grpc, rest).await
+    let authenticator = quartet_kit::token::authenticator(&config.auth);
+    let mut grpc = Routes::builder();
+    grpc.add_service(grpc::TasksService::server(
+        api.clone(),
+        authenticator.clone(),
+    ));
+    let rest = api::rest(api).with_bearer(authenticator);
+    quartet_kit::app::serve_server(ctx, &config.server, grpc.routes(), rest).await
 }
