@@ -4,6 +4,7 @@ Tasks are named peers.<function> (this module's name), as in the captured fixtur
 
     BROKER_URL=redis://... RESULT_URL=redis://... python -m celery -A peers worker --pool=solo -Q q
     BROKER_URL=... RESULT_URL=... python peers.py submit TASK_NAME ARGS_JSON QUEUE [TIMEOUT]
+    BROKER_URL=... RESULT_URL=... python peers.py chain CELERY_QUEUE RUST_QUEUE [TIMEOUT]
 
 `submit` publishes with Celery's own client (send_task) and prints
 {"id": ..., "state": ..., "result": ...} once AsyncResult.get() returns.
@@ -50,8 +51,21 @@ def submit(name, args, queue, timeout):
     print(json.dumps(out))
 
 
+def chain_across(celery_queue, rust_queue, timeout):
+    """peers.add(2, 3) on a Celery worker, then rust.add(<that>, 10) on a Rust worker."""
+    from celery import chain
+    flow = chain(
+        app.signature("peers.add", args=(2, 3), queue=celery_queue),
+        app.signature("rust.add", args=(10,), queue=rust_queue),
+    )
+    result = flow.apply_async()
+    print(json.dumps({"id": result.id, "result": result.get(timeout=timeout)}))
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "submit":
+    if sys.argv[1] == "chain":
+        chain_across(sys.argv[2], sys.argv[3], float(sys.argv[4]) if len(sys.argv) > 4 else 30)
+    elif sys.argv[1] == "submit":
         timeout = float(sys.argv[5]) if len(sys.argv) > 5 else 30
         submit(sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], timeout)
     else:

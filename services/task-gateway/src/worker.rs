@@ -78,6 +78,41 @@ pub fn dead_letters(queue: &str) -> String {
     format!("quartet.dead.{queue}")
 }
 
+/// The message for a chain step: a Celery signature `{task, args, kwargs, options,
+/// immutable}` called with `previous` prepended to its arguments (unless immutable).
+pub fn chain_step(
+    signature: &Value,
+    previous: &Value,
+    default_queue: &str,
+) -> Option<crate::celery::TaskMessage> {
+    use crate::celery::{RawJson, TaskMessage};
+    let task = signature["task"].as_str()?;
+    let mut args: Vec<Value> = signature["args"].as_array().cloned().unwrap_or_default();
+    if !signature["immutable"].as_bool().unwrap_or(false) {
+        args.insert(0, previous.clone());
+    }
+    let kwargs = match &signature["kwargs"] {
+        Value::Object(map) => Value::Object(map.clone()),
+        _ => Value::Object(serde_json::Map::new()),
+    };
+    let options = &signature["options"];
+    let queue = options["queue"].as_str().unwrap_or(default_queue);
+    let priority = options["priority"].as_u64().unwrap_or(0) as u32;
+    let mut message = TaskMessage::new(
+        task,
+        RawJson::parse(&Value::Array(args).to_string()).ok()?,
+        RawJson::parse(&kwargs.to_string()).ok()?,
+        queue,
+        priority,
+    );
+    if let Some(id) = options["task_id"].as_str() {
+        message.headers.id = id.to_owned();
+        message.properties.correlation_id = id.to_owned();
+        message.headers.root_id = Some(id.to_owned());
+    }
+    Some(message)
+}
+
 /// Retries a task gets by default (Celery's `max_retries`).
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
 
@@ -486,8 +521,38 @@ impl Worker {
         if !message.headers.ignore_result {
             self.broker.store_result(&meta).await?;
         }
+        if meta.status == State::Success {
+            self.continue_chain(&message, &meta.result).await?;
+        }
         // Acks-late: only now does the message leave `unacked`.
         conn.ack(&message.properties.delivery_tag).await
+    }
+
+    /// Publishes a chain's next step (the last signature of `embed.chain`, Celery keeping the
+    /// remaining steps in reverse order) with this task's result as its first argument unless
+    /// the step is immutable, on the step's queue or this one's: so chains run across our
+    /// workers and Celery's alike.
+    async fn continue_chain(
+        &self,
+        message: &crate::celery::TaskMessage,
+        result: &Value,
+    ) -> Result<(), BrokerError> {
+        let Some(mut remaining) = message.embed.chain.clone() else {
+            return Ok(());
+        };
+        let Some(step) = remaining.pop() else {
+            return Ok(());
+        };
+        let Some(next) = chain_step(&step, result, &message.properties.delivery_info.routing_key)
+        else {
+            tracing::warn!(id = %message.headers.id, step = %step, "a chain step is not a task signature; the chain stops here");
+            return Ok(());
+        };
+        let mut next = next;
+        next.embed.chain = Some(remaining);
+        next.headers.root_id = message.headers.root_id.clone();
+        next.headers.parent_id = Some(message.headers.id.clone());
+        self.broker.publish(&next).await
     }
 
     /// A handler failed: retry it later (a new message, the same task id, one more retry,

@@ -178,3 +178,64 @@ async fn celery_clients_tasks_run_on_our_consumer_and_get_reads_our_results() {
         "{failing}"
     );
 }
+
+#[tokio::test]
+async fn a_chain_runs_across_our_worker_and_celerys_both_ways() {
+    use quartet_task_gateway::worker::{TaskError, Worker};
+    let (broker_url, result_url) = urls(8).await;
+    let broker = Broker::open(&broker_url, &result_url).expect("redis urls");
+    let celery_queue = format!("chain-py-{}", uuid4());
+    let rust_queue = format!("chain-rs-{}", uuid4());
+    let _celery = celery_worker(&broker_url, &result_url, &celery_queue).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker =
+        Worker::new(broker.clone(), &[&rust_queue], 2).task("rust.add", |args, _| async move {
+            let sum: i64 = args
+                .as_array()
+                .ok_or_else(|| TaskError::new("TypeError", "args"))?
+                .iter()
+                .filter_map(serde_json::Value::as_i64)
+                .sum();
+            Ok(sum.into())
+        });
+    let running = tokio::spawn(worker.run(stop.clone()));
+
+    // Ours first: rust.add(2, 3) here, then peers.mul(<5>, 10) on the Celery worker.
+    let last = uuid4();
+    let mut first = TaskMessage::new("rust.add", raw("[2, 3]"), raw("{}"), &rust_queue, 0);
+    first.embed.chain = Some(vec![serde_json::json!({
+        "task": "peers.mul",
+        "args": [10],
+        "kwargs": {},
+        "options": {"task_id": last, "queue": celery_queue},
+        "subtask_type": null,
+        "immutable": false,
+    })]);
+    broker.publish(&first).await.expect("publish");
+    let meta = broker
+        .wait_result(&last, Duration::from_secs(60))
+        .await
+        .expect("wait")
+        .expect("the chain's last step ran on Celery");
+    assert_eq!(meta.result, 50);
+
+    // Celery's chain: peers.add(2, 3) on Celery, then rust.add(<5>, 10) here.
+    let python = output_of("scripts/python.sh", &[]).await;
+    let out = Command::new(python)
+        .args(["peers.py", "chain", &celery_queue, &rust_queue, "30"])
+        .current_dir(repo().join("e2e/python"))
+        .env("BROKER_URL", &broker_url)
+        .env("RESULT_URL", &result_url)
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(done["result"], 15, "{done}");
+    stop.cancel();
+    let _ = running.await;
+}
