@@ -2,7 +2,7 @@
 # `make bench`: each benchmark runs Quartet and its peer in the same run, on the same machine,
 # and reports the ratio. Figures go to standard output as Markdown rows for docs/BENCHMARKS.md.
 #
-#   scripts/bench.sh [rest|auth|db|all]   (default all)
+#   scripts/bench.sh [rest|auth|db|tasks|all]   (default all)
 #
 # rest: the kit's REST path (actix-web with the request span and metrics middleware) serving
 #       GET /v1/info from a release build of quartet-auth, against nginx returning the same JSON
@@ -15,6 +15,9 @@
 #       group (release build, every commit on a majority) and against MariaDB (Debian's
 #       mariadb-server, InnoDB, durable commits), same tables, threads and duration; then the
 #       time from killing the group's leader to the first acknowledged write, three times.
+# tasks: quartet-task-gateway's Redis layer and Rust worker (release) against Celery 5.7 (its
+#       client, a prefork worker), same Redis, same task (add two numbers), same concurrency:
+#       publish rate, end-to-end throughput, submit->result round trip p50/p99.
 set -euo pipefail
 WHAT=${1:-all}
 cd "$(dirname "$0")/.."
@@ -147,7 +150,34 @@ bench_db() {
   trap - EXIT
 }
 
+bench_tasks() {
+  local n=${BENCH_TASKS:-5000} trips=${BENCH_ROUND_TRIPS:-300} concurrency=${BENCH_TASKS_CONCURRENCY:-8}
+  local out=$WORK/tasks; mkdir -p "$out"
+  say "building the task gateway's benchmark (release)"
+  CARGO_TARGET_DIR=$TARGET cargo build --release --locked -p quartet-task-gateway --example bench_tasks
+  local redis; redis=$(QUARTET_REDIS_PORT=16391 QUARTET_REDIS_DIR="$out/redis" scripts/redis.sh up)
+  local py; py=$(scripts/python.sh)
+  say "quartet-task-gateway: $n tasks, $trips round trips, concurrency $concurrency"
+  "$TARGET/release/examples/bench_tasks" "$redis" "$n" "$trips" "$concurrency" >"$out/ours.txt"
+  say "Celery $("$py" -c 'import celery; print(celery.__version__)'): the same, prefork concurrency $concurrency"
+  (cd e2e/python && BROKER_URL="$redis/4" RESULT_URL="$redis/5" CELERY_CONCURRENCY=$concurrency \
+    "$py" bench_celery.py "$n" "$trips" "bench-py-$$") >"$out/celery.txt"
+  QUARTET_REDIS_PORT=16391 QUARTET_REDIS_DIR="$out/redis" scripts/redis.sh down
+  cat "$out/ours.txt" "$out/celery.txt" | awk '
+    { v[$1] = $2 }
+    END {
+      printf "| figure | quartet-task-gateway | Celery 5.7 | ratio |\n|---|---|---|---|\n"
+      printf "| publish rate (tasks/s) | %.0f | %.0f | %.2f |\n", v["publish_per_sec"], v["celery_publish_per_sec"], v["publish_per_sec"] / v["celery_publish_per_sec"]
+      printf "| end-to-end throughput (tasks/s) | %.0f | %.0f | %.2f |\n", v["end_to_end_per_sec"], v["celery_end_to_end_per_sec"], v["end_to_end_per_sec"] / v["celery_end_to_end_per_sec"]
+      printf "| round trip p50 (ms) | %.2f | %.2f | %.2f |\n", v["round_trip_p50_ms"], v["celery_round_trip_p50_ms"], v["round_trip_p50_ms"] / v["celery_round_trip_p50_ms"]
+      printf "| round trip p99 (ms) | %.2f | %.2f | %.2f |\n", v["round_trip_p99_ms"], v["celery_round_trip_p99_ms"], v["round_trip_p99_ms"] / v["celery_round_trip_p99_ms"]
+    }'
+}
+
 mkdir -p "$WORK"
+if [[ $WHAT == tasks || $WHAT == all ]]; then
+  bench_tasks
+fi
 if [[ $WHAT == db || $WHAT == all ]]; then
   bench_db
 fi
