@@ -182,6 +182,22 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
         assert_eq!(record["reason"], "retry budget of 2 spent");
     }
 
+    // A hard time limit stops a task that runs too long.
+    let slow: Value = post(json!({"name": "quartet.sleep", "args": [10], "time_limit": 1}))
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    let began = std::time::Instant::now();
+    let status = finished(slow["id"].as_str().expect("id").to_owned()).await;
+    assert_eq!(status["state"], "FAILURE", "{status}");
+    assert_eq!(status["result"]["exc_type"], "TimeLimitExceeded");
+    assert!(
+        began.elapsed() < Duration::from_secs(8),
+        "stopped at its limit"
+    );
+
     // An idempotency key makes a repeated submission the same task.
     let first: Value =
         post(json!({"name": "quartet.echo", "args": ["once"], "idempotency_key": "order-17"}))

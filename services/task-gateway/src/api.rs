@@ -61,6 +61,12 @@ pub struct Submit {
     /// (`tasks.idempotency_seconds`) are one task: later ones get the first one's id.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// Hard time limit in seconds: the task fails with TimeLimitExceeded when it runs longer.
+    #[serde(default)]
+    pub time_limit: Option<f64>,
+    /// Soft time limit in seconds: reported when passed.
+    #[serde(default)]
+    pub soft_time_limit: Option<f64>,
 }
 
 /// A submitted task.
@@ -237,6 +243,18 @@ impl Api {
         if let Some(seconds) = request.expires {
             message.headers.expires = Some(from_now(seconds, "expires")?);
         }
+        for limit in [request.time_limit, request.soft_time_limit]
+            .into_iter()
+            .flatten()
+        {
+            if !(limit > 0.0 && limit <= 86_400.0) {
+                return Err(invalid(
+                    "invalid-submission",
+                    format!("time limits must be above 0 and at most 86400 seconds, not {limit}"),
+                ));
+            }
+        }
+        message.headers.timelimit = (request.time_limit, request.soft_time_limit);
         // The trace continues into the worker: `traceparent` rides in the task's headers.
         let mut trace = std::collections::HashMap::new();
         quartet_kit::telemetry::inject_current(&mut quartet_kit::telemetry::MapCarrier(&mut trace));

@@ -61,6 +61,8 @@ impl Tasks for TasksService {
             eta: None,
             expires: q.expires,
             idempotency_key: (!q.idempotency_key.is_empty()).then_some(q.idempotency_key),
+            time_limit: None,
+            soft_time_limit: None,
         };
         let submitted = self.api.submit(&caller, submit).await?;
         Ok(Response::new(pb::SubmitResponse {

@@ -494,10 +494,34 @@ impl Worker {
                     &span,
                     &quartet_kit::telemetry::MapView(&carried),
                 );
-                match handler(message.args.value(), message.kwargs.value())
-                    .instrument(span)
-                    .await
-                {
+                let run = handler(message.args.value(), message.kwargs.value()).instrument(span);
+                // Celery's `timelimit` header: [hard, soft] seconds. The hard limit stops the
+                // handler (its future is dropped) and fails the task with TimeLimitExceeded;
+                // the soft one is reported when passed (an async handler cannot be
+                // interrupted at an arbitrary point the way Celery raises inside Python).
+                let (hard, soft) = message.headers.timelimit;
+                let soft_warning = soft.filter(|s| *s > 0.0).map(|s| {
+                    let id = id.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs_f64(s)).await;
+                        tracing::warn!(id = %id, seconds = s, "soft time limit exceeded");
+                    })
+                });
+                let outcome = match hard.filter(|h| *h > 0.0) {
+                    Some(limit) => tokio::time::timeout(Duration::from_secs_f64(limit), run)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(TaskError::new(
+                                "TimeLimitExceeded",
+                                format!("TimeLimitExceeded({limit})"),
+                            ))
+                        }),
+                    None => run.await,
+                };
+                if let Some(warning) = soft_warning {
+                    warning.abort();
+                }
+                match outcome {
                     Ok(value) => ResultMeta::finished(&id, State::Success, value, None),
                     Err(e) => {
                         if let Some(m) = &self.metrics {
