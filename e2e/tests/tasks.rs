@@ -54,6 +54,72 @@ async fn rest_gateway(
         .expect("the gateway starts")
 }
 
+/// A webhook worker in miniature: `POST /double` answers `{"result": args[0] * 2}`,
+/// anything else 400 with a reason.
+async fn webhook_server() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head_end, length) = loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (end + 4, length);
+                    }
+                };
+                while buf.len() < head_end + length {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let first_line = String::from_utf8_lossy(&buf[..head_end])
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let body: Value =
+                    serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or_default();
+                let (status, answer) = if first_line.starts_with("POST /double ") {
+                    (
+                        "200 OK",
+                        json!({"result": body["args"][0].as_i64().unwrap_or(0) * 2}).to_string(),
+                    )
+                } else {
+                    ("400 Bad Request", "no such hook".to_owned())
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
 #[tokio::test]
 async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes_back() {
     let (auth, token) = quartet_e2e::auth::start_with_admin_token()
@@ -62,6 +128,8 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
     let redis = quartet_e2e::redis_url().await;
     let (broker_url, result_url) = (format!("{redis}/12"), format!("{redis}/13"));
     let queue = format!("rest-{}", std::process::id());
+    let hook = webhook_server().await;
+    let hooks = format!("hook.double=http://{hook}/double,hook.bad=http://{hook}/nowhere");
     let gateway = rest_gateway(
         &auth,
         (&broker_url, &result_url),
@@ -71,6 +139,7 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
             ("QUARTET_TASK_GATEWAY_TASKS_MAX_PAYLOAD_BYTES", "4096"),
             ("QUARTET_TASK_GATEWAY_WORKER_MAX_RETRIES", "2"),
             ("QUARTET_TASK_GATEWAY_WORKER_LEASE_SECONDS", "3"),
+            ("QUARTET_TASK_GATEWAY_WORKER_WEBHOOKS", &hooks),
         ],
     )
     .await;
@@ -181,6 +250,35 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
         let record: Value = serde_json::from_str(&dead[0]).expect("json");
         assert_eq!(record["reason"], "retry budget of 2 spent");
     }
+
+    // Webhook workers: any HTTP endpoint runs a task.
+    let doubled: Value = post(json!({"name": "hook.double", "args": [21]}))
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    let status = finished(doubled["id"].as_str().expect("id").to_owned()).await;
+    assert_eq!(
+        (status["state"].clone(), status["result"].clone()),
+        (json!("SUCCESS"), json!(42)),
+        "{status}"
+    );
+    let bad: Value = post(json!({"name": "hook.bad", "args": []}))
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    let status = finished(bad["id"].as_str().expect("id").to_owned()).await;
+    assert_eq!(status["state"], "FAILURE", "{status}");
+    assert!(
+        status["result"]["exc_message"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("400"),
+        "{status}"
+    );
 
     // A hard time limit stops a task that runs too long.
     let slow: Value = post(json!({"name": "quartet.sleep", "args": [10], "time_limit": 1}))

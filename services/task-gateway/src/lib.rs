@@ -79,6 +79,8 @@ pub struct WorkerSettings {
     pub lease_seconds: u64,
     /// Retries a failing task gets before it goes to the queue's dead letters (`quartet.dead.<queue>`).
     pub max_retries: u32,
+    /// Tasks run by calling HTTP endpoints, `task=url` comma-separated: the worker POSTs `{"task", "args", "kwargs"}` and takes `{"result": …}` back.
+    pub webhooks: String,
 }
 
 impl Default for WorkerSettings {
@@ -89,6 +91,7 @@ impl Default for WorkerSettings {
             concurrency: 4,
             lease_seconds: 15,
             max_retries: worker::DEFAULT_MAX_RETRIES,
+            webhooks: String::new(),
         }
     }
 }
@@ -190,13 +193,22 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
             .map(str::trim)
             .filter(|q| !q.is_empty())
             .collect();
-        let worker = builtin_worker(
+        let mut worker = builtin_worker(
             worker::Worker::new(broker.clone(), &queues, config.worker.concurrency)
                 .lease(std::time::Duration::from_secs(config.worker.lease_seconds))
                 .max_retries(config.worker.max_retries),
-        )
-        .metrics(ctx.metrics.registry())
-        .map_err(|e| anyhow::anyhow!("worker metrics: {e}"))?;
+        );
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(300))
+            .build()?;
+        for (task, url) in
+            worker::parse_webhooks(&config.worker.webhooks).map_err(|e| anyhow::anyhow!(e))?
+        {
+            worker = worker.webhook(&task, &url, http.clone());
+        }
+        let worker = worker
+            .metrics(ctx.metrics.registry())
+            .map_err(|e| anyhow::anyhow!("worker metrics: {e}"))?;
         tracing::info!(queues = ?queues, tasks = ?worker.tasks(), worker = %worker.id(), "built-in worker running");
         ctx.shutdown.spawn(worker.run(ctx.shutdown.token()));
     }

@@ -113,6 +113,67 @@ pub fn chain_step(
     Some(message)
 }
 
+/// Parses `task=url` pairs, comma-separated (the `worker.webhooks` setting).
+pub fn parse_webhooks(spec: &str) -> Result<Vec<(String, String)>, String> {
+    let mut hooks = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (task, url) = item
+            .split_once('=')
+            .ok_or_else(|| format!("worker.webhooks: {item:?} is not task=url"))?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "worker.webhooks: {url:?} (for {task}) is not an http(s) URL"
+            ));
+        }
+        hooks.push((task.trim().to_owned(), url.trim().to_owned()));
+    }
+    Ok(hooks)
+}
+
+impl Worker {
+    /// Runs task `name` by calling `url`: a POST of `{"task", "args", "kwargs"}` as JSON; a 2xx
+    /// answer `{"result": …}` is the result, any other answer a failure carrying the status
+    /// and body (a 503 or 429 asks for a retry in 5 s, within the retry budget). Any language
+    /// with an HTTP server can be a worker this way.
+    pub fn webhook(self, name: &str, url: &str, client: reqwest::Client) -> Self {
+        let (task, url) = (name.to_owned(), url.to_owned());
+        self.task(name, move |args, kwargs| {
+            let (client, task, url) = (client.clone(), task.clone(), url.clone());
+            async move {
+                let body = serde_json::json!({"task": task, "args": args, "kwargs": kwargs});
+                let response = client.post(&url).json(&body).send().await.map_err(|e| {
+                    TaskError::retry(
+                        "WebhookUnreachable",
+                        format!("{url}: {e}"),
+                        Duration::from_secs(5),
+                    )
+                })?;
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                if status.is_success() {
+                    let answer: Value = serde_json::from_str(&text).map_err(|e| {
+                        TaskError::new("WebhookError", format!("{url} answered non-JSON: {e}"))
+                    })?;
+                    return Ok(answer.get("result").cloned().unwrap_or(Value::Null));
+                }
+                let message = format!(
+                    "{url} answered {status}: {}",
+                    text.chars().take(500).collect::<String>()
+                );
+                if status.as_u16() == 503 || status.as_u16() == 429 {
+                    Err(TaskError::retry(
+                        "WebhookUnavailable",
+                        message,
+                        Duration::from_secs(5),
+                    ))
+                } else {
+                    Err(TaskError::new("WebhookError", message))
+                }
+            }
+        })
+    }
+}
+
 /// Retries a task gets by default (Celery's `max_retries`).
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
 
