@@ -165,13 +165,19 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
             .json(&body)
             .send()
     };
+    // A submission that must be accepted, as its JSON answer.
+    let submit = |body: Value| {
+        let sent = post(body);
+        async move {
+            sent.await
+                .expect("submit")
+                .json::<Value>()
+                .await
+                .expect("json")
+        }
+    };
 
-    let submitted: Value = post(json!({"name": "quartet.add", "args": [2, 40]}))
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("json");
+    let submitted: Value = submit(json!({"name": "quartet.add", "args": [2, 40]})).await;
     let id = submitted["id"].as_str().expect("an id").to_owned();
     assert_eq!(submitted["queue"], queue.as_str());
     let status = finished(id.to_string()).await;
@@ -179,12 +185,7 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
     assert_eq!(status["result"], 42);
 
     // A task nobody serves fails as Celery reports it, with the reason.
-    let unknown: Value = post(json!({"name": "shop.nobody", "args": []}))
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("json");
+    let unknown: Value = submit(json!({"name": "shop.nobody", "args": []})).await;
     let id = unknown["id"].as_str().expect("id");
     let status = finished(id.to_string()).await;
     assert_eq!(status["state"], "FAILURE", "{status}");
@@ -217,12 +218,7 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
     assert_eq!(anonymous.status(), 401);
 
     // A task that keeps asking for a retry is tried three times, then goes to the dead letters.
-    let flaky: Value = post(json!({"name": "quartet.flaky", "args": [0.2]}))
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("json");
+    let flaky: Value = submit(json!({"name": "quartet.flaky", "args": [0.2]})).await;
     let flaky_id = flaky["id"].as_str().expect("id").to_owned();
     let status = finished(flaky_id.clone()).await;
     assert_eq!(status["state"], "FAILURE", "{status}");
@@ -252,24 +248,14 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
     }
 
     // Webhook workers: any HTTP endpoint runs a task.
-    let doubled: Value = post(json!({"name": "hook.double", "args": [21]}))
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("json");
+    let doubled: Value = submit(json!({"name": "hook.double", "args": [21]})).await;
     let status = finished(doubled["id"].as_str().expect("id").to_owned()).await;
     assert_eq!(
         (status["state"].clone(), status["result"].clone()),
         (json!("SUCCESS"), json!(42)),
         "{status}"
     );
-    let bad: Value = post(json!({"name": "hook.bad", "args": []}))
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("json");
+    let bad: Value = submit(json!({"name": "hook.bad", "args": []})).await;
     let status = finished(bad["id"].as_str().expect("id").to_owned()).await;
     assert_eq!(status["state"], "FAILURE", "{status}");
     assert!(
@@ -281,12 +267,7 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
     );
 
     // A hard time limit stops a task that runs too long.
-    let slow: Value = post(json!({"name": "quartet.sleep", "args": [10], "time_limit": 1}))
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("json");
+    let slow: Value = submit(json!({"name": "quartet.sleep", "args": [10], "time_limit": 1})).await;
     let began = std::time::Instant::now();
     let status = finished(slow["id"].as_str().expect("id").to_owned()).await;
     assert_eq!(status["state"], "FAILURE", "{status}");
@@ -298,12 +279,8 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
 
     // An idempotency key makes a repeated submission the same task.
     let first: Value =
-        post(json!({"name": "quartet.echo", "args": ["once"], "idempotency_key": "order-17"}))
-            .await
-            .expect("submit")
-            .json()
-            .await
-            .expect("json");
+        submit(json!({"name": "quartet.echo", "args": ["once"], "idempotency_key": "order-17"}))
+            .await;
     let again =
         post(json!({"name": "quartet.echo", "args": ["once"], "idempotency_key": "order-17"}))
             .await
@@ -380,25 +357,11 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
 
     // Delayed, expiring and revoked tasks.
     let submitted_at = std::time::Instant::now();
-    let later: Value = post(json!({"name": "quartet.echo", "args": ["later"], "countdown": 2}))
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("json");
+    let later: Value =
+        submit(json!({"name": "quartet.echo", "args": ["later"], "countdown": 2})).await;
     let expiring: Value =
-        post(json!({"name": "quartet.echo", "args": [1], "countdown": 2, "expires": 1}))
-            .await
-            .expect("submit")
-            .json()
-            .await
-            .expect("json");
-    let revoked: Value = post(json!({"name": "quartet.echo", "args": [2], "countdown": 2}))
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("json");
+        submit(json!({"name": "quartet.echo", "args": [1], "countdown": 2, "expires": 1})).await;
+    let revoked: Value = submit(json!({"name": "quartet.echo", "args": [2], "countdown": 2})).await;
     let revoking = http
         .delete(format!(
             "{base}/v1/tasks/{}",
@@ -455,12 +418,7 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
 
     // A real Celery client reads the result of a task the gateway ran.
     let python = quartet_e2e::python().await;
-    let submitted: Value = post(json!({"name": "quartet.echo", "args": ["from rest"]}))
-        .await
-        .expect("submit")
-        .json()
-        .await
-        .expect("json");
+    let submitted: Value = submit(json!({"name": "quartet.echo", "args": ["from rest"]})).await;
     let id = submitted["id"].as_str().expect("id");
     let value = celery_client(
         &python,

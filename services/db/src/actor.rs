@@ -829,9 +829,6 @@ impl State {
         if !committed && self.spec.contains(&seq) {
             self.discard(engine)?;
         }
-        if committed && !self.spec.contains(&seq) {
-            // Decided and applied; nothing left to wait for.
-        }
         self.orphans.remove(&seq);
         Ok(())
     }

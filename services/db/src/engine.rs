@@ -382,13 +382,16 @@ impl Engine {
 
     /// Records bookkeeping values in whatever transaction is open.
     pub fn put_meta(&self, meta: &[(&str, &[u8])]) -> Result<(), EngineError> {
+        Self::put_meta_on(&self.conn, meta)
+    }
+
+    fn put_meta_on(conn: &rusqlite::Connection, meta: &[(&str, &[u8])]) -> Result<(), EngineError> {
         for (key, value) in meta {
-            self.conn
-                .prepare_cached(&format!(
-                    "INSERT INTO {META_TABLE} (key, value) VALUES (?1, ?2) \
+            conn.prepare_cached(&format!(
+                "INSERT INTO {META_TABLE} (key, value) VALUES (?1, ?2) \
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-                ))?
-                .execute(rusqlite::params![key, value])?;
+            ))?
+            .execute(rusqlite::params![key, value])?;
         }
         Ok(())
     }
@@ -513,13 +516,7 @@ impl Engine {
             }
             None => Ok(()),
         };
-        for (key, value) in meta {
-            tx.prepare_cached(&format!(
-                "INSERT INTO {META_TABLE} (key, value) VALUES (?1, ?2) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-            ))?
-            .execute(rusqlite::params![key, value])?;
-        }
+        Self::put_meta_on(&tx, meta)?;
         tx.commit()?;
         applied
     }

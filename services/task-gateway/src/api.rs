@@ -1,7 +1,8 @@
-//! The gateway's REST API: submit a task, read its state and result (optionally waiting).
-//! Bearer tokens from quartet-auth; `task:submit:<queue>` to submit, `task:read:<queue>` to
-//! read (the queue a task went to is remembered next to its result; tasks submitted by other
-//! Celery clients need `task:read:*`).
+//! The gateway's operations (submit, read a result, optionally waiting, revoke, queue
+//! statistics) as [`Api`] methods, and their REST routes; `grpc.rs` serves the same methods.
+//! Bearer tokens from quartet-auth; `task:<submit|read|revoke|stats>:<queue>` (the queue a task
+//! went to is remembered next to its result; tasks submitted by other Celery clients need
+//! `task:read:*` and `task:revoke:*`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,14 +178,13 @@ impl Api {
 
     /// Submits a task for `caller`.
     pub async fn submit(&self, caller: &Claims, request: Submit) -> Result<Submitted, Problem> {
-        let api = self;
         if request.name.trim().is_empty() {
             return Err(invalid("invalid-submission", "name is required"));
         }
         let queue = request
             .queue
             .clone()
-            .unwrap_or_else(|| api.default_queue.clone());
+            .unwrap_or_else(|| self.default_queue.clone());
         if queue.is_empty() || queue.contains(crate::celery::PRIORITY_SEP) {
             return Err(invalid(
                 "invalid-submission",
@@ -272,12 +272,12 @@ impl Api {
                     "idempotency_key must be 1 to 200 characters",
                 ));
             }
-            let held = api
+            let held = self
                 .broker
                 .claim(
                     &format!("quartet-idempotency-{queue}-{key}"),
                     &message.headers.id,
-                    api.idempotency_window,
+                    self.idempotency_window,
                 )
                 .await
                 .map_err(|e| unavailable(&e))?;
@@ -289,11 +289,11 @@ impl Api {
                 });
             }
         }
-        api.broker
+        self.broker
             .remember(&queue_key(&message.headers.id), &queue)
             .await
             .map_err(|e| unavailable(&e))?;
-        api.broker
+        self.broker
             .publish(&message)
             .await
             .map_err(|e| unavailable(&e))?;
@@ -329,22 +329,18 @@ impl Api {
         id: String,
         wait: f64,
     ) -> Result<TaskStatus, Problem> {
-        let api = self;
-        allow(api, caller, "read", &id).await?;
+        allow(self, caller, "read", &id).await?;
         let meta = if wait > 0.0 {
             let wait = Duration::from_secs_f64(wait.min(60.0));
-            api.broker.wait_result(&id, wait).await
+            self.broker.wait_result(&id, wait).await
         } else {
-            api.broker.result(&id).await
+            self.broker.result(&id).await
         }
         .map_err(|e| unavailable(&e))?;
         Ok(match meta {
             Some(meta) => TaskStatus {
                 id,
-                state: serde_json::to_value(meta.status)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
+                state: meta.status.as_str().to_owned(),
                 result: meta.result,
                 traceback: meta.traceback,
                 date_done: meta.date_done,

@@ -418,6 +418,21 @@ pub enum State {
     Revoked,
 }
 
+impl State {
+    /// The name Celery writes, e.g. `SUCCESS`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "PENDING",
+            State::Received => "RECEIVED",
+            State::Started => "STARTED",
+            State::Success => "SUCCESS",
+            State::Failure => "FAILURE",
+            State::Retry => "RETRY",
+            State::Revoked => "REVOKED",
+        }
+    }
+}
+
 /// A result record, `celery-task-meta-<id>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultMeta {

@@ -294,11 +294,7 @@ impl Worker {
 
     fn count(&self, task: &str, state: State) {
         if let Some(m) = &self.metrics {
-            let state = serde_json::to_value(state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            m.finished.with_label_values(&[task, &state]).inc();
+            m.finished.with_label_values(&[task, state.as_str()]).inc();
         }
     }
 
