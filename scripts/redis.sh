@@ -20,7 +20,8 @@ up() {
   mkdir -p "$DIR"
   if ! redis-cli -p "$PORT" ping >/dev/null 2>&1; then
     redis-server --bind 127.0.0.1 --port "$PORT" --dir "$DIR" --daemonize yes \
-      --pidfile "$DIR/redis.pid" --logfile "$DIR/redis.log" --save "" --appendonly no >/dev/null
+      --pidfile "$DIR/redis.pid" --logfile "$DIR/redis.log" --save "" --appendonly no \
+      --databases 32 >/dev/null
     for _ in $(seq 1 50); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
     redis-cli -p "$PORT" ping >/dev/null || { tail -20 "$DIR/redis.log" >&2; exit 1; }
   fi

@@ -28,6 +28,8 @@ pub struct Api {
     pub max_payload_bytes: usize,
     /// How long an idempotency key dedupes submissions.
     pub idempotency_window: Duration,
+    /// Celery's `task-sent` events, when on (`tasks.sent_events`).
+    pub events: Option<Arc<crate::events::Events>>,
 }
 
 /// A task to run.
@@ -95,6 +97,14 @@ pub struct TaskStatus {
     pub traceback: Option<String>,
     /// When it finished.
     pub date_done: Option<String>,
+}
+
+/// Whether a revoke stops a running task.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct Terminate {
+    /// Also stop the task where it already runs (recorded REVOKED, `terminated`).
+    #[serde(default)]
+    pub terminate: bool,
 }
 
 /// How long to wait for a result.
@@ -178,6 +188,92 @@ impl Api {
 
     /// Submits a task for `caller`.
     pub async fn submit(&self, caller: &Claims, request: Submit) -> Result<Submitted, Problem> {
+        let message = self.prepare(caller, &request)?;
+        let queue = message.properties.delivery_info.routing_key.clone();
+        if let Some(key) = &request.idempotency_key {
+            if key.is_empty() || key.len() > 200 {
+                return Err(invalid(
+                    "invalid-submission",
+                    "idempotency_key must be 1 to 200 characters",
+                ));
+            }
+            let held = self
+                .broker
+                .claim(
+                    &format!("quartet-idempotency-{queue}-{key}"),
+                    &message.headers.id,
+                    self.idempotency_window,
+                )
+                .await
+                .map_err(|e| unavailable(&e))?;
+            if let Some(id) = held {
+                return Ok(Submitted {
+                    id,
+                    queue,
+                    duplicate: true,
+                });
+            }
+        }
+        self.enqueue(&[&message]).await?;
+        Ok(Submitted {
+            id: message.headers.id,
+            queue,
+            duplicate: false,
+        })
+    }
+
+    /// Remembers each message's queue (for the read check) and publishes them.
+    async fn enqueue(&self, messages: &[&TaskMessage]) -> Result<(), Problem> {
+        self.remember_queues(messages).await?;
+        for message in messages {
+            self.broker
+                .publish(message)
+                .await
+                .map_err(|e| unavailable(&e))?;
+        }
+        if let Some(events) = &self.events {
+            let sent: Vec<(&str, serde_json::Map<String, Value>)> = messages
+                .iter()
+                .filter_map(|m| {
+                    let fields = serde_json::json!({
+                        "uuid": m.headers.id,
+                        "name": m.headers.task,
+                        "args": m.args.text(),
+                        "kwargs": m.kwargs.text(),
+                        "retries": m.headers.retries,
+                        "eta": m.headers.eta,
+                        "expires": m.headers.expires,
+                        "queue": m.properties.delivery_info.routing_key,
+                        "exchange": "",
+                        "routing_key": m.properties.delivery_info.routing_key,
+                        "root_id": m.headers.root_id,
+                        "parent_id": m.headers.parent_id,
+                    });
+                    fields.as_object().cloned().map(|f| ("task-sent", f))
+                })
+                .collect();
+            if let Err(e) = events.send(&sent).await {
+                tracing::debug!(error = %e, "could not send task-sent events");
+            }
+        }
+        Ok(())
+    }
+
+    async fn remember_queues(&self, messages: &[&TaskMessage]) -> Result<(), Problem> {
+        for message in messages {
+            self.broker
+                .remember(
+                    &queue_key(&message.headers.id),
+                    &message.properties.delivery_info.routing_key,
+                )
+                .await
+                .map_err(|e| unavailable(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Checks a submission and `caller`'s `task:submit:<queue>`, and builds its message.
+    fn prepare(&self, caller: &Claims, request: &Submit) -> Result<TaskMessage, Problem> {
         if request.name.trim().is_empty() {
             return Err(invalid("invalid-submission", "name is required"));
         }
@@ -265,43 +361,7 @@ impl Api {
             crate::worker::SENT_AT_HEADER.into(),
             Value::from(chrono::Utc::now().timestamp_millis().max(0) as u64),
         );
-        if let Some(key) = &request.idempotency_key {
-            if key.is_empty() || key.len() > 200 {
-                return Err(invalid(
-                    "invalid-submission",
-                    "idempotency_key must be 1 to 200 characters",
-                ));
-            }
-            let held = self
-                .broker
-                .claim(
-                    &format!("quartet-idempotency-{queue}-{key}"),
-                    &message.headers.id,
-                    self.idempotency_window,
-                )
-                .await
-                .map_err(|e| unavailable(&e))?;
-            if let Some(id) = held {
-                return Ok(Submitted {
-                    id,
-                    queue,
-                    duplicate: true,
-                });
-            }
-        }
-        self.broker
-            .remember(&queue_key(&message.headers.id), &queue)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        self.broker
-            .publish(&message)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        Ok(Submitted {
-            id: message.headers.id,
-            queue,
-            duplicate: false,
-        })
+        Ok(message)
     }
 }
 
@@ -355,10 +415,16 @@ impl Api {
         })
     }
 
-    /// Revokes a task for `caller`.
-    pub async fn revoke(&self, caller: &Claims, id: &str) -> Result<(), Problem> {
+    /// Revokes a task for `caller`: marked revoked for our workers and broadcast to every
+    /// worker as Celery's `revoke` command (so Celery's workers honour it too); `terminate`
+    /// also stops it where it already runs.
+    pub async fn revoke(&self, caller: &Claims, id: &str, terminate: bool) -> Result<(), Problem> {
         allow(self, caller, "revoke", id).await?;
-        self.broker.revoke(id).await.map_err(|e| unavailable(&e))
+        self.broker.revoke(id).await.map_err(|e| unavailable(&e))?;
+        self.broker
+            .broadcast_revoke(id, terminate)
+            .await
+            .map_err(|e| unavailable(&e))
     }
 
     /// A queue's statistics for `caller`.
@@ -373,7 +439,7 @@ impl Api {
 }
 
 /// Revokes a task: a worker that takes it records REVOKED instead of running it.
-#[utoipa::path(delete, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "Task id")),
+#[utoipa::path(delete, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "Task id"), Terminate),
     responses((status = 202, description = "Revoked"),
               (status = 401, description = "No valid token", body = Problem),
               (status = 403, description = "Lacks task:revoke:<queue>", body = Problem)),
@@ -382,8 +448,10 @@ async fn revoke(
     api: web::Data<Arc<Api>>,
     caller: Bearer,
     id: web::Path<String>,
+    how: web::Query<Terminate>,
 ) -> Result<HttpResponse, Problem> {
-    api.revoke(&caller.0, &id.into_inner()).await?;
+    api.revoke(&caller.0, &id.into_inner(), how.terminate)
+        .await?;
     Ok(HttpResponse::Accepted().finish())
 }
 
@@ -402,8 +470,506 @@ async fn queue_stats(
     Ok(HttpResponse::Ok().json(stats))
 }
 
+/// The most tasks one workflow submission may hold.
+pub const MAX_WORKFLOW_TASKS: usize = 1000;
+
+/// The tasks of a chain (run one after another, each getting the previous result as its
+/// first argument) or of a group (run independently).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TaskList {
+    /// The tasks, in order.
+    pub tasks: Vec<Submit>,
+}
+
+/// A chord: a group (the header) whose results, in header order, go to one more task (the
+/// body) as its first argument.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Chord {
+    /// The tasks that run independently.
+    pub header: Vec<Submit>,
+    /// The task that gets the list of their results.
+    pub body: Submit,
+}
+
+/// A submitted chain, group or chord.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkflowSubmitted {
+    /// Where the workflow's outcome is read: a chain's last task, a chord's body (via
+    /// `/v1/tasks/{id}`), or a group's id (via `/v1/groups/{id}`).
+    pub id: String,
+    /// The group id of a group or a chord's header.
+    pub group_id: Option<String>,
+    /// Every task's id, in the order given (a chord's body last).
+    pub task_ids: Vec<String>,
+}
+
+/// A group's progress and its tasks' states.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupStatus {
+    /// The group id.
+    pub group_id: String,
+    /// Tasks finished (SUCCESS, FAILURE or REVOKED).
+    pub completed: usize,
+    /// Tasks in the group.
+    pub total: usize,
+    /// Each task's state and result, in group order.
+    pub tasks: Vec<TaskStatus>,
+}
+
+fn finished(state: &str) -> bool {
+    matches!(state, "SUCCESS" | "FAILURE" | "REVOKED")
+}
+
+impl Api {
+    fn prepare_all(
+        &self,
+        caller: &Claims,
+        what: &str,
+        requests: &[Submit],
+    ) -> Result<Vec<TaskMessage>, Problem> {
+        if requests.is_empty() || requests.len() > MAX_WORKFLOW_TASKS {
+            return Err(invalid(
+                "invalid-workflow",
+                format!(
+                    "a {what} takes 1 to {MAX_WORKFLOW_TASKS} tasks, not {}",
+                    requests.len()
+                ),
+            ));
+        }
+        requests
+            .iter()
+            .enumerate()
+            .map(|(i, request)| {
+                if request.idempotency_key.is_some() {
+                    return Err(invalid(
+                        "invalid-workflow",
+                        format!(
+                            "task {i} of the {what}: idempotency_key applies to single tasks only"
+                        ),
+                    ));
+                }
+                self.prepare(caller, request).map_err(|mut p| {
+                    p.detail = format!("task {i} of the {what}: {}", p.detail);
+                    p
+                })
+            })
+            .collect()
+    }
+
+    /// Submits a chain for `caller`: the first task is published with the others inside it
+    /// (Celery's `embed.chain`); each worker publishes the next step with its result.
+    pub async fn chain(
+        &self,
+        caller: &Claims,
+        request: TaskList,
+    ) -> Result<WorkflowSubmitted, Problem> {
+        let mut messages = self.prepare_all(caller, "chain", &request.tasks)?;
+        for (i, step) in request.tasks.iter().enumerate().skip(1) {
+            if step.eta.is_some() || step.expires.is_some() {
+                return Err(invalid(
+                    "invalid-workflow",
+                    format!(
+                        "task {i} of the chain: eta and expires apply to a chain's first task; later ones take countdown"
+                    ),
+                ));
+            }
+        }
+        let task_ids: Vec<String> = messages.iter().map(|m| m.headers.id.clone()).collect();
+        crate::canvas::make_chain(&mut messages);
+        // A later step's countdown counts from when the step before it finishes.
+        let countdowns = request.tasks.iter().skip(1).rev().map(|t| t.countdown);
+        if let Some(steps) = messages[0].embed.chain.as_mut() {
+            for (signature, countdown) in steps.iter_mut().zip(countdowns) {
+                if let Some(countdown) = countdown {
+                    signature["options"]["countdown"] = countdown.into();
+                }
+            }
+        }
+        let all: Vec<&TaskMessage> = messages.iter().collect();
+        self.remember_queues(&all).await?;
+        self.enqueue(&all[..1]).await?;
+        Ok(WorkflowSubmitted {
+            id: task_ids.last().cloned().unwrap_or_default(),
+            group_id: None,
+            task_ids,
+        })
+    }
+
+    /// Submits a group for `caller`: every task at once, sharing a group id whose members are
+    /// saved where `GroupResult.restore` finds them.
+    pub async fn group(
+        &self,
+        caller: &Claims,
+        request: TaskList,
+    ) -> Result<WorkflowSubmitted, Problem> {
+        let mut messages = self.prepare_all(caller, "group", &request.tasks)?;
+        let group_id = crate::celery::uuid4();
+        crate::canvas::join_group(&mut messages, &group_id);
+        let task_ids: Vec<String> = messages.iter().map(|m| m.headers.id.clone()).collect();
+        self.broker
+            .save_group(&group_id, &task_ids)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        self.enqueue(&messages.iter().collect::<Vec<_>>()).await?;
+        Ok(WorkflowSubmitted {
+            id: group_id.clone(),
+            group_id: Some(group_id),
+            task_ids,
+        })
+    }
+
+    /// Submits a chord for `caller`: the header as a group whose messages carry the body;
+    /// the part that completes the header publishes the body (Celery's Redis counting, so
+    /// the header may run on our workers, Celery's or both).
+    pub async fn chord(
+        &self,
+        caller: &Claims,
+        request: Chord,
+    ) -> Result<WorkflowSubmitted, Problem> {
+        let mut header = self.prepare_all(caller, "chord header", &request.header)?;
+        let body = self.prepare_all(caller, "chord body", std::slice::from_ref(&request.body))?;
+        let body = &body[0];
+        if request.body.eta.is_some() || request.body.expires.is_some() {
+            return Err(invalid(
+                "invalid-workflow",
+                "the chord body takes countdown, not eta or expires",
+            ));
+        }
+        let group_id = crate::celery::uuid4();
+        let mut signature = body.signature();
+        if let Some(countdown) = request.body.countdown {
+            signature["options"]["countdown"] = countdown.into();
+        }
+        crate::canvas::make_chord(&mut header, signature, &group_id);
+        let header_ids: Vec<String> = header.iter().map(|m| m.headers.id.clone()).collect();
+        self.broker
+            .start_chord(&group_id, header.len())
+            .await
+            .map_err(|e| unavailable(&e))?;
+        self.broker
+            .save_group(&group_id, &header_ids)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        self.remember_queues(&[body]).await?;
+        self.enqueue(&header.iter().collect::<Vec<_>>()).await?;
+        let mut task_ids = header_ids;
+        task_ids.push(body.headers.id.clone());
+        Ok(WorkflowSubmitted {
+            id: body.headers.id.clone(),
+            group_id: Some(group_id),
+            task_ids,
+        })
+    }
+
+    /// A group's progress for `caller` (`task:read` on each task's queue), waiting up to
+    /// `wait` seconds (≤ 60) for every task to finish.
+    pub async fn group_status(
+        &self,
+        caller: &Claims,
+        group_id: &str,
+        wait: f64,
+    ) -> Result<GroupStatus, Problem> {
+        let ids = self
+            .broker
+            .group(group_id)
+            .await
+            .map_err(|e| unavailable(&e))?
+            .ok_or_else(|| {
+                Problem::new(
+                    ErrorKind::NotFound,
+                    "unknown-group",
+                    format!("no group {group_id:?} (never saved, or expired with its results)"),
+                )
+            })?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait.clamp(0.0, 60.0));
+        let mut tasks = Vec::with_capacity(ids.len());
+        for id in ids {
+            let left = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .as_secs_f64();
+            tasks.push(self.status(caller, id, left).await?);
+        }
+        Ok(GroupStatus {
+            group_id: group_id.to_owned(),
+            completed: tasks.iter().filter(|t| finished(&t.state)).count(),
+            total: tasks.len(),
+            tasks,
+        })
+    }
+}
+
+async fn read_workflow<T: serde::de::DeserializeOwned>(
+    api: &Api,
+    body: &web::Bytes,
+    what: &str,
+) -> Result<T, Problem> {
+    api.check_size(body.len())?;
+    serde_json::from_slice(body)
+        .map_err(|e| invalid("invalid-workflow", format!("the body is not a {what}: {e}")))
+}
+
+/// Submits a chain: each task gets the previous one's result as its first argument.
+#[utoipa::path(post, path = "/v1/chains", tag = "workflows", request_body = TaskList,
+    responses((status = 202, description = "Queued; `id` is the last task's", body = WorkflowSubmitted),
+              (status = 400, description = "Invalid or oversized submission", body = Problem),
+              (status = 403, description = "Lacks task:submit:<queue> for a task's queue", body = Problem)),
+    security(("bearer" = [])))]
+async fn submit_chain(
+    api: web::Data<Arc<Api>>,
+    caller: Bearer,
+    body: web::Bytes,
+) -> Result<HttpResponse, Problem> {
+    let request = read_workflow(&api, &body, "chain {tasks: [...]}").await?;
+    Ok(HttpResponse::Accepted().json(api.chain(&caller.0, request).await?))
+}
+
+/// Submits a group: the tasks run independently; their progress is read as a group.
+#[utoipa::path(post, path = "/v1/groups", tag = "workflows", request_body = TaskList,
+    responses((status = 202, description = "Queued; `id` is the group's", body = WorkflowSubmitted),
+              (status = 400, description = "Invalid or oversized submission", body = Problem),
+              (status = 403, description = "Lacks task:submit:<queue> for a task's queue", body = Problem)),
+    security(("bearer" = [])))]
+async fn submit_group(
+    api: web::Data<Arc<Api>>,
+    caller: Bearer,
+    body: web::Bytes,
+) -> Result<HttpResponse, Problem> {
+    let request = read_workflow(&api, &body, "group {tasks: [...]}").await?;
+    Ok(HttpResponse::Accepted().json(api.group(&caller.0, request).await?))
+}
+
+/// Submits a chord: the header's results, in order, go to the body.
+#[utoipa::path(post, path = "/v1/chords", tag = "workflows", request_body = Chord,
+    responses((status = 202, description = "Queued; `id` is the body's", body = WorkflowSubmitted),
+              (status = 400, description = "Invalid or oversized submission", body = Problem),
+              (status = 403, description = "Lacks task:submit:<queue> for a task's queue", body = Problem)),
+    security(("bearer" = [])))]
+async fn submit_chord(
+    api: web::Data<Arc<Api>>,
+    caller: Bearer,
+    body: web::Bytes,
+) -> Result<HttpResponse, Problem> {
+    let request = read_workflow(&api, &body, "chord {header: [...], body: {...}}").await?;
+    Ok(HttpResponse::Accepted().json(api.chord(&caller.0, request).await?))
+}
+
+/// A group's progress and its tasks' results.
+#[utoipa::path(get, path = "/v1/groups/{id}", tag = "workflows", params(("id" = String, Path, description = "Group id"), Wait),
+    responses((status = 200, description = "Progress and results", body = GroupStatus),
+              (status = 403, description = "Lacks task:read:<queue> for a task's queue", body = Problem),
+              (status = 404, description = "No such group", body = Problem)),
+    security(("bearer" = [])))]
+async fn group_status(
+    api: web::Data<Arc<Api>>,
+    caller: Bearer,
+    id: web::Path<String>,
+    wait: web::Query<Wait>,
+) -> Result<HttpResponse, Problem> {
+    let status = api.group_status(&caller.0, &id, wait.wait).await?;
+    Ok(HttpResponse::Ok().json(status))
+}
+
+/// The schedules a caller may see, and which replica fires them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Schedules {
+    /// The replica holding the scheduler lease, if one leads.
+    pub scheduler: Option<String>,
+    /// The schedules on queues the caller holds `task:schedule:<queue>` for.
+    pub schedules: Vec<crate::schedule::ScheduleState>,
+}
+
+fn no_schedule(name: &str) -> Problem {
+    Problem::new(
+        ErrorKind::NotFound,
+        "unknown-schedule",
+        format!("no schedule named {name:?}"),
+    )
+}
+
+impl Api {
+    fn schedule_queue(&self, schedule: &crate::schedule::Schedule) -> String {
+        schedule
+            .queue
+            .clone()
+            .unwrap_or_else(|| self.default_queue.clone())
+    }
+
+    /// Creates or replaces schedule `name` for `caller` (`task:schedule:<queue>`).
+    pub async fn put_schedule(
+        &self,
+        caller: &Claims,
+        name: &str,
+        mut schedule: crate::schedule::Schedule,
+    ) -> Result<crate::schedule::ScheduleState, Problem> {
+        if !crate::schedule::valid_name(name) {
+            return Err(invalid(
+                "invalid-schedule",
+                format!(
+                    "schedule name {name:?}: use 1 to 200 letters, digits, '.', '_', '-' or ':'"
+                ),
+            ));
+        }
+        schedule
+            .validate()
+            .map_err(|e| invalid("invalid-schedule", format!("schedule {name:?}: {e}")))?;
+        let queue = self.schedule_queue(&schedule);
+        if queue.is_empty() || queue.contains(crate::celery::PRIORITY_SEP) {
+            return Err(invalid(
+                "invalid-schedule",
+                format!("invalid queue name {queue:?}"),
+            ));
+        }
+        require(caller, &format!("task:schedule:{queue}"))?;
+        // Replacing a schedule on another queue needs that queue's permission too.
+        if let Some(old) = self.find_schedule(name).await? {
+            require(
+                caller,
+                &format!("task:schedule:{}", self.schedule_queue(&old.schedule)),
+            )?;
+        }
+        schedule.queue = Some(queue);
+        self.broker
+            .put_schedule(name, &schedule)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        self.find_schedule(name)
+            .await?
+            .ok_or_else(|| no_schedule(name))
+    }
+
+    async fn find_schedule(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::schedule::ScheduleState>, Problem> {
+        Ok(self
+            .broker
+            .schedules()
+            .await
+            .map_err(|e| unavailable(&e))?
+            .into_iter()
+            .find(|s| s.name == name))
+    }
+
+    /// The schedules `caller` may see.
+    pub async fn schedules(&self, caller: &Claims) -> Result<Schedules, Problem> {
+        let all = self.broker.schedules().await.map_err(|e| unavailable(&e))?;
+        let schedules = all
+            .into_iter()
+            .filter(|s| {
+                require(
+                    caller,
+                    &format!("task:schedule:{}", self.schedule_queue(&s.schedule)),
+                )
+                .is_ok()
+            })
+            .collect();
+        Ok(Schedules {
+            scheduler: self.broker.scheduler().await.map_err(|e| unavailable(&e))?,
+            schedules,
+        })
+    }
+
+    /// One schedule for `caller`.
+    pub async fn schedule(
+        &self,
+        caller: &Claims,
+        name: &str,
+    ) -> Result<crate::schedule::ScheduleState, Problem> {
+        let found = self
+            .find_schedule(name)
+            .await?
+            .ok_or_else(|| no_schedule(name))?;
+        require(
+            caller,
+            &format!("task:schedule:{}", self.schedule_queue(&found.schedule)),
+        )?;
+        Ok(found)
+    }
+
+    /// Removes a schedule for `caller`.
+    pub async fn delete_schedule(&self, caller: &Claims, name: &str) -> Result<(), Problem> {
+        self.schedule(caller, name).await?;
+        self.broker
+            .delete_schedule(name)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(())
+    }
+}
+
+/// Creates or replaces a periodic schedule.
+#[utoipa::path(put, path = "/v1/schedules/{name}", tag = "schedules", params(("name" = String, Path, description = "Schedule name")),
+    request_body = crate::schedule::Schedule,
+    responses((status = 200, description = "The schedule and when it fires next", body = crate::schedule::ScheduleState),
+              (status = 400, description = "Invalid schedule", body = Problem),
+              (status = 403, description = "Lacks task:schedule:<queue>", body = Problem)),
+    security(("bearer" = [])))]
+async fn put_schedule(
+    api: web::Data<Arc<Api>>,
+    caller: Bearer,
+    name: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, Problem> {
+    api.check_size(body.len())?;
+    let schedule = serde_json::from_slice(&body).map_err(|e| {
+        invalid(
+            "invalid-schedule",
+            format!("the body is not a schedule {{task, args, kwargs, queue, cron | every}}: {e}"),
+        )
+    })?;
+    Ok(HttpResponse::Ok().json(api.put_schedule(&caller.0, &name, schedule).await?))
+}
+
+/// The schedules, and which replica fires them.
+#[utoipa::path(get, path = "/v1/schedules", tag = "schedules",
+    responses((status = 200, description = "Schedules on queues the caller may schedule on", body = Schedules)),
+    security(("bearer" = [])))]
+async fn list_schedules(api: web::Data<Arc<Api>>, caller: Bearer) -> Result<HttpResponse, Problem> {
+    Ok(HttpResponse::Ok().json(api.schedules(&caller.0).await?))
+}
+
+/// One schedule and its state.
+#[utoipa::path(get, path = "/v1/schedules/{name}", tag = "schedules", params(("name" = String, Path, description = "Schedule name")),
+    responses((status = 200, description = "The schedule", body = crate::schedule::ScheduleState),
+              (status = 404, description = "No such schedule", body = Problem)),
+    security(("bearer" = [])))]
+async fn get_schedule(
+    api: web::Data<Arc<Api>>,
+    caller: Bearer,
+    name: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    Ok(HttpResponse::Ok().json(api.schedule(&caller.0, &name).await?))
+}
+
+/// Removes a schedule.
+#[utoipa::path(delete, path = "/v1/schedules/{name}", tag = "schedules", params(("name" = String, Path, description = "Schedule name")),
+    responses((status = 204, description = "Removed"),
+              (status = 404, description = "No such schedule", body = Problem)),
+    security(("bearer" = [])))]
+async fn delete_schedule(
+    api: web::Data<Arc<Api>>,
+    caller: Bearer,
+    name: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    api.delete_schedule(&caller.0, &name).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
 #[derive(OpenApi)]
-#[openapi(paths(submit, status, revoke, queue_stats))]
+#[openapi(paths(
+    submit,
+    status,
+    revoke,
+    queue_stats,
+    submit_chain,
+    submit_group,
+    submit_chord,
+    group_status,
+    put_schedule,
+    list_schedules,
+    get_schedule,
+    delete_schedule
+))]
 struct Doc;
 
 /// The REST routes and their OpenAPI document.
@@ -417,7 +983,15 @@ pub fn rest(api: Arc<Api>) -> quartet_kit::RestApi {
                 .route("/v1/tasks", web::post().to(submit))
                 .route("/v1/tasks/{id}", web::get().to(status))
                 .route("/v1/tasks/{id}", web::delete().to(revoke))
-                .route("/v1/queues/{queue}", web::get().to(queue_stats));
+                .route("/v1/queues/{queue}", web::get().to(queue_stats))
+                .route("/v1/chains", web::post().to(submit_chain))
+                .route("/v1/groups", web::post().to(submit_group))
+                .route("/v1/groups/{id}", web::get().to(group_status))
+                .route("/v1/chords", web::post().to(submit_chord))
+                .route("/v1/schedules", web::get().to(list_schedules))
+                .route("/v1/schedules/{name}", web::put().to(put_schedule))
+                .route("/v1/schedules/{name}", web::get().to(get_schedule))
+                .route("/v1/schedules/{name}", web::delete().to(delete_schedule));
         },
         Doc::openapi(),
     )

@@ -65,7 +65,7 @@ pub fn iso_millis(iso: &str) -> Option<u64> {
         .map(|t| t.timestamp_millis().max(0) as u64)
 }
 
-fn now_millis() -> u64 {
+pub(crate) fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -128,7 +128,7 @@ pub struct Delivery {
 
 /// A connection made on first use and made again after it breaks, so the gateway starts
 /// (and says it is not ready) while Redis is down, and recovers when it returns.
-struct Lazy {
+pub(crate) struct Lazy {
     client: redis::Client,
     conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
 }
@@ -141,7 +141,7 @@ impl Lazy {
         }
     }
 
-    async fn get(&self) -> Result<MultiplexedConnection, redis::RedisError> {
+    pub(crate) async fn get(&self) -> Result<MultiplexedConnection, redis::RedisError> {
         let mut cached = self.conn.lock().await;
         if let Some(conn) = cached.as_ref() {
             return Ok(conn.clone());
@@ -152,7 +152,7 @@ impl Lazy {
     }
 
     /// Forgets a connection that failed, so the next use connects again.
-    async fn check<T>(&self, result: redis::RedisResult<T>) -> Result<T, BrokerError> {
+    pub(crate) async fn check<T>(&self, result: redis::RedisResult<T>) -> Result<T, BrokerError> {
         if let Err(e) = &result
             && (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal())
         {
@@ -166,9 +166,9 @@ impl Lazy {
 #[derive(Clone)]
 pub struct Broker {
     client: redis::Client,
-    broker: std::sync::Arc<Lazy>,
+    pub(crate) broker: std::sync::Arc<Lazy>,
     results: redis::Client,
-    results_conn: std::sync::Arc<Lazy>,
+    pub(crate) results_conn: std::sync::Arc<Lazy>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -197,6 +197,16 @@ impl Broker {
             client,
             results,
         })
+    }
+
+    /// The broker database's number (kombu's PUB/SUB channels are prefixed with it).
+    pub fn db(&self) -> i64 {
+        self.client.get_connection_info().redis_settings().db()
+    }
+
+    /// A PUB/SUB connection to the broker database.
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, BrokerError> {
+        Ok(self.client.get_async_pubsub().await?)
     }
 
     /// Whether both databases answer, for readiness.
@@ -557,16 +567,21 @@ impl Broker {
                 let Ok(raw) = message.get_payload::<String>() else {
                     continue;
                 };
-                if let Ok(meta) = serde_json::from_str::<ResultMeta>(&raw)
-                    && finished(&meta)
-                {
-                    return Some(meta);
+                match serde_json::from_str::<ResultMeta>(&raw) {
+                    Ok(meta) if finished(&meta) => return Some(Ok(meta)),
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Some(Err(BrokerError::Result {
+                            task_id: task_id.to_owned(),
+                            reason: e.to_string(),
+                        }));
+                    }
                 }
             }
             None
         })
         .await;
-        Ok(waited.ok().flatten())
+        waited.ok().flatten().transpose()
     }
 }
 

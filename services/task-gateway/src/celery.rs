@@ -321,6 +321,41 @@ impl TaskMessage {
         serde_json::to_string(&envelope).expect("the envelope serializes")
     }
 
+    /// Gives the task the id `id` (as a signature's preset `options.task_id` does).
+    pub fn set_id(&mut self, id: &str) {
+        self.headers.id = id.to_owned();
+        self.properties.correlation_id = id.to_owned();
+        self.headers.root_id = Some(id.to_owned());
+    }
+
+    /// The message as a Celery signature `{task, args, kwargs, options, subtask_type,
+    /// immutable}`, the form chain steps and chord bodies travel in: its id, queue,
+    /// priority and time limits go into `options`.
+    pub fn signature(&self) -> Value {
+        let mut options = Map::new();
+        options.insert("task_id".into(), self.headers.id.clone().into());
+        options.insert(
+            "queue".into(),
+            self.properties.delivery_info.routing_key.clone().into(),
+        );
+        options.insert("priority".into(), self.properties.priority.into());
+        let (hard, soft) = self.headers.timelimit;
+        if let Some(hard) = hard {
+            options.insert("time_limit".into(), hard.into());
+        }
+        if let Some(soft) = soft {
+            options.insert("soft_time_limit".into(), soft.into());
+        }
+        serde_json::json!({
+            "task": self.headers.task,
+            "args": self.args.value(),
+            "kwargs": self.kwargs.value(),
+            "options": options,
+            "subtask_type": null,
+            "immutable": false,
+        })
+    }
+
     /// The Redis list this message goes to.
     pub fn list(&self) -> String {
         queue_list(
@@ -443,8 +478,9 @@ pub struct ResultMeta {
     /// The formatted traceback of a failure.
     #[serde(default)]
     pub traceback: Option<String>,
-    /// Tasks this one started, each `[[id, null], null]`.
-    #[serde(default)]
+    /// Tasks this one started, each `[[id, null], null]` (Celery writes null for a task it
+    /// revoked before running).
+    #[serde(default, deserialize_with = "nullable")]
     pub children: Vec<Value>,
     /// When it finished, ISO-8601 UTC; null while retrying.
     #[serde(default)]
@@ -681,5 +717,15 @@ mod tests {
                 assert_eq!(ours, theirs, "{file}: the same record, field for field");
             }
         }
+    }
+
+    #[test]
+    fn a_record_of_a_task_celery_revoked_before_running_reads() {
+        // Celery 5.7 writes `children: null` when its worker revokes a task it held (found by
+        // the revocation interop test).
+        let raw = r#"{"status": "REVOKED", "result": {"exc_type": "TaskRevokedError", "exc_message": ["revoked"], "exc_module": "celery.exceptions"}, "traceback": null, "children": null, "date_done": "2026-11-27T16:40:00.000000+00:00", "task_id": "x"}"#;
+        let meta: ResultMeta = serde_json::from_str(raw).expect("a Celery record");
+        assert_eq!(meta.status, State::Revoked);
+        assert!(meta.children.is_empty());
     }
 }

@@ -1,16 +1,21 @@
 //! `quartet-task-gateway`: Celery-compatible task broker-gateway.
 //!
-//! Built so far: the server's shell every Quartet service shares through `quartet-kit`, and
-//! [`celery`], Celery's message protocol v2 and result records as the real Celery writes
-//! them. The gateway API, the Redis broker and the worker library arrive with issue 5.
+//! [`celery`] is Celery's message protocol v2 and result records as the real Celery writes
+//! them; [`broker`] its Redis layout (queues, `unacked`, leases, delayed tasks, results);
+//! [`canvas`] chains, groups and chords; [`events`] Celery's events and remote-control
+//! revokes; [`schedule`] periodic schedules with one leading scheduler; [`worker`] the Rust
+//! worker library; [`api`] and [`grpc`] the gateway's REST and gRPC API.
 //!
 //! Layout rule: the domain apart from the transports (gRPC, REST, Celery over Redis) and the
 //! storage, so each can be tested alone.
 
 pub mod api;
 pub mod broker;
+pub mod canvas;
 pub mod celery;
+pub mod events;
 pub mod grpc;
+pub mod schedule;
 pub mod worker;
 
 use quartet_kit::app::{Context, ServiceConfig};
@@ -53,6 +58,10 @@ pub struct TaskSettings {
     pub max_payload_bytes: usize,
     /// Seconds an idempotency key dedupes submissions on its queue.
     pub idempotency_seconds: u64,
+    /// Send Celery's `task-sent` event for each submission (Celery's `task_send_sent_event`).
+    pub sent_events: bool,
+    /// Run the periodic scheduler in this replica: every replica may, one at a time fires (a lease in Redis).
+    pub scheduler: bool,
 }
 
 impl Default for TaskSettings {
@@ -61,6 +70,8 @@ impl Default for TaskSettings {
             default_queue: "celery".into(),
             max_payload_bytes: 1 << 20,
             idempotency_seconds: 86_400,
+            sent_events: false,
+            scheduler: true,
         }
     }
 }
@@ -81,6 +92,8 @@ pub struct WorkerSettings {
     pub max_retries: u32,
     /// Tasks run by calling HTTP endpoints, `task=url` comma-separated: the worker POSTs `{"task", "args", "kwargs"}` and takes `{"result": …}` back.
     pub webhooks: String,
+    /// Send Celery's task events (received, started, succeeded, failed, retried, revoked), as Celery's `-E`; worker heartbeats are sent either way.
+    pub task_events: bool,
 }
 
 impl Default for WorkerSettings {
@@ -92,6 +105,7 @@ impl Default for WorkerSettings {
             lease_seconds: 15,
             max_retries: worker::DEFAULT_MAX_RETRIES,
             webhooks: String::new(),
+            task_events: false,
         }
     }
 }
@@ -167,8 +181,12 @@ pub fn builtin_worker(worker: worker::Worker) -> worker::Worker {
                 .ok_or_else(|| {
                     TaskError::new("ValueError", "quartet.sleep takes 0 to 3600 seconds")
                 })?;
-            tokio::time::sleep(std::time::Duration::from_secs_f64(seconds)).await;
-            Ok(Value::from(seconds))
+            // Stops early, as a well-behaved long task does, when its soft time limit passes.
+            let soft_limit = worker::context().map(|c| c.soft_limit).unwrap_or_default();
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs_f64(seconds)) => Ok(Value::from(seconds)),
+                () = soft_limit.cancelled() => Err(TaskError::new("SoftTimeLimitExceeded", "SoftTimeLimitExceeded()")),
+            }
         })
 }
 
@@ -196,7 +214,8 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         let mut worker = builtin_worker(
             worker::Worker::new(broker.clone(), &queues, config.worker.concurrency)
                 .lease(std::time::Duration::from_secs(config.worker.lease_seconds))
-                .max_retries(config.worker.max_retries),
+                .max_retries(config.worker.max_retries)
+                .task_events(config.worker.task_events),
         );
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(300))
@@ -212,7 +231,22 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         tracing::info!(queues = ?queues, tasks = ?worker.tasks(), worker = %worker.id(), "built-in worker running");
         ctx.shutdown.spawn(worker.run(ctx.shutdown.token()));
     }
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    let identity = format!(
+        "quartet-gateway-{}@{host}-{}",
+        std::process::id(),
+        &celery::uuid4()[..8]
+    );
+    if config.tasks.scheduler {
+        let scheduler =
+            schedule::Scheduler::new(broker.clone(), &identity, &config.tasks.default_queue);
+        ctx.shutdown.spawn(scheduler.run(ctx.shutdown.token()));
+    }
     let api = std::sync::Arc::new(api::Api {
+        events: config
+            .tasks
+            .sent_events
+            .then(|| std::sync::Arc::new(events::Events::new(broker.clone(), &identity))),
         broker,
         default_queue: config.tasks.default_queue.clone(),
         max_payload_bytes: config.tasks.max_payload_bytes,

@@ -37,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::broker::{Broker, BrokerError, Consumer, Delivery};
-use crate::celery::{ResultMeta, State, exception};
+use crate::canvas::chain_step;
+use crate::celery::{ResultMeta, State, TaskMessage, exception};
 
 /// The list where unusable messages go, each wrapped with the reason and the time.
 pub const QUARANTINE: &str = "quartet.quarantine";
@@ -76,41 +77,6 @@ impl TaskError {
 /// The list where a queue's tasks go when their retry budget is spent: `quartet.dead.<queue>`.
 pub fn dead_letters(queue: &str) -> String {
     format!("quartet.dead.{queue}")
-}
-
-/// The message for a chain step: a Celery signature `{task, args, kwargs, options,
-/// immutable}` called with `previous` prepended to its arguments (unless immutable).
-pub fn chain_step(
-    signature: &Value,
-    previous: &Value,
-    default_queue: &str,
-) -> Option<crate::celery::TaskMessage> {
-    use crate::celery::{RawJson, TaskMessage};
-    let task = signature["task"].as_str()?;
-    let mut args: Vec<Value> = signature["args"].as_array().cloned().unwrap_or_default();
-    if !signature["immutable"].as_bool().unwrap_or(false) {
-        args.insert(0, previous.clone());
-    }
-    let kwargs = match &signature["kwargs"] {
-        Value::Object(map) => Value::Object(map.clone()),
-        _ => Value::Object(serde_json::Map::new()),
-    };
-    let options = &signature["options"];
-    let queue = options["queue"].as_str().unwrap_or(default_queue);
-    let priority = options["priority"].as_u64().unwrap_or(0) as u32;
-    let mut message = TaskMessage::new(
-        task,
-        RawJson::parse(&Value::Array(args).to_string()).ok()?,
-        RawJson::parse(&kwargs.to_string()).ok()?,
-        queue,
-        priority,
-    );
-    if let Some(id) = options["task_id"].as_str() {
-        message.headers.id = id.to_owned();
-        message.properties.correlation_id = id.to_owned();
-        message.headers.root_id = Some(id.to_owned());
-    }
-    Some(message)
 }
 
 /// Parses `task=url` pairs, comma-separated (the `worker.webhooks` setting).
@@ -200,6 +166,52 @@ pub struct Worker {
     max_retries: u32,
     /// Prometheus instruments, when registered.
     metrics: Option<Metrics>,
+    /// This worker's Celery events (worker heartbeats always; task events when on).
+    events: Arc<crate::events::Events>,
+    /// Whether task events are sent (Celery's `-E`).
+    task_events: bool,
+    /// Tasks finished, for the heartbeat's `processed`.
+    processed: Arc<std::sync::atomic::AtomicU64>,
+    /// The running tasks' terminate switches, by task id (a `revoke` with `terminate`).
+    running: Arc<std::sync::Mutex<HashMap<String, CancellationToken>>>,
+}
+
+/// What a running handler may know about its task: [`context`] returns it inside a handler.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    /// The task id.
+    pub id: String,
+    /// How many times it was retried before this run.
+    pub retries: u32,
+    /// Cancelled when the task's soft time limit passes: a handler that selects on it can
+    /// stop cleanly (and fail with `SoftTimeLimitExceeded`, as Celery's tasks do) before the
+    /// hard limit drops it.
+    pub soft_limit: CancellationToken,
+}
+
+tokio::task_local! {
+    static CONTEXT: TaskContext;
+}
+
+/// The running task's context, inside a handler (None elsewhere).
+pub fn context() -> Option<TaskContext> {
+    CONTEXT.try_with(Clone::clone).ok()
+}
+
+fn fields(value: Value) -> serde_json::Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// An exception record as Python's repr writes it, e.g. `ValueError('boom')`.
+fn describe(error: &Value) -> String {
+    format!(
+        "{}('{}')",
+        error["exc_type"].as_str().unwrap_or("Exception"),
+        error["exc_message"][0].as_str().unwrap_or("")
+    )
 }
 
 /// The worker's Prometheus instruments.
@@ -232,21 +244,89 @@ impl Worker {
     pub fn new(broker: Broker, queues: &[&str], concurrency: usize) -> Self {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
         let nonce = crate::celery::uuid4();
+        let id = format!(
+            "quartet-worker-{}@{host}-{}",
+            std::process::id(),
+            &nonce[..8]
+        );
         Self {
-            broker,
-            queues: queues.iter().map(|q| (*q).to_owned()).collect(),
             concurrency: concurrency.max(1),
             handlers: HashMap::new(),
-            id: format!(
-                "quartet-worker-{}@{host}-{}",
-                std::process::id(),
-                &nonce[..8]
-            ),
             lease: DEFAULT_LEASE,
             in_hand: Arc::default(),
             max_retries: DEFAULT_MAX_RETRIES,
             metrics: None,
+            events: Arc::new(crate::events::Events::new(broker.clone(), &id)),
+            task_events: false,
+            processed: Arc::default(),
+            running: Arc::default(),
+            broker,
+            queues: queues.iter().map(|q| (*q).to_owned()).collect(),
+            id,
         }
+    }
+
+    /// Sends Celery's task events (`task-received`, `-started`, `-succeeded`, `-failed`,
+    /// `-retried`, `-revoked`), as Celery's `-E` does; worker heartbeats are sent either way.
+    pub fn task_events(mut self, on: bool) -> Self {
+        self.task_events = on;
+        self
+    }
+
+    async fn emit(&self, events: &[(&str, serde_json::Map<String, Value>)]) {
+        if let Err(e) = self.events.send(events).await {
+            tracing::debug!(error = %e, "could not send events");
+        }
+    }
+
+    /// Says the worker is online, then every [`crate::events::HEARTBEAT_SECONDS`] that it is
+    /// alive, until `stop`; then that it went offline.
+    async fn announce(&self, stop: CancellationToken) {
+        let state = |worker: &Self| {
+            crate::events::worker_fields(
+                worker
+                    .in_hand
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .len(),
+                worker.processed.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        };
+        self.emit(&[("worker-online", state(self))]).await;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_secs_f64(crate::events::HEARTBEAT_SECONDS)) => {}
+            }
+            self.emit(&[("worker-heartbeat", state(self))]).await;
+        }
+        self.emit(&[("worker-offline", state(self))]).await;
+    }
+
+    /// Honours `revoke` broadcasts (from the gateway or from Celery's `app.control.revoke`):
+    /// the task is marked revoked for every worker, and stopped here if it runs here and the
+    /// revoke says `terminate`.
+    async fn follow_revocations(&self, stop: CancellationToken) {
+        let (broker, running) = (self.broker.clone(), self.running.clone());
+        self.broker
+            .follow_revocations(stop, move |id, terminate| {
+                let broker = broker.clone();
+                let marker = id.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = broker.revoke(&marker).await {
+                        tracing::warn!(id = %marker, error = %e, "could not record a broadcast revoke");
+                    }
+                });
+                if terminate
+                    && let Some(switch) = running
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&id)
+                {
+                    switch.cancel();
+                }
+            })
+            .await;
     }
 
     /// Records metrics in `registry`: tasks finished by task and state, run time, wait from
@@ -345,6 +425,14 @@ impl Worker {
             consumers.push(tokio::spawn(async move { worker.consume(stop).await }));
         }
         tokio::spawn(self.broker.clone().housekeeping(stop.clone()));
+        let announcer = {
+            let (worker, stop) = (self.clone(), stop.clone());
+            tokio::spawn(async move { worker.announce(stop).await })
+        };
+        let follower = {
+            let (worker, stop) = (self.clone(), stop.clone());
+            tokio::spawn(async move { worker.follow_revocations(stop).await })
+        };
         let leases = CancellationToken::new();
         let keeper = {
             let worker = self.clone();
@@ -357,6 +445,8 @@ impl Worker {
         // Renewal goes on until the last task in hand is done.
         leases.cancel();
         let _ = keeper.await;
+        let _ = follower.await;
+        let _ = announcer.await;
     }
 
     /// The heartbeat: renews the leases of the messages in hand (putting back expired leases
@@ -470,11 +560,7 @@ impl Worker {
         done
     }
 
-    async fn finish(
-        &self,
-        conn: &mut Consumer,
-        message: crate::celery::TaskMessage,
-    ) -> Result<(), BrokerError> {
+    async fn finish(&self, conn: &mut Consumer, message: TaskMessage) -> Result<(), BrokerError> {
         let id = message.headers.id.clone();
         let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
         // Not due yet (a Celery client's countdown): back to Redis until it is, not held here.
@@ -503,11 +589,26 @@ impl Worker {
                 exception("TaskRevokedError", why, "celery.exceptions"),
                 None,
             );
-            self.broker.store_result(&meta).await?;
-            self.count(&message.headers.task, State::Revoked);
+            self.settle(&message, meta).await?;
             return conn.ack(&message.properties.delivery_tag).await;
         }
         tracing::info!(task = %message.headers.task, id = %id, worker = %self.id, redelivered = message.properties.delivery_info.redelivered.unwrap_or(false), "task started");
+        if self.task_events {
+            let received = fields(serde_json::json!({
+                "uuid": id,
+                "name": message.headers.task,
+                "args": message.headers.argsrepr.clone().unwrap_or_else(|| message.args.text().to_owned()),
+                "kwargs": message.headers.kwargsrepr.clone().unwrap_or_else(|| message.kwargs.text().to_owned()),
+                "root_id": message.headers.root_id,
+                "parent_id": message.headers.parent_id,
+                "retries": message.headers.retries,
+                "eta": message.headers.eta,
+                "expires": message.headers.expires,
+            }));
+            let started = fields(serde_json::json!({"uuid": id, "pid": std::process::id()}));
+            self.emit(&[("task-received", received), ("task-started", started)])
+                .await;
+        }
         if let (Some(m), Some(sent)) = (
             &self.metrics,
             message
@@ -551,36 +652,72 @@ impl Worker {
                     &span,
                     &quartet_kit::telemetry::MapView(&carried),
                 );
-                let run = handler(message.args.value(), message.kwargs.value()).instrument(span);
-                // Celery's `timelimit` header: [hard, soft] seconds. The hard limit stops the
-                // handler (its future is dropped) and fails the task with TimeLimitExceeded;
-                // the soft one is reported when passed (an async handler cannot be
-                // interrupted at an arbitrary point the way Celery raises inside Python).
+                // Celery's `timelimit` header: [hard, soft] seconds. The soft limit reaches the
+                // handler through its [`TaskContext`] (an async handler cannot be interrupted
+                // at an arbitrary point the way Celery raises inside Python, so it is told);
+                // the hard limit stops the handler (its future is dropped) and fails the task
+                // with TimeLimitExceeded. A `revoke` with `terminate` stops it too.
+                let context = TaskContext {
+                    id: id.clone(),
+                    retries: message.headers.retries,
+                    soft_limit: CancellationToken::new(),
+                };
                 let (hard, soft) = message.headers.timelimit;
-                let soft_warning = soft.filter(|s| *s > 0.0).map(|s| {
-                    let id = id.clone();
+                let soft_timer = soft.filter(|s| *s > 0.0).map(|s| {
+                    let (id, passed) = (id.clone(), context.soft_limit.clone());
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_secs_f64(s)).await;
                         tracing::warn!(id = %id, seconds = s, "soft time limit exceeded");
+                        passed.cancel();
                     })
                 });
-                let outcome = match hard.filter(|h| *h > 0.0) {
-                    Some(limit) => tokio::time::timeout(Duration::from_secs_f64(limit), run)
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(TaskError::new(
-                                "TimeLimitExceeded",
-                                format!("TimeLimitExceeded({limit})"),
-                            ))
-                        }),
-                    None => run.await,
+                let terminate = CancellationToken::new();
+                self.running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), terminate.clone());
+                let run = CONTEXT
+                    .scope(
+                        context,
+                        handler(message.args.value(), message.kwargs.value()),
+                    )
+                    .instrument(span);
+                let limited = async {
+                    match hard.filter(|h| *h > 0.0) {
+                        Some(limit) => tokio::time::timeout(Duration::from_secs_f64(limit), run)
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(TaskError::new(
+                                    "TimeLimitExceeded",
+                                    format!("TimeLimitExceeded({limit})"),
+                                ))
+                            }),
+                        None => run.await,
+                    }
                 };
-                if let Some(warning) = soft_warning {
-                    warning.abort();
+                let outcome = tokio::select! {
+                    outcome = limited => Some(outcome),
+                    () = terminate.cancelled() => None,
+                };
+                self.running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                if let Some(timer) = soft_timer {
+                    timer.abort();
                 }
                 match outcome {
-                    Ok(value) => ResultMeta::finished(&id, State::Success, value, None),
-                    Err(e) => {
+                    None => {
+                        tracing::info!(id = %id, "task terminated by a revoke");
+                        ResultMeta::finished(
+                            &id,
+                            State::Revoked,
+                            exception("TaskRevokedError", "terminated", "celery.exceptions"),
+                            None,
+                        )
+                    }
+                    Some(Ok(value)) => ResultMeta::finished(&id, State::Success, value, None),
+                    Some(Err(e)) => {
                         if let Some(m) = &self.metrics {
                             m.run_seconds
                                 .with_label_values(&[&message.headers.task])
@@ -598,15 +735,102 @@ impl Worker {
                 .with_label_values(&[&message.headers.task])
                 .observe(started.elapsed().as_secs_f64());
         }
+        self.settle(&message, meta).await?;
+        // Acks-late: only now does the message leave `unacked`.
+        conn.ack(&message.properties.delivery_tag).await
+    }
+
+    /// A task reached its final state: count it, store its record (unless it ignores
+    /// results), count it as a chord part when it is one, and on success publish its chain's
+    /// next step. Runs before the acknowledgement, so a worker dying in between leaves the
+    /// message for redelivery and each of these steps is repeated, never skipped.
+    async fn settle(&self, message: &TaskMessage, meta: ResultMeta) -> Result<(), BrokerError> {
         self.count(&message.headers.task, meta.status);
+        self.processed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.task_events {
+            let id = &message.headers.id;
+            let event = match meta.status {
+                State::Success => Some((
+                    "task-succeeded",
+                    serde_json::json!({"uuid": id, "result": meta.result.to_string()}),
+                )),
+                State::Failure => Some((
+                    "task-failed",
+                    serde_json::json!({"uuid": id, "exception": describe(&meta.result), "traceback": meta.traceback}),
+                )),
+                State::Revoked => Some((
+                    "task-revoked",
+                    serde_json::json!({"uuid": id, "terminated": meta.result["exc_message"][0] == "terminated", "signum": null, "expired": meta.result["exc_message"][0] == "expired"}),
+                )),
+                _ => None,
+            };
+            if let Some((kind, body)) = event {
+                self.emit(&[(kind, fields(body))]).await;
+            }
+        }
         if !message.headers.ignore_result {
             self.broker.store_result(&meta).await?;
         }
-        if meta.status == State::Success {
-            self.continue_chain(&message, &meta.result).await?;
+        if let (Some(group), Some(body)) = (&message.headers.group, &message.embed.chord) {
+            self.chord_part(message, group, body, &meta).await?;
         }
-        // Acks-late: only now does the message leave `unacked`.
-        conn.ack(&message.properties.delivery_tag).await
+        if meta.status == State::Success {
+            self.continue_chain(message, &meta.result).await?;
+        }
+        Ok(())
+    }
+
+    /// Counts a finished chord part with Celery's Redis scheme; the part that completes the
+    /// chord publishes the body with the header's results, or, when a part failed, records
+    /// the body as failed with Celery's `ChordError`.
+    async fn chord_part(
+        &self,
+        message: &TaskMessage,
+        group: &str,
+        body: &Value,
+        meta: &ResultMeta,
+    ) -> Result<(), BrokerError> {
+        let Some(parts) = self
+            .broker
+            .chord_part(
+                group,
+                &message.headers.id,
+                message.headers.group_index,
+                meta.status,
+                &meta.result,
+            )
+            .await?
+        else {
+            return Ok(());
+        };
+        let queue = &message.properties.delivery_info.routing_key;
+        match crate::canvas::chord_results(&parts) {
+            Ok(results) => match chain_step(body, &Value::Array(results), queue) {
+                Some(mut next) => {
+                    next.headers.root_id = message.headers.root_id.clone();
+                    next.headers.parent_id = Some(message.headers.id.clone());
+                    self.broker.publish(&next).await?;
+                    tracing::info!(group = %group, body = %next.headers.id, "chord complete: body published");
+                }
+                None => {
+                    tracing::warn!(group = %group, body = %body, "a chord body is not a task signature; it does not run");
+                }
+            },
+            Err(crate::canvas::ChordError(why)) => {
+                if let Some(body_id) = body["options"]["task_id"].as_str() {
+                    let failed = ResultMeta::finished(
+                        body_id,
+                        State::Failure,
+                        exception("ChordError", &why, "celery.exceptions"),
+                        Some(format!("celery.exceptions.ChordError: {why}")),
+                    );
+                    self.broker.store_result(&failed).await?;
+                }
+                tracing::warn!(group = %group, reason = %why, "chord failed: its body does not run");
+            }
+        }
+        self.broker.finish_chord(group).await
     }
 
     /// Publishes a chain's next step (the last signature of `embed.chain`, Celery keeping the
@@ -615,7 +839,7 @@ impl Worker {
     /// workers and Celery's alike.
     async fn continue_chain(
         &self,
-        message: &crate::celery::TaskMessage,
+        message: &TaskMessage,
         result: &Value,
     ) -> Result<(), BrokerError> {
         let Some(mut remaining) = message.embed.chain.clone() else {
@@ -642,7 +866,7 @@ impl Worker {
     async fn failed(
         &self,
         conn: &mut Consumer,
-        message: &crate::celery::TaskMessage,
+        message: &TaskMessage,
         error: TaskError,
     ) -> Result<(), BrokerError> {
         let id = &message.headers.id;
@@ -667,6 +891,10 @@ impl Worker {
                 meta.children = vec![serde_json::json!([[id, null], null])];
                 self.broker.store_result(&meta).await?;
                 self.count(&message.headers.task, State::Retry);
+                if self.task_events {
+                    let body = serde_json::json!({"uuid": id, "exception": format!("{}('{}')", error.kind, error.message), "traceback": format!("{}: {}", error.kind, error.message)});
+                    self.emit(&[("task-retried", fields(body))]).await;
+                }
                 tracing::info!(id = %id, retries = again.headers.retries, "task will be retried");
             }
             retry => {
@@ -686,10 +914,7 @@ impl Worker {
                     tracing::warn!(id = %id, "retry budget spent: task moved to the dead letters");
                 }
                 let meta = ResultMeta::finished(id, State::Failure, cause, Some(traceback));
-                self.count(&message.headers.task, State::Failure);
-                if !message.headers.ignore_result {
-                    self.broker.store_result(&meta).await?;
-                }
+                self.settle(message, meta).await?;
             }
         }
         conn.ack(&message.properties.delivery_tag).await

@@ -220,22 +220,253 @@ async fn a_chain_runs_across_our_worker_and_celerys_both_ways() {
     assert_eq!(meta.result, 50);
 
     // Celery's chain: peers.add(2, 3) on Celery, then rust.add(<5>, 10) here.
+    let done = peers(
+        &broker_url,
+        &result_url,
+        &["chain", &celery_queue, &rust_queue, "30"],
+    )
+    .await;
+    assert_eq!(done["result"], 15, "{done}");
+    stop.cancel();
+    let _ = running.await;
+}
+
+/// Runs `peers.py <args>` with Celery's client and returns what it printed (JSON).
+async fn peers(broker_url: &str, result_url: &str, args: &[&str]) -> serde_json::Value {
     let python = output_of("scripts/python.sh", &[]).await;
     let out = Command::new(python)
-        .args(["peers.py", "chain", &celery_queue, &rust_queue, "30"])
+        .arg("peers.py")
+        .args(args)
         .current_dir(repo().join("e2e/python"))
-        .env("BROKER_URL", &broker_url)
-        .env("RESULT_URL", &result_url)
+        .env("BROKER_URL", broker_url)
+        .env("RESULT_URL", result_url)
         .output()
         .await
         .expect("python runs");
     assert!(
         out.status.success(),
-        "{}",
+        "peers.py {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let done: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(done["result"], 15, "{done}");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("peers.py {args:?} printed no JSON ({e})"))
+}
+
+/// A Rust worker on `queue` with `rust.add` (sums its numbers), `rust.sum` (sums a list) and
+/// `rust.sleep` (seconds).
+fn rust_worker(broker: &Broker, queue: &str) -> quartet_task_gateway::worker::Worker {
+    use quartet_task_gateway::worker::{TaskError, Worker};
+    fn sum(values: &[serde_json::Value]) -> i64 {
+        values.iter().filter_map(serde_json::Value::as_i64).sum()
+    }
+    Worker::new(broker.clone(), &[queue], 3)
+        .task("rust.add", |args, _| async move {
+            let numbers = args
+                .as_array()
+                .ok_or_else(|| TaskError::new("TypeError", "args"))?;
+            Ok(sum(numbers).into())
+        })
+        .task("rust.sum", |args, _| async move {
+            let numbers = args[0]
+                .as_array()
+                .ok_or_else(|| TaskError::new("TypeError", "rust.sum takes a list"))?;
+            Ok(sum(numbers).into())
+        })
+        .task("rust.sleep", |args, _| async move {
+            tokio::time::sleep(Duration::from_secs_f64(args[0].as_f64().unwrap_or(1.0))).await;
+            Ok(serde_json::Value::Null)
+        })
+}
+
+/// Publishes `header` as a chord with `body` (as Celery's client does) and waits for the
+/// body's record.
+async fn run_chord(
+    broker: &Broker,
+    mut header: Vec<TaskMessage>,
+    body: &TaskMessage,
+) -> ResultMeta {
+    let group = uuid4();
+    quartet_task_gateway::canvas::make_chord(&mut header, body.signature(), &group);
+    broker
+        .start_chord(&group, header.len())
+        .await
+        .expect("chord");
+    for part in &header {
+        broker.publish(part).await.expect("publish");
+    }
+    broker
+        .wait_result(&body.headers.id, Duration::from_secs(60))
+        .await
+        .expect("wait")
+        .expect("the body's record, within a minute")
+}
+
+#[tokio::test]
+async fn a_chord_counts_parts_finished_by_celery_and_by_us_together() {
+    let (broker_url, result_url) = urls(16).await;
+    let broker = Broker::open(&broker_url, &result_url).expect("redis urls");
+    let celery_queue = format!("chord-py-{}", uuid4());
+    let rust_queue = format!("chord-rs-{}", uuid4());
+    let _celery = celery_worker(&broker_url, &result_url, &celery_queue).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(rust_worker(&broker, &rust_queue).run(stop.clone()));
+
+    // Header across both worlds, body here: [peers.add(1,1), rust.add(2,2), peers.add(3,3)]
+    // then rust.sum([2, 4, 6]).
+    let header = vec![
+        TaskMessage::new("peers.add", raw("[1, 1]"), raw("{}"), &celery_queue, 0),
+        TaskMessage::new("rust.add", raw("[2, 2]"), raw("{}"), &rust_queue, 0),
+        TaskMessage::new("peers.add", raw("[3, 3]"), raw("{}"), &celery_queue, 0),
+    ];
+    let body = TaskMessage::new("rust.sum", raw("[]"), raw("{}"), &rust_queue, 0);
+    let meta = run_chord(&broker, header, &body).await;
+    assert_eq!(meta.status, State::Success);
+    assert_eq!(meta.result, 12, "results in header order, summed");
+
+    // Header here, body on Celery: [rust.add(1,2), rust.add(3,4)] then peers.tsum.
+    let header = vec![
+        TaskMessage::new("rust.add", raw("[1, 2]"), raw("{}"), &rust_queue, 0),
+        TaskMessage::new("rust.add", raw("[3, 4]"), raw("{}"), &rust_queue, 0),
+    ];
+    let body = TaskMessage::new("peers.tsum", raw("[]"), raw("{}"), &celery_queue, 0);
+    let meta = run_chord(&broker, header, &body).await;
+    assert_eq!(meta.result, 10);
+
+    // A failed part: the body does not run and is recorded FAILURE with Celery's ChordError.
+    let header = vec![
+        TaskMessage::new("rust.add", raw("[1]"), raw("{}"), &rust_queue, 0),
+        TaskMessage::new(
+            "peers.fail",
+            raw(r#"["boom"]"#),
+            raw("{}"),
+            &celery_queue,
+            0,
+        ),
+    ];
+    let body = TaskMessage::new("rust.sum", raw("[]"), raw("{}"), &rust_queue, 0);
+    let meta = run_chord(&broker, header, &body).await;
+    assert_eq!(meta.status, State::Failure);
+    assert_eq!(meta.result["exc_type"], "ChordError");
+    let why = meta.result["exc_message"][0].as_str().unwrap_or_default();
+    assert!(why.contains("ValueError") && why.contains("boom"), "{why}");
+
+    // Celery's own client: chord(rust.add ×3 here)(peers.tsum on Celery).get().
+    let done = peers(
+        &broker_url,
+        &result_url,
+        &["chord", &rust_queue, &celery_queue, "60"],
+    )
+    .await;
+    assert_eq!(done["result"], 12, "{done}");
+    stop.cancel();
+    let _ = running.await;
+}
+
+#[tokio::test]
+async fn celerys_event_receiver_follows_our_worker() {
+    let (broker_url, result_url) = urls(18).await;
+    let broker = Broker::open(&broker_url, &result_url).expect("redis urls");
+    let rust_queue = format!("events-rs-{}", uuid4());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = rust_worker(&broker, &rust_queue).task_events(true);
+    let running = tokio::spawn(worker.run(stop.clone()));
+    let seen = peers(&broker_url, &result_url, &["events", &rust_queue, "40"]).await;
+    stop.cancel();
+    let _ = running.await;
+
+    let heartbeat = &seen["heartbeat"];
+    assert_eq!(heartbeat["type"], "worker-heartbeat", "{seen}");
+    assert_eq!(heartbeat["freq"], 2.0);
+    let kinds: Vec<&str> = seen["events"]
+        .as_array()
+        .expect("task events")
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["task-received", "task-started", "task-succeeded"],
+        "{seen}"
+    );
+    let received = &seen["events"][0];
+    assert_eq!(received["name"], "rust.add");
+    assert_eq!(seen["events"][2]["result"], "3");
+}
+
+#[tokio::test]
+async fn revocations_reach_every_worker_both_ways() {
+    let (broker_url, result_url) = urls(20).await;
+    let broker = Broker::open(&broker_url, &result_url).expect("redis urls");
+    let celery_queue = format!("revoke-py-{}", uuid4());
+    let rust_queue = format!("revoke-rs-{}", uuid4());
+    let _celery = celery_worker(&broker_url, &result_url, &celery_queue).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(rust_worker(&broker, &rust_queue).run(stop.clone()));
+    let in_three_seconds = || {
+        (chrono::Utc::now() + chrono::Duration::seconds(3))
+            .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+            .to_string()
+    };
+
+    // Celery's app.control.revoke reaches our worker: a delayed task is not run…
+    let mut later = TaskMessage::new("rust.add", raw("[1, 1]"), raw("{}"), &rust_queue, 0);
+    later.headers.eta = Some(in_three_seconds());
+    broker.publish(&later).await.expect("publish");
+    peers(&broker_url, &result_url, &["revoke", &later.headers.id]).await;
+    let meta = broker
+        .wait_result(&later.headers.id, Duration::from_secs(30))
+        .await
+        .expect("wait")
+        .expect("a record");
+    assert_eq!(meta.status, State::Revoked);
+    assert_eq!(meta.result["exc_message"], serde_json::json!(["revoked"]));
+
+    // …and with terminate, a running one is stopped.
+    let long = TaskMessage::new("rust.sleep", raw("[60]"), raw("{}"), &rust_queue, 0);
+    broker.publish(&long).await.expect("publish");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = std::time::Instant::now();
+    peers(
+        &broker_url,
+        &result_url,
+        &["revoke", &long.headers.id, "terminate"],
+    )
+    .await;
+    let meta = broker
+        .wait_result(&long.headers.id, Duration::from_secs(30))
+        .await
+        .expect("wait")
+        .expect("a record");
+    assert_eq!(meta.status, State::Revoked);
+    assert_eq!(
+        meta.result["exc_message"],
+        serde_json::json!(["terminated"])
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // Our revoke reaches Celery's worker: first make sure it is up and listening.
+    let ping = TaskMessage::new("peers.add", raw("[0, 0]"), raw("{}"), &celery_queue, 0);
+    broker.publish(&ping).await.expect("publish");
+    broker
+        .wait_result(&ping.headers.id, Duration::from_secs(60))
+        .await
+        .expect("wait")
+        .expect("Celery is up");
+    let mut later = TaskMessage::new("peers.add", raw("[1, 1]"), raw("{}"), &celery_queue, 0);
+    later.headers.eta = Some(in_three_seconds());
+    broker.publish(&later).await.expect("publish");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.revoke(&later.headers.id).await.expect("mark");
+    broker
+        .broadcast_revoke(&later.headers.id, false)
+        .await
+        .expect("broadcast");
+    let meta = broker
+        .wait_result(&later.headers.id, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("wait: {e}"))
+        .expect("Celery recorded it");
+    assert_eq!(meta.status, State::Revoked, "{meta:?}");
     stop.cancel();
     let _ = running.await;
 }
