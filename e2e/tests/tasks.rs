@@ -807,6 +807,30 @@ async fn chains_groups_chords_time_limits_and_terminate_over_rest() {
     assert_eq!(status["result"]["exc_type"], "SoftTimeLimitExceeded");
     assert!(started.elapsed() < Duration::from_secs(10));
 
+    // A retry budget set at submission: one retry, then the dead letters.
+    let (_, flaky) = post(
+        format!("{api}/v1/tasks"),
+        &token,
+        json!({"name": "quartet.flaky", "args": [0.1], "queue": queue, "max_retries": 1}),
+    )
+    .await;
+    let flaky_id = flaky["id"].as_str().expect("id").to_owned();
+    let status = result_of(flaky_id.clone()).await;
+    assert_eq!(status["state"], "FAILURE", "{status}");
+    let attempts = gateway
+        .output()
+        .lines()
+        .filter(|l| l.contains("task started") && l.contains(&flaky_id))
+        .count();
+    assert_eq!(attempts, 2, "the first attempt and one retry");
+    let (status, _) = post(
+        format!("{api}/v1/tasks"),
+        &token,
+        json!({"name": "quartet.flaky", "queue": queue, "max_retries": 1000}),
+    )
+    .await;
+    assert_eq!(status, 400);
+
     // A revoke with terminate stops a running task.
     let (_, long) = post(
         format!("{api}/v1/tasks"),
@@ -951,4 +975,91 @@ async fn a_schedule_fires_once_per_slot_across_a_scheduler_failover_and_misses_a
         slots >= elapsed - 2.5 && slots <= elapsed + 1.0,
         "{slots} slots in {elapsed:.1} s: {state}"
     );
+}
+
+/// A Redis server of this test's own on `port`, killed on drop.
+fn own_redis(port: u16) -> tokio::process::Child {
+    tokio::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server (installed by scripts/redis.sh)")
+}
+
+#[tokio::test]
+async fn a_worker_cut_off_from_redis_says_so_in_readyz_and_resumes_when_it_returns() {
+    use quartet_task_gateway::broker::Broker;
+    use quartet_task_gateway::celery::{RawJson, State, TaskMessage};
+    quartet_e2e::redis_url().await; // installs redis-server when missing
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut redis = own_redis(port);
+    let (broker_url, result_url) = (
+        format!("redis://127.0.0.1:{port}/0"),
+        format!("redis://127.0.0.1:{port}/1"),
+    );
+    let gateway = gateway_worker(&broker_url, &result_url, "outage", "15").await;
+    let readiness = |want: bool| {
+        let admin = gateway.url("admin");
+        async move {
+            quartet_e2e::eventually(&format!("ready == {want}"), Duration::from_secs(30), || {
+                let admin = admin.clone();
+                async move {
+                    let ready: Value = http_client(Duration::from_secs(5))
+                        .get(format!("{admin}/readyz"))
+                        .send()
+                        .await
+                        .ok()?
+                        .json()
+                        .await
+                        .ok()?;
+                    (ready["ready"] == want).then_some(ready)
+                }
+            })
+            .await
+            .expect("readiness changes")
+        }
+    };
+    readiness(true).await;
+
+    // Redis goes away: readiness says the worker's consumers lost it.
+    redis.kill().await.expect("kill redis");
+    let down = readiness(false).await;
+    let worker = down["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "worker"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(worker["ok"], false, "{down}");
+    assert!(
+        worker["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("lost the broker"),
+        "{down}"
+    );
+
+    // It comes back: the consumers reconnect, readiness says so, and work flows again.
+    let _redis = own_redis(port);
+    readiness(true).await;
+    let broker = Broker::open(&broker_url, &result_url).expect("urls");
+    let task = TaskMessage::new(
+        "quartet.add",
+        RawJson::parse("[20, 22]").expect("json"),
+        RawJson::parse("{}").expect("json"),
+        "outage",
+        0,
+    );
+    broker.publish(&task).await.expect("publish");
+    let meta = broker
+        .wait_result(&task.headers.id, Duration::from_secs(20))
+        .await
+        .expect("wait")
+        .expect("the worker took it after reconnecting");
+    assert_eq!(meta.status, State::Success);
+    assert_eq!(meta.result, 42);
 }

@@ -67,9 +67,13 @@ pub struct Submit {
     /// Hard time limit in seconds: the task fails with TimeLimitExceeded when it runs longer.
     #[serde(default)]
     pub time_limit: Option<f64>,
-    /// Soft time limit in seconds: reported when passed.
+    /// Soft time limit in seconds: the handler is told when it passes.
     #[serde(default)]
     pub soft_time_limit: Option<f64>,
+    /// Retries this task gets before it goes to the dead letters (our workers; default
+    /// `worker.max_retries`), 0 to 100.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
 }
 
 /// A submitted task.
@@ -351,6 +355,18 @@ impl Api {
             }
         }
         message.headers.timelimit = (request.time_limit, request.soft_time_limit);
+        if let Some(retries) = request.max_retries {
+            if retries > 100 {
+                return Err(invalid(
+                    "invalid-submission",
+                    format!("max_retries must be 0 to 100, not {retries}"),
+                ));
+            }
+            message
+                .headers
+                .extra
+                .insert(crate::worker::MAX_RETRIES_HEADER.into(), retries.into());
+        }
         // The trace continues into the worker: `traceparent` rides in the task's headers.
         let mut trace = std::collections::HashMap::new();
         quartet_kit::telemetry::inject_current(&mut quartet_kit::telemetry::MapCarrier(&mut trace));

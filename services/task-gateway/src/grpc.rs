@@ -58,6 +58,7 @@ impl TasksService {
             idempotency_key: (!q.idempotency_key.is_empty()).then_some(q.idempotency_key),
             time_limit: q.time_limit,
             soft_time_limit: q.soft_time_limit,
+            max_retries: q.max_retries,
         })
     }
 

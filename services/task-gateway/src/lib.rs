@@ -228,6 +228,11 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         let worker = worker
             .metrics(ctx.metrics.registry())
             .map_err(|e| anyhow::anyhow!("worker metrics: {e}"))?;
+        let probe = worker.clone();
+        ctx.readiness.register("worker", move || {
+            let connected = probe.connected();
+            async move { connected }
+        });
         tracing::info!(queues = ?queues, tasks = ?worker.tasks(), worker = %worker.id(), "built-in worker running");
         ctx.shutdown.spawn(worker.run(ctx.shutdown.token()));
     }

@@ -174,6 +174,8 @@ pub struct Worker {
     processed: Arc<std::sync::atomic::AtomicU64>,
     /// The running tasks' terminate switches, by task id (a `revoke` with `terminate`).
     running: Arc<std::sync::Mutex<HashMap<String, CancellationToken>>>,
+    /// Consumers cut off from the broker, by index, with the error: for readiness.
+    cut_off: Arc<std::sync::Mutex<HashMap<usize, String>>>,
 }
 
 /// What a running handler may know about its task: [`context`] returns it inside a handler.
@@ -223,6 +225,9 @@ struct Metrics {
     depth: prometheus::IntGaugeVec,
 }
 
+/// The header carrying a task's own retry budget, set at submission.
+pub const MAX_RETRIES_HEADER: &str = "quartet_max_retries";
+
 /// The header carrying when the gateway published a task (ms since the epoch), for the
 /// submit-to-start latency.
 pub const SENT_AT_HEADER: &str = "quartet_sent_at";
@@ -260,6 +265,7 @@ impl Worker {
             task_events: false,
             processed: Arc::default(),
             running: Arc::default(),
+            cut_off: Arc::default(),
             broker,
             queues: queues.iter().map(|q| (*q).to_owned()).collect(),
             id,
@@ -416,13 +422,42 @@ impl Worker {
         names
     }
 
+    /// Whether every consumer is connected to the broker; otherwise how many are not and
+    /// why (they keep reconnecting): the gateway's `/readyz` reports it, so a consumer cut off
+    /// from Redis is never a silent stall.
+    pub fn connected(&self) -> Result<(), String> {
+        let cut_off = self.cut_off.lock().unwrap_or_else(|p| p.into_inner());
+        match cut_off.values().next() {
+            None => Ok(()),
+            Some(error) => Err(format!(
+                "{} of {} consumers lost the broker and are reconnecting: {error}",
+                cut_off.len(),
+                self.concurrency
+            )),
+        }
+    }
+
+    fn mark(&self, consumer: usize, error: Option<String>) {
+        let mut cut_off = self.cut_off.lock().unwrap_or_else(|p| p.into_inner());
+        match error {
+            Some(e) => {
+                cut_off.insert(consumer, e);
+            }
+            None => {
+                cut_off.remove(&consumer);
+            }
+        }
+    }
+
     /// Consumes until `stop` is cancelled, then lets the tasks in hand finish.
     pub async fn run(self, stop: CancellationToken) {
         let mut consumers = Vec::new();
-        for _ in 0..self.concurrency {
+        for index in 0..self.concurrency {
             let worker = self.clone();
             let stop = stop.clone();
-            consumers.push(tokio::spawn(async move { worker.consume(stop).await }));
+            consumers.push(tokio::spawn(
+                async move { worker.consume(index, stop).await },
+            ));
         }
         tokio::spawn(self.broker.clone().housekeeping(stop.clone()));
         let announcer = {
@@ -498,7 +533,7 @@ impl Worker {
         }
     }
 
-    async fn consume(&self, stop: CancellationToken) {
+    async fn consume(&self, index: usize, stop: CancellationToken) {
         let queues: Vec<&str> = self.queues.iter().map(String::as_str).collect();
         let mut consumer: Option<Consumer> = None;
         while !stop.is_cancelled() {
@@ -508,6 +543,7 @@ impl Worker {
                     Ok(c) => consumer.insert(c),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot reach the broker; retrying");
+                        self.mark(index, Some(e.to_string()));
                         tokio::select! {
                             () = stop.cancelled() => return,
                             () = tokio::time::sleep(Duration::from_secs(1)) => continue,
@@ -519,6 +555,9 @@ impl Worker {
                 () = stop.cancelled() => return,
                 fetched = conn.fetch(&queues, Duration::from_secs(1), Some((&self.id, self.lease))) => fetched,
             };
+            if fetched.is_ok() {
+                self.mark(index, None);
+            }
             match fetched {
                 Ok(None) => {}
                 Ok(Some(delivery)) => {
@@ -529,6 +568,7 @@ impl Worker {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "lost the broker connection; reconnecting");
+                    self.mark(index, Some(e.to_string()));
                     consumer = None;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -872,8 +912,14 @@ impl Worker {
         let id = &message.headers.id;
         let cause = exception(&error.kind, &error.message, "builtins");
         let traceback = format!("{}: {}", error.kind, error.message);
+        let budget = message
+            .headers
+            .extra
+            .get(MAX_RETRIES_HEADER)
+            .and_then(Value::as_u64)
+            .map_or(self.max_retries, |b| b.min(100) as u32);
         match error.retry {
-            Some(countdown) if message.headers.retries < self.max_retries => {
+            Some(countdown) if message.headers.retries < budget => {
                 let mut again = message.clone();
                 again.headers.retries += 1;
                 again.headers.eta = Some(
@@ -900,7 +946,7 @@ impl Worker {
             retry => {
                 if retry.is_some() {
                     let record = serde_json::json!({
-                        "reason": format!("retry budget of {} spent", self.max_retries),
+                        "reason": format!("retry budget of {budget} spent"),
                         "error": traceback,
                         "at": crate::celery::iso_now(),
                         "message": message.encode(),
