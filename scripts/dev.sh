@@ -26,8 +26,9 @@ SERVICES=(
   "quartet-operator - - 7159"
 )
 DB_MEMBERS=1=127.0.0.1:7140/127.0.0.1:7143,2=127.0.0.1:7240/127.0.0.1:7243,3=127.0.0.1:7340/127.0.0.1:7343
-# quartet-task-gateway keeps Celery's queues and results in Redis: a private one for dev.
-REDIS=$(QUARTET_REDIS_PORT=${QUARTET_DEV_REDIS_PORT:-7168} QUARTET_REDIS_DIR=$DIR/redis scripts/redis.sh up)
+# quartet-task-gateway keeps its queues and results in its embedded SQLite broker for dev (a
+# Redis URL instead makes it share them with Celery).
+TASKS_BROKER=sqlite:$DIR/tasks.sqlite
 RAFT_SECRET_FILE=$DIR/raft-secret
 [[ -s $RAFT_SECRET_FILE ]] || head -c 24 /dev/urandom | base64 >"$RAFT_SECRET_FILE"
 
@@ -48,7 +49,7 @@ extra_args() { # name grpc-port
     quartet-operator) ;;
     quartet-db) local n=${2:1:1}
       echo "--auth-jwks-url $JWKS --auth-issuer http://127.0.0.1:7111 --mysql-listen 127.0.0.1:7${n}43 --mysql-database shop --mysql-user app --mysql-password-file $DB_PASSWORD_FILE --storage-path $DIR/db-$n --raft-node-id $n --raft-initial-members $DB_MEMBERS --raft-secret-file $RAFT_SECRET_FILE" ;;
-    quartet-task-gateway) echo "--auth-jwks-url $JWKS --auth-issuer http://127.0.0.1:7111 --redis-broker-url $REDIS/0 --redis-result-url $REDIS/1 --worker-enabled true" ;;
+    quartet-task-gateway) echo "--auth-jwks-url $JWKS --auth-issuer http://127.0.0.1:7111 --redis-broker-url $TASKS_BROKER --worker-enabled true" ;;
     *) echo "--auth-jwks-url $JWKS --auth-issuer http://127.0.0.1:7111" ;;
   esac
 }
@@ -57,13 +58,11 @@ pids=()
 stop_all() {
   trap - INT TERM EXIT
   if [[ ${#pids[@]} -eq 0 ]]; then
-    QUARTET_REDIS_PORT=${QUARTET_DEV_REDIS_PORT:-7168} QUARTET_REDIS_DIR=$DIR/redis scripts/redis.sh down >/dev/null 2>&1 || true
     return 0
   fi
   say "stopping ${#pids[@]} processes"
   kill -TERM "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
-  QUARTET_REDIS_PORT=${QUARTET_DEV_REDIS_PORT:-7168} QUARTET_REDIS_DIR=$DIR/redis scripts/redis.sh down >/dev/null 2>&1 || true
   say "all stopped"
 }
 trap 'stop_all; exit 0' INT TERM
@@ -128,7 +127,7 @@ printf '  quartet-task-gateway /v1/whoami with ada'"'"'s token: %s\n' \
   "$(curl -fsS http://127.0.0.1:7121/v1/whoami -H "Authorization: Bearer $ADA_TOKEN")"
 printf '  the same call without a token: HTTP %s\n' "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:7121/v1/whoami)"
 
-printf '\nA task submitted over REST with ada'"'"'s token, run by the gateway'"'"'s Rust worker (Redis at %s):\n' "$REDIS"
+printf '\nA task submitted over REST with ada'"'"'s token, run by the gateway'"'"'s Rust worker (embedded broker %s):\n' "$TASKS_BROKER"
 TASK=$(curl -fsS http://127.0.0.1:7121/v1/tasks -H "Authorization: Bearer $ADA_TOKEN" -H 'content-type: application/json' \
   -d '{"name":"quartet.add","args":[2,40]}')
 printf '  POST /v1/tasks {"name":"quartet.add","args":[2,40]} -> %s\n' "$TASK"

@@ -84,6 +84,9 @@ pub enum BrokerError {
     /// A message or record did not decode.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// The embedded broker's file failed.
+    #[error("embedded broker: {0}")]
+    Embedded(String),
     /// A result record that is not Celery's JSON.
     #[error("result record for {task_id} is not Celery's JSON: {reason}")]
     Result {
@@ -169,6 +172,9 @@ pub struct Broker {
     pub(crate) broker: std::sync::Arc<Lazy>,
     results: redis::Client,
     pub(crate) results_conn: std::sync::Arc<Lazy>,
+    /// The embedded SQLite broker, when `broker_url` is `sqlite:<path>`: every operation goes
+    /// to it instead of Redis (the Redis clients are then never connected).
+    pub(crate) embedded: Option<crate::embedded::Shared>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -188,7 +194,23 @@ impl Broker {
     /// The broker database at `broker_url` and the result database at `result_url`
     /// (Celery's `broker_url` and `result_backend`). Connects on first use; fails only on an
     /// invalid URL.
+    ///
+    /// `sqlite:<path>` as the broker URL selects the embedded broker in that file, which keeps
+    /// results too (the result URL is then ignored).
     pub fn open(broker_url: &str, result_url: &str) -> Result<Self, BrokerError> {
+        if let Some(path) = broker_url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            let embedded = std::sync::Arc::new(crate::embedded::Embedded::open(path)?);
+            // Never connected: every operation checks `embedded` first.
+            let unused = redis::Client::open("redis://127.0.0.1:1/0")?;
+            return Ok(Self {
+                broker: std::sync::Arc::new(Lazy::new(unused.clone())),
+                results_conn: std::sync::Arc::new(Lazy::new(unused.clone())),
+                client: unused.clone(),
+                results: unused,
+                embedded: Some(embedded),
+            });
+        }
         let client = redis::Client::open(broker_url)?;
         let results = redis::Client::open(result_url)?;
         Ok(Self {
@@ -196,6 +218,7 @@ impl Broker {
             results_conn: std::sync::Arc::new(Lazy::new(results.clone())),
             client,
             results,
+            embedded: None,
         })
     }
 
@@ -211,6 +234,9 @@ impl Broker {
 
     /// Whether both databases answer, for readiness.
     pub async fn ping(&self) -> Result<(), BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return embedded.ping();
+        }
         for lazy in [&self.broker, &self.results_conn] {
             let mut conn = lazy.get().await?;
             let pong = redis::cmd("PING").query_async::<String>(&mut conn).await;
@@ -230,6 +256,9 @@ impl Broker {
 
     /// Parks `message` until `due` (ms since the epoch).
     pub async fn delay(&self, message: &TaskMessage, due: u64) -> Result<(), BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return embedded.delay(message, due);
+        }
         let item = serde_json::json!([message.list(), message.encode()]).to_string();
         let mut conn = self.broker.get().await?;
         let added = conn.zadd::<_, _, _, ()>(DELAYED, item, due).await;
@@ -238,6 +267,10 @@ impl Broker {
 
     /// Moves delayed messages whose time has come onto their lists; returns how many.
     pub async fn release_due(&self) -> Result<usize, BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            // Delayed rows become ready by their due time; expired facts go meanwhile.
+            return embedded.sweep().map(|()| 0);
+        }
         let mut conn = self.broker.get().await?;
         let moved: redis::RedisResult<usize> = redis::Script::new(RELEASE_DUE)
             .key(DELAYED)
@@ -278,6 +311,9 @@ impl Broker {
     /// Publishes `message` on its queue's list for its priority now, declaring the queue's
     /// binding the way kombu does.
     pub async fn publish_now(&self, message: &TaskMessage) -> Result<(), BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return embedded.insert(message, 0);
+        }
         let queue = &message.properties.delivery_info.routing_key;
         let binding = format!("{queue}{PRIORITY_SEP}{PRIORITY_SEP}{queue}");
         let mut conn = self.broker.get().await?;
@@ -294,6 +330,9 @@ impl Broker {
 
     /// Messages waiting in `queue`, per priority bucket (0, 3, 6, 9).
     pub async fn depth(&self, queue: &str) -> Result<Vec<(u8, u64)>, BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return embedded.depth(queue);
+        }
         let mut conn = self.broker.get().await?;
         let mut pipe = redis::pipe();
         for step in crate::celery::PRIORITY_STEPS {
@@ -312,6 +351,9 @@ impl Broker {
     /// consumers (in `unacked`), the workers holding leases on it, the age of the oldest
     /// waiting message the gateway published, and dead letters.
     pub async fn stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return embedded.stats(queue);
+        }
         let depth = self.depth(queue).await?;
         let mut conn = self.broker.get().await?;
         // The next message to be taken sits at the tail of the highest-priority bucket.
@@ -382,6 +424,9 @@ impl Broker {
 
     /// Pushes a record onto a list of the broker database (dead letters, quarantine).
     pub async fn push(&self, list: &str, record: &str) -> Result<(), BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return embedded.push(list, record);
+        }
         let mut conn = self.broker.get().await?;
         let pushed = conn.lpush::<_, _, ()>(list, record).await;
         self.broker.check(pushed).await
@@ -402,7 +447,10 @@ impl Broker {
 
     /// A connection for one consumer's blocking reads.
     pub async fn consumer(&self) -> Result<Consumer, BrokerError> {
-        Ok(Consumer {
+        if let Some(embedded) = &self.embedded {
+            return Ok(Consumer::Embedded(embedded.clone()));
+        }
+        Ok(Consumer::Redis {
             // No client-side response timeout on the blocking connection: redis-rs's default
             // (500 ms) gives up on a BRPOP that Redis still serves, and the message Redis
             // then pops is written to a reader that has left: lost. BRPOP's own timeout bounds
@@ -421,6 +469,9 @@ impl Broker {
     /// consumer end of their list (taken next), marked redelivered, out of `unacked`. A message
     /// acknowledged or re-leased meanwhile is left alone. Returns how many went back.
     pub async fn redeliver_expired(&self) -> Result<usize, BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return embedded.redeliver_expired();
+        }
         let mut conn = self.broker.get().await?;
         let now = now_millis();
         let expired: redis::RedisResult<Vec<String>> = redis::cmd("ZRANGEBYSCORE")
@@ -478,6 +529,9 @@ impl Broker {
 
     /// Writes a result record and announces it to waiting clients, as Celery's backend does.
     pub async fn store_result(&self, meta: &ResultMeta) -> Result<(), BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return embedded.store_result(meta);
+        }
         let key = result_key(&meta.task_id);
         let json = serde_json::to_string(meta).expect("result records serialize");
         let mut conn = self.results_conn.get().await?;
@@ -494,6 +548,9 @@ impl Broker {
 
     /// Keeps a small fact about a task (e.g. its queue) next to its result, as long as results.
     pub async fn remember(&self, key: &str, value: &str) -> Result<(), BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return embedded.remember(key, value, RESULT_TTL);
+        }
         let mut conn = self.results_conn.get().await?;
         let set = conn
             .set_ex::<_, _, ()>(key, value, RESULT_TTL.as_secs())
@@ -509,6 +566,9 @@ impl Broker {
         value: &str,
         ttl: Duration,
     ) -> Result<Option<String>, BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return embedded.claim(key, value, ttl);
+        }
         let mut conn = self.results_conn.get().await?;
         let claimed: redis::RedisResult<Option<String>> = redis::cmd("SET")
             .arg(key)
@@ -524,6 +584,9 @@ impl Broker {
 
     /// A fact kept with [`Broker::remember`].
     pub async fn recall(&self, key: &str) -> Result<Option<String>, BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return embedded.recall(key);
+        }
         let mut conn = self.results_conn.get().await?;
         let got = conn.get(key).await;
         self.results_conn.check(got).await
@@ -531,16 +594,13 @@ impl Broker {
 
     /// The task's result record, if there is one.
     pub async fn result(&self, task_id: &str) -> Result<Option<ResultMeta>, BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return embedded.result(task_id);
+        }
         let mut conn = self.results_conn.get().await?;
         let got = conn.get(result_key(task_id)).await;
         let raw: Option<String> = self.results_conn.check(got).await?;
-        raw.map(|raw| {
-            serde_json::from_str(&raw).map_err(|e| BrokerError::Result {
-                task_id: task_id.to_owned(),
-                reason: e.to_string(),
-            })
-        })
-        .transpose()
+        read_record(task_id, raw)
     }
 
     /// Waits up to `timeout` for a finished (SUCCESS, FAILURE or REVOKED) result, listening
@@ -550,9 +610,10 @@ impl Broker {
         task_id: &str,
         timeout: Duration,
     ) -> Result<Option<ResultMeta>, BrokerError> {
-        use crate::celery::State;
-        let finished =
-            |m: &ResultMeta| matches!(m.status, State::Success | State::Failure | State::Revoked);
+        if let Some(embedded) = &self.embedded {
+            return embedded.wait_result(task_id, timeout).await;
+        }
+        let finished = is_final;
         let mut pubsub = self.results.get_async_pubsub().await?;
         pubsub.subscribe(result_key(task_id)).await?;
         // Subscribed first, then read: a record written in between is not missed.
@@ -585,10 +646,40 @@ impl Broker {
     }
 }
 
+/// A stored result record, decoded.
+pub(crate) fn read_record(
+    task_id: &str,
+    raw: Option<String>,
+) -> Result<Option<ResultMeta>, BrokerError> {
+    raw.map(|raw| {
+        serde_json::from_str(&raw).map_err(|e| BrokerError::Result {
+            task_id: task_id.to_owned(),
+            reason: e.to_string(),
+        })
+    })
+    .transpose()
+}
+
+/// Whether a record is final (SUCCESS, FAILURE or REVOKED), what waiting for a result awaits.
+pub(crate) fn is_final(meta: &ResultMeta) -> bool {
+    use crate::celery::State;
+    matches!(
+        meta.status,
+        State::Success | State::Failure | State::Revoked
+    )
+}
+
 /// One consumer: takes messages and acknowledges them.
-pub struct Consumer {
-    conn: MultiplexedConnection,
-    broker: MultiplexedConnection,
+pub enum Consumer {
+    /// On Redis: a connection of its own for blocking reads, and the shared one.
+    Redis {
+        /// The blocking connection.
+        conn: MultiplexedConnection,
+        /// Bookkeeping.
+        broker: MultiplexedConnection,
+    },
+    /// On the embedded broker.
+    Embedded(crate::embedded::Shared),
 }
 
 impl Consumer {
@@ -601,6 +692,15 @@ impl Consumer {
         timeout: Duration,
         lease: Option<(&str, Duration)>,
     ) -> Result<Option<Delivery>, BrokerError> {
+        let (conn, broker) = match self {
+            Consumer::Redis { conn, broker } => (conn, broker),
+            Consumer::Embedded(embedded) => {
+                // Every taken message is leased here: there is no one-hour visibility timeout
+                // to fall back on.
+                let (owner, lease) = lease.unwrap_or(("consumer", Duration::from_secs(3600)));
+                return embedded.fetch(queues, timeout, owner, lease).await;
+            }
+        };
         let lists = consume_order(queues);
         let seconds = timeout.as_secs().max(1);
         let popped: Option<(String, String)> = tokio::time::timeout(
@@ -608,7 +708,7 @@ impl Consumer {
             redis::cmd("BRPOP")
                 .arg(&lists)
                 .arg(seconds)
-                .query_async(&mut self.conn),
+                .query_async(conn),
         )
         .await
         .map_err(|_| {
@@ -642,7 +742,7 @@ impl Consumer {
                     .hset(LEASE_OWNERS, tag, worker)
                     .ignore();
             }
-            pipe.query_async::<()>(&mut self.broker).await?;
+            pipe.query_async::<()>(broker).await?;
         }
         Ok(Some(Delivery { list, raw, message }))
     }
@@ -654,6 +754,10 @@ impl Consumer {
         tags: &[String],
         lease: Duration,
     ) -> Result<Vec<String>, BrokerError> {
+        let broker = match self {
+            Consumer::Redis { broker, .. } => broker,
+            Consumer::Embedded(embedded) => return embedded.renew(tags, lease),
+        };
         let until = now_millis() + lease.as_millis() as u64;
         let mut lost = Vec::new();
         for tag in tags {
@@ -663,11 +767,11 @@ impl Consumer {
                 .arg("CH")
                 .arg(until)
                 .arg(tag)
-                .query_async(&mut self.broker)
+                .query_async(broker)
                 .await?;
             if changed == 0 {
                 // Unchanged: either gone, or renewed within the same millisecond.
-                let held: Option<f64> = self.broker.zscore(LEASES, tag).await?;
+                let held: Option<f64> = broker.zscore(LEASES, tag).await?;
                 if held.is_none() {
                     lost.push(tag.clone());
                 }
@@ -678,6 +782,10 @@ impl Consumer {
 
     /// Acknowledges a delivery: it leaves `unacked` (and its lease) for good.
     pub async fn ack(&mut self, delivery_tag: &str) -> Result<(), BrokerError> {
+        let broker = match self {
+            Consumer::Redis { broker, .. } => broker,
+            Consumer::Embedded(embedded) => return embedded.ack(delivery_tag),
+        };
         redis::pipe()
             .atomic()
             .zrem("unacked_index", delivery_tag)
@@ -688,7 +796,7 @@ impl Consumer {
             .ignore()
             .hdel(LEASE_OWNERS, delivery_tag)
             .ignore()
-            .query_async::<()>(&mut self.broker)
+            .query_async::<()>(broker)
             .await?;
         Ok(())
     }

@@ -14,6 +14,8 @@
 //!   list of results. [`Broker::chord_part`] does the same in one Lua script, so parts
 //!   finished by Celery's workers and ours count together and exactly one of them publishes.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::broker::{Broker, BrokerError, RESULT_TTL};
@@ -94,6 +96,9 @@ impl Broker {
     /// Prepares a chord of `size` parts before its header is published, as Celery's client
     /// does: the size in `.s`, no stale claim in `.c`.
     pub async fn start_chord(&self, group_id: &str, size: usize) -> Result<(), BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return embedded.start_chord(group_id, size);
+        }
         let mut conn = self.results_conn.get().await?;
         let done = redis::pipe()
             .atomic()
@@ -120,6 +125,15 @@ impl Broker {
         let part = serde_json::json!([1, task_id, state.as_str(), result]).to_string();
         let score = index.map_or_else(|| "+inf".to_owned(), |i| i.to_string());
         let index_text = index.map_or_else(|| "None".to_owned(), |i| i.to_string());
+        if let Some(embedded) = &self.embedded {
+            return embedded.chord_part(
+                group_id,
+                &format!("{task_id}:{index_text}"),
+                index.map_or(f64::INFINITY, |i| i as f64),
+                &part,
+                Duration::from_secs(CLAIM_SECONDS),
+            );
+        }
         let mut conn = self.results_conn.get().await?;
         let claimed: redis::RedisResult<Option<Vec<String>>> = redis::Script::new(CHORD_PART)
             .key(chord_key(group_id, "j"))
@@ -146,6 +160,9 @@ impl Broker {
 
     /// Marks a chord whose body went out as done.
     pub async fn finish_chord(&self, group_id: &str) -> Result<(), BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return embedded.finish_chord(group_id);
+        }
         let mut conn = self.results_conn.get().await?;
         let done: redis::RedisResult<i64> = redis::Script::new(CHORD_DONE)
             .key(chord_key(group_id, "j"))

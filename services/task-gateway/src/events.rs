@@ -113,6 +113,10 @@ impl Events {
 
     /// Publishes events (`(type, fields)`), in one round trip.
     pub async fn send(&self, events: &[(&str, Map<String, Value>)]) -> Result<(), BrokerError> {
+        if self.broker.embedded.is_some() {
+            // No Celery monitor can reach an embedded broker: nobody to tell.
+            return Ok(());
+        }
         let db = self.broker.db();
         let mut pipe = redis::pipe();
         for (kind, fields) in events {
@@ -183,6 +187,10 @@ impl Broker {
         task_id: &str,
         terminate: bool,
     ) -> Result<(), BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            embedded.broadcast_revoke(task_id, terminate);
+            return Ok(());
+        }
         let command = control(
             "revoke",
             json!({"task_id": task_id, "terminate": terminate, "signal": "SIGTERM"}),
@@ -214,6 +222,19 @@ impl Broker {
     ) where
         F: Fn(String, bool) + Send + Sync,
     {
+        if let Some(embedded) = &self.embedded {
+            let mut revocations = embedded.revocations();
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    revoked = revocations.recv() => match revoked {
+                        Ok((id, terminate)) => on_revoke(id, terminate),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                }
+            }
+        }
         let channel = channel(self.db(), PIDBOX_EXCHANGE, None);
         while !stop.is_cancelled() {
             let subscribed = async {

@@ -13,6 +13,7 @@ pub mod api;
 pub mod broker;
 pub mod canvas;
 pub mod celery;
+pub mod embedded;
 pub mod events;
 pub mod grpc;
 pub mod schedule;
@@ -34,9 +35,9 @@ pub const ABOUT: &str = "Celery-compatible task broker-gateway.";
 /// Where Celery's queues and results live.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RedisSettings {
-    /// The broker database (Celery's `broker_url`).
+    /// The broker database (Celery's `broker_url`), or `sqlite:<path>` for the embedded broker in that file (single machine, no Celery peers; results kept there too).
     pub broker_url: String,
-    /// The result database (Celery's `result_backend`).
+    /// The result database (Celery's `result_backend`); unused with the embedded broker.
     pub result_url: String,
 }
 

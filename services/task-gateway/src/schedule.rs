@@ -252,6 +252,10 @@ impl Broker {
     /// its first slot after now.
     pub async fn put_schedule(&self, name: &str, schedule: &Schedule) -> Result<(), BrokerError> {
         let first = schedule.next_after(now_millis()).unwrap_or(u64::MAX);
+        if let Some(embedded) = &self.embedded {
+            let definition = serde_json::to_string(schedule).expect("schedules serialize");
+            return embedded.put_schedule(name, &definition, first);
+        }
         let mut conn = self.broker.get().await?;
         let done = redis::pipe()
             .atomic()
@@ -270,6 +274,9 @@ impl Broker {
 
     /// Removes schedule `name`; whether it existed.
     pub async fn delete_schedule(&self, name: &str) -> Result<bool, BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return embedded.delete_schedule(name);
+        }
         let mut conn = self.broker.get().await?;
         let removed: redis::RedisResult<(u64, u64, u64)> = redis::pipe()
             .atomic()
@@ -283,6 +290,22 @@ impl Broker {
 
     /// Every schedule with its state, by name.
     pub async fn schedules(&self) -> Result<Vec<ScheduleState>, BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return Ok(embedded
+                .schedules()?
+                .into_iter()
+                .filter_map(|(name, raw, due, runs)| {
+                    Some(ScheduleState {
+                        schedule: serde_json::from_str(&raw).ok()?,
+                        next_run_at: iso(due),
+                        runs: runs
+                            .and_then(|r| serde_json::from_str(&r).ok())
+                            .unwrap_or_default(),
+                        name,
+                    })
+                })
+                .collect());
+        }
         let mut conn = self.broker.get().await?;
         // Definitions, due times, runs.
         type Read = (
@@ -323,9 +346,123 @@ impl Broker {
 
     /// The identity of the replica firing schedules, if one leads.
     pub async fn scheduler(&self) -> Result<Option<String>, BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return embedded.recall(LEASE);
+        }
         let mut conn = self.broker.get().await?;
         let got = redis::AsyncCommands::get(&mut conn, LEASE).await;
         self.broker.check(got).await
+    }
+
+    /// Takes or keeps the scheduler lease for `identity`; whether it holds it.
+    pub async fn hold_scheduler(&self, identity: &str) -> Result<bool, BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return embedded.hold(LEASE, identity, LEASE_TTL);
+        }
+        let mut conn = self.broker.get().await?;
+        let held: redis::RedisResult<i64> = redis::Script::new(HOLD)
+            .key(LEASE)
+            .arg(identity)
+            .arg(LEASE_TTL.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await;
+        Ok(self.broker.check(held).await? == 1)
+    }
+
+    /// Gives the scheduler lease up if `identity` holds it.
+    pub async fn release_scheduler(&self, identity: &str) -> Result<(), BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return embedded.release(LEASE, identity);
+        }
+        let mut conn = self.broker.get().await?;
+        let released: redis::RedisResult<i64> = redis::Script::new(RELEASE)
+            .key(LEASE)
+            .arg(identity)
+            .invoke_async(&mut conn)
+            .await;
+        self.broker.check(released).await.map(drop)
+    }
+
+    /// Schedules due by `now` (at most 100): name, definition, the due time.
+    pub async fn due_schedules(
+        &self,
+        now: u64,
+    ) -> Result<Vec<(String, Schedule, u64)>, BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return Ok(embedded
+                .schedules()?
+                .into_iter()
+                .filter(|(_, _, due, _)| *due <= now)
+                .take(100)
+                .filter_map(|(name, raw, due, _)| {
+                    Some((name, serde_json::from_str(&raw).ok()?, due))
+                })
+                .collect());
+        }
+        let mut conn = self.broker.get().await?;
+        let due: redis::RedisResult<Vec<(String, f64)>> = redis::cmd("ZRANGE")
+            .arg(DUE)
+            .arg("-inf")
+            .arg(now)
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(100)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await;
+        let mut found = Vec::new();
+        for (name, at) in self.broker.check(due).await? {
+            let raw: redis::RedisResult<Option<String>> =
+                redis::AsyncCommands::hget(&mut conn, SCHEDULES, &name).await;
+            if let Some(schedule) = self
+                .broker
+                .check(raw)
+                .await?
+                .and_then(|raw| serde_json::from_str::<Schedule>(&raw).ok())
+            {
+                found.push((name, schedule, at as u64));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Fires the slot of schedule `name` due at `at` with `message`, if `identity` still
+    /// holds the lease and the slot is still due: -1 not the leader, 0 the slot is gone, 1
+    /// fired (the due time moved to `next`, the run and `skipped` slots counted).
+    pub async fn fire_schedule(
+        &self,
+        identity: &str,
+        name: &str,
+        (at, next, skipped): (u64, u64, u64),
+        message: &TaskMessage,
+    ) -> Result<i64, BrokerError> {
+        if let Some(embedded) = &self.embedded {
+            return embedded.fire(LEASE, identity, name, at, next, message, skipped);
+        }
+        let queue = &message.properties.delivery_info.routing_key;
+        let mut conn = self.broker.get().await?;
+        let outcome: redis::RedisResult<i64> = redis::Script::new(FIRE)
+            .key(LEASE)
+            .key(DUE)
+            .key(RUNS)
+            .key(message.list())
+            .key(format!("_kombu.binding.{queue}"))
+            .arg(identity)
+            .arg(name)
+            .arg(at)
+            .arg(next)
+            .arg(message.encode())
+            .arg(skipped)
+            .arg(crate::celery::iso_now())
+            .arg(&message.headers.id)
+            .arg(format!(
+                "{queue}{sep}{sep}{queue}",
+                sep = crate::celery::PRIORITY_SEP
+            ))
+            .invoke_async(&mut conn)
+            .await;
+        self.broker.check(outcome).await
     }
 }
 
@@ -357,7 +494,7 @@ impl Scheduler {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(TICK) => {}
             }
-            match self.hold().await {
+            match self.broker.hold_scheduler(&self.identity).await {
                 Ok(true) => {
                     if !leading {
                         tracing::info!(scheduler = %self.identity, "this replica now fires the periodic schedules");
@@ -379,87 +516,31 @@ impl Scheduler {
                 }
             }
         }
-        if leading && let Ok(mut conn) = self.broker.broker.get().await {
-            let _: redis::RedisResult<i64> = redis::Script::new(RELEASE)
-                .key(LEASE)
-                .arg(&self.identity)
-                .invoke_async(&mut conn)
-                .await;
+        if leading {
+            let _ = self.broker.release_scheduler(&self.identity).await;
         }
-    }
-
-    async fn hold(&self) -> Result<bool, BrokerError> {
-        let mut conn = self.broker.broker.get().await?;
-        let held: redis::RedisResult<i64> = redis::Script::new(HOLD)
-            .key(LEASE)
-            .arg(&self.identity)
-            .arg(LEASE_TTL.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await;
-        Ok(self.broker.broker.check(held).await? == 1)
     }
 
     /// Fires every schedule whose time has come; returns how many fired.
     pub async fn fire_due(&self) -> Result<usize, BrokerError> {
         let now = now_millis();
-        let mut conn = self.broker.broker.get().await?;
-        let due: redis::RedisResult<Vec<(String, f64)>> = redis::cmd("ZRANGE")
-            .arg(DUE)
-            .arg("-inf")
-            .arg(now)
-            .arg("BYSCORE")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(100)
-            .arg("WITHSCORES")
-            .query_async(&mut conn)
-            .await;
         let mut fired = 0;
-        for (name, at) in self.broker.broker.check(due).await? {
-            let raw: redis::RedisResult<Option<String>> =
-                redis::AsyncCommands::hget(&mut conn, SCHEDULES, &name).await;
-            let Some(schedule) = self
-                .broker
-                .broker
-                .check(raw)
-                .await?
-                .and_then(|raw| serde_json::from_str::<Schedule>(&raw).ok())
-            else {
-                continue;
-            };
-            let at = at as u64;
+        for (name, schedule, at) in self.broker.due_schedules(now).await? {
             let Some((next, skipped)) = schedule.advance(at, now) else {
                 continue;
             };
             let message = self.message(&name, &schedule)?;
-            let queue = message.properties.delivery_info.routing_key.clone();
             self.broker
                 .remember(
                     &format!("quartet-task-queue-{}", message.headers.id),
-                    &queue,
+                    &message.properties.delivery_info.routing_key,
                 )
                 .await?;
-            let outcome: redis::RedisResult<i64> = redis::Script::new(FIRE)
-                .key(LEASE)
-                .key(DUE)
-                .key(RUNS)
-                .key(message.list())
-                .key(format!("_kombu.binding.{queue}"))
-                .arg(&self.identity)
-                .arg(&name)
-                .arg(at)
-                .arg(next)
-                .arg(message.encode())
-                .arg(skipped)
-                .arg(crate::celery::iso_now())
-                .arg(&message.headers.id)
-                .arg(format!(
-                    "{queue}{sep}{sep}{queue}",
-                    sep = crate::celery::PRIORITY_SEP
-                ))
-                .invoke_async(&mut conn)
-                .await;
-            match self.broker.broker.check(outcome).await? {
+            match self
+                .broker
+                .fire_schedule(&self.identity, &name, (at, next, skipped), &message)
+                .await?
+            {
                 1 => {
                     fired += 1;
                     if skipped > 0 {
