@@ -127,6 +127,8 @@ pub struct Delivery {
     pub raw: String,
     /// The decoded message, or why it is unusable.
     pub message: Result<TaskMessage, ProtocolError>,
+    /// Whether the task was revoked before it was taken (read in the same round trip).
+    pub revoked: bool,
 }
 
 /// A connection made on first use and made again after it breaks, so the gateway starts
@@ -298,14 +300,18 @@ impl Broker {
         }
     }
 
-    /// Marks a task revoked: workers that take it store REVOKED instead of running it.
+    /// Marks a task revoked: workers that take it store REVOKED instead of running it. The
+    /// marker lives in the broker database, as long as results, so taking a message reads it
+    /// in the same round trip.
     pub async fn revoke(&self, task_id: &str) -> Result<(), BrokerError> {
-        self.remember(&revoked_key(task_id), "revoked").await
-    }
-
-    /// Whether a task was revoked.
-    pub async fn is_revoked(&self, task_id: &str) -> Result<bool, BrokerError> {
-        Ok(self.recall(&revoked_key(task_id)).await?.is_some())
+        if let Some(embedded) = &self.embedded {
+            return embedded.remember(&revoked_key(task_id), "revoked", RESULT_TTL);
+        }
+        let mut conn = self.broker.get().await?;
+        let set = conn
+            .set_ex::<_, _, ()>(revoked_key(task_id), "revoked", RESULT_TTL.as_secs())
+            .await;
+        self.broker.check(set).await
     }
 
     /// Publishes `message` on its queue's list for its priority now, declaring the queue's
@@ -721,6 +727,7 @@ impl Consumer {
             return Ok(None);
         };
         let message = TaskMessage::decode(raw.as_bytes());
+        let mut revoked = false;
         if let Ok(m) = &message {
             let envelope: serde_json::Value =
                 serde_json::from_str(&raw).unwrap_or(serde_json::Value::Null);
@@ -742,9 +749,15 @@ impl Consumer {
                     .hset(LEASE_OWNERS, tag, worker)
                     .ignore();
             }
-            pipe.query_async::<()>(broker).await?;
+            pipe.exists(revoked_key(&m.headers.id));
+            (revoked,) = pipe.query_async(broker).await?;
         }
-        Ok(Some(Delivery { list, raw, message }))
+        Ok(Some(Delivery {
+            list,
+            raw,
+            message,
+            revoked,
+        }))
     }
 
     /// Extends the leases of `tags` by `lease` from now. Returns the tags whose lease was

@@ -163,10 +163,16 @@ impl Embedded {
             } else {
                 envelope
             };
+            let message = TaskMessage::decode(raw.as_bytes());
+            let revoked = message.as_ref().is_ok_and(|m| {
+                self.recall(&crate::broker::revoked_key(&m.headers.id))
+                    .is_ok_and(|r| r.is_some())
+            });
             Delivery {
                 list: queue_list(&queue, bucket),
-                message: TaskMessage::decode(raw.as_bytes()),
+                message,
                 raw,
+                revoked,
             }
         }))
     }

@@ -592,7 +592,7 @@ impl Worker {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(tag.clone());
-        let done = self.finish(conn, message).await;
+        let done = self.finish(conn, message, delivery.revoked).await;
         self.in_hand
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -600,7 +600,14 @@ impl Worker {
         done
     }
 
-    async fn finish(&self, conn: &mut Consumer, message: TaskMessage) -> Result<(), BrokerError> {
+    /// Runs a taken message to its end; `revoked` says whether it was revoked before it was
+    /// taken.
+    async fn finish(
+        &self,
+        conn: &mut Consumer,
+        message: TaskMessage,
+        revoked: bool,
+    ) -> Result<(), BrokerError> {
         let id = message.headers.id.clone();
         let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
         // Not due yet (a Celery client's countdown): back to Redis until it is, not held here.
@@ -620,7 +627,7 @@ impl Worker {
             .as_deref()
             .and_then(crate::broker::iso_millis)
             .is_some_and(|at| at <= now);
-        if expired || self.broker.is_revoked(&id).await? {
+        if expired || revoked {
             let why = if expired { "expired" } else { "revoked" };
             tracing::info!(task = %message.headers.task, id = %id, why, "task not run");
             let meta = ResultMeta::finished(
