@@ -131,12 +131,30 @@ async fn an_isolated_leader_cannot_commit_and_the_majority_goes_on() {
     )
     .await
     .expect("schema");
+    // On a loaded machine the containers may still hold an election while they settle: a
+    // refused insert is retried on the current leader (INSERT IGNORE, so one that did commit
+    // before its answer was lost is not doubled).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     for id in 1..=20i64 {
-        sqlx::query("INSERT INTO t (id) VALUES (?)")
-            .bind(id)
-            .execute(&mut c)
-            .await
-            .expect("insert before the partition");
+        loop {
+            let inserted = sqlx::query("INSERT IGNORE INTO t (id) VALUES (?)")
+                .bind(id)
+                .execute(&mut c)
+                .await;
+            match inserted {
+                Ok(_) => break,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    eprintln!(
+                        "insert {id} before the partition refused ({e}); retrying on the leader"
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if let Ok(again) = connect(ips[leader_among(&ips, &[0, 1, 2]).await]).await {
+                        c = again;
+                    }
+                }
+                Err(e) => panic!("insert before the partition: {e}"),
+            }
+        }
     }
     let old = if is_leader(ips[old]).await {
         old
