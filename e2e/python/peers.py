@@ -8,6 +8,7 @@ Tasks are named peers.<function> (this module's name), as in the captured fixtur
     BROKER_URL=... RESULT_URL=... python peers.py chord RUST_QUEUE CELERY_QUEUE [TIMEOUT]
     BROKER_URL=... RESULT_URL=... python peers.py events RUST_QUEUE [TIMEOUT]
     BROKER_URL=... RESULT_URL=... python peers.py revoke TASK_ID [terminate]
+    BROKER_URL=... RESULT_URL=... python peers.py priorities RUST_QUEUE
 
 `submit` publishes with Celery's own client (send_task) and prints
 {"id": ..., "state": ..., "result": ...} once AsyncResult.get() returns.
@@ -113,6 +114,12 @@ if __name__ == "__main__":
         chord_across(sys.argv[2], sys.argv[3], float(sys.argv[4]) if len(sys.argv) > 4 else 30)
     elif sys.argv[1] == "events":
         follow_events(sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 30)
+    elif sys.argv[1] == "priorities":
+        # Three rust.add at priority 9, then three at 0, with nobody consuming yet.
+        queue = sys.argv[2]
+        low = [app.send_task("rust.add", args=(1, 1), queue=queue, priority=9).id for _ in range(3)]
+        high = [app.send_task("rust.add", args=(1, 1), queue=queue, priority=0).id for _ in range(3)]
+        print(json.dumps({"low": low, "high": high}))
     elif sys.argv[1] == "revoke":
         app.control.revoke(sys.argv[2], terminate=len(sys.argv) > 3 and sys.argv[3] == "terminate")
         print(json.dumps({"revoked": sys.argv[2]}))

@@ -769,6 +769,48 @@ async fn chains_groups_chords_time_limits_and_terminate_over_rest() {
         "{body}"
     );
 
+    // Through the API to a real Celery worker, and a chord whose header spans both worlds.
+    let python = quartet_e2e::python().await;
+    let celery_queue = format!("{queue}-py");
+    let _celery = tokio::process::Command::new(&python)
+        .args([
+            "-m",
+            "celery",
+            "-A",
+            "peers",
+            "worker",
+            "--pool=solo",
+            "-Q",
+            &celery_queue,
+        ])
+        .args(["--without-mingle", "--without-gossip", "--loglevel=warning"])
+        .current_dir(quartet_e2e::repo_root().join("e2e/python"))
+        .env("BROKER_URL", &broker_url)
+        .env("RESULT_URL", &result_url)
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("a Celery worker");
+    let on_celery =
+        |name: &str, args: Value| json!({"name": name, "args": args, "queue": celery_queue});
+    let (_, submitted) = post(
+        format!("{api}/v1/tasks"),
+        &token,
+        on_celery("peers.add", json!([20, 22])),
+    )
+    .await;
+    let status = result_of(submitted["id"].as_str().expect("id").to_owned()).await;
+    assert_eq!(status["result"], 42, "Celery ran it: {status}");
+    let (_, chord) = post(
+        format!("{api}/v1/chords"),
+        &token,
+        json!({"header": [on_celery("peers.add", json!([1, 2])), task("quartet.add", json!([3, 4])), on_celery("peers.mul", json!([5, 6]))],
+               "body": task("quartet.echo", json!([]))}),
+    )
+    .await;
+    let body = result_of(chord["id"].as_str().expect("id").to_owned()).await;
+    assert_eq!(body["result"], json!([[3, 7, 30]]), "{body}");
+
     // Bad workflows are refused with the reason.
     let (status, problem) = post(format!("{api}/v1/chains"), &token, json!({"tasks": []})).await;
     assert_eq!(status, 400);

@@ -470,3 +470,73 @@ async fn revocations_reach_every_worker_both_ways() {
     stop.cancel();
     let _ = running.await;
 }
+
+/// When each task finished, from its record.
+async fn done_at(broker: &Broker, ids: &[String]) -> Vec<String> {
+    let mut times = Vec::new();
+    for id in ids {
+        let meta = broker
+            .wait_result(id, Duration::from_secs(60))
+            .await
+            .expect("wait")
+            .unwrap_or_else(|| panic!("{id} did not finish"));
+        times.push(meta.date_done.expect("finished"));
+    }
+    times
+}
+
+#[tokio::test]
+async fn priority_zero_is_served_first_both_ways() {
+    let (broker_url, result_url) = urls(26).await;
+    let broker = Broker::open(&broker_url, &result_url).expect("redis urls");
+
+    // Ours queued while no worker runs, priority 9 first, then 0; a Celery worker then starts.
+    let celery_queue = format!("prio-py-{}", uuid4());
+    let mut low = Vec::new();
+    let mut high = Vec::new();
+    for (priority, ids) in [(9, &mut low), (0, &mut high)] {
+        for _ in 0..3 {
+            let m = TaskMessage::new(
+                "peers.add",
+                raw("[1, 1]"),
+                raw("{}"),
+                &celery_queue,
+                priority,
+            );
+            broker.publish(&m).await.expect("publish");
+            ids.push(m.headers.id);
+        }
+    }
+    let _celery = celery_worker(&broker_url, &result_url, &celery_queue).await;
+    let (high_done, low_done) = (done_at(&broker, &high).await, done_at(&broker, &low).await);
+    assert!(
+        high_done.iter().max() < low_done.iter().min(),
+        "Celery served priority 0 first: {high_done:?} then {low_done:?}"
+    );
+
+    // Celery's client queues 9s then 0s; our worker then starts, one task at a time.
+    let rust_queue = format!("prio-rs-{}", uuid4());
+    let queued = peers(&broker_url, &result_url, &["priorities", &rust_queue]).await;
+    let ids = |key: &str| -> Vec<String> {
+        queued[key]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = quartet_task_gateway::worker::Worker::new(broker.clone(), &[&rust_queue], 1)
+        .task("rust.add", |_, _| async move { Ok(serde_json::json!(2)) });
+    let running = tokio::spawn(worker.run(stop.clone()));
+    let (high_done, low_done) = (
+        done_at(&broker, &ids("high")).await,
+        done_at(&broker, &ids("low")).await,
+    );
+    assert!(
+        high_done.iter().max() < low_done.iter().min(),
+        "we served Celery's priority 0 first: {high_done:?} then {low_done:?}"
+    );
+    stop.cancel();
+    let _ = running.await;
+}
