@@ -515,6 +515,7 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
         "quartet_tasks_total{state=\"REVOKED\",task=\"quartet.echo\"} 2",
         "quartet_task_wait_seconds_count{task=\"quartet.add\"}",
         "quartet_task_run_seconds_count{task=\"quartet.add\"}",
+        "quartet_task_latency_seconds_count{task=\"quartet.add\"}",
         &format!("quartet_queue_depth{{bucket=\"0\",queue=\"{queue}\"}} 0"),
     ] {
         assert!(metrics.contains(expected), "{expected} not in:\n{metrics}");
@@ -810,6 +811,47 @@ async fn chains_groups_chords_time_limits_and_terminate_over_rest() {
     .await;
     let body = result_of(chord["id"].as_str().expect("id").to_owned()).await;
     assert_eq!(body["result"], json!([[3, 7, 30]]), "{body}");
+
+    // Extra headers ride in the message; Celery's own names cannot be replaced.
+    let parked = format!("{queue}-parked");
+    let (status, _) = post(
+        format!("{api}/v1/tasks"),
+        &token,
+        json!({"name": "quartet.echo", "queue": parked, "headers": {"tenant": "acme"}}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let raw: Vec<String> = {
+        let client = redis::Client::open(broker_url.as_str()).expect("url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        redis::cmd("LRANGE")
+            .arg(&parked)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .expect("lrange")
+    };
+    let message =
+        quartet_task_gateway::celery::TaskMessage::decode(raw[0].as_bytes()).expect("ours");
+    assert_eq!(message.headers.extra["tenant"], "acme");
+    let (status, problem) = post(
+        format!("{api}/v1/tasks"),
+        &token,
+        json!({"name": "quartet.echo", "queue": parked, "headers": {"id": "forged"}}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("reserved"),
+        "{problem}"
+    );
 
     // Bad workflows are refused with the reason.
     let (status, problem) = post(format!("{api}/v1/chains"), &token, json!({"tasks": []})).await;

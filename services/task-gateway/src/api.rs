@@ -74,6 +74,10 @@ pub struct Submit {
     /// `worker.max_retries`), 0 to 100.
     #[serde(default)]
     pub max_retries: Option<u32>,
+    /// Headers to add to the message (a handler's context, a tenant…); Celery's own header
+    /// names are refused.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// A submitted task.
@@ -366,6 +370,26 @@ impl Api {
                 .headers
                 .extra
                 .insert(crate::worker::MAX_RETRIES_HEADER.into(), retries.into());
+        }
+        for (key, value) in &request.headers {
+            let reserved = serde_json::to_value(&message.headers)
+                .ok()
+                .is_some_and(|h| h.get(key).is_some())
+                || key.starts_with("quartet_")
+                || key == "traceparent"
+                || key == "tracestate";
+            if key.is_empty() || key.len() > 100 || reserved {
+                return Err(invalid(
+                    "invalid-submission",
+                    format!(
+                        "header {key:?} is reserved or invalid: extra headers cannot replace Celery's, the trace's or quartet_*"
+                    ),
+                ));
+            }
+            message
+                .headers
+                .extra
+                .insert(key.clone(), Value::String(value.clone()));
         }
         // The trace continues into the worker: `traceparent` rides in the task's headers.
         let mut trace = std::collections::HashMap::new();

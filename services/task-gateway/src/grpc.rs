@@ -59,6 +59,7 @@ impl TasksService {
             time_limit: q.time_limit,
             soft_time_limit: q.soft_time_limit,
             max_retries: q.max_retries,
+            headers: q.headers.into_iter().collect(),
         })
     }
 

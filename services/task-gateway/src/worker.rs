@@ -185,6 +185,8 @@ pub struct TaskContext {
     pub id: String,
     /// How many times it was retried before this run.
     pub retries: u32,
+    /// The message's headers beyond Celery's (those given at submission, `traceparent`, …).
+    pub headers: serde_json::Map<String, Value>,
     /// Cancelled when the task's soft time limit passes: a handler that selects on it can
     /// stop cleanly (and fail with `SoftTimeLimitExceeded`, as Celery's tasks do) before the
     /// hard limit drops it.
@@ -198,6 +200,15 @@ tokio::task_local! {
 /// The running task's context, inside a handler (None elsewhere).
 pub fn context() -> Option<TaskContext> {
     CONTEXT.try_with(Clone::clone).ok()
+}
+
+/// When the gateway published a task, if it did (ms since the epoch).
+fn sent_at(message: &TaskMessage) -> Option<u64> {
+    message
+        .headers
+        .extra
+        .get(SENT_AT_HEADER)
+        .and_then(Value::as_u64)
 }
 
 fn fields(value: Value) -> serde_json::Map<String, Value> {
@@ -222,6 +233,7 @@ struct Metrics {
     finished: prometheus::IntCounterVec,
     run_seconds: prometheus::HistogramVec,
     wait_seconds: prometheus::HistogramVec,
+    latency_seconds: prometheus::HistogramVec,
     depth: prometheus::IntGaugeVec,
 }
 
@@ -358,6 +370,13 @@ impl Worker {
             ),
             &["task"],
         )?;
+        let latency_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "quartet_task_latency_seconds",
+                "Time from submission to the final state, for tasks the gateway published",
+            ),
+            &["task"],
+        )?;
         let depth = IntGaugeVec::new(
             Opts::new(
                 "quartet_queue_depth",
@@ -368,11 +387,13 @@ impl Worker {
         registry.register(Box::new(finished.clone()))?;
         registry.register(Box::new(run_seconds.clone()))?;
         registry.register(Box::new(wait_seconds.clone()))?;
+        registry.register(Box::new(latency_seconds.clone()))?;
         registry.register(Box::new(depth.clone()))?;
         self.metrics = Some(Metrics {
             finished,
             run_seconds,
             wait_seconds,
+            latency_seconds,
             depth,
         });
         Ok(self)
@@ -656,14 +677,7 @@ impl Worker {
             self.emit(&[("task-received", received), ("task-started", started)])
                 .await;
         }
-        if let (Some(m), Some(sent)) = (
-            &self.metrics,
-            message
-                .headers
-                .extra
-                .get(SENT_AT_HEADER)
-                .and_then(Value::as_u64),
-        ) {
+        if let (Some(m), Some(sent)) = (&self.metrics, sent_at(&message)) {
             m.wait_seconds
                 .with_label_values(&[&message.headers.task])
                 .observe(now.saturating_sub(sent) as f64 / 1000.0);
@@ -707,6 +721,7 @@ impl Worker {
                 let context = TaskContext {
                     id: id.clone(),
                     retries: message.headers.retries,
+                    headers: message.headers.extra.clone(),
                     soft_limit: CancellationToken::new(),
                 };
                 let (hard, soft) = message.headers.timelimit;
@@ -793,6 +808,12 @@ impl Worker {
     /// message for redelivery and each of these steps is repeated, never skipped.
     async fn settle(&self, message: &TaskMessage, meta: ResultMeta) -> Result<(), BrokerError> {
         self.count(&message.headers.task, meta.status);
+        if let (Some(m), Some(sent)) = (&self.metrics, sent_at(message)) {
+            let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
+            m.latency_seconds
+                .with_label_values(&[&message.headers.task])
+                .observe(now.saturating_sub(sent) as f64 / 1000.0);
+        }
         self.processed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.task_events {
