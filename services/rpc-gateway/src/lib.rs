@@ -1,11 +1,14 @@
 //! `quartet-rpc-gateway`: zerorpc-compatible RPC gateway.
 //!
 //! Today the crate holds the server's shell, which every Quartet service shares through
-//! `quartet-kit`: configuration, listeners (gRPC, REST, admin), telemetry and graceful
-//! shutdown. The zerorpc library and the gateway arrive with issue 6.
+//! `quartet-kit` (configuration, listeners, telemetry, graceful shutdown), and the start of
+//! the zerorpc library: [`zerorpc::event`], the wire format checked against every event
+//! captured from zerorpc-python. The rest of the library and the gateway follow (issue 6).
 //!
 //! Layout rule for what comes: the domain apart from the transports (gRPC, REST, zerorpc) and
 //! the storage, so each can be tested alone.
+
+pub mod zerorpc;
 
 use quartet_kit::app::{Context, ServiceConfig};
 use quartet_kit::reexport::tonic::service::Routes;

@@ -1,0 +1,308 @@
+//! zerorpc's unit of exchange: an event, the MessagePack array `[header, name, args]`, as
+//! zerorpc-python 0.6.3 writes it (`shared/protocols/zerorpc/FORMAT.md`).
+//!
+//! - `header` is a map: `message_id` (32 ASCII bytes written as msgpack **bin**), `v` (3), and
+//!   on every event after a channel's first `response_to` (the first event's id); middleware
+//!   may add keys (`traceparent`, a token), which are kept in order.
+//! - `name` is a method name or one of [`OK`], [`ERR`], [`STREAM`], [`STREAM_DONE`],
+//!   [`HEARTBEAT`], [`MORE`].
+//! - `args` is kept as a MessagePack value: its exact wire types (bin vs str, integer widths)
+//!   survive a decode and re-encode, so the gateway passes arguments through unchanged.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rmpv::Value;
+
+/// A successful reply: `args` = `[result]`.
+pub const OK: &str = "OK";
+/// A failed call: `args` = `[name, message, traceback]` (v1 peers: `[repr]`).
+pub const ERR: &str = "ERR";
+/// One item of a streamed reply: `args` = the item itself.
+pub const STREAM: &str = "STREAM";
+/// The end of a stream: `args` = nil.
+pub const STREAM_DONE: &str = "STREAM_DONE";
+/// A channel's heartbeat: `args` = `[0]`.
+pub const HEARTBEAT: &str = "_zpc_hb";
+/// Flow control, more credit for the peer: `args` = `[n]`.
+pub const MORE: &str = "_zpc_more";
+
+/// The protocol version we speak (zerorpc 0.6.3 always writes 3).
+pub const VERSION: u64 = 3;
+
+/// Why bytes are not an event; each names what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// Not MessagePack at all, or trailing bytes.
+    #[error("not a MessagePack value: {0}")]
+    Msgpack(String),
+    /// MessagePack, but not `[header, name, args]`.
+    #[error("not a zerorpc event: {0}")]
+    Shape(String),
+}
+
+/// The header map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    /// This event's id: 32 ASCII bytes.
+    pub message_id: Vec<u8>,
+    /// The protocol version; `None` when absent (a v1 peer).
+    pub version: Option<u64>,
+    /// The id of the channel's first event, on every later event.
+    pub response_to: Option<Vec<u8>>,
+    /// Other keys (middleware: trace context, tokens), in order.
+    pub extra: Vec<(Value, Value)>,
+}
+
+/// One event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The header.
+    pub header: Header,
+    /// A method name or a protocol event name.
+    pub name: String,
+    /// The arguments, as written.
+    pub args: Value,
+}
+
+/// A per-process counter in the first 8 hex digits of every message id, as zerorpc-python
+/// keeps one: starts at a random value, goes up by one per event.
+static COUNTER: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// A fresh message id: 8 hex digits of the process counter, then 24 random hex digits.
+pub fn new_message_id() -> Vec<u8> {
+    let mut random = [0u8; 16];
+    getrandom::fill(&mut random).expect("the OS random source is available");
+    let start = u64::from(u32::from_le_bytes([
+        random[12], random[13], random[14], random[15],
+    ]));
+    let _ = COUNTER.compare_exchange(u64::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff;
+    let tail: String = random[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{count:08x}{tail}").into_bytes()
+}
+
+/// An id as it may arrive: msgpack bin (what zerorpc writes) or str (tolerated).
+fn id_bytes(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::Binary(b) => Some(b.clone()),
+        Value::String(s) => s.as_str().map(|s| s.as_bytes().to_vec()),
+        _ => None,
+    }
+}
+
+impl Event {
+    /// The first event of a new channel (a request): a fresh id, version 3.
+    pub fn request(name: &str, args: Value) -> Self {
+        Self {
+            header: Header {
+                message_id: new_message_id(),
+                version: Some(VERSION),
+                response_to: None,
+                extra: Vec::new(),
+            },
+            name: name.to_owned(),
+            args,
+        }
+    }
+
+    /// A later event on the channel `channel` (the id of its first event).
+    pub fn reply(channel: &[u8], name: &str, args: Value) -> Self {
+        Self {
+            header: Header {
+                message_id: new_message_id(),
+                version: Some(VERSION),
+                response_to: Some(channel.to_vec()),
+                extra: Vec::new(),
+            },
+            name: name.to_owned(),
+            args,
+        }
+    }
+
+    /// The channel this event belongs to: its `response_to`, or its own id when it opens one.
+    pub fn channel(&self) -> &[u8] {
+        self.header
+            .response_to
+            .as_deref()
+            .unwrap_or(&self.header.message_id)
+    }
+
+    /// A header key beyond zerorpc's own, when it is a string (e.g. `traceparent`).
+    pub fn header_str(&self, key: &str) -> Option<&str> {
+        self.header
+            .extra
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .and_then(|(_, v)| v.as_str())
+    }
+
+    /// Encodes it as zerorpc does: keys in the order message_id, v, response_to, then extras.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut header = vec![(
+            Value::from("message_id"),
+            Value::Binary(self.header.message_id.clone()),
+        )];
+        if let Some(v) = self.header.version {
+            header.push((Value::from("v"), Value::from(v)));
+        }
+        if let Some(to) = &self.header.response_to {
+            header.push((Value::from("response_to"), Value::Binary(to.clone())));
+        }
+        header.extend(self.header.extra.iter().cloned());
+        let event = Value::Array(vec![
+            Value::Map(header),
+            Value::from(self.name.as_str()),
+            self.args.clone(),
+        ]);
+        let mut out = Vec::with_capacity(64);
+        rmpv::encode::write_value(&mut out, &event).expect("writing to a Vec cannot fail");
+        out
+    }
+
+    /// Decodes one event; the error names what is wrong.
+    pub fn decode(bytes: &[u8]) -> Result<Self, EventError> {
+        let mut reader = bytes;
+        let value = rmpv::decode::read_value(&mut reader)
+            .map_err(|e| EventError::Msgpack(e.to_string()))?;
+        if !reader.is_empty() {
+            return Err(EventError::Msgpack(format!(
+                "{} bytes after the event",
+                reader.len()
+            )));
+        }
+        let Value::Array(mut parts) = value else {
+            return Err(EventError::Shape("the event is not an array".into()));
+        };
+        if parts.len() != 3 {
+            return Err(EventError::Shape(format!(
+                "the event has {} parts, not 3 (header, name, args)",
+                parts.len()
+            )));
+        }
+        let args = parts.pop().unwrap_or(Value::Nil);
+        let name = match parts.pop() {
+            Some(Value::String(s)) => s
+                .into_str()
+                .ok_or_else(|| EventError::Shape("the event name is not UTF-8".into()))?,
+            Some(Value::Binary(b)) => String::from_utf8(b)
+                .map_err(|_| EventError::Shape("the event name is not UTF-8".into()))?,
+            _ => return Err(EventError::Shape("the event name is not a string".into())),
+        };
+        let Some(Value::Map(entries)) = parts.pop() else {
+            return Err(EventError::Shape("the header is not a map".into()));
+        };
+        let mut header = Header {
+            message_id: Vec::new(),
+            version: None,
+            response_to: None,
+            extra: Vec::new(),
+        };
+        for (key, value) in entries {
+            match key.as_str() {
+                Some("message_id") => {
+                    header.message_id = id_bytes(&value).ok_or_else(|| {
+                        EventError::Shape("message_id is neither bytes nor a string".into())
+                    })?;
+                }
+                Some("v") => {
+                    header.version = Some(value.as_u64().ok_or_else(|| {
+                        EventError::Shape("v is not a non-negative integer".into())
+                    })?);
+                }
+                Some("response_to") => {
+                    header.response_to = Some(id_bytes(&value).ok_or_else(|| {
+                        EventError::Shape("response_to is neither bytes nor a string".into())
+                    })?);
+                }
+                _ => header.extra.push((key, value)),
+            }
+        }
+        if header.message_id.is_empty() {
+            return Err(EventError::Shape("the header has no message_id".into()));
+        }
+        Ok(Self { header, name, args })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// Every event captured from zerorpc-python, in both directions.
+    fn captured() -> Vec<(String, Vec<u8>)> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/zerorpc");
+        let mut events = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("fixtures") {
+            let path = entry.expect("entry").path();
+            let doc: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+            let records = doc["data"].as_array().cloned().unwrap_or_default();
+            for record in records.iter().chain(
+                doc["data"]["frames"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default(),
+            ) {
+                if let Some(frames) = record["frames_hex"].as_array()
+                    && let Some(last) = frames.last().and_then(|f| f.as_str())
+                    && !last.is_empty()
+                {
+                    events.push((path.display().to_string(), hex(last)));
+                }
+            }
+        }
+        events
+    }
+
+    #[test]
+    fn every_captured_event_decodes_and_encodes_to_the_same_bytes() {
+        let events = captured();
+        assert!(events.len() > 50, "only {} events found", events.len());
+        for (file, bytes) in events {
+            let event = Event::decode(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(
+                event.encode(),
+                bytes,
+                "{file}: {} re-encoded differently",
+                event.name
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_and_its_reply_share_a_channel() {
+        let request = Event::request("add", Value::Array(vec![1.into(), 2.into()]));
+        assert_eq!(request.header.message_id.len(), 32);
+        assert!(request.header.message_id.iter().all(u8::is_ascii_hexdigit));
+        let reply = Event::reply(request.channel(), OK, Value::Array(vec![3.into()]));
+        assert_eq!(reply.channel(), request.channel());
+        let again = Event::decode(&reply.encode()).expect("decodes");
+        assert_eq!(again, reply);
+        // Consecutive ids count up in their first 8 hex digits, as zerorpc-python's do.
+        let (a, b) = (new_message_id(), new_message_id());
+        let n = |id: &[u8]| {
+            u64::from_str_radix(std::str::from_utf8(&id[..8]).expect("ascii"), 16).expect("hex")
+        };
+        assert_eq!((n(&a) + 1) & 0xffff_ffff, n(&b));
+    }
+
+    #[test]
+    fn malformed_events_are_refused_with_the_reason() {
+        let refuse = |bytes: &[u8]| Event::decode(bytes).expect_err("refused").to_string();
+        assert!(refuse(&[0x93, 0x80]).contains("MessagePack"), "truncated");
+        assert!(refuse(&[0x01]).contains("not an array"));
+        assert!(refuse(&[0x92, 0x80, 0xa1, b'x']).contains("2 parts"));
+        assert!(refuse(&[0x93, 0x80, 0x01, 0xc0]).contains("name"));
+        assert!(refuse(&[0x93, 0x80, 0xa1, b'x', 0xc0]).contains("message_id"));
+        let mut trailing = Event::request("x", Value::Nil).encode();
+        trailing.push(0);
+        assert!(refuse(&trailing).contains("after the event"));
+    }
+}
