@@ -923,9 +923,12 @@ async fn chains_groups_chords_time_limits_and_terminate_over_rest() {
     )
     .await;
     let id = long["id"].as_str().expect("id").to_owned();
-    quartet_e2e::eventually("the task started", Duration::from_secs(10), || {
-        let running = gateway.output().contains(&id);
-        async move { running.then_some(()) }
+    // Running longer than 100 ms, it is recorded STARTED (which also keeps the Celery worker
+    // listening here from writing the revoke over it).
+    quartet_e2e::eventually("the task recorded STARTED", Duration::from_secs(10), || {
+        let url = format!("{api}/v1/tasks/{id}");
+        let token = token.clone();
+        async move { (get(url, &token).await["state"] == "STARTED").then_some(()) }
     })
     .await
     .expect("started");

@@ -552,6 +552,32 @@ impl Broker {
         self.results_conn.check(stored).await
     }
 
+    /// Records a running task as STARTED, as Celery's `task_track_started` does (`result` =
+    /// `{pid, hostname}`), unless it already has a record: never over a final one.
+    pub async fn mark_started(&self, task_id: &str, worker: &str) -> Result<(), BrokerError> {
+        let mut meta = ResultMeta::finished(
+            task_id,
+            crate::celery::State::Started,
+            serde_json::json!({"pid": std::process::id(), "hostname": worker}),
+            None,
+        );
+        meta.date_done = None;
+        if let Some(embedded) = &self.embedded {
+            return embedded.store_result_if_absent(&meta);
+        }
+        let json = serde_json::to_string(&meta).expect("result records serialize");
+        let mut conn = self.results_conn.get().await?;
+        let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
+            .arg(result_key(task_id))
+            .arg(json)
+            .arg("NX")
+            .arg("EX")
+            .arg(RESULT_TTL.as_secs())
+            .query_async(&mut conn)
+            .await;
+        self.results_conn.check(set).await.map(drop)
+    }
+
     /// Keeps a small fact about a task (e.g. its queue) next to its result, as long as results.
     pub async fn remember(&self, key: &str, value: &str) -> Result<(), BrokerError> {
         if let Some(embedded) = &self.embedded {

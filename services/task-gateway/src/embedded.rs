@@ -405,6 +405,18 @@ impl Embedded {
         Ok(())
     }
 
+    /// Stores a record unless the task has one.
+    pub fn store_result_if_absent(&self, meta: &ResultMeta) -> Result<(), BrokerError> {
+        let json = serde_json::to_string(meta).expect("result records serialize");
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO results (task_id, meta, expires_ms) VALUES (?1, ?2, ?3)",
+                params![meta.task_id, json, expiry(crate::broker::RESULT_TTL)],
+            )
+        })
+        .map(drop)
+    }
+
     /// A task's result record.
     pub fn result(&self, task_id: &str) -> Result<Option<ResultMeta>, BrokerError> {
         let raw: Option<String> = self.with(|c| {

@@ -237,6 +237,9 @@ struct Metrics {
     depth: prometheus::IntGaugeVec,
 }
 
+/// How long a task runs before it is recorded STARTED.
+pub const STARTED_AFTER: Duration = Duration::from_millis(100);
+
 /// The header carrying a task's own retry budget, set at submission.
 pub const MAX_RETRIES_HEADER: &str = "quartet_max_retries";
 
@@ -757,9 +760,21 @@ impl Worker {
                         None => run.await,
                     }
                 };
+                // A task still running after STARTED_AFTER is recorded STARTED (Celery's
+                // `task_track_started`), which also tells Celery's workers, when they get a
+                // revoke, that the task is running elsewhere and its state is not theirs to
+                // write. Short tasks skip the round trip.
+                let mark_started = async {
+                    tokio::time::sleep(STARTED_AFTER).await;
+                    if let Err(e) = self.broker.mark_started(&id, &self.id).await {
+                        tracing::debug!(id = %id, error = %e, "could not record STARTED");
+                    }
+                    std::future::pending::<()>().await
+                };
                 let outcome = tokio::select! {
                     outcome = limited => Some(outcome),
                     () = terminate.cancelled() => None,
+                    () = mark_started => None,
                 };
                 self.running
                     .lock()
