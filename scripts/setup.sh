@@ -17,8 +17,10 @@ as_root() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
 # mariadb-client: the MySQL command-line client, a real client of quartet-db.
 # sysbench: the OLTP load generator quartet-db is tested and benchmarked with.
 # libclang-dev: bindgen generates SQLite's session-extension bindings (quartet-db replication).
+# libzmq3-dev: libzmq for quartet-rpc-gateway's zerorpc (Debian builds it with libsodium: CURVE).
 PACKAGES=(build-essential pkg-config binutils curl ca-certificates openssl python3 python3-venv
-          golang-go dpkg-dev make rsync openjdk-17-jdk-headless libshiro-java libclang-dev mariadb-client sysbench)
+          golang-go dpkg-dev make rsync openjdk-17-jdk-headless libshiro-java libclang-dev mariadb-client sysbench
+          libzmq3-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,3 +2,22 @@
 //! heartbeats, streams and flow control on ZeroMQ sockets.
 
 pub mod event;
+pub mod socket;
+
+/// Whether the libzmq in use can do CURVE security.
+pub fn has_curve() -> bool {
+    zmq::has("curve").unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_linked_libzmq_speaks_curve() {
+        assert!(
+            super::has_curve(),
+            "libzmq without CURVE: install Debian's libzmq3-dev"
+        );
+        let (major, minor, _) = zmq::version();
+        assert!((major, minor) >= (4, 3));
+    }
+}

@@ -1,0 +1,324 @@
+//! A ZeroMQ socket for async code. libzmq sockets are not thread-safe and tokio tasks move
+//! between threads, so each socket lives on a thread of its own, which polls it together with
+//! an in-process queue of outgoing messages: received messages go to a channel, messages to
+//! send come in over `inproc`. Sending never blocks the caller beyond handing the frames over.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::mpsc;
+
+/// A message: its frames.
+pub type Frames = Vec<Vec<u8>>;
+
+/// A ZeroMQ failure, named.
+#[derive(Debug, thiserror::Error)]
+#[error("zeromq {what}: {error}")]
+pub struct SocketError {
+    /// What was being done.
+    pub what: String,
+    /// libzmq's error.
+    pub error: zmq::Error,
+}
+
+fn failed(what: impl Into<String>) -> impl FnOnce(zmq::Error) -> SocketError {
+    let what = what.into();
+    move |error| SocketError { what, error }
+}
+
+/// CURVE keys of a socket (Z85 text, 40 characters each).
+#[derive(Clone)]
+pub enum Curve {
+    /// A server with this secret key; clients authenticate with their own keys (allow-listing
+    /// them is the ZAP handler's business).
+    Server {
+        /// The server's secret key.
+        secret: String,
+    },
+    /// A client that knows the server's public key.
+    Client {
+        /// The server's public key.
+        server_public: String,
+        /// This client's public key.
+        public: String,
+        /// This client's secret key.
+        secret: String,
+    },
+}
+
+impl std::fmt::Debug for Curve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Curve::Server { .. } => "Curve::Server",
+            Curve::Client { .. } => "Curve::Client",
+        })
+    }
+}
+
+/// A fresh CURVE key pair, `(public, secret)` in Z85.
+pub fn curve_keypair() -> Result<(String, String), SocketError> {
+    let pair = zmq::CurveKeyPair::new().map_err(failed("curve key pair"))?;
+    let z85 = |key: &[u8]| zmq::z85_encode(key).expect("a 32-byte key encodes");
+    Ok((z85(&pair.public_key), z85(&pair.secret_key)))
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// A socket on its own thread.
+pub struct Socket {
+    outbox: Mutex<zmq::Socket>,
+    inbox: tokio::sync::Mutex<mpsc::UnboundedReceiver<Frames>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    endpoint: String,
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The process's ZeroMQ context.
+pub fn context() -> &'static zmq::Context {
+    static CONTEXT: std::sync::OnceLock<zmq::Context> = std::sync::OnceLock::new();
+    CONTEXT.get_or_init(zmq::Context::new)
+}
+
+impl Socket {
+    /// A socket of `kind` bound to `endpoint` (e.g. `tcp://127.0.0.1:4242`; port 0 picks one,
+    /// see [`Socket::endpoint`]).
+    pub fn bind(
+        kind: zmq::SocketType,
+        endpoint: &str,
+        curve: Option<Curve>,
+    ) -> Result<Self, SocketError> {
+        Self::open(kind, endpoint, curve, true)
+    }
+
+    /// A socket of `kind` connected to `endpoint`.
+    pub fn connect(
+        kind: zmq::SocketType,
+        endpoint: &str,
+        curve: Option<Curve>,
+    ) -> Result<Self, SocketError> {
+        Self::open(kind, endpoint, curve, false)
+    }
+
+    fn open(
+        kind: zmq::SocketType,
+        endpoint: &str,
+        curve: Option<Curve>,
+        bind: bool,
+    ) -> Result<Self, SocketError> {
+        let ctx = context();
+        let main = ctx.socket(kind).map_err(failed("socket"))?;
+        main.set_linger(1000).map_err(failed("linger"))?;
+        match &curve {
+            Some(Curve::Server { secret }) => {
+                main.set_curve_server(true)
+                    .map_err(failed("curve server"))?;
+                main.set_curve_secretkey(&zmq::z85_decode(secret).map_err(|_| SocketError {
+                    what: "curve secret key (not Z85)".into(),
+                    error: zmq::Error::EINVAL,
+                })?)
+                .map_err(failed("curve secret key"))?;
+            }
+            Some(Curve::Client {
+                server_public,
+                public,
+                secret,
+            }) => {
+                for (what, key) in [
+                    ("server public key", server_public),
+                    ("public key", public),
+                    ("secret key", secret),
+                ] {
+                    if zmq::z85_decode(key).map(|k| k.len()).ok() != Some(32) {
+                        return Err(SocketError {
+                            what: format!("curve {what} (not a Z85 32-byte key)"),
+                            error: zmq::Error::EINVAL,
+                        });
+                    }
+                }
+                main.set_curve_serverkey(&zmq::z85_decode(server_public).unwrap_or_default())
+                    .map_err(failed("curve server key"))?;
+                main.set_curve_publickey(&zmq::z85_decode(public).unwrap_or_default())
+                    .map_err(failed("curve public key"))?;
+                main.set_curve_secretkey(&zmq::z85_decode(secret).unwrap_or_default())
+                    .map_err(failed("curve secret key"))?;
+            }
+            None => {}
+        }
+        let endpoint = if bind {
+            main.bind(endpoint)
+                .map_err(failed(format!("bind {endpoint}")))?;
+            main.get_last_endpoint()
+                .map_err(failed("last endpoint"))?
+                .unwrap_or_else(|raw| String::from_utf8_lossy(&raw).into_owned())
+        } else {
+            main.connect(endpoint)
+                .map_err(failed(format!("connect {endpoint}")))?;
+            endpoint.to_owned()
+        };
+        let relay = format!(
+            "inproc://quartet-zmq-{}",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let pull = ctx.socket(zmq::PULL).map_err(failed("relay"))?;
+        pull.bind(&relay).map_err(failed("relay bind"))?;
+        let outbox = ctx.socket(zmq::PUSH).map_err(failed("relay"))?;
+        outbox.connect(&relay).map_err(failed("relay connect"))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("zmq-socket".into())
+                .spawn(move || pump(&main, &pull, &tx, &stop))
+                .map_err(|_| SocketError {
+                    what: "spawn the socket's thread".into(),
+                    error: zmq::Error::ENOMEM,
+                })?
+        };
+        Ok(Self {
+            outbox: Mutex::new(outbox),
+            inbox: tokio::sync::Mutex::new(rx),
+            stop,
+            thread: Some(thread),
+            endpoint,
+        })
+    }
+
+    /// The endpoint bound or connected to (with the port a bind to port 0 picked).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Queues a message for sending.
+    pub fn send(&self, frames: Frames) -> Result<(), SocketError> {
+        let outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        outbox.send_multipart(frames, 0).map_err(failed("send"))
+    }
+
+    /// The next message received; `None` once the socket is closed.
+    pub async fn recv(&self) -> Option<Frames> {
+        self.inbox.lock().await.recv().await
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The socket's thread: moves received messages to `inbox` and queued ones to the socket
+/// until `stop`. Polls with a short timeout so a stop is seen promptly.
+fn pump(
+    main: &zmq::Socket,
+    relay: &zmq::Socket,
+    inbox: &mpsc::UnboundedSender<Frames>,
+    stop: &AtomicBool,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let mut items = [
+            main.as_poll_item(zmq::POLLIN),
+            relay.as_poll_item(zmq::POLLIN),
+        ];
+        if zmq::poll(&mut items, 50).is_err() {
+            continue;
+        }
+        let (incoming, outgoing) = (items[0].is_readable(), items[1].is_readable());
+        if incoming {
+            while let Ok(frames) = main.recv_multipart(zmq::DONTWAIT) {
+                if inbox.send(frames).is_err() {
+                    return;
+                }
+            }
+        }
+        if outgoing {
+            while let Ok(frames) = relay.recv_multipart(zmq::DONTWAIT) {
+                // A ROUTER drops messages for peers that are gone; nothing else fails here.
+                let _ = main.send_multipart(frames, 0);
+            }
+        }
+    }
+    // Let queued replies out before the socket closes (its linger bounds the wait).
+    while let Ok(frames) = relay.recv_multipart(zmq::DONTWAIT) {
+        let _ = main.send_multipart(frames, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dealer_and_a_router_exchange_messages_across_threads() {
+        let router = Socket::bind(zmq::ROUTER, "tcp://127.0.0.1:0", None).expect("bind");
+        let dealer = Socket::connect(zmq::DEALER, router.endpoint(), None).expect("connect");
+        dealer
+            .send(vec![Vec::new(), b"ping".to_vec()])
+            .expect("send");
+        let got = router.recv().await.expect("a message");
+        assert_eq!(got.len(), 3, "identity, delimiter, payload");
+        assert_eq!(got[2], b"ping");
+        router
+            .send(vec![got[0].clone(), Vec::new(), b"pong".to_vec()])
+            .expect("reply");
+        assert_eq!(dealer.recv().await.expect("reply")[1], b"pong");
+    }
+
+    #[tokio::test]
+    async fn curve_lets_a_client_with_the_servers_key_in() {
+        let (server_public, server_secret) = curve_keypair().expect("keys");
+        let (public, secret) = curve_keypair().expect("keys");
+        let router = Socket::bind(
+            zmq::ROUTER,
+            "tcp://127.0.0.1:0",
+            Some(Curve::Server {
+                secret: server_secret,
+            }),
+        )
+        .expect("bind");
+        let dealer = Socket::connect(
+            zmq::DEALER,
+            router.endpoint(),
+            Some(Curve::Client {
+                server_public,
+                public,
+                secret,
+            }),
+        )
+        .expect("connect");
+        dealer
+            .send(vec![Vec::new(), b"sealed".to_vec()])
+            .expect("send");
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), router.recv())
+            .await
+            .expect("within 5 s")
+            .expect("a message");
+        assert_eq!(got[2], b"sealed");
+        let bad = Socket::connect(
+            zmq::DEALER,
+            router.endpoint(),
+            Some(Curve::Client {
+                server_public: "not a key".into(),
+                public: String::new(),
+                secret: String::new(),
+            }),
+        );
+        assert!(
+            bad.expect_err("refused")
+                .to_string()
+                .contains("server public key")
+        );
+    }
+}
