@@ -2,6 +2,7 @@
 //! heartbeats, streams and flow control on ZeroMQ sockets.
 
 pub mod event;
+pub mod server;
 pub mod socket;
 
 /// Whether the libzmq in use can do CURVE security.

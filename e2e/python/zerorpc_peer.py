@@ -1,0 +1,43 @@
+"""zerorpc-python 0.6.3, the peer of quartet-rpc-gateway's zerorpc library in the interop tests.
+
+    python zerorpc_peer.py client ENDPOINT
+        calls a Rust server's add, fail, count (a 250-item stream), slow, an unknown method and
+        the _zerorpc_* built-ins with a real zerorpc.Client (1 s heartbeats), and prints what
+        came back as JSON.
+"""
+
+import json
+import sys
+import time
+
+import zerorpc
+
+
+def client(endpoint):
+    c = zerorpc.Client(endpoint, heartbeat=1, timeout=15)
+    out = {"add": c.add(1, 2)}
+    try:
+        c.fail("boom")
+    except zerorpc.RemoteError as e:
+        out["error"] = [e.name, e.msg, e.traceback]
+    out["stream"] = list(c.count(250))
+    out["inspect"] = c._zerorpc_inspect()
+    out["list"] = c._zerorpc_list()
+    out["name"] = c._zerorpc_name()
+    out["ping"] = c._zerorpc_ping()
+    started = time.time()
+    out["slow"] = c.slow(3.5)
+    out["slow_seconds"] = time.time() - started
+    try:
+        c.nosuch()
+    except zerorpc.RemoteError as e:
+        out["unknown"] = [e.name, e.msg]
+    c.close()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "client":
+        client(sys.argv[2])
+    else:
+        sys.exit(f"unknown command {sys.argv[1]!r}")

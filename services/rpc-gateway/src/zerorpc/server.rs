@@ -1,0 +1,387 @@
+//! A zerorpc server: methods by name on a ROUTER socket, each call a channel of its own with
+//! heartbeats, streamed replies under zerorpc's flow control, and the built-in `_zerorpc_*`
+//! methods — what zerorpc-python's `Server` does, so its clients call ours unchanged.
+//!
+//! Heartbeats run on their own timer per call, never behind the handler: a slow handler does
+//! not starve them. A peer silent for two heartbeat periods (checked each period, so a silent
+//! peer is detected after about three, as zerorpc-python does) loses its call: the handler is
+//! dropped and nothing is sent, which is what zerorpc-python's server does too.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt as _};
+use rmpv::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::event::{ERR, Event, HEARTBEAT, MORE, OK, STREAM, STREAM_DONE};
+use super::socket::{Frames, Socket};
+
+/// zerorpc's default heartbeat period.
+pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(5);
+
+/// A failure to report to the caller: zerorpc's `[name, message, traceback]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteError {
+    /// The exception's type name, e.g. `ValueError`.
+    pub name: String,
+    /// Its message.
+    pub message: String,
+    /// A traceback, or an empty string.
+    pub traceback: String,
+}
+
+impl RemoteError {
+    /// A failure named `name`.
+    pub fn new(name: &str, message: impl Into<String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            message: message.into(),
+            traceback: String::new(),
+        }
+    }
+}
+
+type Reply = Pin<Box<dyn Future<Output = Result<Value, RemoteError>> + Send>>;
+type Items = Pin<Box<dyn Stream<Item = Result<Value, RemoteError>> + Send>>;
+
+#[derive(Clone)]
+enum Handler {
+    Call(Arc<dyn Fn(Vec<Value>) -> Reply + Send + Sync>),
+    Stream(Arc<dyn Fn(Vec<Value>) -> Items + Send + Sync>),
+}
+
+#[derive(Clone)]
+struct Method {
+    handler: Handler,
+    args: Vec<String>,
+    doc: Option<String>,
+}
+
+/// A zerorpc service: its name and methods.
+#[derive(Clone, Default)]
+pub struct Service {
+    name: String,
+    methods: HashMap<String, Method>,
+    heartbeat: Option<Duration>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field("methods", &self.methods.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Service {
+    /// A service named `name` (what `_zerorpc_name` answers).
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the heartbeat period (zerorpc's default is 5 s).
+    pub fn heartbeat(mut self, period: Duration) -> Self {
+        self.heartbeat = Some(period);
+        self
+    }
+
+    /// Registers a method taking positional arguments (`args` names them for introspection).
+    pub fn method<F, Fut>(mut self, name: &str, args: &[&str], doc: &str, handler: F) -> Self
+    where
+        F: Fn(Vec<Value>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, RemoteError>> + Send + 'static,
+    {
+        self.methods.insert(
+            name.to_owned(),
+            Method {
+                handler: Handler::Call(Arc::new(move |a| Box::pin(handler(a)))),
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
+                doc: (!doc.is_empty()).then(|| doc.to_owned()),
+            },
+        );
+        self
+    }
+
+    /// Registers a method whose reply is a stream of items.
+    pub fn stream<F, S>(mut self, name: &str, args: &[&str], doc: &str, handler: F) -> Self
+    where
+        F: Fn(Vec<Value>) -> S + Send + Sync + 'static,
+        S: Stream<Item = Result<Value, RemoteError>> + Send + 'static,
+    {
+        self.methods.insert(
+            name.to_owned(),
+            Method {
+                handler: Handler::Stream(Arc::new(move |a| Box::pin(handler(a)))),
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
+                doc: (!doc.is_empty()).then(|| doc.to_owned()),
+            },
+        );
+        self
+    }
+
+    fn period(&self) -> Duration {
+        self.heartbeat.unwrap_or(HEARTBEAT_PERIOD)
+    }
+
+    /// `_zerorpc_inspect`'s answer: the name and each method's arguments and doc.
+    pub fn inspect(&self) -> Value {
+        let mut names: Vec<&String> = self.methods.keys().collect();
+        names.sort();
+        let methods = names
+            .into_iter()
+            .map(|name| {
+                let method = &self.methods[name];
+                let args = std::iter::once("self")
+                    .chain(method.args.iter().map(String::as_str))
+                    .map(|a| Value::Map(vec![(Value::from("name"), Value::from(a))]))
+                    .collect();
+                (
+                    Value::from(name.as_str()),
+                    Value::Map(vec![
+                        (Value::from("args"), Value::Array(args)),
+                        (
+                            Value::from("doc"),
+                            method.doc.as_deref().map_or(Value::Nil, Value::from),
+                        ),
+                    ]),
+                )
+            })
+            .collect();
+        Value::Map(vec![
+            (Value::from("name"), Value::from(self.name.as_str())),
+            (Value::from("methods"), Value::Map(methods)),
+        ])
+    }
+
+    /// The built-in methods' answers; `None` for other names.
+    fn builtin(&self, name: &str, args: &[Value]) -> Option<Result<Value, RemoteError>> {
+        let method_arg = || {
+            let wanted = args.first().and_then(Value::as_str).unwrap_or_default();
+            self.methods
+                .get(wanted)
+                .ok_or_else(|| RemoteError::new("NameError", wanted))
+        };
+        Some(match name {
+            "_zerorpc_name" => Ok(Value::from(self.name.as_str())),
+            "_zerorpc_ping" => Ok(Value::Array(vec!["pong".into(), self.name.as_str().into()])),
+            "_zerorpc_list" => {
+                let mut names: Vec<&String> = self.methods.keys().collect();
+                names.sort();
+                Ok(Value::Array(
+                    names.into_iter().map(|n| Value::from(n.as_str())).collect(),
+                ))
+            }
+            "_zerorpc_inspect" => Ok(self.inspect()),
+            "_zerorpc_help" => {
+                method_arg().map(|m| m.doc.as_deref().map_or(Value::Nil, Value::from))
+            }
+            "_zerorpc_args" => method_arg().map(|m| {
+                let names = std::iter::once("self")
+                    .chain(m.args.iter().map(String::as_str))
+                    .map(Value::from)
+                    .collect();
+                Value::Array(vec![
+                    Value::Array(names),
+                    Value::Nil,
+                    Value::Nil,
+                    Value::Nil,
+                ])
+            }),
+            _ => return None,
+        })
+    }
+}
+
+/// Open calls: channel id → the sender of events arriving on it.
+type Channels = Arc<Mutex<HashMap<Vec<u8>, mpsc::UnboundedSender<Event>>>>;
+
+/// What to send back on a ROUTER: the routing envelope and the empty delimiter.
+fn frames(envelope: &[Vec<u8>], event: &Event) -> Frames {
+    let mut frames = envelope.to_vec();
+    frames.push(Vec::new());
+    frames.push(event.encode());
+    frames
+}
+
+/// Serves `service` on `socket` (a bound ROUTER) until `stop`. Malformed messages are counted
+/// in the returned total and dropped (there is no id to answer them on).
+pub async fn serve(service: Arc<Service>, socket: Arc<Socket>, stop: CancellationToken) -> u64 {
+    let channels: Channels = Arc::default();
+    let mut dropped = 0;
+    loop {
+        let message = tokio::select! {
+            () = stop.cancelled() => return dropped,
+            m = socket.recv() => m,
+        };
+        let Some(mut message) = message else {
+            return dropped;
+        };
+        let Some(payload) = message.pop() else {
+            continue;
+        };
+        // Everything before the payload is the routing envelope, less a trailing delimiter
+        // (a client may leave it out; replies always have it).
+        if message.last().is_some_and(Vec::is_empty) {
+            message.pop();
+        }
+        let envelope = message;
+        let event = match Event::decode(&payload) {
+            Ok(event) => event,
+            Err(e) => {
+                dropped += 1;
+                tracing::warn!(error = %e, "dropped a malformed zerorpc message");
+                continue;
+            }
+        };
+        if let Some(channel) = &event.header.response_to {
+            let open = channels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(channel)
+                .cloned();
+            match open {
+                Some(tx) => {
+                    let _ = tx.send(event);
+                }
+                None => {
+                    tracing::debug!(event = %event.name, "an event for no open channel: dropped")
+                }
+            }
+            continue;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = event.header.message_id.clone();
+        channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), tx);
+        let (service, socket, channels) = (service.clone(), socket.clone(), channels.clone());
+        tokio::spawn(async move {
+            call(&service, &socket, &envelope, event, rx).await;
+            channels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        });
+    }
+}
+
+/// One call, from request to its last event.
+async fn call(
+    service: &Service,
+    socket: &Socket,
+    envelope: &[Vec<u8>],
+    request: Event,
+    mut inbound: mpsc::UnboundedReceiver<Event>,
+) {
+    let channel = request.header.message_id.clone();
+    let v1 = request.header.version.is_none();
+    let send = |name: &str, args: Value| {
+        let event = Event::reply(&channel, name, args);
+        if let Err(e) = socket.send(frames(envelope, &event)) {
+            tracing::warn!(error = %e, "could not send a zerorpc reply");
+        }
+    };
+    let fail = |e: RemoteError| {
+        let args = if v1 {
+            Value::Array(vec![format!("{}({:?})", e.name, e.message).into()])
+        } else {
+            Value::Array(vec![e.name.into(), e.message.into(), e.traceback.into()])
+        };
+        send(ERR, args);
+    };
+    let args = match request.args {
+        Value::Array(a) => a,
+        Value::Nil => Vec::new(),
+        other => vec![other],
+    };
+    let period = service.period();
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut last_heard: Option<tokio::time::Instant> = None;
+    // Checked on each heartbeat tick: silent for more than two periods means the caller is gone.
+    let lost = |now: tokio::time::Instant, last: &mut Option<tokio::time::Instant>| {
+        let heard = *last.get_or_insert(now);
+        now.duration_since(heard) > period * 2
+    };
+    if let Some(answer) = service.builtin(&request.name, &args) {
+        return match answer {
+            Ok(value) => send(OK, Value::Array(vec![value])),
+            Err(e) => fail(e),
+        };
+    }
+    let Some(method) = service.methods.get(&request.name) else {
+        return fail(RemoteError::new("NameError", request.name.as_str()));
+    };
+    match &method.handler {
+        Handler::Call(handler) => {
+            let mut reply = handler(args);
+            loop {
+                tokio::select! {
+                    outcome = &mut reply => {
+                        return match outcome {
+                            Ok(value) => send(OK, Value::Array(vec![value])),
+                            Err(e) => fail(e),
+                        };
+                    }
+                    now = beat.tick() => {
+                        if lost(now, &mut last_heard) {
+                            tracing::warn!(method = %request.name, "lost the caller (no heartbeat for two periods): call abandoned");
+                            return;
+                        }
+                        if !v1 {
+                            send(HEARTBEAT, Value::Array(vec![0.into()]));
+                        }
+                    }
+                    event = inbound.recv() => {
+                        if event.is_some() {
+                            last_heard = Some(tokio::time::Instant::now());
+                        }
+                    }
+                }
+            }
+        }
+        Handler::Stream(handler) => {
+            let mut items = handler(args);
+            // zerorpc's flow control: one event may go before the caller grants more.
+            let mut credit: u64 = 1;
+            loop {
+                tokio::select! {
+                    item = items.next(), if credit > 0 => {
+                        match item {
+                            Some(Ok(value)) => {
+                                credit -= 1;
+                                send(STREAM, value);
+                            }
+                            Some(Err(e)) => return fail(e),
+                            None => return send(STREAM_DONE, Value::Nil),
+                        }
+                    }
+                    now = beat.tick() => {
+                        if lost(now, &mut last_heard) {
+                            tracing::warn!(method = %request.name, "lost the caller mid-stream: stream abandoned");
+                            return;
+                        }
+                        send(HEARTBEAT, Value::Array(vec![0.into()]));
+                    }
+                    event = inbound.recv() => {
+                        let Some(event) = event else { continue };
+                        last_heard = Some(tokio::time::Instant::now());
+                        // v2 peers grant credit with heartbeats' name.
+                        if event.name == MORE || (v1 && event.name == HEARTBEAT) {
+                            credit += event.args[0].as_u64().unwrap_or(0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
