@@ -95,32 +95,38 @@ impl Service {
     }
 
     /// Registers a method taking positional arguments (`args` names them for introspection).
-    pub fn method<F, Fut>(mut self, name: &str, args: &[&str], doc: &str, handler: F) -> Self
+    pub fn method<F, Fut>(self, name: &str, args: &[&str], doc: &str, handler: F) -> Self
     where
         F: Fn(Vec<Value>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Value, RemoteError>> + Send + 'static,
     {
-        self.methods.insert(
-            name.to_owned(),
-            Method {
-                handler: Handler::Call(Arc::new(move |a| Box::pin(handler(a)))),
-                args: args.iter().map(|a| (*a).to_owned()).collect(),
-                doc: (!doc.is_empty()).then(|| doc.to_owned()),
-            },
-        );
-        self
+        self.register(
+            name,
+            args,
+            doc,
+            Handler::Call(Arc::new(move |a| Box::pin(handler(a)))),
+        )
     }
 
     /// Registers a method whose reply is a stream of items.
-    pub fn stream<F, S>(mut self, name: &str, args: &[&str], doc: &str, handler: F) -> Self
+    pub fn stream<F, S>(self, name: &str, args: &[&str], doc: &str, handler: F) -> Self
     where
         F: Fn(Vec<Value>) -> S + Send + Sync + 'static,
         S: Stream<Item = Result<Value, RemoteError>> + Send + 'static,
     {
+        self.register(
+            name,
+            args,
+            doc,
+            Handler::Stream(Arc::new(move |a| Box::pin(handler(a)))),
+        )
+    }
+
+    fn register(mut self, name: &str, args: &[&str], doc: &str, handler: Handler) -> Self {
         self.methods.insert(
             name.to_owned(),
             Method {
-                handler: Handler::Stream(Arc::new(move |a| Box::pin(handler(a)))),
+                handler,
                 args: args.iter().map(|a| (*a).to_owned()).collect(),
                 doc: (!doc.is_empty()).then(|| doc.to_owned()),
             },
