@@ -4,6 +4,9 @@
         calls a Rust server's add, fail, count (a 250-item stream), slow, an unknown method and
         the _zerorpc_* built-ins with a real zerorpc.Client (1 s heartbeats), and prints what
         came back as JSON.
+    python zerorpc_peer.py server ENDPOINT
+        serves Demo (add, fail, count as a stream, slow) with a real zerorpc.Server
+        (1 s heartbeats); prints "ready" once bound.
 """
 
 import json
@@ -36,8 +39,37 @@ def client(endpoint):
     print(json.dumps(out))
 
 
+class Demo:
+    """A service for the Rust client."""
+
+    def add(self, a, b):
+        """Adds two numbers."""
+        return a + b
+
+    def fail(self, message):
+        raise ValueError(message)
+
+    @zerorpc.stream
+    def count(self, n):
+        return iter(range(n))
+
+    def slow(self, seconds):
+        import gevent
+        gevent.sleep(seconds)
+        return "done"
+
+
+def server(endpoint):
+    s = zerorpc.Server(Demo(), heartbeat=1)
+    s.bind(endpoint)
+    print("ready", flush=True)
+    s.run()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "client":
         client(sys.argv[2])
+    elif sys.argv[1] == "server":
+        server(sys.argv[2])
     else:
         sys.exit(f"unknown command {sys.argv[1]!r}")

@@ -105,3 +105,121 @@ async fn the_python_client_calls_our_server() {
     );
     assert_eq!(got["unknown"], serde_json::json!(["NameError", "nosuch"]));
 }
+
+/// zerorpc-python's server on a free port, ready to be called.
+async fn python_server() -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt as _;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let mut child = tokio::process::Command::new(python().await)
+        .args(["zerorpc_peer.py", "server", &endpoint])
+        .current_dir(repo().join("e2e/python"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python runs");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the server starts within 30 s");
+    assert_eq!(ready.expect("read").as_deref(), Some("ready"));
+    (child, endpoint)
+}
+
+#[tokio::test]
+async fn our_client_calls_the_python_server_and_notices_when_it_dies() {
+    use quartet_rpc_gateway::zerorpc::client::{CallError, Client, Reply};
+    let (mut server, endpoint) = python_server().await;
+    let period = Duration::from_secs(1);
+    let client = Client::connect(&endpoint, None)
+        .expect("connect")
+        .heartbeat(period);
+    let value = |reply: Reply| match reply {
+        Reply::Value(v) => v,
+        Reply::Stream(_) => panic!("a stream where a value was expected"),
+    };
+    let ten = Duration::from_secs(10);
+    let sum = client
+        .call("add", vec![1.into(), 2.into()], ten)
+        .await
+        .expect("add");
+    assert_eq!(value(sum), Value::from(3));
+
+    let failed = client
+        .call("fail", vec!["boom".into()], ten)
+        .await
+        .expect_err("fails");
+    let CallError::Remote(e) = failed else {
+        panic!("{failed:?}")
+    };
+    assert_eq!(
+        (e.name.as_str(), e.message.as_str()),
+        ("ValueError", "boom")
+    );
+    assert!(
+        e.traceback.contains("raise ValueError(message)"),
+        "{}",
+        e.traceback
+    );
+
+    let Reply::Stream(items) = client
+        .call("count", vec![300.into()], ten)
+        .await
+        .expect("count")
+    else {
+        panic!("count streams")
+    };
+    let items = items.collect().await.expect("every item");
+    assert_eq!(items, (0..300).map(Value::from).collect::<Vec<_>>());
+
+    let name = client
+        .call("_zerorpc_name", vec![], ten)
+        .await
+        .expect("name");
+    assert_eq!(value(name), Value::from("Demo"));
+    let unknown = client
+        .call("nosuch", vec![], ten)
+        .await
+        .expect_err("unknown");
+    assert!(
+        matches!(&unknown, CallError::Remote(e) if e.name == "NameError"),
+        "{unknown:?}"
+    );
+
+    // A call longer than three heartbeat periods is kept alive by both sides' heartbeats.
+    let slow = client
+        .call("slow", vec![3.5.into()], ten)
+        .await
+        .expect("slow");
+    assert_eq!(value(slow), Value::from("done"));
+
+    // Several calls in flight on one connection.
+    let calls = (0..20).map(|i| {
+        let client = client.clone();
+        async move { client.call("add", vec![i.into(), 1.into()], ten).await }
+    });
+    let sums: Vec<_> = futures::future::join_all(calls).await;
+    for (i, sum) in sums.into_iter().enumerate() {
+        assert_eq!(value(sum.expect("add")), Value::from(i as i64 + 1));
+    }
+
+    // The server dies in the middle of a call: LostRemote within about two periods.
+    let pending = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .call("slow", vec![60.into()], Duration::from_secs(60))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill().await.expect("kill the server");
+    let killed = std::time::Instant::now();
+    let lost = pending.await.expect("the call ends");
+    let waited = killed.elapsed();
+    assert!(matches!(lost, Err(CallError::LostRemote(_))), "{lost:?}");
+    assert!(waited < period * 5 / 2, "noticed after {waited:?}");
+}
