@@ -86,3 +86,28 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
         .build()
         .expect("a client without TLS always builds")
 }
+
+/// zerorpc-python's `Demo` server (`e2e/python/zerorpc_peer.py`: add, fail, count as a stream,
+/// slow; 1 s heartbeats) on a free port, once it says it is ready: the process (killed on
+/// drop) and its endpoint.
+pub async fn zerorpc_server() -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt as _;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let mut child = tokio::process::Command::new(python().await)
+        .args(["zerorpc_peer.py", "server", &endpoint])
+        .current_dir(repo_root().join("e2e/python"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python runs");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the zerorpc server starts within 30 s");
+    assert_eq!(ready.expect("read").as_deref(), Some("ready"));
+    (child, endpoint)
+}

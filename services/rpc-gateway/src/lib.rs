@@ -8,12 +8,14 @@
 //! Layout rule for what comes: the domain apart from the transports (gRPC, REST, zerorpc) and
 //! the storage, so each can be tested alone.
 
+pub mod rest;
+pub mod router;
 pub mod zerorpc;
 
 use quartet_kit::app::{Context, ServiceConfig};
 use quartet_kit::reexport::tonic::service::Routes;
 use quartet_kit::settings::AuthClientSettings;
-use quartet_kit::{BaseSettings, RestApi, ServerSettings};
+use quartet_kit::{BaseSettings, ServerSettings};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +33,32 @@ pub struct Config {
     pub server: ServerSettings,
     /// Verifying callers' tokens from `quartet-auth`.
     pub auth: AuthClientSettings,
+    /// The zerorpc backends and how calls to them behave.
+    pub rpc: RpcSettings,
+}
+
+/// The zerorpc backends and how calls to them behave.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RpcSettings {
+    /// Services and their zerorpc servers: `service=tcp://host:port|tcp://host:port`, services comma-separated.
+    pub backends: String,
+    /// Methods safe to retry on another backend when one is lost, `service.method` comma-separated.
+    pub idempotent: String,
+    /// The longest a call may take, in seconds (a caller may ask for less).
+    pub timeout_seconds: f64,
+    /// zerorpc heartbeat period towards the backends, in milliseconds (zerorpc's default is 5000).
+    pub heartbeat_ms: u64,
+}
+
+impl Default for RpcSettings {
+    fn default() -> Self {
+        Self {
+            backends: String::new(),
+            idempotent: String::new(),
+            timeout_seconds: 30.0,
+            heartbeat_ms: 5000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -38,6 +66,7 @@ impl Default for Config {
         Self {
             server: ServerSettings::with_ports(7130),
             auth: AuthClientSettings::default(),
+            rpc: RpcSettings::default(),
         }
     }
 }
@@ -50,7 +79,39 @@ impl ServiceConfig for Config {
 
 /// Serves `quartet-rpc-gateway` until a stop signal, then drains.
 pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
+    if config.rpc.timeout_seconds.is_nan()
+        || config.rpc.timeout_seconds <= 0.0
+        || config.rpc.heartbeat_ms == 0
+    {
+        anyhow::bail!("rpc.timeout_seconds and rpc.heartbeat_ms must be above 0");
+    }
+    let mut router = router::Router::new(Some(std::time::Duration::from_millis(
+        config.rpc.heartbeat_ms,
+    )));
+    let idempotent: Vec<&str> = config
+        .rpc
+        .idempotent
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .collect();
+    for (service, endpoints) in
+        router::parse_backends(&config.rpc.backends).map_err(|e| anyhow::anyhow!(e))?
+    {
+        let methods: Vec<String> = idempotent
+            .iter()
+            .filter_map(|m| m.strip_prefix(&format!("{service}.")).map(str::to_owned))
+            .collect();
+        router
+            .add(&service, &endpoints, &methods)
+            .map_err(|e| anyhow::anyhow!("rpc.backends ({service}): {e}"))?;
+        tracing::info!(service = %service, backends = ?endpoints, "zerorpc service routed");
+    }
+    let front = std::sync::Arc::new(rest::Front {
+        router: std::sync::Arc::new(router),
+        max_timeout: std::time::Duration::from_secs_f64(config.rpc.timeout_seconds),
+    });
     let grpc = Routes::builder().routes();
-    let rest = RestApi::empty().with_bearer(quartet_kit::token::authenticator(&config.auth));
+    let rest = rest::rest(front).with_bearer(quartet_kit::token::authenticator(&config.auth));
     quartet_kit::app::serve_server(ctx, &config.server, grpc, rest).await
 }

@@ -2,7 +2,6 @@
 //! error, a 250-item stream under zerorpc's flow control, the built-ins, an unknown method,
 //! and a call slower than three heartbeat periods that must not end in LostRemote.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,26 +9,6 @@ use quartet_rpc_gateway::zerorpc::server::{RemoteError, Service, serve};
 use quartet_rpc_gateway::zerorpc::socket::Socket;
 use rmpv::Value;
 use tokio_util::sync::CancellationToken;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-async fn python() -> String {
-    let out = tokio::process::Command::new(repo().join("scripts/python.sh"))
-        .output()
-        .await
-        .expect("scripts/python.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
 
 fn demo() -> Service {
     Service::new("Demo")
@@ -62,9 +41,9 @@ async fn the_python_client_calls_our_server() {
     let endpoint = socket.endpoint().to_owned();
     let stop = CancellationToken::new();
     let server = tokio::spawn(serve(Arc::new(demo()), socket, stop.clone()));
-    let out = tokio::process::Command::new(python().await)
+    let out = tokio::process::Command::new(quartet_e2e::python().await)
         .args(["zerorpc_peer.py", "client", &endpoint])
-        .current_dir(repo().join("e2e/python"))
+        .current_dir(quartet_e2e::repo_root().join("e2e/python"))
         .output()
         .await
         .expect("python runs");
@@ -106,33 +85,10 @@ async fn the_python_client_calls_our_server() {
     assert_eq!(got["unknown"], serde_json::json!(["NameError", "nosuch"]));
 }
 
-/// zerorpc-python's server on a free port, ready to be called.
-async fn python_server() -> (tokio::process::Child, String) {
-    use tokio::io::AsyncBufReadExt as _;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let endpoint = format!("tcp://127.0.0.1:{port}");
-    let mut child = tokio::process::Command::new(python().await)
-        .args(["zerorpc_peer.py", "server", &endpoint])
-        .current_dir(repo().join("e2e/python"))
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python runs");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the server starts within 30 s");
-    assert_eq!(ready.expect("read").as_deref(), Some("ready"));
-    (child, endpoint)
-}
-
 #[tokio::test]
 async fn our_client_calls_the_python_server_and_notices_when_it_dies() {
     use quartet_rpc_gateway::zerorpc::client::{CallError, Client, Reply};
-    let (mut server, endpoint) = python_server().await;
+    let (mut server, endpoint) = quartet_e2e::zerorpc_server().await;
     let period = Duration::from_secs(1);
     let client = Client::connect(&endpoint, None)
         .expect("connect")

@@ -1,0 +1,129 @@
+//! quartet-rpc-gateway as a process in front of a real zerorpc-python server: calls over REST
+//! with tokens from a real quartet-auth, the permission named when it is missing, remote
+//! errors, streams, and a backend that dies.
+
+use std::time::Duration;
+
+use quartet_e2e::http_client;
+use quartet_e2e::process::Server;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn rest_calls_reach_a_python_zerorpc_backend_with_tokens_and_permissions() {
+    let (auth, admin) = quartet_e2e::auth::start_with_admin_token()
+        .await
+        .expect("quartet-auth and a token");
+    let (mut backend, endpoint) = quartet_e2e::zerorpc_server().await;
+    let jwks = format!("{}/.well-known/jwks.json", auth.url("http"));
+    let backends = format!("demo={endpoint}");
+    let gateway = Server::start(
+        "quartet-rpc-gateway",
+        true,
+        &[
+            ("QUARTET_RPC_GATEWAY_AUTH_JWKS_URL", jwks.as_str()),
+            ("QUARTET_RPC_GATEWAY_AUTH_ISSUER", quartet_e2e::auth::ISSUER),
+            ("QUARTET_RPC_GATEWAY_RPC_BACKENDS", backends.as_str()),
+            ("QUARTET_RPC_GATEWAY_RPC_HEARTBEAT_MS", "1000"),
+        ],
+    )
+    .await
+    .expect("the gateway starts");
+    let http = http_client(Duration::from_secs(30));
+    let api = gateway.url("http");
+    let call = |method: &str, args: Value, token: Option<String>| {
+        let request = http
+            .post(format!("{api}/v1/services/demo/{method}"))
+            .json(&args);
+        let request = match token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        };
+        async move {
+            let response = request.send().await.expect("request");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let admin = Some(admin);
+
+    let (status, body) = call("add", json!([1, 2]), admin.clone()).await;
+    assert_eq!((status, &body["result"]), (200, &json!(3)), "{body}");
+    let (status, body) = call("count", json!([5]), admin.clone()).await;
+    assert_eq!(
+        (status, &body["items"]),
+        (200, &json!([0, 1, 2, 3, 4])),
+        "{body}"
+    );
+    let (status, body) = call("fail", json!(["boom"]), admin.clone()).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["name"], "ValueError");
+    assert!(
+        body["error"]["traceback"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("raise ValueError")
+    );
+    let (status, body) = call("add", json!({"a": 1}), admin.clone()).await;
+    assert_eq!(status, 400, "{body}");
+
+    // No token: 401. A token without rpc:call:demo.add: 403 naming it.
+    let (status, _) = call("add", json!([1, 2]), None).await;
+    assert_eq!(status, 401);
+    let users = http
+        .post(format!("{}/v1/admin/roles", auth.url("http")))
+        .bearer_auth(admin.clone().expect("token"))
+        .json(&json!({"name": "reader", "description": "reads", "permissions": ["rpc:call:demo.count"]}))
+        .send()
+        .await
+        .expect("role");
+    assert!(
+        users.status().is_success(),
+        "{}",
+        users.text().await.unwrap_or_default()
+    );
+    let user = http
+        .post(format!("{}/v1/admin/users", auth.url("http")))
+        .bearer_auth(admin.clone().expect("token"))
+        .json(&json!({"name": "rita", "password": "rita-e2e-password", "roles": ["reader"]}))
+        .send()
+        .await
+        .expect("user");
+    assert!(user.status().is_success());
+    let rita = quartet_e2e::auth::token(&auth, "rita", "rita-e2e-password")
+        .await
+        .expect("rita's token");
+    let (status, body) = call("add", json!([1, 2]), Some(rita.clone())).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rpc:call:demo.add"),
+        "{body}"
+    );
+    let (status, _) = call("count", json!([2]), Some(rita)).await;
+    assert_eq!(status, 200);
+
+    // The backend dies during a call: an error after about two heartbeats, not a hang.
+    let slow = tokio::spawn(call("slow", json!([30]), admin.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    backend.kill().await.expect("kill the backend");
+    let killed = std::time::Instant::now();
+    let (status, body) = slow.await.expect("answered");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("lost the server"),
+        "{body}"
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(4),
+        "noticed after {:?}",
+        killed.elapsed()
+    );
+}
