@@ -4,6 +4,9 @@
         calls a Rust server's add, fail, count (a 250-item stream), slow, an unknown method and
         the _zerorpc_* built-ins with a real zerorpc.Client (1 s heartbeats), and prints what
         came back as JSON.
+    python zerorpc_peer.py gateway ENDPOINT TOKEN
+        calls demo.add, demo.count and demo.fail through quartet-rpc-gateway's zerorpc front
+        with the token in the event header (a client middleware), and once without a token.
     python zerorpc_peer.py server ENDPOINT
         serves Demo (add, fail, count as a stream, slow) with a real zerorpc.Server
         (1 s heartbeats); prints "ready" once bound.
@@ -39,6 +42,33 @@ def client(endpoint):
     print(json.dumps(out))
 
 
+class Token:
+    """Client middleware: the caller's token in every request's header."""
+
+    def __init__(self, token):
+        self.token = token
+
+    def client_before_request(self, event):
+        event.header["authorization"] = "Bearer " + self.token
+
+
+def through_gateway(endpoint, token):
+    context = zerorpc.Context()
+    context.register_middleware(Token(token))
+    c = zerorpc.Client(endpoint, context=context, heartbeat=1, timeout=15)
+    out = {"add": c("demo.add", 1, 2), "count": list(c("demo.count", 3))}
+    try:
+        c("demo.fail", "boom")
+    except zerorpc.RemoteError as e:
+        out["error"] = [e.name, e.msg]
+    anonymous = zerorpc.Client(endpoint, heartbeat=1, timeout=15)
+    try:
+        anonymous("demo.add", 1, 2)
+    except zerorpc.RemoteError as e:
+        out["anonymous"] = [e.name, e.msg]
+    print(json.dumps(out))
+
+
 class Demo:
     """A service for the Rust client."""
 
@@ -69,6 +99,8 @@ def server(endpoint):
 if __name__ == "__main__":
     if sys.argv[1] == "client":
         client(sys.argv[2])
+    elif sys.argv[1] == "gateway":
+        through_gateway(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "server":
         server(sys.argv[2])
     else:

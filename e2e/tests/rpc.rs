@@ -24,6 +24,10 @@ async fn rest_calls_reach_a_python_zerorpc_backend_with_tokens_and_permissions()
             ("QUARTET_RPC_GATEWAY_AUTH_ISSUER", quartet_e2e::auth::ISSUER),
             ("QUARTET_RPC_GATEWAY_RPC_BACKENDS", backends.as_str()),
             ("QUARTET_RPC_GATEWAY_RPC_HEARTBEAT_MS", "1000"),
+            (
+                "QUARTET_RPC_GATEWAY_RPC_ZERORPC_LISTEN",
+                "tcp://127.0.0.1:0",
+            ),
         ],
     )
     .await
@@ -106,6 +110,37 @@ async fn rest_calls_reach_a_python_zerorpc_backend_with_tokens_and_permissions()
     );
     let (status, _) = call("count", json!([2]), Some(rita)).await;
     assert_eq!(status, 200);
+
+    // The zerorpc front: a zerorpc-python client calls demo.* through the gateway with its
+    // token in the event header; without one it is refused, by name.
+    let front = gateway
+        .output()
+        .lines()
+        .find(|l| l.contains("zerorpc front listening"))
+        .and_then(|l| serde_json::from_str::<Value>(l).ok())
+        .and_then(|l| l["endpoint"].as_str().map(str::to_owned))
+        .expect("the zerorpc front's endpoint in the log");
+    let out = tokio::process::Command::new(quartet_e2e::python().await)
+        .args([
+            "zerorpc_peer.py",
+            "gateway",
+            &front,
+            admin.as_deref().expect("token"),
+        ])
+        .current_dir(quartet_e2e::repo_root().join("e2e/python"))
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let through: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(through["add"], 3, "{through}");
+    assert_eq!(through["count"], json!([0, 1, 2]));
+    assert_eq!(through["error"], json!(["ValueError", "boom"]));
+    assert_eq!(through["anonymous"][0], "Unauthenticated", "{through}");
 
     // The backend dies during a call: an error after about two heartbeats, not a hang.
     let slow = tokio::spawn(call("slow", json!([30]), admin.clone()));

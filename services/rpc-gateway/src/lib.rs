@@ -8,6 +8,7 @@
 //! Layout rule for what comes: the domain apart from the transports (gRPC, REST, zerorpc) and
 //! the storage, so each can be tested alone.
 
+pub mod front;
 pub mod rest;
 pub mod router;
 pub mod zerorpc;
@@ -48,6 +49,8 @@ pub struct RpcSettings {
     pub timeout_seconds: f64,
     /// zerorpc heartbeat period towards the backends, in milliseconds (zerorpc's default is 5000).
     pub heartbeat_ms: u64,
+    /// Where the zerorpc front listens (zerorpc clients call `service.method` here); empty turns it off.
+    pub zerorpc_listen: String,
 }
 
 impl Default for RpcSettings {
@@ -57,6 +60,7 @@ impl Default for RpcSettings {
             idempotent: String::new(),
             timeout_seconds: 30.0,
             heartbeat_ms: 5000,
+            zerorpc_listen: "tcp://127.0.0.1:7134".into(),
         }
     }
 }
@@ -107,11 +111,29 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("rpc.backends ({service}): {e}"))?;
         tracing::info!(service = %service, backends = ?endpoints, "zerorpc service routed");
     }
+    let router = std::sync::Arc::new(router);
+    let max_timeout = std::time::Duration::from_secs_f64(config.rpc.timeout_seconds);
+    let authenticator = quartet_kit::token::authenticator(&config.auth);
+    if !config.rpc.zerorpc_listen.is_empty() {
+        let socket = zerorpc::socket::Socket::bind(zmq::ROUTER, &config.rpc.zerorpc_listen, None)
+            .map_err(|e| anyhow::anyhow!("rpc.zerorpc_listen: {e}"))?;
+        tracing::info!(endpoint = %socket.endpoint(), "zerorpc front listening");
+        let service = front::service(router.clone(), authenticator.clone(), max_timeout);
+        let stop = ctx.shutdown.token();
+        ctx.shutdown.spawn(async move {
+            zerorpc::server::serve(
+                std::sync::Arc::new(service),
+                std::sync::Arc::new(socket),
+                stop,
+            )
+            .await;
+        });
+    }
     let front = std::sync::Arc::new(rest::Front {
-        router: std::sync::Arc::new(router),
-        max_timeout: std::time::Duration::from_secs_f64(config.rpc.timeout_seconds),
+        router,
+        max_timeout,
     });
     let grpc = Routes::builder().routes();
-    let rest = rest::rest(front).with_bearer(quartet_kit::token::authenticator(&config.auth));
+    let rest = rest::rest(front).with_bearer(authenticator);
     quartet_kit::app::serve_server(ctx, &config.server, grpc, rest).await
 }

@@ -47,7 +47,21 @@ impl RemoteError {
 }
 
 type Reply = Pin<Box<dyn Future<Output = Result<Value, RemoteError>> + Send>>;
-type Items = Pin<Box<dyn Stream<Item = Result<Value, RemoteError>> + Send>>;
+/// Items of a streamed answer.
+pub type Items = Pin<Box<dyn Stream<Item = Result<Value, RemoteError>> + Send>>;
+
+/// What a call produces: one value, or a stream of items.
+pub enum Answer {
+    /// Sent as `OK [value]`.
+    Value(Value),
+    /// Sent as `STREAM` items under flow control, then `STREAM_DONE`.
+    Stream(Items),
+}
+
+/// The work of a call in progress.
+pub type Work = Pin<Box<dyn Future<Output = Result<Answer, RemoteError>> + Send>>;
+
+type Fallback = Arc<dyn Fn(Event) -> Work + Send + Sync>;
 
 #[derive(Clone)]
 enum Handler {
@@ -68,6 +82,8 @@ pub struct Service {
     name: String,
     methods: HashMap<String, Method>,
     heartbeat: Option<Duration>,
+    /// Serves calls to methods not registered here (the gateway's forwarding).
+    fallback: Option<Fallback>,
 }
 
 impl std::fmt::Debug for Service {
@@ -86,6 +102,16 @@ impl Service {
             name: name.to_owned(),
             ..Self::default()
         }
+    }
+
+    /// Answers calls to unregistered methods with `handler`, which gets the whole request
+    /// event (its header may carry a token or a trace context).
+    pub fn fallback<F>(mut self, handler: F) -> Self
+    where
+        F: Fn(Event) -> Work + Send + Sync + 'static,
+    {
+        self.fallback = Some(Arc::new(handler));
+        self
     }
 
     /// Sets the heartbeat period (zerorpc's default is 5 s).
@@ -305,7 +331,7 @@ async fn call(
         };
         send(ERR, args);
     };
-    let args = match request.args {
+    let args = match request.args.clone() {
         Value::Array(a) => a,
         Value::Nil => Vec::new(),
         other => vec![other],
@@ -324,68 +350,73 @@ async fn call(
             Err(e) => fail(e),
         };
     }
-    let Some(method) = service.methods.get(&request.name) else {
-        return fail(RemoteError::new("NameError", request.name.as_str()));
+    let work: Work = match (service.methods.get(&request.name), &service.fallback) {
+        (Some(method), _) => match &method.handler {
+            Handler::Call(handler) => {
+                let reply = handler(args);
+                Box::pin(async move { reply.await.map(Answer::Value) })
+            }
+            Handler::Stream(handler) => {
+                let items = handler(args);
+                Box::pin(std::future::ready(Ok(Answer::Stream(items))))
+            }
+        },
+        (None, Some(fallback)) => fallback(request.clone()),
+        (None, None) => return fail(RemoteError::new("NameError", request.name.as_str())),
     };
-    match &method.handler {
-        Handler::Call(handler) => {
-            let mut reply = handler(args);
-            loop {
-                tokio::select! {
-                    outcome = &mut reply => {
-                        return match outcome {
-                            Ok(value) => send(OK, Value::Array(vec![value])),
-                            Err(e) => fail(e),
-                        };
-                    }
-                    now = beat.tick() => {
-                        if lost(now, &mut last_heard) {
-                            tracing::warn!(method = %request.name, "lost the caller (no heartbeat for two periods): call abandoned");
-                            return;
-                        }
-                        if !v1 {
-                            send(HEARTBEAT, Value::Array(vec![0.into()]));
-                        }
-                    }
-                    event = inbound.recv() => {
-                        if event.is_some() {
-                            last_heard = Some(tokio::time::Instant::now());
-                        }
-                    }
+    // The answer, with heartbeats running meanwhile.
+    let mut work = work;
+    let answer = loop {
+        tokio::select! {
+            outcome = &mut work => break outcome,
+            now = beat.tick() => {
+                if lost(now, &mut last_heard) {
+                    tracing::warn!(method = %request.name, "lost the caller (no heartbeat for two periods): call abandoned");
+                    return;
+                }
+                if !v1 {
+                    send(HEARTBEAT, Value::Array(vec![0.into()]));
+                }
+            }
+            event = inbound.recv() => {
+                if event.is_some() {
+                    last_heard = Some(tokio::time::Instant::now());
                 }
             }
         }
-        Handler::Stream(handler) => {
-            let mut items = handler(args);
-            // zerorpc's flow control: one event may go before the caller grants more.
-            let mut credit: u64 = 1;
-            loop {
-                tokio::select! {
-                    item = items.next(), if credit > 0 => {
-                        match item {
-                            Some(Ok(value)) => {
-                                credit -= 1;
-                                send(STREAM, value);
-                            }
-                            Some(Err(e)) => return fail(e),
-                            None => return send(STREAM_DONE, Value::Nil),
-                        }
+    };
+    let mut items = match answer {
+        Ok(Answer::Value(value)) => return send(OK, Value::Array(vec![value])),
+        Err(e) => return fail(e),
+        Ok(Answer::Stream(items)) => items,
+    };
+    // zerorpc's flow control: one event may go before the caller grants more.
+    let mut credit: u64 = 1;
+    loop {
+        tokio::select! {
+            item = items.next(), if credit > 0 => {
+                match item {
+                    Some(Ok(value)) => {
+                        credit -= 1;
+                        send(STREAM, value);
                     }
-                    now = beat.tick() => {
-                        if lost(now, &mut last_heard) {
-                            tracing::warn!(method = %request.name, "lost the caller mid-stream: stream abandoned");
-                            return;
-                        }
-                        send(HEARTBEAT, Value::Array(vec![0.into()]));
-                    }
-                    event = inbound.recv() => {
-                        let Some(event) = event else { continue };
-                        last_heard = Some(tokio::time::Instant::now());
-                        // v2 peers grant credit with heartbeats' name.
-                        if event.name == MORE || (v1 && event.name == HEARTBEAT) {
-                            credit += event.args[0].as_u64().unwrap_or(0);
-                        }
-                    }
+                    Some(Err(e)) => return fail(e),
+                    None => return send(STREAM_DONE, Value::Nil),
+                }
+            }
+            now = beat.tick() => {
+                if lost(now, &mut last_heard) {
+                    tracing::warn!(method = %request.name, "lost the caller mid-stream: stream abandoned");
+                    return;
+                }
+                send(HEARTBEAT, Value::Array(vec![0.into()]));
+            }
+            event = inbound.recv() => {
+                let Some(event) = event else { continue };
+                last_heard = Some(tokio::time::Instant::now());
+                // v2 peers grant credit with heartbeats' name.
+                if event.name == MORE || (v1 && event.name == HEARTBEAT) {
+                    credit += event.args[0].as_u64().unwrap_or(0);
                 }
             }
         }

@@ -1,0 +1,94 @@
+//! The zerorpc front: the gateway is itself a zerorpc server, and a call to `service.method`
+//! goes through the router to that service's backends, so existing zerorpc clients only
+//! change the address they connect to. The caller's token rides in the event header
+//! (`authorization: Bearer <token>`, which zerorpc-python's middleware hooks can add); a call
+//! needs `rpc:call:<service>.<method>`. Refusals are zerorpc errors naming the reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quartet_kit::token::{Authenticator, require};
+use rmpv::Value;
+
+use crate::router::{RouteError, Router};
+use crate::zerorpc::client::{CallError, Reply};
+use crate::zerorpc::event::Event;
+use crate::zerorpc::server::{Answer, RemoteError, Service, Work};
+
+/// The header key carrying the caller's token.
+pub const AUTHORIZATION: &str = "authorization";
+
+/// The gateway as a zerorpc service forwarding `service.method` calls.
+pub fn service(
+    router: Arc<Router>,
+    authenticator: Arc<dyn Authenticator>,
+    timeout: Duration,
+) -> Service {
+    Service::new("quartet-rpc-gateway").fallback(move |request: Event| -> Work {
+        let (router, authenticator) = (router.clone(), authenticator.clone());
+        Box::pin(async move { forward(&router, authenticator.as_ref(), timeout, request).await })
+    })
+}
+
+async fn forward(
+    router: &Router,
+    authenticator: &dyn Authenticator,
+    timeout: Duration,
+    request: Event,
+) -> Result<Answer, RemoteError> {
+    let Some((service, method)) = request.name.split_once('.') else {
+        return Err(RemoteError::new(
+            "NameError",
+            format!("{}: call service.method through the gateway", request.name),
+        ));
+    };
+    let token = request
+        .header_str(AUTHORIZATION)
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            RemoteError::new(
+                "Unauthenticated",
+                format!("a token is required: header {AUTHORIZATION:?} = \"Bearer <token>\""),
+            )
+        })?;
+    let caller = authenticator
+        .authenticate(token)
+        .await
+        .map_err(|e| RemoteError::new("Unauthenticated", e.to_string()))?;
+    require(&caller, &format!("rpc:call:{service}.{method}"))
+        .map_err(|p| RemoteError::new("PermissionDenied", p.detail))?;
+    let args = match request.args {
+        Value::Array(a) => a,
+        Value::Nil => Vec::new(),
+        other => vec![other],
+    };
+    match router.call(service, method, args, timeout).await {
+        Ok(Reply::Value(value)) => Ok(Answer::Value(value)),
+        Ok(Reply::Stream(items)) => Ok(Answer::Stream(Box::pin(futures::stream::unfold(
+            items,
+            |mut items| async move {
+                let item = items.next().await?;
+                Some((item.map_err(|e| gateway_error(RouteError::Call(e))), items))
+            },
+        )))),
+        Err(e) => Err(gateway_error(e)),
+    }
+}
+
+fn gateway_error(e: RouteError) -> RemoteError {
+    match e {
+        RouteError::Call(CallError::Remote(remote)) => remote,
+        RouteError::UnknownService(name) => {
+            RemoteError::new("NameError", format!("no service named {name:?}"))
+        }
+        RouteError::Call(CallError::LostRemote(_) | CallError::Closed) => {
+            RemoteError::new("LostRemote", e.to_string())
+        }
+        RouteError::Call(CallError::Timeout(_)) => {
+            RemoteError::new("TimeoutExpired", e.to_string())
+        }
+        RouteError::Call(CallError::Protocol(_)) => {
+            RemoteError::new("ProtocolError", e.to_string())
+        }
+    }
+}
