@@ -83,14 +83,31 @@ class Demo:
     def count(self, n):
         return iter(range(n))
 
+    def traceparent(self):
+        """The traceparent the caller's request carried, if any."""
+        return LAST_HEADER.get("traceparent")
+
     def slow(self, seconds):
         import gevent
         gevent.sleep(seconds)
         return "done"
 
 
+LAST_HEADER = {}
+
+
+class Headers:
+    """Server middleware: keeps the last request's header for Demo.traceparent."""
+
+    def server_before_exec(self, request_event):
+        LAST_HEADER.clear()
+        LAST_HEADER.update(request_event.header)
+
+
 def server(endpoint):
-    s = zerorpc.Server(Demo(), heartbeat=1)
+    context = zerorpc.Context()
+    context.register_middleware(Headers())
+    s = zerorpc.Server(Demo(), heartbeat=1, context=context)
     s.bind(endpoint)
     print("ready", flush=True)
     s.run()

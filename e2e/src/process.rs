@@ -198,3 +198,17 @@ impl Drop for Server {
         }
     }
 }
+
+impl Server {
+    /// Its Prometheus exposition (`/metrics` on the admin listener), as text.
+    pub async fn metrics(&self) -> String {
+        crate::http_client(std::time::Duration::from_secs(10))
+            .get(format!("{}/metrics", self.url("admin")))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+}

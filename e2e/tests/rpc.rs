@@ -142,6 +142,33 @@ async fn rest_calls_reach_a_python_zerorpc_backend_with_tokens_and_permissions()
     assert_eq!(through["error"], json!(["ValueError", "boom"]));
     assert_eq!(through["anonymous"][0], "Unauthenticated", "{through}");
 
+    // The call's trace context reaches the Python backend in the event header.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traced: Value = http
+        .post(format!("{api}/v1/services/demo/traceparent"))
+        .bearer_auth(admin.clone().expect("token"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&json!([]))
+        .send()
+        .await
+        .expect("call")
+        .json()
+        .await
+        .expect("json");
+    let carried = traced["result"].as_str().unwrap_or_default();
+    assert!(carried.starts_with(&format!("00-{trace_id}-")), "{traced}");
+
+    // Per service and method metrics.
+    let metrics = gateway.metrics().await;
+    for expected in [
+        "quartet_rpc_calls_total{method=\"add\",outcome=\"ok\",service=\"demo\"}",
+        "quartet_rpc_calls_total{method=\"fail\",outcome=\"error\",service=\"demo\"}",
+        "quartet_rpc_call_seconds_count{method=\"count\",service=\"demo\"}",
+        "quartet_rpc_in_flight{method=\"add\",service=\"demo\"} 0",
+    ] {
+        assert!(metrics.contains(expected), "{expected} not in:\n{metrics}");
+    }
+
     // The backend dies during a call: an error after about two heartbeats, not a hang.
     let slow = tokio::spawn(call("slow", json!([30]), admin.clone()));
     tokio::time::sleep(Duration::from_millis(1500)).await;

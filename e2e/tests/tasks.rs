@@ -501,14 +501,7 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
     }
 
     // The worker's metrics on the admin listener.
-    let metrics = http
-        .get(format!("{}/metrics", gateway.url("admin")))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = gateway.metrics().await;
     for expected in [
         "quartet_tasks_total{state=\"SUCCESS\",task=\"quartet.add\"}",
         "quartet_tasks_total{state=\"RETRY\",task=\"quartet.flaky\"} 2",

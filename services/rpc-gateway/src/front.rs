@@ -62,7 +62,23 @@ async fn forward(
         Value::Nil => Vec::new(),
         other => vec![other],
     };
-    match router.call(service, method, args, timeout).await {
+    // Continue the caller's trace when its event header carries one.
+    let carried: std::collections::HashMap<String, String> = request
+        .header
+        .extra
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned())))
+        .collect();
+    let span = tracing::info_span!("zerorpc.front", otel.kind = "server", call = %request.name);
+    quartet_kit::telemetry::adopt_parent(&span, &quartet_kit::telemetry::MapView(&carried));
+    let routed = {
+        use tracing::Instrument as _;
+        router
+            .call(service, method, args, timeout)
+            .instrument(span)
+            .await
+    };
+    match routed {
         Ok(Reply::Value(value)) => Ok(Answer::Value(value)),
         Ok(Reply::Stream(items)) => Ok(Answer::Stream(Box::pin(futures::stream::unfold(
             items,

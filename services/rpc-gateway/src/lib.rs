@@ -111,7 +111,11 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("rpc.backends ({service}): {e}"))?;
         tracing::info!(service = %service, backends = ?endpoints, "zerorpc service routed");
     }
-    let router = std::sync::Arc::new(router);
+    let router = std::sync::Arc::new(
+        router
+            .metrics(ctx.metrics.registry())
+            .map_err(|e| anyhow::anyhow!("rpc metrics: {e}"))?,
+    );
     let max_timeout = std::time::Duration::from_secs_f64(config.rpc.timeout_seconds);
     let authenticator = quartet_kit::token::authenticator(&config.auth);
     if !config.rpc.zerorpc_listen.is_empty() {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use rmpv::Value;
 
 use crate::zerorpc::client::{CallError, Client, Reply};
+use crate::zerorpc::event::Event;
 use crate::zerorpc::socket::SocketError;
 
 /// One backend: a zerorpc server and the calls it has in flight.
@@ -34,6 +35,15 @@ pub struct Service {
 pub struct Router {
     services: BTreeMap<String, Service>,
     heartbeat: Option<Duration>,
+    metrics: Option<Metrics>,
+}
+
+/// Per service and method: calls by outcome, their duration, calls in flight.
+#[derive(Debug, Clone)]
+struct Metrics {
+    calls: prometheus::IntCounterVec,
+    seconds: prometheus::HistogramVec,
+    in_flight: prometheus::IntGaugeVec,
 }
 
 /// Why a call through the router failed.
@@ -83,7 +93,42 @@ impl Router {
         Self {
             services: BTreeMap::new(),
             heartbeat,
+            metrics: None,
         }
+    }
+
+    /// Records calls in `registry`: `quartet_rpc_calls_total{service,method,outcome}` (ok,
+    /// error, lost, timeout, unknown), `quartet_rpc_call_seconds{service,method}`,
+    /// `quartet_rpc_in_flight{service,method}`.
+    pub fn metrics(mut self, registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+        let calls = IntCounterVec::new(
+            Opts::new(
+                "quartet_rpc_calls_total",
+                "Calls through the gateway, by service, method and outcome",
+            ),
+            &["service", "method", "outcome"],
+        )?;
+        let seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "quartet_rpc_call_seconds",
+                "Time to a call's answer (for a stream, its first item)",
+            ),
+            &["service", "method"],
+        )?;
+        let in_flight = IntGaugeVec::new(
+            Opts::new("quartet_rpc_in_flight", "Calls waiting for their answer"),
+            &["service", "method"],
+        )?;
+        registry.register(Box::new(calls.clone()))?;
+        registry.register(Box::new(seconds.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        self.metrics = Some(Metrics {
+            calls,
+            seconds,
+            in_flight,
+        });
+        Ok(self)
     }
 
     /// Adds service `name` served by `endpoints`; `idempotent` methods may be retried.
@@ -120,8 +165,50 @@ impl Router {
         self.services.keys().cloned().collect()
     }
 
-    /// Calls `service.method(args)` within `deadline`.
+    /// Calls `service.method(args)` within `deadline`, in a span of its own whose trace
+    /// context travels to the backend as `traceparent` in the event header.
     pub async fn call(
+        &self,
+        service: &str,
+        method: &str,
+        args: Vec<Value>,
+        deadline: Duration,
+    ) -> Result<Reply, RouteError> {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "rpc.call",
+            otel.name = %format!("rpc.call {service}.{method}"),
+            otel.kind = "client",
+            service,
+            method
+        );
+        let labels = [service, method];
+        let started = std::time::Instant::now();
+        if let Some(m) = &self.metrics {
+            m.in_flight.with_label_values(&labels).inc();
+        }
+        let outcome = self
+            .route(service, method, args, deadline)
+            .instrument(span)
+            .await;
+        if let Some(m) = &self.metrics {
+            m.in_flight.with_label_values(&labels).dec();
+            m.seconds
+                .with_label_values(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            let kind = match &outcome {
+                Ok(_) => "ok",
+                Err(RouteError::UnknownService(_)) => "unknown",
+                Err(RouteError::Call(CallError::Remote(_))) => "error",
+                Err(RouteError::Call(CallError::Timeout(_))) => "timeout",
+                Err(RouteError::Call(_)) => "lost",
+            };
+            m.calls.with_label_values(&[service, method, kind]).inc();
+        }
+        outcome
+    }
+
+    async fn route(
         &self,
         service: &str,
         method: &str,
@@ -151,7 +238,18 @@ impl Router {
             tried.push(index);
             let left = deadline.saturating_sub(started.elapsed());
             backend.outstanding.fetch_add(1, Ordering::Relaxed);
-            let outcome = backend.client.call(method, args.clone(), left).await;
+            let mut request = Event::request(method, Value::Array(args.clone()));
+            let mut trace = std::collections::HashMap::new();
+            quartet_kit::telemetry::inject_current(&mut quartet_kit::telemetry::MapCarrier(
+                &mut trace,
+            ));
+            for (key, value) in trace {
+                request
+                    .header
+                    .extra
+                    .push((Value::from(key), Value::from(value)));
+            }
+            let outcome = backend.client.call_with(request, left).await;
             backend.outstanding.fetch_sub(1, Ordering::Relaxed);
             match outcome {
                 Err(CallError::LostRemote(_) | CallError::Closed) if retry => {
