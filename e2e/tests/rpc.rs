@@ -108,6 +108,7 @@ async fn rest_calls_reach_a_python_zerorpc_backend_with_tokens_and_permissions()
             .contains("rpc:call:demo.add"),
         "{body}"
     );
+    let rita_token = rita.clone();
     let (status, _) = call("count", json!([2]), Some(rita)).await;
     assert_eq!(status, 200);
 
@@ -141,6 +142,103 @@ async fn rest_calls_reach_a_python_zerorpc_backend_with_tokens_and_permissions()
     assert_eq!(through["count"], json!([0, 1, 2]));
     assert_eq!(through["error"], json!(["ValueError", "boom"]));
     assert_eq!(through["anonymous"][0], "Unauthenticated", "{through}");
+
+    // The gRPC front: JSON or MessagePack arguments, streams, the same permissions.
+    {
+        use quartet_proto::rpc::v1 as pb;
+        let channel = tonic::transport::Endpoint::from_shared(gateway.url("grpc"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("grpc");
+        let mut client = pb::rpc_client::RpcClient::new(channel);
+        let with_token = |message, token: &str| {
+            let mut request = tonic::Request::new(message);
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("metadata"),
+            );
+            request
+        };
+        let invoke = |method: &str, args: pb::invoke_request::Args| pb::InvokeRequest {
+            service: "demo".into(),
+            method: method.into(),
+            args: Some(args),
+            timeout_seconds: None,
+        };
+        let token = admin.clone().expect("token");
+        let json_args = pb::invoke_request::Args::ArgsJson("[20, 22]".into());
+        let reply = client
+            .invoke(with_token(invoke("add", json_args.clone()), &token))
+            .await
+            .expect("invoke")
+            .into_inner();
+        assert_eq!(
+            reply.result,
+            Some(pb::invoke_reply::Result::Json("42".into()))
+        );
+        // MessagePack in, MessagePack out: fixarray [1, 2] → positive fixint 3.
+        let reply = client
+            .invoke(with_token(
+                invoke(
+                    "add",
+                    pb::invoke_request::Args::ArgsMsgpack(vec![0x92, 0x01, 0x02]),
+                ),
+                &token,
+            ))
+            .await
+            .expect("invoke")
+            .into_inner();
+        assert_eq!(
+            reply.result,
+            Some(pb::invoke_reply::Result::Msgpack(vec![0x03]))
+        );
+        let mut items = client
+            .invoke_stream(with_token(
+                invoke("count", pb::invoke_request::Args::ArgsJson("[3]".into())),
+                &token,
+            ))
+            .await
+            .expect("stream")
+            .into_inner();
+        let mut got = Vec::new();
+        while let Some(item) = items.message().await.expect("item") {
+            got.push(item.result);
+        }
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[2], Some(pb::invoke_reply::Result::Json("2".into())));
+        let raised = client
+            .invoke(with_token(
+                invoke(
+                    "fail",
+                    pb::invoke_request::Args::ArgsJson("[\"boom\"]".into()),
+                ),
+                &token,
+            ))
+            .await
+            .expect_err("raised");
+        assert_eq!(raised.code(), tonic::Code::Unknown);
+        assert!(
+            raised.message().contains("ValueError: boom"),
+            "{}",
+            raised.message()
+        );
+        let anonymous = client
+            .invoke(tonic::Request::new(invoke("add", json_args.clone())))
+            .await
+            .expect_err("no token");
+        assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
+        let denied = client
+            .invoke(with_token(invoke("add", json_args), &rita_token))
+            .await
+            .expect_err("no permission");
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        assert!(
+            denied.message().contains("rpc:call:demo.add"),
+            "{}",
+            denied.message()
+        );
+    }
 
     // The call's trace context reaches the Python backend in the event header.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";

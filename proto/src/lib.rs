@@ -30,6 +30,13 @@ pub mod db {
     }
 }
 
+/// `quartet.rpc.v1`: the RPC gateway's gRPC front.
+pub mod rpc {
+    pub mod v1 {
+        tonic::include_proto!("quartet.rpc.v1");
+    }
+}
+
 /// `quartet.tasks.v1`: the task gateway's API.
 pub mod tasks {
     pub mod v1 {

@@ -9,6 +9,7 @@
 //! the storage, so each can be tested alone.
 
 pub mod front;
+pub mod grpc;
 pub mod rest;
 pub mod router;
 pub mod zerorpc;
@@ -133,11 +134,17 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
             .await;
         });
     }
+    let mut grpc = Routes::builder();
+    grpc.add_service(grpc::RpcService::server(
+        router.clone(),
+        authenticator.clone(),
+        max_timeout,
+    ));
+    let grpc = grpc.routes();
     let front = std::sync::Arc::new(rest::Front {
         router,
         max_timeout,
     });
-    let grpc = Routes::builder().routes();
     let rest = rest::rest(front).with_bearer(authenticator);
     quartet_kit::app::serve_server(ctx, &config.server, grpc, rest).await
 }

@@ -64,12 +64,7 @@ async fn call(
             "the body must be a JSON array of positional arguments (zerorpc has no keyword arguments)",
         ));
     };
-    let timeout = query
-        .timeout
-        .filter(|t| *t > 0.0)
-        .map_or(front.max_timeout, |t| {
-            Duration::from_secs_f64(t).min(front.max_timeout)
-        });
+    let timeout = crate::router::timeout(query.timeout, front.max_timeout);
     let reply = front
         .router
         .call(

@@ -263,6 +263,13 @@ impl Router {
     }
 }
 
+/// The time a call may take: what the caller asked for (seconds, above 0), at most `max`.
+pub fn timeout(requested: Option<f64>, max: Duration) -> Duration {
+    requested
+        .filter(|t| *t > 0.0 && t.is_finite())
+        .map_or(max, |t| Duration::from_secs_f64(t).min(max))
+}
+
 /// A MessagePack value as JSON: binary as base64 text, map keys as text.
 pub fn to_json(value: &Value) -> serde_json::Value {
     use base64::Engine as _;

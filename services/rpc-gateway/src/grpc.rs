@@ -1,0 +1,184 @@
+//! The gRPC front (`quartet.rpc.v1.Rpc`): a generic invoke and invoke-stream onto the router,
+//! arguments and results as JSON or MessagePack (the reply uses the request's encoding). The
+//! same tokens and `rpc:call:<service>.<method>` permissions as REST. A method that raised is
+//! `UNKNOWN` with `service.method raised Name: message` and the remote `{name, message,
+//! traceback}` as JSON in the status details.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use quartet_kit::error::{ErrorKind, Problem};
+use quartet_kit::token::{Authenticator, authenticate_grpc, require};
+use quartet_proto::rpc::v1 as pb;
+use quartet_proto::rpc::v1::rpc_server::{Rpc, RpcServer};
+use rmpv::Value;
+use tonic::{Code, Request, Response, Status};
+
+use crate::router::{RouteError, Router, from_json, to_json};
+use crate::zerorpc::client::{CallError, Reply};
+
+/// The gRPC service.
+pub struct RpcService {
+    router: Arc<Router>,
+    authenticator: Arc<dyn Authenticator>,
+    max_timeout: Duration,
+}
+
+impl RpcService {
+    /// The service as a tonic server.
+    pub fn server(
+        router: Arc<Router>,
+        authenticator: Arc<dyn Authenticator>,
+        max_timeout: Duration,
+    ) -> RpcServer<Self> {
+        RpcServer::new(Self {
+            router,
+            authenticator,
+            max_timeout,
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Encoding {
+    Json,
+    Msgpack,
+}
+
+fn invalid(detail: String) -> Status {
+    Problem::new(ErrorKind::InvalidArgument, "invalid-arguments", detail).into()
+}
+
+/// The request's arguments and which encoding the reply uses.
+fn arguments(args: Option<pb::invoke_request::Args>) -> Result<(Vec<Value>, Encoding), Status> {
+    match args {
+        None => Ok((Vec::new(), Encoding::Json)),
+        Some(pb::invoke_request::Args::ArgsJson(text)) => {
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| invalid(format!("args_json is not JSON: {e}")))?;
+            match value {
+                serde_json::Value::Array(items) => {
+                    Ok((items.iter().map(from_json).collect(), Encoding::Json))
+                }
+                _ => Err(invalid("args_json must be a JSON array".into())),
+            }
+        }
+        Some(pb::invoke_request::Args::ArgsMsgpack(bytes)) => {
+            let mut reader = bytes.as_slice();
+            match rmpv::decode::read_value(&mut reader) {
+                Ok(Value::Array(items)) if reader.is_empty() => Ok((items, Encoding::Msgpack)),
+                Ok(_) => Err(invalid("args_msgpack must be one MessagePack array".into())),
+                Err(e) => Err(invalid(format!("args_msgpack is not MessagePack: {e}"))),
+            }
+        }
+    }
+}
+
+fn encode(value: &Value, encoding: Encoding) -> pb::InvokeReply {
+    let result = match encoding {
+        Encoding::Json => pb::invoke_reply::Result::Json(to_json(value).to_string()),
+        Encoding::Msgpack => {
+            let mut out = Vec::new();
+            rmpv::encode::write_value(&mut out, value).expect("writing to a Vec cannot fail");
+            pb::invoke_reply::Result::Msgpack(out)
+        }
+    };
+    pb::InvokeReply {
+        result: Some(result),
+    }
+}
+
+fn failure(service: &str, method: &str, e: RouteError) -> Status {
+    match e {
+        RouteError::UnknownService(name) => Status::not_found(format!("no service named {name:?}")),
+        RouteError::Call(CallError::Remote(remote)) => {
+            let details = serde_json::json!({
+                "name": remote.name, "message": remote.message, "traceback": remote.traceback,
+            });
+            Status::with_details(
+                Code::Unknown,
+                format!(
+                    "{service}.{method} raised {}: {}",
+                    remote.name, remote.message
+                ),
+                details.to_string().into_bytes().into(),
+            )
+        }
+        RouteError::Call(e @ CallError::Timeout(_)) => {
+            Status::deadline_exceeded(format!("{service}.{method}: {e}"))
+        }
+        RouteError::Call(e) => Status::unavailable(format!("{service}.{method}: {e}")),
+    }
+}
+
+impl RpcService {
+    async fn start(
+        &self,
+        request: Request<pb::InvokeRequest>,
+    ) -> Result<(String, String, Reply, Encoding), Status> {
+        let caller = authenticate_grpc(self.authenticator.as_ref(), &request).await?;
+        let q = request.into_inner();
+        require(&caller, &format!("rpc:call:{}.{}", q.service, q.method))?;
+        let (args, encoding) = arguments(q.args)?;
+        let timeout = crate::router::timeout(q.timeout_seconds, self.max_timeout);
+        let reply = self
+            .router
+            .call(&q.service, &q.method, args, timeout)
+            .await
+            .map_err(|e| failure(&q.service, &q.method, e))?;
+        Ok((q.service, q.method, reply, encoding))
+    }
+}
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::InvokeReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Rpc for RpcService {
+    async fn invoke(
+        &self,
+        request: Request<pb::InvokeRequest>,
+    ) -> Result<Response<pb::InvokeReply>, Status> {
+        let (service, method, reply, encoding) = self.start(request).await?;
+        match reply {
+            Reply::Value(value) => Ok(Response::new(encode(&value, encoding))),
+            Reply::Stream(_) => Err(Status::failed_precondition(format!(
+                "{service}.{method} answers with a stream: call InvokeStream"
+            ))),
+        }
+    }
+
+    type InvokeStreamStream = ReplyStream;
+
+    async fn invoke_stream(
+        &self,
+        request: Request<pb::InvokeRequest>,
+    ) -> Result<Response<Self::InvokeStreamStream>, Status> {
+        let (service, method, reply, encoding) = self.start(request).await?;
+        let stream: ReplyStream = match reply {
+            Reply::Value(value) => Box::pin(futures::stream::iter([Ok(encode(&value, encoding))])),
+            Reply::Stream(items) => Box::pin(futures::stream::unfold(
+                (items, service, method),
+                move |(mut items, service, method)| async move {
+                    let item = items.next().await?;
+                    let reply = item
+                        .map(|v| encode(&v, encoding))
+                        .map_err(|e| failure(&service, &method, RouteError::Call(e)));
+                    Some((reply, (items, service, method)))
+                },
+            )),
+        };
+        Ok(Response::new(stream))
+    }
+
+    async fn list_services(
+        &self,
+        request: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        authenticate_grpc(self.authenticator.as_ref(), &request).await?;
+        Ok(Response::new(pb::ListServicesResponse {
+            services: self.router.services(),
+        }))
+    }
+}
