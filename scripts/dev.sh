@@ -50,6 +50,7 @@ extra_args() { # name grpc-port
     quartet-db) local n=${2:1:1}
       echo "--auth-jwks-url $JWKS --auth-issuer http://127.0.0.1:7111 --mysql-listen 127.0.0.1:7${n}43 --mysql-database shop --mysql-user app --mysql-password-file $DB_PASSWORD_FILE --storage-path $DIR/db-$n --raft-node-id $n --raft-initial-members $DB_MEMBERS --raft-secret-file $RAFT_SECRET_FILE" ;;
     quartet-task-gateway) echo "--auth-jwks-url $JWKS --auth-issuer http://127.0.0.1:7111 --redis-broker-url $TASKS_BROKER --worker-enabled true" ;;
+    quartet-rpc-gateway) echo "--auth-jwks-url $JWKS --auth-issuer http://127.0.0.1:7111 --rpc-backends demo=tcp://127.0.0.1:7135,reports=tcp://127.0.0.1:7136" ;;
     *) echo "--auth-jwks-url $JWKS --auth-issuer http://127.0.0.1:7111" ;;
   esac
 }
@@ -83,6 +84,14 @@ for line in "${SERVICES[@]}"; do
   "$TARGET/debug/$name" "${args[@]}" $(extra_args "$name" "$grpc") >"$log" 2>&1 &
   pids+=($!)
 done
+
+# Two zerorpc services behind quartet-rpc-gateway: zerorpc-python's Demo (add, count, …) and
+# reports, written in Rust with the gateway's zerorpc library.
+PYTHON=$(scripts/python.sh)
+(cd e2e/python && exec "$PYTHON" zerorpc_peer.py server tcp://127.0.0.1:7135) >"$DIR/logs/zerorpc-demo-python.log" 2>&1 &
+pids+=($!)
+"$TARGET/debug/quartet-zerorpc-demo" tcp://127.0.0.1:7136 >"$DIR/logs/zerorpc-demo-rust.log" 2>&1 &
+pids+=($!)
 
 for line in "${SERVICES[@]}"; do
   read -r name grpc http admin <<<"$line"
@@ -134,6 +143,15 @@ printf '  POST /v1/tasks {"name":"quartet.add","args":[2,40]} -> %s\n' "$TASK"
 TASK_ID=$(printf '%s' "$TASK" | json "['id']")
 printf '  GET /v1/tasks/%s?wait=10 -> %s\n' "$TASK_ID" \
   "$(curl -fsS "http://127.0.0.1:7121/v1/tasks/$TASK_ID?wait=10" -H "Authorization: Bearer $ADA_TOKEN")"
+
+printf '\nzerorpc services through quartet-rpc-gateway (REST; zerorpc clients use tcp://127.0.0.1:7134):\n'
+for _ in $(seq 1 100); do grep -q ready "$DIR/logs/zerorpc-demo-python.log" 2>/dev/null && break; sleep 0.1; done
+printf '  POST /v1/services/reports/daily [3] (Rust service) with ada'"'"'s token -> %s\n' \
+  "$(curl -sS http://127.0.0.1:7131/v1/services/reports/daily -H "Authorization: Bearer $ADA_TOKEN" -H 'content-type: application/json' -d '[3]')"
+printf '  POST /v1/services/demo/add [20,22] (Python service) with the admin token -> %s\n' \
+  "$(curl -sS http://127.0.0.1:7131/v1/services/demo/add -H "Authorization: Bearer $ADMIN_TOKEN" -H 'content-type: application/json' -d '[20,22]')"
+printf '  the same with ada'"'"'s token (her role has rpc:call:reports.* only) -> HTTP %s\n' \
+  "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:7131/v1/services/demo/add -H "Authorization: Bearer $ADA_TOKEN" -H 'content-type: application/json' -d '[20,22]')"
 
 printf '\nquartet-db, a group of three replicas:\n'
 leader=

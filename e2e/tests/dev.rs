@@ -66,6 +66,18 @@ async fn dev_starts_every_service_and_ctrl_c_leaves_nothing_behind() {
         "no task run through the gateway's worker:\n{out}"
     );
     assert!(
+        out.contains("(Rust service) with ada's token -> {\"result\":[100,200,300]}"),
+        "no call to the Rust zerorpc service:\n{out}"
+    );
+    assert!(
+        out.contains("(Python service) with the admin token -> {\"result\":42}"),
+        "no call to the Python zerorpc service:\n{out}"
+    );
+    assert!(
+        out.contains("rpc:call:reports.* only) -> HTTP 403"),
+        "no refused call:\n{out}"
+    );
+    assert!(
         out.contains("| ada  |      1 |") && out.contains("| bob  |      1 |"),
         "no mysql client session:\n{out}"
     );

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quartet_kit::token::{Authenticator, require};
+use quartet_kit::token::Authenticator;
 use rmpv::Value;
 
 use crate::router::{RouteError, Router};
@@ -55,7 +55,7 @@ async fn forward(
         .authenticate(token)
         .await
         .map_err(|e| RemoteError::new("Unauthenticated", e.to_string()))?;
-    require(&caller, &format!("rpc:call:{service}.{method}"))
+    crate::router::authorize(&caller, service, method)
         .map_err(|p| RemoteError::new("PermissionDenied", p.detail))?;
     let args = match request.args {
         Value::Array(a) => a,

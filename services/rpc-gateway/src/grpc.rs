@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use quartet_kit::error::{ErrorKind, Problem};
-use quartet_kit::token::{Authenticator, authenticate_grpc, require};
+use quartet_kit::token::{Authenticator, authenticate_grpc};
 use quartet_proto::rpc::v1 as pb;
 use quartet_proto::rpc::v1::rpc_server::{Rpc, RpcServer};
 use rmpv::Value;
@@ -120,7 +120,7 @@ impl RpcService {
     ) -> Result<(String, String, Reply, Encoding), Status> {
         let caller = authenticate_grpc(self.authenticator.as_ref(), &request).await?;
         let q = request.into_inner();
-        require(&caller, &format!("rpc:call:{}.{}", q.service, q.method))?;
+        crate::router::authorize(&caller, &q.service, &q.method)?;
         let (args, encoding) = arguments(q.args)?;
         let timeout = crate::router::timeout(q.timeout_seconds, self.max_timeout);
         let reply = self

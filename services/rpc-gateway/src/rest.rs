@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
 use quartet_kit::error::{ErrorKind, Problem};
-use quartet_kit::token::{Bearer, require};
+use quartet_kit::token::Bearer;
 use serde::Deserialize;
 
 use crate::router::{RouteError, Router, from_json, to_json};
@@ -45,7 +45,7 @@ async fn call(
     body: web::Bytes,
 ) -> Result<HttpResponse, Problem> {
     let (service, method) = path.into_inner();
-    require(&caller.0, &format!("rpc:call:{service}.{method}"))?;
+    crate::router::authorize(&caller.0, &service, &method)?;
     let args: serde_json::Value = if body.is_empty() {
         serde_json::Value::Array(Vec::new())
     } else {

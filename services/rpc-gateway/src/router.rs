@@ -263,6 +263,20 @@ impl Router {
     }
 }
 
+/// Whether `caller` may call `service.method`: it holds `rpc:call:<service>.<method>`, or
+/// `rpc:call:<service>.*` for the whole service. (In Shiro's permission syntax `.` does not
+/// separate parts, so `reports.*` is not a wildcard there; the gateway accepts the service-wide
+/// grant explicitly.) The refusal names the method's permission.
+pub fn authorize(
+    caller: &quartet_kit::token::Claims,
+    service: &str,
+    method: &str,
+) -> Result<(), quartet_kit::error::Problem> {
+    let exact = format!("rpc:call:{service}.{method}");
+    quartet_kit::token::require(caller, &format!("rpc:call:{service}.*"))
+        .or_else(|_| quartet_kit::token::require(caller, &exact))
+}
+
 /// The time a call may take: what the caller asked for (seconds, above 0), at most `max`.
 pub fn timeout(requested: Option<f64>, max: Duration) -> Duration {
     requested
