@@ -2,7 +2,7 @@
 # `make bench`: each benchmark runs Quartet and its peer in the same run, on the same machine,
 # and reports the ratio. Figures go to standard output as Markdown rows for docs/BENCHMARKS.md.
 #
-#   scripts/bench.sh [rest|auth|db|tasks|all]   (default all)
+#   scripts/bench.sh [rest|auth|db|tasks|rpc|all]   (default all)
 #
 # rest: the kit's REST path (actix-web with the request span and metrics middleware) serving
 #       GET /v1/info from a release build of quartet-auth, against nginx returning the same JSON
@@ -174,7 +174,40 @@ bench_tasks() {
     }'
 }
 
+# rpc: quartet-rpc-gateway's zerorpc library (release) against zerorpc-python 0.6.3, in one run:
+#      sequential calls/s and p50/p99 for each pairing, our parallel calls/s, stream items/s.
+bench_rpc() {
+  local n=${BENCH_RPC_CALLS:-3000} in_flight=${BENCH_RPC_IN_FLIGHT:-32}
+  local out=$WORK/rpc; mkdir -p "$out"
+  say "building the zerorpc benchmark (release)"
+  CARGO_TARGET_DIR=$TARGET cargo build --release --locked -p quartet-rpc-gateway --example bench_zerorpc
+  local py; py=$(scripts/python.sh)
+  local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  (cd e2e/python && exec "$py" zerorpc_peer.py server "tcp://127.0.0.1:$port") >"$out/py-server.log" 2>&1 &
+  local server=$!
+  for _ in $(seq 1 100); do grep -q ready "$out/py-server.log" 2>/dev/null && break; sleep 0.1; done
+  say "zerorpc-python client -> zerorpc-python server: $n calls"
+  (cd e2e/python && "$py" bench_zerorpc.py "tcp://127.0.0.1:$port" "$n" py_to_py) >"$out/figures.txt"
+  say "our client and server: $n calls each, $in_flight in flight, a 100k-item stream"
+  "$TARGET/release/examples/bench_zerorpc" "$py" "tcp://127.0.0.1:$port" "$n" "$in_flight" >>"$out/figures.txt"
+  kill "$server" 2>/dev/null || true
+  awk '
+    { v[$1] = $2 }
+    END {
+      base = v["py_to_py_calls_per_sec"]
+      printf "| pairing | calls/s | p50 (ms) | p99 (ms) | calls/s vs zerorpc-python |\n|---|---|---|---|---|\n"
+      n = split("py_to_py py_to_rust rust_to_py rust_to_rust", k, " ")
+      for (i = 1; i <= n; i++)
+        printf "| %s | %.0f | %.3f | %.3f | %.2f |\n", k[i], v[k[i] "_calls_per_sec"], v[k[i] "_p50_ms"], v[k[i] "_p99_ms"], v[k[i] "_calls_per_sec"] / base
+      printf "| rust_to_rust, %s in flight | %.0f | | | %.2f |\n", "'"$in_flight"'", v["rust_to_rust_parallel_calls_per_sec"], v["rust_to_rust_parallel_calls_per_sec"] / base
+      printf "\nstream items/s (ours to ours): %.0f\n", v["rust_stream_items_per_sec"]
+    }' "$out/figures.txt"
+}
+
 mkdir -p "$WORK"
+if [[ $WHAT == rpc || $WHAT == all ]]; then
+  bench_rpc
+fi
 if [[ $WHAT == tasks || $WHAT == all ]]; then
   bench_tasks
 fi
