@@ -111,3 +111,27 @@ pub async fn zerorpc_server() -> (tokio::process::Child, String) {
     assert_eq!(ready.expect("read").as_deref(), Some("ready"));
     (child, endpoint)
 }
+
+/// A real Celery worker (the `peers` app of `e2e/python/peers.py`, solo pool) consuming
+/// `queue` on Redis `broker` with results in `results`; killed on drop.
+pub async fn celery_worker(broker: &str, results: &str, queue: &str) -> tokio::process::Child {
+    tokio::process::Command::new(python().await)
+        .args([
+            "-m",
+            "celery",
+            "-A",
+            "peers",
+            "worker",
+            "--pool=solo",
+            "-Q",
+            queue,
+        ])
+        .args(["--without-mingle", "--without-gossip", "--loglevel=warning"])
+        .current_dir(repo_root().join("e2e/python"))
+        .env("BROKER_URL", broker)
+        .env("RESULT_URL", results)
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("a Celery worker starts")
+}

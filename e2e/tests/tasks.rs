@@ -764,27 +764,8 @@ async fn chains_groups_chords_time_limits_and_terminate_over_rest() {
     );
 
     // Through the API to a real Celery worker, and a chord whose header spans both worlds.
-    let python = quartet_e2e::python().await;
     let celery_queue = format!("{queue}-py");
-    let _celery = tokio::process::Command::new(&python)
-        .args([
-            "-m",
-            "celery",
-            "-A",
-            "peers",
-            "worker",
-            "--pool=solo",
-            "-Q",
-            &celery_queue,
-        ])
-        .args(["--without-mingle", "--without-gossip", "--loglevel=warning"])
-        .current_dir(quartet_e2e::repo_root().join("e2e/python"))
-        .env("BROKER_URL", &broker_url)
-        .env("RESULT_URL", &result_url)
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("a Celery worker");
+    let _celery = quartet_e2e::celery_worker(&broker_url, &result_url, &celery_queue).await;
     let on_celery =
         |name: &str, args: Value| json!({"name": name, "args": args, "queue": celery_queue});
     let (_, submitted) = post(

@@ -1,6 +1,7 @@
 //! The gateway's operations (submit, read a result, optionally waiting, revoke, queue
-//! statistics) as [`Api`] methods, and their REST routes; `grpc.rs` serves the same methods.
-//! Bearer tokens from quartet-auth; `task:<submit|read|revoke|stats>:<queue>` (the queue a task
+//! statistics, chains, groups, chords, schedules) as [`Api`] methods, and their REST routes;
+//! `grpc.rs` serves the same methods. Bearer tokens from quartet-auth;
+//! `task:<submit|read|revoke|stats|schedule>:<queue>` (the queue a task
 //! went to is remembered next to its result; tasks submitted by other Celery clients need
 //! `task:read:*` and `task:revoke:*`).
 

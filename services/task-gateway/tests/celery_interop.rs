@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use quartet_task_gateway::broker::Broker;
 use quartet_task_gateway::celery::{RawJson, ResultMeta, State, TaskMessage, exception, uuid4};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -44,38 +44,13 @@ fn raw(text: &str) -> RawJson {
     RawJson::parse(text).expect("json")
 }
 
-/// A Celery worker (solo pool) consuming `queue`.
-async fn celery_worker(broker: &str, results: &str, queue: &str) -> Child {
-    let python = output_of("scripts/python.sh", &[]).await;
-    Command::new(python)
-        .args([
-            "-m",
-            "celery",
-            "-A",
-            "peers",
-            "worker",
-            "--pool=solo",
-            "-Q",
-            queue,
-        ])
-        .args(["--without-mingle", "--without-gossip", "--loglevel=warning"])
-        .current_dir(repo().join("e2e/python"))
-        .env("BROKER_URL", broker)
-        .env("RESULT_URL", results)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("celery worker starts")
-}
-
 #[tokio::test]
 async fn our_messages_run_on_a_real_celery_worker_and_we_read_its_results() {
     let (broker_url, result_url) = urls(4).await;
     let broker = Broker::open(&broker_url, &result_url).expect("redis urls");
     // A queue of this run's own: the test Redis outlives runs.
     let queue = format!("gw-to-celery-{}", uuid4());
-    let _worker = celery_worker(&broker_url, &result_url, &queue).await;
+    let _worker = quartet_e2e::celery_worker(&broker_url, &result_url, &queue).await;
 
     let add = TaskMessage::new("peers.add", raw("[2, 3]"), raw("{}"), &queue, 0);
     broker.publish(&add).await.expect("publish");
@@ -186,7 +161,7 @@ async fn a_chain_runs_across_our_worker_and_celerys_both_ways() {
     let broker = Broker::open(&broker_url, &result_url).expect("redis urls");
     let celery_queue = format!("chain-py-{}", uuid4());
     let rust_queue = format!("chain-rs-{}", uuid4());
-    let _celery = celery_worker(&broker_url, &result_url, &celery_queue).await;
+    let _celery = quartet_e2e::celery_worker(&broker_url, &result_url, &celery_queue).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let worker =
         Worker::new(broker.clone(), &[&rust_queue], 2).task("rust.add", |args, _| async move {
@@ -307,7 +282,7 @@ async fn a_chord_counts_parts_finished_by_celery_and_by_us_together() {
     let broker = Broker::open(&broker_url, &result_url).expect("redis urls");
     let celery_queue = format!("chord-py-{}", uuid4());
     let rust_queue = format!("chord-rs-{}", uuid4());
-    let _celery = celery_worker(&broker_url, &result_url, &celery_queue).await;
+    let _celery = quartet_e2e::celery_worker(&broker_url, &result_url, &celery_queue).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(rust_worker(&broker, &rust_queue).run(stop.clone()));
 
@@ -399,7 +374,7 @@ async fn revocations_reach_every_worker_both_ways() {
     let broker = Broker::open(&broker_url, &result_url).expect("redis urls");
     let celery_queue = format!("revoke-py-{}", uuid4());
     let rust_queue = format!("revoke-rs-{}", uuid4());
-    let _celery = celery_worker(&broker_url, &result_url, &celery_queue).await;
+    let _celery = quartet_e2e::celery_worker(&broker_url, &result_url, &celery_queue).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(rust_worker(&broker, &rust_queue).run(stop.clone()));
     let in_three_seconds = || {
@@ -507,7 +482,7 @@ async fn priority_zero_is_served_first_both_ways() {
             ids.push(m.headers.id);
         }
     }
-    let _celery = celery_worker(&broker_url, &result_url, &celery_queue).await;
+    let _celery = quartet_e2e::celery_worker(&broker_url, &result_url, &celery_queue).await;
     let (high_done, low_done) = (done_at(&broker, &high).await, done_at(&broker, &low).await);
     assert!(
         high_done.iter().max() < low_done.iter().min(),
