@@ -8,11 +8,12 @@
         calls demo.add, demo.count and demo.fail through quartet-rpc-gateway's zerorpc front
         with the token in the event header (a client middleware), and once without a token.
     python zerorpc_peer.py server ENDPOINT
-        serves Demo (add, fail, count as a stream, slow) with a real zerorpc.Server
+        serves Demo (add, fail, count and ticks as streams, pid, slow) with a real zerorpc.Server
         (1 s heartbeats); prints "ready" once bound.
 """
 
 import json
+import os
 import sys
 import time
 
@@ -86,6 +87,20 @@ class Demo:
     def traceparent(self):
         """The traceparent the caller's request carried, if any."""
         return LAST_HEADER.get("traceparent")
+
+    @zerorpc.stream
+    def ticks(self, n, interval):
+        """Streams [pid, i] for i below n, one every interval seconds."""
+        import gevent
+        for i in range(n):
+            yield [os.getpid(), i]
+            gevent.sleep(interval)
+
+    def pid(self, seconds=0):
+        """This server's process id, after sleeping seconds."""
+        import gevent
+        gevent.sleep(seconds)
+        return os.getpid()
 
     def slow(self, seconds):
         import gevent

@@ -8,30 +8,54 @@ use quartet_e2e::http_client;
 use quartet_e2e::process::Server;
 use serde_json::{Value, json};
 
+/// A gRPC client of the gateway's `quartet.rpc.v1.Rpc`.
+async fn rpc_client(
+    gateway: &Server,
+) -> quartet_proto::rpc::v1::rpc_client::RpcClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(gateway.url("grpc"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("grpc");
+    quartet_proto::rpc::v1::rpc_client::RpcClient::new(channel)
+}
+
+/// `message` with `authorization: Bearer <token>` metadata.
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("metadata"),
+    );
+    request
+}
+
+/// A gateway in front of `backends` (`rpc.backends`) with 1 s heartbeats, trusting `auth`.
+async fn gateway(auth: &Server, backends: &str, extra: &[(&str, &str)]) -> Server {
+    let jwks = format!("{}/.well-known/jwks.json", auth.url("http"));
+    let mut env = vec![
+        ("QUARTET_RPC_GATEWAY_AUTH_JWKS_URL", jwks.as_str()),
+        ("QUARTET_RPC_GATEWAY_AUTH_ISSUER", quartet_e2e::auth::ISSUER),
+        ("QUARTET_RPC_GATEWAY_RPC_BACKENDS", backends),
+        ("QUARTET_RPC_GATEWAY_RPC_HEARTBEAT_MS", "1000"),
+        (
+            "QUARTET_RPC_GATEWAY_RPC_ZERORPC_LISTEN",
+            "tcp://127.0.0.1:0",
+        ),
+    ];
+    env.extend_from_slice(extra);
+    Server::start("quartet-rpc-gateway", true, &env)
+        .await
+        .expect("the gateway starts")
+}
+
 #[tokio::test]
 async fn rest_calls_reach_a_python_zerorpc_backend_with_tokens_and_permissions() {
     let (auth, admin) = quartet_e2e::auth::start_with_admin_token()
         .await
         .expect("quartet-auth and a token");
     let (mut backend, endpoint) = quartet_e2e::zerorpc_server().await;
-    let jwks = format!("{}/.well-known/jwks.json", auth.url("http"));
-    let backends = format!("demo={endpoint}");
-    let gateway = Server::start(
-        "quartet-rpc-gateway",
-        true,
-        &[
-            ("QUARTET_RPC_GATEWAY_AUTH_JWKS_URL", jwks.as_str()),
-            ("QUARTET_RPC_GATEWAY_AUTH_ISSUER", quartet_e2e::auth::ISSUER),
-            ("QUARTET_RPC_GATEWAY_RPC_BACKENDS", backends.as_str()),
-            ("QUARTET_RPC_GATEWAY_RPC_HEARTBEAT_MS", "1000"),
-            (
-                "QUARTET_RPC_GATEWAY_RPC_ZERORPC_LISTEN",
-                "tcp://127.0.0.1:0",
-            ),
-        ],
-    )
-    .await
-    .expect("the gateway starts");
+    let gateway = gateway(&auth, &format!("demo={endpoint}"), &[]).await;
     let http = http_client(Duration::from_secs(30));
     let api = gateway.url("http");
     let call = |method: &str, args: Value, token: Option<String>| {
@@ -146,20 +170,7 @@ async fn rest_calls_reach_a_python_zerorpc_backend_with_tokens_and_permissions()
     // The gRPC front: JSON or MessagePack arguments, streams, the same permissions.
     {
         use quartet_proto::rpc::v1 as pb;
-        let channel = tonic::transport::Endpoint::from_shared(gateway.url("grpc"))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("grpc");
-        let mut client = pb::rpc_client::RpcClient::new(channel);
-        let with_token = |message, token: &str| {
-            let mut request = tonic::Request::new(message);
-            request.metadata_mut().insert(
-                "authorization",
-                format!("Bearer {token}").parse().expect("metadata"),
-            );
-            request
-        };
+        let mut client = rpc_client(&gateway).await;
         let invoke = |method: &str, args: pb::invoke_request::Args| pb::InvokeRequest {
             service: "demo".into(),
             method: method.into(),
@@ -278,12 +289,263 @@ async fn rest_calls_reach_a_python_zerorpc_backend_with_tokens_and_permissions()
         body["detail"]
             .as_str()
             .unwrap_or_default()
-            .contains("lost the server"),
+            .contains("connection to the server dropped"),
         "{body}"
     );
     assert!(
-        killed.elapsed() < Duration::from_secs(4),
+        killed.elapsed() < Duration::from_secs(2),
         "noticed after {:?}",
         killed.elapsed()
     );
+}
+
+/// Reads a stream's items until it fails; its status.
+async fn until_error(
+    stream: &mut tonic::Streaming<quartet_proto::rpc::v1::InvokeReply>,
+) -> tonic::Status {
+    loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended as if complete"),
+            Err(status) => return status,
+        }
+    }
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[tokio::test]
+async fn backends_lost_mid_stream_fail_fast_and_calls_move_to_the_replicas_left() {
+    use quartet_proto::rpc::v1 as pb;
+    let (auth, admin) = quartet_e2e::auth::start_with_admin_token()
+        .await
+        .expect("quartet-auth and a token");
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(quartet_e2e::zerorpc_server().await);
+    }
+    let pids: Vec<u32> = replicas
+        .iter()
+        .map(|(child, _)| child.id().expect("running"))
+        .collect();
+    // The first replica by host name: resolved in DNS, as a headless Service's pods are.
+    let endpoints: Vec<String> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, (_, e))| {
+            if i == 0 {
+                e.replace("127.0.0.1", "localhost")
+            } else {
+                e.clone()
+            }
+        })
+        .collect();
+    let ports: Vec<String> = replicas
+        .iter()
+        .map(|(_, e)| e.rsplit(':').next().unwrap_or_default().to_owned())
+        .collect();
+    let gateway = gateway(&auth, &format!("demo={}", endpoints.join("|")), &[]).await;
+    let http = http_client(Duration::from_secs(30));
+    let api = gateway.url("http");
+    let get = |path: &str| {
+        let request = http.get(format!("{api}{path}")).bearer_auth(&admin);
+        async move {
+            let response = request.send().await.expect("get");
+            response.json::<Value>().await.expect("json")
+        }
+    };
+    // Each replica's health as the gateway sees it, by index.
+    let health = || async {
+        let described = get("/v1/services/demo").await;
+        ports
+            .iter()
+            .map(|port| {
+                described["backends"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|b| {
+                        b["endpoint"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .ends_with(&format!(":{port}"))
+                    })
+                    .map(|b| b["health"].as_str().unwrap_or_default().to_owned())
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<String>>()
+    };
+    quartet_e2e::eventually("every replica up", Duration::from_secs(10), || async {
+        health().await.iter().all(|h| h == "up").then_some(())
+    })
+    .await
+    .expect("every replica up");
+
+    // What the service offers, from the Python backends (inspect falls back to list + help
+    // on Python 3.11), and the OpenAPI document generated from it.
+    let described = get("/v1/services/demo").await;
+    let methods: Vec<&str> = described["methods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    for expected in ["add", "count", "pid", "ticks"] {
+        assert!(methods.contains(&expected), "{described}");
+    }
+    let openapi = get("/v1/openapi.json").await;
+    assert_eq!(
+        openapi["paths"]["/v1/services/demo/add"]["post"]["summary"], "Adds two numbers.",
+        "{openapi}"
+    );
+    let anonymous = http
+        .get(format!("{api}/v1/openapi.json"))
+        .send()
+        .await
+        .expect("openapi");
+    assert_eq!(anonymous.status().as_u16(), 401);
+
+    let mut client = rpc_client(&gateway).await;
+    let ticks = || {
+        let ticks = pb::InvokeRequest {
+            service: "demo".into(),
+            method: "ticks".into(),
+            args: Some(pb::invoke_request::Args::ArgsJson("[100000, 0.05]".into())),
+            timeout_seconds: None,
+        };
+        with_token(ticks, &admin)
+    };
+    // The pid serving a stream, from its first item `[pid, 0]`.
+    let first_pid = |item: Option<pb::InvokeReply>| match item.and_then(|i| i.result) {
+        Some(pb::invoke_reply::Result::Json(text)) => serde_json::from_str::<Value>(&text)
+            .expect("json")[0]
+            .as_u64()
+            .expect("pid") as u32,
+        other => panic!("not a tick: {other:?}"),
+    };
+    // Pids answering `concurrent` calls of pid(0.2) at once.
+    let serving = |concurrent: usize| {
+        let calls = (0..concurrent).map(|_| {
+            http.post(format!("{api}/v1/services/demo/pid"))
+                .bearer_auth(&admin)
+                .json(&json!([0.2]))
+                .send()
+        });
+        async move {
+            let mut pids = std::collections::BTreeSet::new();
+            for answer in futures::future::join_all(calls).await {
+                let answer = answer.expect("call");
+                assert_eq!(answer.status().as_u16(), 200);
+                let body: Value = answer.json().await.expect("json");
+                pids.insert(body["result"].as_u64().expect("pid") as u32);
+            }
+            pids
+        }
+    };
+    assert_eq!(
+        serving(30).await.len(),
+        3,
+        "calls spread over the three replicas"
+    );
+
+    // SIGKILL the replica serving a stream: the stream fails as soon as its connection
+    // drops, well within two heartbeat periods, and calls go to the two left.
+    let mut stream = client
+        .invoke_stream(ticks())
+        .await
+        .expect("stream")
+        .into_inner();
+    let victim = first_pid(stream.message().await.expect("first tick"));
+    let dead = pids
+        .iter()
+        .position(|p| *p == victim)
+        .expect("a replica's pid");
+    replicas[dead].0.kill().await.expect("kill");
+    let killed = std::time::Instant::now();
+    let failed = until_error(&mut stream).await;
+    assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(2),
+        "after {:?}",
+        killed.elapsed()
+    );
+    let left = serving(30).await;
+    assert!(!left.contains(&victim), "a call went to the dead replica");
+    assert_eq!(left.len(), 2, "{left:?}");
+
+    // SIGSTOP the replica serving the next stream: the connection stays up, so only the
+    // silence tells — the stream fails after about two heartbeat periods, and calls go to
+    // the last replica. SIGCONT: it answers pings again and gets calls again.
+    let mut stream = client
+        .invoke_stream(ticks())
+        .await
+        .expect("stream")
+        .into_inner();
+    let frozen = first_pid(stream.message().await.expect("first tick"));
+    signal(frozen, "STOP");
+    let stopped = std::time::Instant::now();
+    let failed = until_error(&mut stream).await;
+    let silent_for = stopped.elapsed();
+    assert!(failed.message().contains("lost the server"), "{failed:?}");
+    assert!(
+        silent_for > Duration::from_millis(1500) && silent_for < Duration::from_millis(3500),
+        "noticed after {silent_for:?}"
+    );
+    let last = serving(10).await;
+    assert!(
+        last.len() == 1 && !last.contains(&frozen) && !last.contains(&victim),
+        "{last:?}"
+    );
+    signal(frozen, "CONT");
+    quartet_e2e::eventually(
+        "the thawed replica back up",
+        Duration::from_secs(10),
+        || async { (health().await.iter().filter(|h| *h == "up").count() == 2).then_some(()) },
+    )
+    .await
+    .expect("the thawed replica back up");
+    assert_eq!(serving(30).await.len(), 2, "calls spread again");
+    let metrics = gateway.metrics().await;
+    let down = format!(
+        "quartet_rpc_backend_up{{endpoint=\"{}\",service=\"demo\"}} 0",
+        replicas[dead].1
+    );
+    assert!(metrics.contains(&down), "{down} not in:\n{metrics}");
+
+    // Every replica gone: calls fail at once, naming the reason, instead of waiting.
+    for (i, (child, _)) in replicas.iter_mut().enumerate() {
+        if i != dead {
+            child.kill().await.expect("kill");
+        }
+    }
+    quartet_e2e::eventually("every replica down", Duration::from_secs(10), || async {
+        health().await.iter().all(|h| h == "down").then_some(())
+    })
+    .await
+    .expect("every replica down");
+    let started = std::time::Instant::now();
+    let refused = http
+        .post(format!("{api}/v1/services/demo/add"))
+        .bearer_auth(&admin)
+        .json(&json!([1, 2]))
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(refused.status().as_u16(), 503);
+    let body: Value = refused.json().await.expect("json");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no healthy backend for demo: 3 of 3 down"),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
 }

@@ -55,8 +55,13 @@ async fn forward(
         .authenticate(token)
         .await
         .map_err(|e| RemoteError::new("Unauthenticated", e.to_string()))?;
-    crate::router::authorize(&caller, service, method)
-        .map_err(|p| RemoteError::new("PermissionDenied", p.detail))?;
+    router.admit(&caller, service, method).map_err(|p| {
+        let name = match p.kind() {
+            quartet_kit::error::ErrorKind::ResourceExhausted => "RateLimited",
+            _ => "PermissionDenied",
+        };
+        RemoteError::new(name, p.detail)
+    })?;
     let args = match request.args {
         Value::Array(a) => a,
         Value::Nil => Vec::new(),
@@ -97,9 +102,12 @@ fn gateway_error(e: RouteError) -> RemoteError {
         RouteError::UnknownService(name) => {
             RemoteError::new("NameError", format!("no service named {name:?}"))
         }
-        RouteError::Call(CallError::LostRemote(_) | CallError::Closed) => {
-            RemoteError::new("LostRemote", e.to_string())
+        RouteError::NoBackend { .. } | RouteError::Draining => {
+            RemoteError::new("Unavailable", e.to_string())
         }
+        RouteError::Call(
+            CallError::LostRemote(_) | CallError::Disconnected | CallError::Closed,
+        ) => RemoteError::new("LostRemote", e.to_string()),
         RouteError::Call(CallError::Timeout(_)) => {
             RemoteError::new("TimeoutExpired", e.to_string())
         }

@@ -106,6 +106,9 @@ fn failure(service: &str, method: &str, e: RouteError) -> Status {
                 details.to_string().into_bytes().into(),
             )
         }
+        e @ (RouteError::NoBackend { .. } | RouteError::Draining) => {
+            Status::unavailable(format!("{service}.{method}: {e}"))
+        }
         RouteError::Call(e @ CallError::Timeout(_)) => {
             Status::deadline_exceeded(format!("{service}.{method}: {e}"))
         }
@@ -120,7 +123,7 @@ impl RpcService {
     ) -> Result<(String, String, Reply, Encoding), Status> {
         let caller = authenticate_grpc(self.authenticator.as_ref(), &request).await?;
         let q = request.into_inner();
-        crate::router::authorize(&caller, &q.service, &q.method)?;
+        self.router.admit(&caller, &q.service, &q.method)?;
         let (args, encoding) = arguments(q.args)?;
         let timeout = crate::router::timeout(q.timeout_seconds, self.max_timeout);
         let reply = self

@@ -10,6 +10,8 @@
 
 pub mod front;
 pub mod grpc;
+pub mod limit;
+pub mod openapi;
 pub mod rest;
 pub mod router;
 pub mod zerorpc;
@@ -52,6 +54,14 @@ pub struct RpcSettings {
     pub heartbeat_ms: u64,
     /// Where the zerorpc front listens (zerorpc clients call `service.method` here); empty turns it off.
     pub zerorpc_listen: String,
+    /// How often backend host names are resolved again, in seconds (a headless Service's pods come and go).
+    pub resolve_seconds: f64,
+    /// Calls per second each caller (token subject) may make across the fronts; 0 turns the limit off.
+    pub rate_limit_per_second: f64,
+    /// Calls a caller may make at once above its rate (at least 1).
+    pub rate_limit_burst: u32,
+    /// The largest request the zerorpc front accepts, in bytes; larger ones are answered `MessageTooLarge`.
+    pub max_message_bytes: usize,
 }
 
 impl Default for RpcSettings {
@@ -62,6 +72,10 @@ impl Default for RpcSettings {
             timeout_seconds: 30.0,
             heartbeat_ms: 5000,
             zerorpc_listen: "tcp://127.0.0.1:7134".into(),
+            resolve_seconds: 5.0,
+            rate_limit_per_second: 0.0,
+            rate_limit_burst: 20,
+            max_message_bytes: 1 << 20,
         }
     }
 }
@@ -84,24 +98,27 @@ impl ServiceConfig for Config {
 
 /// Serves `quartet-rpc-gateway` until a stop signal, then drains.
 pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
-    if config.rpc.timeout_seconds.is_nan()
-        || config.rpc.timeout_seconds <= 0.0
-        || config.rpc.heartbeat_ms == 0
-    {
-        anyhow::bail!("rpc.timeout_seconds and rpc.heartbeat_ms must be above 0");
+    let rpc = &config.rpc;
+    if !(rpc.timeout_seconds > 0.0 && rpc.resolve_seconds > 0.0) || rpc.heartbeat_ms == 0 {
+        anyhow::bail!(
+            "rpc.timeout_seconds, rpc.resolve_seconds and rpc.heartbeat_ms must be above 0"
+        );
     }
-    let mut router = router::Router::new(Some(std::time::Duration::from_millis(
-        config.rpc.heartbeat_ms,
-    )));
-    let idempotent: Vec<&str> = config
-        .rpc
+    let heartbeat = std::time::Duration::from_millis(rpc.heartbeat_ms);
+    let mut router = router::Router::new(heartbeat);
+    if rpc.rate_limit_per_second != 0.0 {
+        let limiter = limit::Limiter::new(rpc.rate_limit_per_second, rpc.rate_limit_burst)
+            .map_err(|e| anyhow::anyhow!("rpc.rate_limit_per_second: {e}"))?;
+        router = router.limit(limiter);
+    }
+    let idempotent: Vec<&str> = rpc
         .idempotent
         .split(',')
         .map(str::trim)
         .filter(|m| !m.is_empty())
         .collect();
     for (service, endpoints) in
-        router::parse_backends(&config.rpc.backends).map_err(|e| anyhow::anyhow!(e))?
+        router::parse_backends(&rpc.backends).map_err(|e| anyhow::anyhow!(e))?
     {
         let methods: Vec<String> = idempotent
             .iter()
@@ -109,6 +126,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
             .collect();
         router
             .add(&service, &endpoints, &methods)
+            .await
             .map_err(|e| anyhow::anyhow!("rpc.backends ({service}): {e}"))?;
         tracing::info!(service = %service, backends = ?endpoints, "zerorpc service routed");
     }
@@ -117,13 +135,38 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
             .metrics(ctx.metrics.registry())
             .map_err(|e| anyhow::anyhow!("rpc metrics: {e}"))?,
     );
+    tokio::spawn(router.clone().watch(
+        std::time::Duration::from_secs_f64(rpc.resolve_seconds),
+        ctx.shutdown.token(),
+    ));
+    // On a stop: no new calls, and those in flight get the shutdown's grace to finish.
+    {
+        let (router, stop) = (router.clone(), ctx.shutdown.token());
+        let grace = config.server.base.shutdown.grace;
+        ctx.shutdown.spawn(async move {
+            stop.cancelled().await;
+            let left = router.drain(grace).await;
+            tracing::info!(left, "router drained");
+        });
+    }
     let max_timeout = std::time::Duration::from_secs_f64(config.rpc.timeout_seconds);
     let authenticator = quartet_kit::token::authenticator(&config.auth);
     if !config.rpc.zerorpc_listen.is_empty() {
         let socket = zerorpc::socket::Socket::bind(zmq::ROUTER, &config.rpc.zerorpc_listen, None)
             .map_err(|e| anyhow::anyhow!("rpc.zerorpc_listen: {e}"))?;
         tracing::info!(endpoint = %socket.endpoint(), "zerorpc front listening");
-        let service = front::service(router.clone(), authenticator.clone(), max_timeout);
+        let refused = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "quartet_rpc_front_refused_total",
+                "zerorpc front messages refused or dropped, by reason",
+            ),
+            &["reason"],
+        )?;
+        ctx.metrics.registry().register(Box::new(refused.clone()))?;
+        let service = front::service(router.clone(), authenticator.clone(), max_timeout)
+            .heartbeat(heartbeat)
+            .max_message_bytes(config.rpc.max_message_bytes)
+            .count_refusals(refused);
         let stop = ctx.shutdown.token();
         ctx.shutdown.spawn(async move {
             zerorpc::server::serve(

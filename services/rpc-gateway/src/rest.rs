@@ -1,10 +1,14 @@
 //! The REST front: `POST /v1/services/{service}/{method}` with the arguments as a JSON array,
-//! `GET /v1/services`. Bearer tokens from quartet-auth; a call needs
+//! `GET /v1/services`, `GET /v1/services/{service}` (its methods, from the backends'
+//! `_zerorpc_inspect`, and its backends' health; `methods` is null with an `inspect_error`
+//! when no backend could answer) and `GET /v1/openapi.json` (an OpenAPI
+//! document of every service's methods, generated the same way). Bearer tokens from quartet-auth; a call needs
 //! `rpc:call:<service>.<method>` (Shiro wildcards, so `rpc:call:reports.*` grants a service).
 //!
 //! Answers: 200 `{"result": …}`, or `{"items": […]}` for a streamed reply; 422 with the remote
 //! `{name, message, traceback}` when the method raised; 404 for an unknown service; 503 when
-//! the backend is lost or unreachable; 504 past the deadline.
+//! the backend is lost or unreachable, every backend is down, or the gateway is draining; 429
+//! over the caller's rate limit; 504 past the deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +49,7 @@ async fn call(
     body: web::Bytes,
 ) -> Result<HttpResponse, Problem> {
     let (service, method) = path.into_inner();
-    crate::router::authorize(&caller.0, &service, &method)?;
+    front.router.admit(&caller.0, &service, &method)?;
     let args: serde_json::Value = if body.is_empty() {
         serde_json::Value::Array(Vec::new())
     } else {
@@ -91,6 +95,11 @@ async fn call(
             "unknown-service",
             format!("no service named {name:?}"),
         )),
+        Err(e @ (RouteError::NoBackend { .. } | RouteError::Draining)) => Err(problem(
+            ErrorKind::Unavailable,
+            "no-backend",
+            format!("{service}.{method}: {e}"),
+        )),
         Err(RouteError::Call(CallError::Remote(e))) => Ok(HttpResponse::UnprocessableEntity()
             .json(serde_json::json!({
                 "type": "urn:quartet:problem:remote-error",
@@ -107,13 +116,73 @@ fn failure(service: &str, method: &str, e: CallError) -> Problem {
     let (kind, code) = match &e {
         CallError::Timeout(_) => (ErrorKind::DeadlineExceeded, "deadline-exceeded"),
         CallError::Remote(_) | CallError::Protocol(_) => (ErrorKind::Unavailable, "backend-error"),
-        CallError::LostRemote(_) | CallError::Closed => (ErrorKind::Unavailable, "backend-lost"),
+        CallError::LostRemote(_) | CallError::Disconnected | CallError::Closed => {
+            (ErrorKind::Unavailable, "backend-lost")
+        }
     };
     problem(kind, code, format!("{service}.{method}: {e}"))
 }
 
 async fn services(front: web::Data<Arc<Front>>, _caller: Bearer) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"services": front.router.services()}))
+}
+
+/// How long asking a backend to describe itself may take.
+const INSPECT_DEADLINE: Duration = Duration::from_secs(5);
+
+async fn service(
+    front: web::Data<Arc<Front>>,
+    _caller: Bearer,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let service = path.into_inner();
+    // The backends' health is worth showing even when none can describe the service.
+    let mut described = match front
+        .router
+        .inspect(&service, INSPECT_DEADLINE.min(front.max_timeout))
+        .await
+    {
+        Ok(described) => described,
+        Err(RouteError::UnknownService(name)) => {
+            return Err(problem(
+                ErrorKind::NotFound,
+                "unknown-service",
+                format!("no service named {name:?}"),
+            ));
+        }
+        Err(e) => serde_json::json!({
+            "service": service, "methods": null,
+            "inspect_error": format!("asking {service} to describe itself: {e}"),
+        }),
+    };
+    described["backends"] = front
+        .router
+        .backends(&service)
+        .into_iter()
+        .map(|(endpoint, health)| {
+            serde_json::json!({"endpoint": endpoint, "health": format!("{health:?}").to_lowercase()})
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(described))
+}
+
+async fn openapi(front: web::Data<Arc<Front>>, _caller: Bearer) -> HttpResponse {
+    let deadline = INSPECT_DEADLINE.min(front.max_timeout);
+    let names = front.router.services();
+    let answers = futures::future::join_all(
+        names
+            .iter()
+            .map(|name| front.router.inspect(name, deadline)),
+    )
+    .await;
+    let (mut described, mut unavailable) = (Vec::new(), Vec::new());
+    for (name, answer) in names.into_iter().zip(answers) {
+        match answer {
+            Ok(service) => described.push(service),
+            Err(e) => unavailable.push((name, e.to_string())),
+        }
+    }
+    HttpResponse::Ok().json(crate::openapi::document(&described, &unavailable))
 }
 
 /// The REST routes.
@@ -123,6 +192,8 @@ pub fn rest(front: Arc<Front>) -> quartet_kit::RestApi {
         move |cfg| {
             cfg.app_data(data.clone())
                 .route("/v1/services", web::get().to(services))
+                .route("/v1/openapi.json", web::get().to(openapi))
+                .route("/v1/services/{service}", web::get().to(service))
                 .route("/v1/services/{service}/{method}", web::post().to(call));
         },
         utoipa::openapi::OpenApiBuilder::new().build(),

@@ -1,49 +1,126 @@
-//! The gateway's router: services by name, each a set of zerorpc backends; a call goes to the
-//! backend with the fewest calls outstanding, under a deadline, and is retried on another
-//! backend only when the method is declared idempotent and the failure says the backend is
-//! gone (lost, unreachable) rather than that the method failed.
+//! The gateway's router: services by name, each a set of zerorpc backends.
+//!
+//! - A service's backends come from its configured endpoints; a `tcp://name:port` endpoint is
+//!   resolved in DNS and becomes one backend per address (a Kubernetes headless Service gives
+//!   one per ready pod), re-resolved every `rpc.resolve_seconds`. A backend that leaves the
+//!   answer gets no new calls and is closed when its last call ends.
+//! - Health comes from heartbeats: every backend is pinged (`_zerorpc_ping`) each heartbeat
+//!   period, and a backend lost on a ping or a call (silent for two periods) is `Down`: its
+//!   circuit is open and no call goes to it until a ping is answered again. When every backend
+//!   of a service is down a call fails at once rather than waiting on a dead peer.
+//! - A call goes to the healthy backend with the fewest calls outstanding, under a deadline,
+//!   and is retried on another backend only when the method is declared idempotent and the
+//!   failure says the backend is gone rather than that the method failed.
+//! - Draining refuses new calls and waits for those in flight.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use quartet_kit::error::{ErrorKind, Problem};
 use rmpv::Value;
+use tokio_util::sync::CancellationToken;
 
+use crate::limit::Limiter;
 use crate::zerorpc::client::{CallError, Client, Reply};
 use crate::zerorpc::event::Event;
 use crate::zerorpc::socket::SocketError;
 
-/// One backend: a zerorpc server and the calls it has in flight.
+/// What the router knows of a backend's health (ordered: preferred first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Health {
+    /// Answered its last ping or call.
+    Up,
+    /// Not heard from yet: just added. Chosen only when no backend is up.
+    Unknown,
+    /// Lost on its last ping or call: the circuit is open, no call goes to it until it
+    /// answers a ping.
+    Down,
+}
+
+/// One backend: a zerorpc server, its health and the calls it has in flight.
 #[derive(Debug)]
 pub struct Backend {
     /// Its endpoint, e.g. `tcp://10.0.0.7:4242`.
     pub endpoint: String,
+    /// The configured endpoint it came from (a DNS name resolves to several backends).
+    origin: String,
     client: Client,
     outstanding: AtomicUsize,
+    health: Mutex<Health>,
+    probing: AtomicBool,
 }
 
-/// A service: its backends and the methods safe to retry.
+impl Backend {
+    fn connect(endpoint: &str, origin: &str, heartbeat: Duration) -> Result<Self, SocketError> {
+        Ok(Self {
+            endpoint: endpoint.to_owned(),
+            origin: origin.to_owned(),
+            client: Client::connect(endpoint, None)?.heartbeat(heartbeat),
+            outstanding: AtomicUsize::new(0),
+            health: Mutex::new(Health::Unknown),
+            probing: AtomicBool::new(false),
+        })
+    }
+
+    /// Its health now.
+    pub fn health(&self) -> Health {
+        *self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records `health`; the previous value.
+    fn set(&self, health: Health) -> Health {
+        std::mem::replace(
+            &mut *self.health.lock().unwrap_or_else(|p| p.into_inner()),
+            health,
+        )
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.client.close();
+    }
+}
+
+/// A service: its configured endpoints, its backends now, and the methods safe to retry.
 #[derive(Debug)]
 pub struct Service {
-    backends: Vec<Arc<Backend>>,
+    declared: Vec<String>,
+    backends: RwLock<Vec<Arc<Backend>>>,
     idempotent: Vec<String>,
 }
 
-/// Services by name.
-#[derive(Debug, Default)]
-pub struct Router {
-    services: BTreeMap<String, Service>,
-    heartbeat: Option<Duration>,
-    metrics: Option<Metrics>,
+impl Service {
+    fn backends(&self) -> Vec<Arc<Backend>> {
+        self.backends
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
-/// Per service and method: calls by outcome, their duration, calls in flight.
+/// Services by name.
+#[derive(Debug)]
+pub struct Router {
+    services: BTreeMap<String, Service>,
+    heartbeat: Duration,
+    metrics: Option<Metrics>,
+    limiter: Option<Limiter>,
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+/// Per service and method: calls by outcome, their duration, calls in flight; per backend:
+/// whether it is up.
 #[derive(Debug, Clone)]
 struct Metrics {
     calls: prometheus::IntCounterVec,
     seconds: prometheus::HistogramVec,
     in_flight: prometheus::IntGaugeVec,
+    up: prometheus::IntGaugeVec,
 }
 
 /// Why a call through the router failed.
@@ -52,6 +129,19 @@ pub enum RouteError {
     /// No service of that name is configured.
     #[error("no service named {0:?}")]
     UnknownService(String),
+    /// Every backend of the service is down (or it has none): the call was not sent.
+    #[error("no healthy backend for {service}: {down} of {total} down")]
+    NoBackend {
+        /// The service.
+        service: String,
+        /// Backends down.
+        down: usize,
+        /// Backends known.
+        total: usize,
+    },
+    /// The gateway is shutting down and takes no new calls.
+    #[error("the gateway is draining: no new calls")]
+    Draining,
     /// The backend answered or failed (see [`CallError`]).
     #[error(transparent)]
     Call(#[from] CallError),
@@ -79,6 +169,15 @@ pub fn parse_backends(spec: &str) -> Result<Vec<(String, Vec<String>)>, String> 
                 "rpc.backends: {bad:?} (for {name}) is not a tcp:// or ipc:// endpoint"
             ));
         }
+        if let Some(bad) = endpoints.iter().find(|e| {
+            e.strip_prefix("tcp://")
+                .and_then(|a| a.rsplit_once(':'))
+                .is_some_and(|(_, port)| port.parse::<u16>().is_err())
+        }) {
+            return Err(format!(
+                "rpc.backends: {bad:?} (for {name}) has no port number"
+            ));
+        }
         if endpoints.is_empty() {
             return Err(format!("rpc.backends: service {name:?} has no endpoint"));
         }
@@ -87,19 +186,64 @@ pub fn parse_backends(spec: &str) -> Result<Vec<(String, Vec<String>)>, String> 
     Ok(services)
 }
 
+/// The endpoints a configured endpoint stands for: itself when it names an address (or is
+/// `ipc://`), else one per address its host name resolves to.
+pub async fn expand(declared: &str) -> Result<Vec<String>, String> {
+    let Some(address) = declared.strip_prefix("tcp://") else {
+        return Ok(vec![declared.to_owned()]);
+    };
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{declared:?} has no port"))?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<IpAddr>().is_ok() {
+        return Ok(vec![declared.to_owned()]);
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{declared:?}: {port:?} is not a port"))?;
+    let addresses = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("resolving {host}: {e}"))?;
+    Ok(endpoints(port, addresses.map(|a| a.ip())))
+}
+
+/// `tcp://` endpoints for `addresses` at `port`, sorted, each once.
+fn endpoints(port: u16, addresses: impl Iterator<Item = IpAddr>) -> Vec<String> {
+    let mut out: Vec<String> = addresses
+        .map(|ip| match ip {
+            IpAddr::V4(v4) => format!("tcp://{v4}:{port}"),
+            IpAddr::V6(v6) => format!("tcp://[{v6}]:{port}"),
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 impl Router {
-    /// A router whose clients use `heartbeat` (zerorpc's 5 s by default).
-    pub fn new(heartbeat: Option<Duration>) -> Self {
+    /// A router whose clients beat every `heartbeat` (zerorpc's default is 5 s); backends
+    /// are pinged as often.
+    pub fn new(heartbeat: Duration) -> Self {
         Self {
             services: BTreeMap::new(),
             heartbeat,
             metrics: None,
+            limiter: None,
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
+    /// Limits each caller (token subject) to what `limiter` admits.
+    pub fn limit(mut self, limiter: Limiter) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
     /// Records calls in `registry`: `quartet_rpc_calls_total{service,method,outcome}` (ok,
-    /// error, lost, timeout, unknown), `quartet_rpc_call_seconds{service,method}`,
-    /// `quartet_rpc_in_flight{service,method}`.
+    /// error, lost, timeout, unavailable, unknown), `quartet_rpc_call_seconds{service,method}`,
+    /// `quartet_rpc_in_flight{service,method}`, and `quartet_rpc_backend_up{service,endpoint}`.
     pub fn metrics(mut self, registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
         use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
         let calls = IntCounterVec::new(
@@ -120,40 +264,48 @@ impl Router {
             Opts::new("quartet_rpc_in_flight", "Calls waiting for their answer"),
             &["service", "method"],
         )?;
+        let up = IntGaugeVec::new(
+            Opts::new(
+                "quartet_rpc_backend_up",
+                "1 when the backend answered its last ping or call, 0 when it is down or not heard from yet",
+            ),
+            &["service", "endpoint"],
+        )?;
         registry.register(Box::new(calls.clone()))?;
         registry.register(Box::new(seconds.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(up.clone()))?;
         self.metrics = Some(Metrics {
             calls,
             seconds,
             in_flight,
+            up,
         });
         Ok(self)
     }
 
-    /// Adds service `name` served by `endpoints`; `idempotent` methods may be retried.
-    pub fn add(
+    /// Adds service `name` served by `endpoints` (DNS names resolved now, and again by
+    /// [`Router::watch`]); `idempotent` methods may be retried. Fails when an endpoint
+    /// cannot be connected or a name cannot be resolved.
+    pub async fn add(
         &mut self,
         name: &str,
         endpoints: &[String],
         idempotent: &[String],
-    ) -> Result<(), SocketError> {
+    ) -> Result<(), String> {
         let mut backends = Vec::new();
-        for endpoint in endpoints {
-            let mut client = Client::connect(endpoint, None)?;
-            if let Some(period) = self.heartbeat {
-                client = client.heartbeat(period);
+        for declared in endpoints {
+            for endpoint in expand(declared).await? {
+                let backend = Backend::connect(&endpoint, declared, self.heartbeat)
+                    .map_err(|e| e.to_string())?;
+                backends.push(Arc::new(backend));
             }
-            backends.push(Arc::new(Backend {
-                endpoint: endpoint.clone(),
-                client,
-                outstanding: AtomicUsize::new(0),
-            }));
         }
         self.services.insert(
             name.to_owned(),
             Service {
-                backends,
+                declared: endpoints.to_vec(),
+                backends: RwLock::new(backends),
                 idempotent: idempotent.to_vec(),
             },
         );
@@ -163,6 +315,211 @@ impl Router {
     /// The configured service names.
     pub fn services(&self) -> Vec<String> {
         self.services.keys().cloned().collect()
+    }
+
+    /// A service's backends now: endpoint and health.
+    pub fn backends(&self, service: &str) -> Vec<(String, Health)> {
+        self.services.get(service).map_or_else(Vec::new, |s| {
+            s.backends()
+                .iter()
+                .map(|b| (b.endpoint.clone(), b.health()))
+                .collect()
+        })
+    }
+
+    /// Whether `caller` may call `service.method` now: it holds the permission (see
+    /// [`authorize`]) and is within its rate limit.
+    pub fn admit(
+        &self,
+        caller: &quartet_kit::token::Claims,
+        service: &str,
+        method: &str,
+    ) -> Result<(), Problem> {
+        authorize(caller, service, method)?;
+        if let Some(limiter) = &self.limiter {
+            limiter.admit(&caller.sub).map_err(|wait| {
+                let mut problem = Problem::new(
+                    ErrorKind::ResourceExhausted,
+                    "rate-limited",
+                    format!(
+                        "{} is over the gateway's rate limit ({}); retry in {:.2} s",
+                        caller.sub,
+                        limiter.describe(),
+                        wait.as_secs_f64()
+                    ),
+                );
+                problem.retry_after_seconds = Some(wait.as_secs_f64().ceil() as u64);
+                problem
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Pings every backend each heartbeat period and re-resolves DNS names every `resolve`,
+    /// until `stop`.
+    pub async fn watch(self: Arc<Self>, resolve: Duration, stop: CancellationToken) {
+        let mut next_resolve = tokio::time::Instant::now() + resolve;
+        let mut tick = tokio::time::interval(self.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if tokio::time::Instant::now() >= next_resolve {
+                self.resolve().await;
+                next_resolve = tokio::time::Instant::now() + resolve;
+            }
+            for (name, service) in &self.services {
+                for backend in service.backends() {
+                    if backend.probing.swap(true, Ordering::AcqRel) {
+                        continue; // the last ping is still waiting
+                    }
+                    let (router, name) = (self.clone(), name.clone());
+                    tokio::spawn(async move {
+                        let ping = backend
+                            .client
+                            .call("_zerorpc_ping", Vec::new(), router.heartbeat * 3)
+                            .await;
+                        backend.probing.store(false, Ordering::Release);
+                        router.observe(&name, &backend, &ping.map(|_| ()));
+                    });
+                }
+            }
+        }
+    }
+
+    /// Resolves every service's endpoints again: new addresses become backends, vanished
+    /// ones stop getting calls. A name that fails to resolve keeps the backends it had.
+    pub async fn resolve(&self) {
+        for (name, service) in &self.services {
+            let current = service.backends();
+            let mut wanted: Vec<(String, String)> = Vec::new();
+            for declared in &service.declared {
+                match expand(declared).await {
+                    Ok(list) => wanted.extend(list.into_iter().map(|e| (e, declared.clone()))),
+                    Err(e) => {
+                        tracing::warn!(service = %name, error = %e, "could not resolve a backend name; keeping its backends");
+                        wanted.extend(
+                            current
+                                .iter()
+                                .filter(|b| &b.origin == declared)
+                                .map(|b| (b.endpoint.clone(), declared.clone())),
+                        );
+                    }
+                }
+            }
+            let mut next = Vec::new();
+            for (endpoint, origin) in wanted {
+                if let Some(kept) = current.iter().find(|b| b.endpoint == endpoint) {
+                    next.push(kept.clone());
+                    continue;
+                }
+                match Backend::connect(&endpoint, &origin, self.heartbeat) {
+                    Ok(backend) => {
+                        tracing::info!(service = %name, %endpoint, "backend added");
+                        next.push(Arc::new(backend));
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = %name, %endpoint, error = %e, "could not connect a backend")
+                    }
+                }
+            }
+            for gone in current
+                .iter()
+                .filter(|b| !next.iter().any(|n| n.endpoint == b.endpoint))
+            {
+                tracing::info!(service = %name, endpoint = %gone.endpoint, "backend removed; its calls in flight finish");
+                if let Some(m) = &self.metrics {
+                    let _ = m.up.remove_label_values(&[name, &gone.endpoint]);
+                }
+            }
+            *service.backends.write().unwrap_or_else(|p| p.into_inner()) = next;
+        }
+    }
+
+    /// Records what a call or ping to `backend` says of its health.
+    fn observe(&self, service: &str, backend: &Backend, outcome: &Result<(), CallError>) {
+        observe(self.metrics.as_ref(), service, backend, outcome);
+    }
+
+    /// What `service` offers, from a backend's `_zerorpc_inspect`: `{service, name, methods:
+    /// [{name, args, doc}]}` with `args` the positional argument names (`self` left out).
+    /// Servers that cannot answer inspect (zerorpc-python on Python 3.11, where
+    /// `inspect.getargspec` is gone) are asked `_zerorpc_list` and `_zerorpc_help` instead,
+    /// and their `args` are `null`.
+    pub async fn inspect(
+        &self,
+        service: &str,
+        deadline: Duration,
+    ) -> Result<serde_json::Value, RouteError> {
+        let value = |reply: Reply| match reply {
+            Reply::Value(v) => Ok(v),
+            Reply::Stream(_) => Err(RouteError::Call(CallError::Protocol(
+                "a stream where a value was expected".into(),
+            ))),
+        };
+        let inspected = self
+            .call(service, "_zerorpc_inspect", Vec::new(), deadline)
+            .await;
+        let mut methods = Vec::new();
+        let name;
+        match inspected {
+            Ok(reply) => {
+                let described = to_json(&value(reply)?);
+                name = described["name"].clone();
+                if let Some(listed) = described["methods"].as_object() {
+                    for (method, about) in listed {
+                        let args = about["args"].as_array().map(|args| {
+                            args.iter()
+                                .filter_map(|a| a["name"].as_str().or_else(|| a.as_str()))
+                                .filter(|a| *a != "self")
+                                .map(serde_json::Value::from)
+                                .collect::<Vec<_>>()
+                        });
+                        methods.push(serde_json::json!({
+                            "name": method, "args": args, "doc": about["doc"],
+                        }));
+                    }
+                }
+            }
+            Err(RouteError::Call(CallError::Remote(_))) => {
+                name = to_json(&value(
+                    self.call(service, "_zerorpc_name", Vec::new(), deadline)
+                        .await?,
+                )?);
+                let listed = to_json(&value(
+                    self.call(service, "_zerorpc_list", Vec::new(), deadline)
+                        .await?,
+                )?);
+                for method in listed.as_array().into_iter().flatten() {
+                    let Some(method) = method.as_str() else {
+                        continue;
+                    };
+                    let doc = self
+                        .call(service, "_zerorpc_help", vec![method.into()], deadline)
+                        .await
+                        .ok()
+                        .and_then(|r| value(r).ok())
+                        .map_or(serde_json::Value::Null, |d| to_json(&d));
+                    methods.push(serde_json::json!({"name": method, "args": null, "doc": doc}));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        methods.retain(|m| !m["name"].as_str().unwrap_or_default().starts_with('_'));
+        methods.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        Ok(serde_json::json!({"service": service, "name": name, "methods": methods}))
+    }
+
+    /// Refuses new calls and waits up to `within` for those in flight; how many are left.
+    pub async fn drain(&self, within: Duration) -> usize {
+        self.draining.store(true, Ordering::Release);
+        let until = tokio::time::Instant::now() + within;
+        while self.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.in_flight.load(Ordering::Acquire)
     }
 
     /// Calls `service.method(args)` within `deadline`, in a span of its own whose trace
@@ -175,6 +532,9 @@ impl Router {
         deadline: Duration,
     ) -> Result<Reply, RouteError> {
         use tracing::Instrument as _;
+        if self.draining.load(Ordering::Acquire) {
+            return Err(RouteError::Draining);
+        }
         let span = tracing::info_span!(
             "rpc.call",
             otel.name = %format!("rpc.call {service}.{method}"),
@@ -184,6 +544,7 @@ impl Router {
         );
         let labels = [service, method];
         let started = std::time::Instant::now();
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
         if let Some(m) = &self.metrics {
             m.in_flight.with_label_values(&labels).inc();
         }
@@ -191,6 +552,7 @@ impl Router {
             .route(service, method, args, deadline)
             .instrument(span)
             .await;
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
         if let Some(m) = &self.metrics {
             m.in_flight.with_label_values(&labels).dec();
             m.seconds
@@ -199,6 +561,7 @@ impl Router {
             let kind = match &outcome {
                 Ok(_) => "ok",
                 Err(RouteError::UnknownService(_)) => "unknown",
+                Err(RouteError::NoBackend { .. } | RouteError::Draining) => "unavailable",
                 Err(RouteError::Call(CallError::Remote(_))) => "error",
                 Err(RouteError::Call(CallError::Timeout(_))) => "timeout",
                 Err(RouteError::Call(_)) => "lost",
@@ -206,6 +569,29 @@ impl Router {
             m.calls.with_label_values(&[service, method, kind]).inc();
         }
         outcome
+    }
+
+    /// Relays a stream's items, marking `backend` down when it is lost mid-stream (so the
+    /// next calls avoid it without waiting for a ping).
+    fn watch_stream(
+        &self,
+        service: &str,
+        backend: Arc<Backend>,
+        mut items: crate::zerorpc::client::Items,
+    ) -> crate::zerorpc::client::Items {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let (metrics, service) = (self.metrics.clone(), service.to_owned());
+        tokio::spawn(async move {
+            while let Some(item) = items.next().await {
+                if let Err(e) = &item {
+                    observe(metrics.as_ref(), &service, &backend, &Err(e.clone()));
+                }
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
+        crate::zerorpc::client::Items::from_channel(rx)
     }
 
     async fn route(
@@ -220,22 +606,31 @@ impl Router {
             .get(service)
             .ok_or_else(|| RouteError::UnknownService(service.to_owned()))?;
         let retry = target.idempotent.iter().any(|m| m == method);
-        let attempts = if retry { target.backends.len() } else { 1 };
         let started = tokio::time::Instant::now();
-        let mut tried: Vec<usize> = Vec::new();
+        let mut tried: Vec<String> = Vec::new();
         let mut last = None;
-        for _ in 0..attempts {
-            // Least outstanding calls among the backends not yet tried.
-            let Some((index, backend)) = target
-                .backends
+        loop {
+            let backends = target.backends();
+            // The healthiest backend not yet tried, then the one with fewest calls outstanding.
+            let Some(backend) = backends
                 .iter()
-                .enumerate()
-                .filter(|(i, _)| !tried.contains(i))
-                .min_by_key(|(_, b)| b.outstanding.load(Ordering::Relaxed))
+                .filter(|b| !tried.contains(&b.endpoint) && b.health() != Health::Down)
+                .min_by_key(|b| (b.health(), b.outstanding.load(Ordering::Relaxed)))
+                .cloned()
             else {
-                break;
+                return Err(match last {
+                    Some(e) => RouteError::Call(e),
+                    None => RouteError::NoBackend {
+                        service: service.to_owned(),
+                        down: backends
+                            .iter()
+                            .filter(|b| b.health() == Health::Down)
+                            .count(),
+                        total: backends.len(),
+                    },
+                });
             };
-            tried.push(index);
+            tried.push(backend.endpoint.clone());
             let left = deadline.saturating_sub(started.elapsed());
             backend.outstanding.fetch_add(1, Ordering::Relaxed);
             let mut request = Event::request(method, Value::Array(args.clone()));
@@ -251,15 +646,52 @@ impl Router {
             }
             let outcome = backend.client.call_with(request, left).await;
             backend.outstanding.fetch_sub(1, Ordering::Relaxed);
+            self.observe(
+                service,
+                &backend,
+                &outcome.as_ref().map(|_| ()).map_err(Clone::clone),
+            );
             match outcome {
-                Err(CallError::LostRemote(_) | CallError::Closed) if retry => {
+                Ok(Reply::Stream(items)) => {
+                    return Ok(Reply::Stream(self.watch_stream(service, backend, items)));
+                }
+                Err(CallError::LostRemote(_) | CallError::Disconnected | CallError::Closed)
+                    if retry =>
+                {
                     tracing::warn!(service, method, backend = %backend.endpoint, "backend lost; retrying an idempotent call elsewhere");
                     last = outcome.err();
                 }
                 other => return other.map_err(RouteError::from),
             }
         }
-        Err(RouteError::Call(last.unwrap_or(CallError::Closed)))
+    }
+}
+
+/// Records what a call or ping to `backend` says of its health.
+fn observe(
+    metrics: Option<&Metrics>,
+    service: &str,
+    backend: &Backend,
+    outcome: &Result<(), CallError>,
+) {
+    let health = match outcome {
+        Ok(()) | Err(CallError::Remote(_) | CallError::Protocol(_)) => Health::Up,
+        Err(CallError::LostRemote(_) | CallError::Disconnected | CallError::Closed) => Health::Down,
+        // Slow, not gone: it kept beating (a silent one is lost before its deadline).
+        Err(CallError::Timeout(_)) => return,
+    };
+    let before = backend.set(health);
+    if before != health {
+        match health {
+            Health::Down => {
+                tracing::warn!(service, endpoint = %backend.endpoint, "backend down: no calls until it answers a ping")
+            }
+            _ => tracing::info!(service, endpoint = %backend.endpoint, "backend up"),
+        }
+    }
+    if let Some(m) = metrics {
+        m.up.with_label_values(&[service, &backend.endpoint])
+            .set(i64::from(health == Health::Up));
     }
 }
 
@@ -366,6 +798,36 @@ mod tests {
             parse_backends("reports=http://x")
                 .expect_err("bad")
                 .contains("not a tcp://")
+        );
+    }
+
+    #[tokio::test]
+    async fn host_names_resolve_to_one_backend_per_address() {
+        for literal in ["tcp://127.0.0.1:4242", "tcp://[::1]:4242", "ipc:///tmp/x"] {
+            assert_eq!(expand(literal).await.expect("literal"), vec![literal]);
+        }
+        let resolved = expand("tcp://localhost:4242")
+            .await
+            .expect("localhost resolves");
+        assert!(
+            resolved.contains(&"tcp://127.0.0.1:4242".to_owned()),
+            "{resolved:?}"
+        );
+        let addresses = ["10.0.0.8", "10.0.0.7", "fd00::1", "10.0.0.7"]
+            .iter()
+            .map(|a| a.parse().expect("address"));
+        assert_eq!(
+            endpoints(4242, addresses),
+            [
+                "tcp://10.0.0.7:4242",
+                "tcp://10.0.0.8:4242",
+                "tcp://[fd00::1]:4242"
+            ]
+        );
+        assert!(
+            parse_backends("reports=tcp://reports:http")
+                .expect_err("no port")
+                .contains("no port number")
         );
     }
 

@@ -162,8 +162,9 @@ async fn our_client_calls_the_python_server_and_notices_when_it_dies() {
         assert_eq!(value(sum.expect("add")), Value::from(i as i64 + 1));
     }
 
-    // The server dies in the middle of a call: LostRemote within about two periods.
-    let pending = {
+    // The server freezes (SIGSTOP) in the middle of a call: its connection stays up, so the
+    // silence tells — LostRemote after about two periods, not a hang.
+    let slow_call = || {
         let client = client.clone();
         tokio::spawn(async move {
             client
@@ -171,11 +172,32 @@ async fn our_client_calls_the_python_server_and_notices_when_it_dies() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pending = slow_call();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = server.id().expect("running").to_string();
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(stopped.success());
+    let frozen = std::time::Instant::now();
+    let lost = pending.await.expect("the call ends");
+    let waited = frozen.elapsed();
+    assert!(matches!(lost, Err(CallError::LostRemote(_))), "{lost:?}");
+    assert!(
+        waited > period * 3 / 2 && waited < period * 5 / 2,
+        "noticed after {waited:?}"
+    );
+
+    // The server dies (SIGKILL) in the middle of a call: its connection drops, and the call
+    // fails at once rather than after the heartbeats.
+    let pending = slow_call();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     server.kill().await.expect("kill the server");
     let killed = std::time::Instant::now();
     let lost = pending.await.expect("the call ends");
     let waited = killed.elapsed();
-    assert!(matches!(lost, Err(CallError::LostRemote(_))), "{lost:?}");
-    assert!(waited < period * 5 / 2, "noticed after {waited:?}");
+    assert!(matches!(lost, Err(CallError::Disconnected)), "{lost:?}");
+    assert!(lost.expect_err("lost").is_lost_remote());
+    assert!(waited < period / 2, "noticed after {waited:?}");
 }

@@ -24,6 +24,10 @@ pub enum CallError {
     /// The server went silent for longer than two heartbeat periods.
     #[error("lost the server: nothing heard for {0:?}")]
     LostRemote(Duration),
+    /// The connection to the server dropped mid-call (the server closed or died); what it
+    /// was doing is lost with the connection.
+    #[error("the connection to the server dropped")]
+    Disconnected,
     /// No reply within the call's timeout (the server may still be working).
     #[error("no reply within {0:?}")]
     Timeout(Duration),
@@ -33,6 +37,14 @@ pub enum CallError {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
+}
+
+impl CallError {
+    /// Whether the server is lost, as zerorpc-python's `LostRemote` says: silent for two
+    /// heartbeat periods, or its connection dropped.
+    pub fn is_lost_remote(&self) -> bool {
+        matches!(self, CallError::LostRemote(_) | CallError::Disconnected)
+    }
 }
 
 /// A reply: one value, or a stream.
@@ -51,6 +63,11 @@ pub struct Items {
 }
 
 impl Items {
+    /// Items that arrive on `rx` (for relaying a stream).
+    pub fn from_channel(rx: mpsc::Receiver<Result<Value, CallError>>) -> Self {
+        Self { rx }
+    }
+
     /// The next item; `None` after the last.
     pub async fn next(&mut self) -> Option<Result<Value, CallError>> {
         self.rx.recv().await
@@ -66,7 +83,9 @@ impl Items {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<Vec<u8>, mpsc::UnboundedSender<Event>>>>;
+/// What reaches a call: the server's events, or the end of its connection.
+type Inbound = Result<Event, CallError>;
+type Pending = Arc<Mutex<HashMap<Vec<u8>, mpsc::UnboundedSender<Inbound>>>>;
 
 /// A zerorpc client.
 #[derive(Debug, Clone)]
@@ -86,7 +105,28 @@ impl Client {
         let pending: Pending = Arc::default();
         let (reader, routes) = (socket.clone(), pending.clone());
         tokio::spawn(async move {
-            while let Some(mut frames) = reader.recv().await {
+            loop {
+                let mut frames = tokio::select! {
+                    frames = reader.recv() => match frames {
+                        Some(frames) => frames,
+                        None => return,
+                    },
+                    () = reader.dropped() => {
+                        // Replies to calls on the old connection can no longer arrive.
+                        let calls: Vec<_> = routes
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .drain()
+                            .collect();
+                        if !calls.is_empty() {
+                            tracing::warn!(endpoint = %reader.endpoint(), calls = calls.len(), "zerorpc server connection dropped; its calls fail");
+                        }
+                        for (_, tx) in calls {
+                            let _ = tx.send(Err(CallError::Disconnected));
+                        }
+                        continue;
+                    }
+                };
                 let Some(payload) = frames.pop() else {
                     continue;
                 };
@@ -100,7 +140,7 @@ impl Client {
                     .get(event.channel())
                     .cloned();
                 if let Some(tx) = route {
-                    let _ = tx.send(event);
+                    let _ = tx.send(Ok(event));
                 }
             }
         });
@@ -115,6 +155,21 @@ impl Client {
     pub fn heartbeat(mut self, period: Duration) -> Self {
         self.period = period;
         self
+    }
+
+    /// Closes the connection: calls in flight end with [`CallError::Closed`] or
+    /// [`CallError::LostRemote`], later calls fail.
+    pub fn close(&self) {
+        self.socket.close();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// The endpoint this client is connected to.
+    pub fn endpoint(&self) -> &str {
+        self.socket.endpoint()
     }
 
     fn send(&self, event: &Event) -> Result<(), CallError> {
@@ -148,7 +203,7 @@ impl Client {
         let first = loop {
             tokio::select! {
                 event = rx.recv() => {
-                    let Some(event) = event else { return Err(CallError::Closed) };
+                    let event = event.unwrap_or(Err(CallError::Closed))?;
                     watch.heard();
                     if event.name != HEARTBEAT {
                         break event;
@@ -259,7 +314,7 @@ impl Drop for Watch {
 /// the server is lost.
 async fn stream(
     mut watch: Watch,
-    mut rx: mpsc::UnboundedReceiver<Event>,
+    mut rx: mpsc::UnboundedReceiver<Inbound>,
     items: mpsc::Sender<Result<Value, CallError>>,
 ) {
     let grant = |watch: &Watch, n: u64| {
@@ -273,7 +328,13 @@ async fn stream(
     loop {
         tokio::select! {
             event = rx.recv() => {
-                let Some(event) = event else { return };
+                let event = match event.unwrap_or(Err(CallError::Closed)) {
+                    Ok(event) => event,
+                    Err(e) => {
+                        let _ = items.send(Err(e)).await;
+                        return;
+                    }
+                };
                 watch.heard();
                 match event.name.as_str() {
                     STREAM => {

@@ -18,7 +18,7 @@ use rmpv::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::event::{ERR, Event, HEARTBEAT, MORE, OK, STREAM, STREAM_DONE};
+use super::event::{ERR, Event, HEARTBEAT, MORE, OK, STREAM, STREAM_DONE, VERSION};
 use super::socket::{Frames, Socket};
 
 /// zerorpc's default heartbeat period.
@@ -84,6 +84,10 @@ pub struct Service {
     heartbeat: Option<Duration>,
     /// Serves calls to methods not registered here (the gateway's forwarding).
     fallback: Option<Fallback>,
+    /// Requests larger than this are answered with an error, not run.
+    max_message_bytes: Option<usize>,
+    /// Counts messages refused or dropped, by reason.
+    refused: Option<prometheus::IntCounterVec>,
 }
 
 impl std::fmt::Debug for Service {
@@ -112,6 +116,26 @@ impl Service {
     {
         self.fallback = Some(Arc::new(handler));
         self
+    }
+
+    /// Answers requests larger than `bytes` with `MessageTooLarge` instead of running them.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = Some(bytes);
+        self
+    }
+
+    /// Counts refused and dropped messages in `counter`, labelled by reason: `malformed`
+    /// (not a zerorpc event: dropped, there is no id to answer), `oversized`, `version`
+    /// (a protocol version above 3), `shutting-down`.
+    pub fn count_refusals(mut self, counter: prometheus::IntCounterVec) -> Self {
+        self.refused = Some(counter);
+        self
+    }
+
+    fn refused(&self, reason: &str) {
+        if let Some(counter) = &self.refused {
+            counter.with_label_values(&[reason]).inc();
+        }
     }
 
     /// Sets the heartbeat period (zerorpc's default is 5 s).
@@ -244,14 +268,28 @@ fn frames(envelope: &[Vec<u8>], event: &Event) -> Frames {
     frames
 }
 
-/// Serves `service` on `socket` (a bound ROUTER) until `stop`. Malformed messages are counted
-/// in the returned total and dropped (there is no id to answer them on).
+/// Serves `service` on `socket` (a bound ROUTER) until `stop`, then drains: calls in flight
+/// run to their end (their heartbeats and flow control still flow) while new requests are
+/// answered `Unavailable`. Malformed messages are dropped and counted in the returned total
+/// (there is no id to answer them on); oversized requests and unknown protocol versions are
+/// answered with an error naming the problem.
 pub async fn serve(service: Arc<Service>, socket: Arc<Socket>, stop: CancellationToken) -> u64 {
     let channels: Channels = Arc::default();
+    let open = |channels: &Channels| channels.lock().unwrap_or_else(|p| p.into_inner()).len();
     let mut dropped = 0;
+    let mut stopping = false;
     loop {
+        if stopping && open(&channels) == 0 {
+            return dropped;
+        }
         let message = tokio::select! {
-            () = stop.cancelled() => return dropped,
+            () = stop.cancelled(), if !stopping => {
+                stopping = true;
+                tracing::info!(calls = open(&channels), "zerorpc server draining");
+                continue;
+            }
+            // While draining, look again now and then for the last call's end.
+            () = tokio::time::sleep(Duration::from_millis(50)), if stopping => continue,
             m = socket.recv() => m,
         };
         let Some(mut message) = message else {
@@ -270,6 +308,7 @@ pub async fn serve(service: Arc<Service>, socket: Arc<Socket>, stop: Cancellatio
             Ok(event) => event,
             Err(e) => {
                 dropped += 1;
+                service.refused("malformed");
                 tracing::warn!(error = %e, "dropped a malformed zerorpc message");
                 continue;
             }
@@ -288,6 +327,50 @@ pub async fn serve(service: Arc<Service>, socket: Arc<Socket>, stop: Cancellatio
                     tracing::debug!(event = %event.name, "an event for no open channel: dropped")
                 }
             }
+            continue;
+        }
+        let refusal = if event.header.version.is_some_and(|v| v > VERSION) {
+            Some((
+                "version",
+                RemoteError::new(
+                    "ProtocolError",
+                    format!(
+                        "protocol version {} is not supported: this server speaks zerorpc v{VERSION}",
+                        event.header.version.unwrap_or_default()
+                    ),
+                ),
+            ))
+        } else if let Some(max) = service.max_message_bytes.filter(|m| payload.len() > *m) {
+            Some((
+                "oversized",
+                RemoteError::new(
+                    "MessageTooLarge",
+                    format!(
+                        "the request is {} bytes; at most {max} are accepted",
+                        payload.len()
+                    ),
+                ),
+            ))
+        } else if stopping {
+            Some((
+                "shutting-down",
+                RemoteError::new(
+                    "Unavailable",
+                    "the server is shutting down: call another replica",
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some((reason, error)) = refusal {
+            service.refused(reason);
+            tracing::warn!(reason, call = %event.name, "refused a zerorpc request");
+            let reply = Event::reply(
+                &event.header.message_id,
+                ERR,
+                Value::Array(vec![error.name.into(), error.message.into(), "".into()]),
+            );
+            let _ = socket.send(frames(&envelope, &reply));
             continue;
         }
         let (tx, rx) = mpsc::unbounded_channel();

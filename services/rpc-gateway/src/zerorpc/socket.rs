@@ -69,6 +69,8 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 pub struct Socket {
     outbox: Mutex<zmq::Socket>,
     inbox: tokio::sync::Mutex<mpsc::UnboundedReceiver<Frames>>,
+    /// A connecting socket's dropped connections (the peer closed or died).
+    drops: tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     endpoint: String,
@@ -117,6 +119,8 @@ impl Socket {
         let ctx = context();
         let main = ctx.socket(kind).map_err(failed("socket"))?;
         main.set_linger(1000).map_err(failed("linger"))?;
+        // IPv6 endpoints too (a headless Service may resolve to them); IPv4 still works.
+        main.set_ipv6(true).map_err(failed("ipv6"))?;
         match &curve {
             Some(Curve::Server { secret }) => {
                 main.set_curve_server(true)
@@ -153,6 +157,21 @@ impl Socket {
             }
             None => {}
         }
+        // A connecting socket watches its connection: a peer that dies closes it at once,
+        // long before heartbeats would tell.
+        let monitor = if bind {
+            None
+        } else {
+            let address = format!(
+                "inproc://quartet-zmq-monitor-{}",
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            );
+            main.monitor(&address, zmq::SocketEvent::DISCONNECTED as i32)
+                .map_err(failed("monitor"))?;
+            let pair = ctx.socket(zmq::PAIR).map_err(failed("monitor"))?;
+            pair.connect(&address).map_err(failed("monitor connect"))?;
+            Some(pair)
+        };
         let endpoint = if bind {
             main.bind(endpoint)
                 .map_err(failed(format!("bind {endpoint}")))?;
@@ -173,12 +192,16 @@ impl Socket {
         let outbox = ctx.socket(zmq::PUSH).map_err(failed("relay"))?;
         outbox.connect(&relay).map_err(failed("relay connect"))?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let (dropped, drops) = mpsc::unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("zmq-socket".into())
-                .spawn(move || pump(&main, &pull, &tx, &stop))
+                .spawn(move || {
+                    let watched = monitor.as_ref().map(|m| (m, &dropped));
+                    pump(&main, &pull, watched, &tx, &stop);
+                })
                 .map_err(|_| SocketError {
                     what: "spawn the socket's thread".into(),
                     error: zmq::Error::ENOMEM,
@@ -187,6 +210,7 @@ impl Socket {
         Ok(Self {
             outbox: Mutex::new(outbox),
             inbox: tokio::sync::Mutex::new(rx),
+            drops: tokio::sync::Mutex::new(drops),
             stop,
             thread: Some(thread),
             endpoint,
@@ -200,8 +224,28 @@ impl Socket {
 
     /// Queues a message for sending.
     pub fn send(&self, frames: Frames) -> Result<(), SocketError> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(SocketError {
+                what: "send on a closed socket".into(),
+                error: zmq::Error::ENOTSOCK,
+            });
+        }
         let outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
         outbox.send_multipart(frames, 0).map_err(failed("send"))
+    }
+
+    /// Closes the socket: its thread stops and [`Socket::recv`] returns `None` once the
+    /// messages already received are taken.
+    pub fn close(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Completes when a connecting socket's connection drops (the peer closed or died);
+    /// never for a bound socket, nor once the socket is closed.
+    pub async fn dropped(&self) {
+        if self.drops.lock().await.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// The next message received; `None` once the socket is closed.
@@ -224,18 +268,30 @@ impl Drop for Socket {
 fn pump(
     main: &zmq::Socket,
     relay: &zmq::Socket,
+    monitor: Option<(&zmq::Socket, &mpsc::UnboundedSender<()>)>,
     inbox: &mpsc::UnboundedSender<Frames>,
     stop: &AtomicBool,
 ) {
     while !stop.load(Ordering::Relaxed) {
-        let mut items = [
+        let mut items = vec![
             main.as_poll_item(zmq::POLLIN),
             relay.as_poll_item(zmq::POLLIN),
         ];
+        if let Some((m, _)) = monitor {
+            items.push(m.as_poll_item(zmq::POLLIN));
+        }
         if zmq::poll(&mut items, 50).is_err() {
             continue;
         }
         let (incoming, outgoing) = (items[0].is_readable(), items[1].is_readable());
+        if let Some((m, dropped)) =
+            monitor.filter(|_| items.get(2).is_some_and(|i| i.is_readable()))
+        {
+            // Each monitor event is two frames: the event number and value, then the address.
+            while m.recv_multipart(zmq::DONTWAIT).is_ok() {
+                let _ = dropped.send(());
+            }
+        }
         if incoming {
             while let Ok(frames) = main.recv_multipart(zmq::DONTWAIT) {
                 if inbox.send(frames).is_err() {
