@@ -8,6 +8,17 @@ use quartet_e2e::http_client;
 use quartet_e2e::process::Server;
 use serde_json::{Value, json};
 
+/// Where the gateway's zerorpc front listens, from its log.
+fn front_endpoint(gateway: &Server) -> String {
+    gateway
+        .output()
+        .lines()
+        .find(|l| l.contains("zerorpc front listening"))
+        .and_then(|l| serde_json::from_str::<Value>(l).ok())
+        .and_then(|l| l["endpoint"].as_str().map(str::to_owned))
+        .expect("the zerorpc front's endpoint in the log")
+}
+
 /// A gRPC client of the gateway's `quartet.rpc.v1.Rpc`.
 async fn rpc_client(
     gateway: &Server,
@@ -138,13 +149,7 @@ async fn rest_calls_reach_a_python_zerorpc_backend_with_tokens_and_permissions()
 
     // The zerorpc front: a zerorpc-python client calls demo.* through the gateway with its
     // token in the event header; without one it is refused, by name.
-    let front = gateway
-        .output()
-        .lines()
-        .find(|l| l.contains("zerorpc front listening"))
-        .and_then(|l| serde_json::from_str::<Value>(l).ok())
-        .and_then(|l| l["endpoint"].as_str().map(str::to_owned))
-        .expect("the zerorpc front's endpoint in the log");
+    let front = front_endpoint(&gateway);
     let out = tokio::process::Command::new(quartet_e2e::python().await)
         .args([
             "zerorpc_peer.py",
@@ -548,4 +553,142 @@ async fn backends_lost_mid_stream_fail_fast_and_calls_move_to_the_replicas_left(
         "{body}"
     );
     assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+#[tokio::test]
+async fn the_zerorpc_front_answers_bad_input_limits_callers_and_drains_on_sigterm() {
+    use quartet_rpc_gateway::zerorpc::client::{CallError, Client, Reply};
+    use quartet_rpc_gateway::zerorpc::event::Event;
+    use quartet_rpc_gateway::zerorpc::socket::{Kind, Socket};
+    use rmpv::Value as Msg;
+    let (auth, admin) = quartet_e2e::auth::start_with_admin_token()
+        .await
+        .expect("quartet-auth and a token");
+    let (_backend, endpoint) = quartet_e2e::zerorpc_server().await;
+    let mut gateway = gateway(
+        &auth,
+        &format!("demo={endpoint}"),
+        &[
+            ("QUARTET_RPC_GATEWAY_RPC_RATE_LIMIT_PER_SECOND", "1"),
+            ("QUARTET_RPC_GATEWAY_RPC_RATE_LIMIT_BURST", "5"),
+            ("QUARTET_RPC_GATEWAY_RPC_MAX_MESSAGE_BYTES", "1000"),
+            ("QUARTET_RPC_GATEWAY_SHUTDOWN_GRACE", "20s"),
+        ],
+    )
+    .await;
+    let front = front_endpoint(&gateway);
+    let client = Client::connect(&front, None)
+        .expect("connect")
+        .heartbeat(Duration::from_secs(1));
+    let request = |method: &str, args: Vec<Msg>| {
+        let mut request = Event::request(method, Msg::Array(args));
+        request
+            .header
+            .extra
+            .push(("authorization".into(), format!("Bearer {admin}").into()));
+        request
+    };
+    let ten = Duration::from_secs(10);
+    let refused = |outcome: Result<Reply, CallError>| match outcome {
+        Err(CallError::Remote(e)) => (e.name, e.message),
+        other => panic!("not refused: {other:?}"),
+    };
+
+    // Too large, a newer protocol, not an event at all, no such service: each a clear answer
+    // or a counted drop, and the front keeps serving.
+    let (name, message) = refused(
+        client
+            .call_with(
+                request("demo.add", vec!["x".repeat(2000).into(), 1.into()]),
+                ten,
+            )
+            .await,
+    );
+    assert_eq!(name, "MessageTooLarge", "{message}");
+    assert!(message.contains("at most 1000"), "{message}");
+    let mut newer = request("demo.add", vec![1.into(), 2.into()]);
+    newer.header.version = Some(4);
+    let (name, message) = refused(client.call_with(newer, ten).await);
+    assert_eq!(name, "ProtocolError");
+    assert!(message.contains("version 4"), "{message}");
+    let raw = Socket::connect(Kind::DEALER, &front, None).expect("a raw socket");
+    raw.send(vec![Vec::new(), b"not messagepack".to_vec()])
+        .expect("send");
+    let (name, message) = refused(
+        client
+            .call_with(request("nosuch.add", vec![1.into(), 2.into()]), ten)
+            .await,
+    );
+    assert_eq!(
+        (name.as_str(), message.as_str()),
+        ("NameError", "no service named \"nosuch\"")
+    );
+    let (name, _) = refused(client.call_with(request("add", vec![]), ten).await);
+    assert_eq!(name, "NameError");
+    let metrics = gateway.metrics().await;
+    for reason in ["oversized", "version", "malformed"] {
+        let line = format!("quartet_rpc_front_refused_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    }
+
+    // A burst of 5 at 1 call/s per caller, shared by the fronts: the unknown service took one
+    // token; a quick run of calls meets the limit, and REST says so too, with when to retry.
+    let mut answered = 0;
+    let limited = loop {
+        match client
+            .call_with(request("demo.add", vec![1.into(), 2.into()]), ten)
+            .await
+        {
+            Ok(_) => answered += 1,
+            Err(CallError::Remote(e)) => break e,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(answered <= 5, "no limit after {answered} calls");
+    };
+    assert_eq!(limited.name, "RateLimited");
+    assert!(
+        limited
+            .message
+            .contains("admin is over the gateway's rate limit"),
+        "{}",
+        limited.message
+    );
+    let http = http_client(Duration::from_secs(10));
+    let rest = http
+        .post(format!("{}/v1/services/demo/add", gateway.url("http")))
+        .bearer_auth(&admin)
+        .json(&json!([1, 2]))
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(rest.status().as_u16(), 429);
+    let body: Value = rest.json().await.expect("json");
+    assert!(body["retry_after_seconds"].as_u64() >= Some(1), "{body}");
+
+    // SIGTERM with a call in flight: it finishes; a call arriving meanwhile is refused by
+    // name; the process exits cleanly once the last call is answered.
+    tokio::time::sleep(Duration::from_secs(3)).await; // tokens back
+    let slow = {
+        let (client, request) = (client.clone(), request("demo.slow", vec![2.into()]));
+        tokio::spawn(async move { client.call_with(request, ten).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let terminated = std::time::Instant::now();
+    let (exit, late) = tokio::join!(gateway.terminate(Duration::from_secs(20)), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        client
+            .call_with(request("demo.add", vec![1.into(), 2.into()]), ten)
+            .await
+    });
+    assert!(exit.expect("exits").success());
+    assert!(
+        terminated.elapsed() > Duration::from_millis(1500),
+        "the gateway did not wait for its call"
+    );
+    let (name, message) = refused(late);
+    assert_eq!(name, "Unavailable", "{message}");
+    match slow.await.expect("joined") {
+        Ok(Reply::Value(done)) => assert_eq!(done, Msg::from("done")),
+        other => panic!("the call in flight was cut: {other:?}"),
+    }
 }

@@ -9,6 +9,9 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
+/// ZeroMQ socket types (`Kind::DEALER`, `Kind::ROUTER`, …), so users need not name `zmq`.
+pub use zmq::SocketType as Kind;
+
 /// A message: its frames.
 pub type Frames = Vec<Vec<u8>>;
 
