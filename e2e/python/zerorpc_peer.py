@@ -7,6 +7,8 @@
     python zerorpc_peer.py gateway ENDPOINT TOKEN
         calls demo.add, demo.count and demo.fail through quartet-rpc-gateway's zerorpc front
         with the token in the event header (a client middleware), and once without a token.
+    python zerorpc_peer.py curve ENDPOINT TOKEN SERVER_PUBLIC PUBLIC SECRET
+        calls demo.add through a CURVE-secured gateway front (Z85 keys) with the token.
     python zerorpc_peer.py server ENDPOINT
         serves Demo (add, fail, count and ticks as streams, pid, slow) with a real zerorpc.Server
         (1 s heartbeats); prints "ready" once bound.
@@ -68,6 +70,20 @@ def through_gateway(endpoint, token):
     except zerorpc.RemoteError as e:
         out["anonymous"] = [e.name, e.msg]
     print(json.dumps(out))
+
+
+def over_curve(endpoint, token, server_public, public, secret):
+    """demo.add through a CURVE-secured gateway front: zerorpc has no CURVE option, so the
+    keys go on its underlying pyzmq socket before it connects."""
+    context = zerorpc.Context()
+    context.register_middleware(Token(token))
+    c = zerorpc.Client(context=context, heartbeat=1, timeout=15)
+    sock = c._events._socket
+    sock.curve_serverkey = server_public.encode()
+    sock.curve_publickey = public.encode()
+    sock.curve_secretkey = secret.encode()
+    c.connect(endpoint)
+    print(json.dumps({"add": c("demo.add", 1, 2)}))
 
 
 class Demo:
@@ -133,6 +149,8 @@ if __name__ == "__main__":
         client(sys.argv[2])
     elif sys.argv[1] == "gateway":
         through_gateway(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "curve":
+        over_curve(*sys.argv[2:7])
     elif sys.argv[1] == "server":
         server(sys.argv[2])
     else:

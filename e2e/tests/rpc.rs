@@ -8,6 +8,23 @@ use quartet_e2e::http_client;
 use quartet_e2e::process::Server;
 use serde_json::{Value, json};
 
+/// Runs `e2e/python/zerorpc_peer.py` with `args`; what it printed, as JSON.
+async fn zerorpc_peer(args: &[&str]) -> Value {
+    let out = tokio::process::Command::new(quartet_e2e::python().await)
+        .arg("zerorpc_peer.py")
+        .args(args)
+        .current_dir(quartet_e2e::repo_root().join("e2e/python"))
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
 /// Where the gateway's zerorpc front listens, from its log.
 fn front_endpoint(gateway: &Server) -> String {
     gateway
@@ -150,23 +167,7 @@ async fn rest_calls_reach_a_python_zerorpc_backend_with_tokens_and_permissions()
     // The zerorpc front: a zerorpc-python client calls demo.* through the gateway with its
     // token in the event header; without one it is refused, by name.
     let front = front_endpoint(&gateway);
-    let out = tokio::process::Command::new(quartet_e2e::python().await)
-        .args([
-            "zerorpc_peer.py",
-            "gateway",
-            &front,
-            admin.as_deref().expect("token"),
-        ])
-        .current_dir(quartet_e2e::repo_root().join("e2e/python"))
-        .output()
-        .await
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let through: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let through = zerorpc_peer(&["gateway", &front, admin.as_deref().expect("token")]).await;
     assert_eq!(through["add"], 3, "{through}");
     assert_eq!(through["count"], json!([0, 1, 2]));
     assert_eq!(through["error"], json!(["ValueError", "boom"]));
@@ -691,4 +692,92 @@ async fn the_zerorpc_front_answers_bad_input_limits_callers_and_drains_on_sigter
         Ok(Reply::Value(done)) => assert_eq!(done, Msg::from("done")),
         other => panic!("the call in flight was cut: {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn the_zerorpc_front_admits_only_allowed_curve_clients() {
+    use quartet_rpc_gateway::zerorpc::client::{Client, Reply};
+    use quartet_rpc_gateway::zerorpc::event::Event;
+    use quartet_rpc_gateway::zerorpc::socket::{Curve, curve_keypair};
+    use rmpv::Value as Msg;
+    let (auth, admin) = quartet_e2e::auth::start_with_admin_token()
+        .await
+        .expect("quartet-auth and a token");
+    let (_backend, endpoint) = quartet_e2e::zerorpc_server().await;
+    let (server_public, server_secret) = curve_keypair().expect("keys");
+    let (rust_public, rust_secret) = curve_keypair().expect("keys");
+    let (python_public, python_secret) = curve_keypair().expect("keys");
+    let (stranger_public, stranger_secret) = curve_keypair().expect("keys");
+    let allowed = format!("{rust_public},{python_public}");
+    let gateway = gateway(
+        &auth,
+        &format!("demo={endpoint}"),
+        &[
+            (
+                "QUARTET_RPC_GATEWAY_RPC_CURVE_SECRET_KEY",
+                server_secret.as_str(),
+            ),
+            (
+                "QUARTET_RPC_GATEWAY_RPC_CURVE_PUBLIC_KEY",
+                server_public.as_str(),
+            ),
+            ("QUARTET_RPC_GATEWAY_RPC_CURVE_CLIENTS", allowed.as_str()),
+        ],
+    )
+    .await;
+    let front = front_endpoint(&gateway);
+    assert!(
+        !gateway.output().contains(&server_secret),
+        "the secret key was logged"
+    );
+    let add = |public: &str, secret: &str| {
+        let curve = Curve::Client {
+            server_public: server_public.clone(),
+            public: public.to_owned(),
+            secret: secret.to_owned(),
+        };
+        let client = Client::connect(&front, Some(curve))
+            .expect("connect")
+            .heartbeat(Duration::from_secs(1));
+        let mut request = Event::request("demo.add", Msg::Array(vec![1.into(), 2.into()]));
+        request
+            .header
+            .extra
+            .push(("authorization".into(), format!("Bearer {admin}").into()));
+        async move { client.call_with(request, Duration::from_secs(5)).await }
+    };
+    match add(&rust_public, &rust_secret).await {
+        Ok(Reply::Value(sum)) => assert_eq!(sum, Msg::from(3)),
+        other => panic!("an allowed key was refused: {other:?}"),
+    }
+    let stranger = add(&stranger_public, &stranger_secret).await;
+    assert!(
+        stranger.as_ref().is_err_and(|e| e.is_lost_remote()),
+        "a key not allowed got an answer: {stranger:?}"
+    );
+    // A plain zerorpc client cannot even begin: the front speaks only CURVE.
+    let plain = Client::connect(&front, None)
+        .expect("connect")
+        .heartbeat(Duration::from_secs(1))
+        .call("demo.add", vec![1.into(), 2.into()], Duration::from_secs(5))
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+    // zerorpc-python with the keys on its pyzmq socket.
+    let through = zerorpc_peer(&[
+        "curve",
+        &front,
+        &admin,
+        &server_public,
+        &python_public,
+        &python_secret,
+    ])
+    .await;
+    assert_eq!(through["add"], 3, "{through}");
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("quartet_rpc_curve_refused_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
 }

@@ -62,6 +62,12 @@ pub struct RpcSettings {
     pub rate_limit_burst: u32,
     /// The largest request the zerorpc front accepts, in bytes; larger ones are answered `MessageTooLarge`.
     pub max_message_bytes: usize,
+    /// The zerorpc front's CURVE secret key (Z85); set, the front only speaks CURVE (encrypted, clients need the public key).
+    pub curve_secret_key: String,
+    /// The CURVE public key that goes with `curve_secret_key` (Z85), logged for clients.
+    pub curve_public_key: String,
+    /// CURVE public keys (Z85, comma-separated) of the clients the zerorpc front admits; empty admits any client that knows the server's key.
+    pub curve_clients: String,
 }
 
 impl Default for RpcSettings {
@@ -76,6 +82,9 @@ impl Default for RpcSettings {
             rate_limit_per_second: 0.0,
             rate_limit_burst: 20,
             max_message_bytes: 1 << 20,
+            curve_secret_key: String::new(),
+            curve_public_key: String::new(),
+            curve_clients: String::new(),
         }
     }
 }
@@ -152,9 +161,16 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     let max_timeout = std::time::Duration::from_secs_f64(config.rpc.timeout_seconds);
     let authenticator = quartet_kit::token::authenticator(&config.auth);
     if !config.rpc.zerorpc_listen.is_empty() {
-        let socket = zerorpc::socket::Socket::bind(zmq::ROUTER, &config.rpc.zerorpc_listen, None)
-            .map_err(|e| anyhow::anyhow!("rpc.zerorpc_listen: {e}"))?;
-        tracing::info!(endpoint = %socket.endpoint(), "zerorpc front listening");
+        let curve = front_curve(&config.rpc, &ctx)?;
+        let socket =
+            zerorpc::socket::Socket::bind(zmq::ROUTER, &config.rpc.zerorpc_listen, curve.clone())
+                .map_err(|e| anyhow::anyhow!("rpc.zerorpc_listen: {e}"))?;
+        tracing::info!(
+            endpoint = %socket.endpoint(),
+            curve_public_key = %config.rpc.curve_public_key,
+            curve = curve.is_some(),
+            "zerorpc front listening"
+        );
         let refused = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "quartet_rpc_front_refused_total",
@@ -190,4 +206,43 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     });
     let rest = rest::rest(front).with_bearer(authenticator);
     quartet_kit::app::serve_server(ctx, &config.server, grpc, rest).await
+}
+
+/// The zerorpc front's CURVE settings, checked: none without a secret key; with one, its
+/// public key too, and the client allow-list installed (refusals counted in
+/// `quartet_rpc_curve_refused_total`).
+fn front_curve(rpc: &RpcSettings, ctx: &Context) -> anyhow::Result<Option<zerorpc::socket::Curve>> {
+    use zerorpc::socket::curve_key;
+    if rpc.curve_secret_key.is_empty() {
+        if !rpc.curve_clients.is_empty() {
+            anyhow::bail!(
+                "rpc.curve_clients needs rpc.curve_secret_key: without CURVE there are no client keys"
+            );
+        }
+        return Ok(None);
+    }
+    curve_key("rpc.curve_secret_key", &rpc.curve_secret_key).map_err(anyhow::Error::msg)?;
+    curve_key("rpc.curve_public_key", &rpc.curve_public_key).map_err(anyhow::Error::msg)?;
+    let clients: Vec<String> = rpc
+        .curve_clients
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if !clients.is_empty() {
+        let refused = prometheus::IntCounter::new(
+            "quartet_rpc_curve_refused_total",
+            "CURVE handshakes refused on the zerorpc front: client key not allowed",
+        )?;
+        ctx.metrics.registry().register(Box::new(refused.clone()))?;
+        zerorpc::socket::allow_curve_clients(&clients, move |key| {
+            refused.inc();
+            tracing::warn!(client_key = %key, "CURVE client refused: key not in rpc.curve_clients");
+        })
+        .map_err(|e| anyhow::anyhow!("rpc.curve_clients: {e}"))?;
+    }
+    Ok(Some(zerorpc::socket::Curve::Server {
+        secret: rpc.curve_secret_key.clone(),
+    }))
 }

@@ -66,6 +66,66 @@ pub fn curve_keypair() -> Result<(String, String), SocketError> {
     Ok((z85(&pair.public_key), z85(&pair.secret_key)))
 }
 
+/// A Z85 CURVE key as its 32 bytes, or an error naming `what`.
+pub fn curve_key(what: &str, z85: &str) -> Result<Vec<u8>, String> {
+    zmq::z85_decode(z85)
+        .ok()
+        .filter(|k| k.len() == 32)
+        .ok_or_else(|| format!("{what}: {z85:?} is not a Z85 CURVE key (40 characters)"))
+}
+
+/// Admits to every CURVE server socket of this process only the clients whose public key
+/// is in `allowed` (Z85): the ZeroMQ authentication protocol (ZAP) handler, a REP socket on
+/// `inproc://zeromq.zap.01` that libzmq asks about each CURVE handshake. One per process;
+/// a second call fails. `refused` is told each refused key.
+pub fn allow_curve_clients(
+    allowed: &[String],
+    refused: impl Fn(&str) + Send + 'static,
+) -> Result<(), String> {
+    let keys = allowed
+        .iter()
+        .map(|k| curve_key("an allowed client key", k))
+        .collect::<Result<Vec<_>, _>>()?;
+    let handler = context()
+        .socket(zmq::REP)
+        .map_err(|e| format!("ZAP handler: {e}"))?;
+    handler
+        .bind("inproc://zeromq.zap.01")
+        .map_err(|e| format!("ZAP handler (one per process): {e}"))?;
+    std::thread::Builder::new()
+        .name("zmq-zap".into())
+        .spawn(move || {
+            // A request: version, request id, domain, address, routing id, mechanism, then
+            // the mechanism's credentials (for CURVE, the client's 32-byte public key).
+            while let Ok(request) = handler.recv_multipart(0) {
+                let field = |i: usize| request.get(i).cloned().unwrap_or_default();
+                let (mechanism, key) = (field(5), field(6));
+                let admitted = mechanism == b"CURVE" && keys.contains(&key);
+                if !admitted {
+                    refused(&zmq::z85_encode(&key).unwrap_or_default());
+                }
+                let (code, text): (&[u8], &[u8]) = if admitted {
+                    (b"200", b"OK")
+                } else {
+                    (b"400", b"client key not allowed")
+                };
+                let reply = vec![
+                    field(0),
+                    field(1),
+                    code.to_vec(),
+                    text.to_vec(),
+                    Vec::new(),
+                    Vec::new(),
+                ];
+                if handler.send_multipart(reply, 0).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| format!("ZAP handler thread: {e}"))?;
+    Ok(())
+}
+
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// A socket on its own thread.
@@ -333,6 +393,17 @@ mod tests {
             .send(vec![got[0].clone(), Vec::new(), b"pong".to_vec()])
             .expect("reply");
         assert_eq!(dealer.recv().await.expect("reply")[1], b"pong");
+    }
+
+    #[test]
+    fn curve_keys_are_checked_by_name() {
+        let (public, _) = curve_keypair().expect("keys");
+        assert_eq!(curve_key("k", &public).expect("valid").len(), 32);
+        assert!(
+            curve_key("rpc.curve_clients", "short")
+                .expect_err("bad")
+                .contains("rpc.curve_clients: \"short\" is not a Z85 CURVE key")
+        );
     }
 
     #[tokio::test]
