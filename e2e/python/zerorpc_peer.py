@@ -9,6 +9,13 @@
         with the token in the event header (a client middleware), and once without a token.
     python zerorpc_peer.py curve ENDPOINT TOKEN SERVER_PUBLIC PUBLIC SECRET
         calls demo.add through a CURVE-secured gateway front (Z85 keys) with the token.
+    python zerorpc_peer.py push ENDPOINT N
+        pushes record(i, "py") for i below N with a zerorpc.Pusher.
+    python zerorpc_peer.py pull|subscribe ENDPOINT N
+        a zerorpc.Puller bound (or Subscriber connected) at ENDPOINT; prints "ready", then the
+        first N record/tick events as JSON [[i, tag], ...].
+    python zerorpc_peer.py publish ENDPOINT
+        a zerorpc.Publisher bound at ENDPOINT; prints "ready", then publishes tick(i) every 20 ms.
     python zerorpc_peer.py server ENDPOINT
         serves Demo (add, fail, count and ticks as streams, pid, slow) with a real zerorpc.Server
         (1 s heartbeats); prints "ready" once bound.
@@ -86,6 +93,64 @@ def over_curve(endpoint, token, server_public, public, secret):
     print(json.dumps({"add": c("demo.add", 1, 2)}))
 
 
+def push(endpoint, n):
+    """Pushes record(i, "py") for i below n to a puller."""
+    import gevent
+    p = zerorpc.Pusher()
+    p.connect(endpoint)
+    for i in range(n):
+        p.record(i, "py")
+    gevent.sleep(0.5)  # let the socket drain before exit
+    p.close()
+
+
+class Collector:
+    """One-way methods for the pull and subscribe commands: events kept until n arrive."""
+
+    def __init__(self, n):
+        import gevent.event
+        self.n = n
+        self.got = []
+        self.done = gevent.event.Event()
+
+    def record(self, i, tag):
+        self.got.append([i, tag])
+        if len(self.got) >= self.n:
+            self.done.set()
+
+    def tick(self, i):
+        self.record(i, "tick")
+
+
+def receive(kind, endpoint, n):
+    """A Puller (bound) or a Subscriber (connected) until n events; prints them as JSON."""
+    import gevent
+    collector = Collector(n)
+    if kind == "pull":
+        r = zerorpc.Puller(collector)
+        r.bind(endpoint)
+    else:
+        r = zerorpc.Subscriber(collector)
+        r.connect(endpoint)
+    print("ready", flush=True)
+    gevent.spawn(r.run)
+    collector.done.wait(timeout=30)
+    print(json.dumps(collector.got), flush=True)
+
+
+def publish(endpoint):
+    """Publishes tick(i) every 20 ms, for ever."""
+    import gevent
+    p = zerorpc.Publisher()
+    p.bind(endpoint)
+    print("ready", flush=True)
+    i = 0
+    while True:
+        p.tick(i)
+        i += 1
+        gevent.sleep(0.02)
+
+
 class Demo:
     """A service for the Rust client."""
 
@@ -149,6 +214,12 @@ if __name__ == "__main__":
         client(sys.argv[2])
     elif sys.argv[1] == "gateway":
         through_gateway(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "push":
+        push(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1] in ("pull", "subscribe"):
+        receive(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1] == "publish":
+        publish(sys.argv[2])
     elif sys.argv[1] == "curve":
         over_curve(*sys.argv[2:7])
     elif sys.argv[1] == "server":

@@ -201,3 +201,158 @@ async fn our_client_calls_the_python_server_and_notices_when_it_dies() {
     assert!(lost.expect_err("lost").is_lost_remote());
     assert!(waited < period / 2, "noticed after {waited:?}");
 }
+
+/// A service whose one-way methods `record(i, tag)` and `tick(i)` report on a channel.
+fn collector() -> (Service, tokio::sync::mpsc::UnboundedReceiver<(i64, String)>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (record, tick) = (tx.clone(), tx);
+    let service = Service::new("collector")
+        .method("record", &["i", "tag"], "", move |args| {
+            let _ = record.send((
+                args[0].as_i64().unwrap_or(-1),
+                args[1].as_str().unwrap_or_default().to_owned(),
+            ));
+            async { Ok(Value::Nil) }
+        })
+        .method("tick", &["i"], "", move |args| {
+            let _ = tick.send((args[0].as_i64().unwrap_or(-1), "tick".to_owned()));
+            async { Ok(Value::Nil) }
+        });
+    (service, rx)
+}
+
+/// `zerorpc_peer.py` with `args`, once it printed "ready"; its further lines.
+async fn peer(
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = tokio::process::Command::new(quartet_e2e::python().await)
+        .arg("zerorpc_peer.py")
+        .args(args)
+        .current_dir(quartet_e2e::repo_root().join("e2e/python"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python runs");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("ready within 30 s");
+    assert_eq!(ready.expect("read").as_deref(), Some("ready"));
+    (child, lines)
+}
+
+fn free_endpoint() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    format!("tcp://127.0.0.1:{port}")
+}
+
+/// The next `n` events a collector reports, within 10 s.
+async fn take(
+    got: &mut tokio::sync::mpsc::UnboundedReceiver<(i64, String)>,
+    n: usize,
+) -> Vec<(i64, String)> {
+    let mut events = Vec::new();
+    while events.len() < n {
+        let event = tokio::time::timeout(Duration::from_secs(10), got.recv())
+            .await
+            .expect("events within 10 s")
+            .expect("the receiver runs");
+        events.push(event);
+    }
+    events
+}
+
+#[tokio::test]
+async fn push_pull_and_publish_subscribe_work_both_ways_with_python() {
+    use quartet_rpc_gateway::zerorpc::pattern::{self, Sender};
+
+    // zerorpc-python's Pusher → our puller: every event, in order.
+    let (service, mut got) = collector();
+    let socket = Arc::new(pattern::puller("tcp://127.0.0.1:0").expect("bind"));
+    let endpoint = socket.endpoint().to_owned();
+    let stop = CancellationToken::new();
+    let receiver = tokio::spawn(pattern::receive(Arc::new(service), socket, stop.clone()));
+    let pushed = tokio::process::Command::new(quartet_e2e::python().await)
+        .args(["zerorpc_peer.py", "push", &endpoint, "50"])
+        .current_dir(quartet_e2e::repo_root().join("e2e/python"))
+        .status()
+        .await
+        .expect("python runs");
+    assert!(pushed.success());
+    let events = take(&mut got, 50).await;
+    assert_eq!(
+        events,
+        (0..50).map(|i| (i, "py".to_owned())).collect::<Vec<_>>()
+    );
+    stop.cancel();
+    assert_eq!(receiver.await.expect("receiver"), 0, "no failed events");
+
+    // Our pusher → zerorpc-python's Puller.
+    let endpoint = free_endpoint();
+    let (_puller, mut lines) = peer(&["pull", &endpoint, "50"]).await;
+    let pusher = Sender::pusher(&endpoint).expect("connect");
+    for i in 0..50 {
+        pusher
+            .send("record", vec![i.into(), "rust".into()])
+            .expect("push");
+    }
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("within 30 s")
+        .expect("read")
+        .expect("a line");
+    let pulled: serde_json::Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(
+        pulled,
+        serde_json::json!(
+            (0..50)
+                .map(|i| serde_json::json!([i, "rust"]))
+                .collect::<Vec<_>>()
+        )
+    );
+
+    // Our publisher → zerorpc-python's Subscriber: it joins while we publish, then gets
+    // every tick from then on, in order.
+    let publisher = Sender::publisher("tcp://127.0.0.1:0").expect("bind");
+    let (_subscriber, mut lines) = peer(&["subscribe", publisher.endpoint(), "20"]).await;
+    let mut i: i64 = 0;
+    let line = loop {
+        tokio::select! {
+            line = lines.next_line() => break line.expect("read").expect("a line"),
+            () = tokio::time::sleep(Duration::from_millis(10)) => {
+                publisher.send("tick", vec![i.into()]).expect("publish");
+                i += 1;
+            }
+        }
+    };
+    let ticks: Vec<(i64, String)> = serde_json::from_str(&line).expect("json");
+    assert_eq!(ticks.len(), 20);
+    assert!(
+        ticks.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        "consecutive: {ticks:?}"
+    );
+
+    // zerorpc-python's Publisher → our subscriber.
+    let endpoint = free_endpoint();
+    let (_publisher, _) = peer(&["publish", &endpoint]).await;
+    let (service, mut got) = collector();
+    let socket = Arc::new(pattern::subscriber(&endpoint).expect("connect"));
+    let stop = CancellationToken::new();
+    let receiver = tokio::spawn(pattern::receive(Arc::new(service), socket, stop.clone()));
+    let ticks = take(&mut got, 10).await;
+    assert!(
+        ticks
+            .windows(2)
+            .all(|w| w[1].0 == w[0].0 + 1 && w[1].1 == "tick"),
+        "consecutive: {ticks:?}"
+    );
+    stop.cancel();
+    assert_eq!(receiver.await.expect("receiver"), 0);
+}

@@ -1,8 +1,11 @@
-//! zerorpc, as zerorpc-python 0.6.3 speaks it: events ([`event`]), and next the channels,
-//! heartbeats, streams and flow control on ZeroMQ sockets.
+//! zerorpc, as zerorpc-python 0.6.3 speaks it: events ([`event`]) on ZeroMQ sockets
+//! ([`socket`]), request/reply with channels, heartbeats, streams and flow control
+//! ([`server`], [`client`]), and the one-way push/pull and publish/subscribe patterns
+//! ([`pattern`]).
 
 pub mod client;
 pub mod event;
+pub mod pattern;
 pub mod server;
 pub mod socket;
 

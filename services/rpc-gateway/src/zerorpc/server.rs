@@ -188,6 +188,27 @@ impl Service {
         self.heartbeat.unwrap_or(HEARTBEAT_PERIOD)
     }
 
+    /// Runs the method an event names without replying (push/pull, publish/subscribe): a
+    /// streamed answer is read to its end and dropped. An unknown method is a `NameError`.
+    pub async fn deliver(&self, event: Event) -> Result<(), RemoteError> {
+        let args = match event.args {
+            Value::Array(a) => a,
+            Value::Nil => Vec::new(),
+            other => vec![other],
+        };
+        match self.methods.get(&event.name).map(|m| &m.handler) {
+            Some(Handler::Call(handler)) => handler(args).await.map(drop),
+            Some(Handler::Stream(handler)) => {
+                let mut items = handler(args);
+                while let Some(item) = items.next().await {
+                    item?;
+                }
+                Ok(())
+            }
+            None => Err(RemoteError::new("NameError", event.name.as_str())),
+        }
+    }
+
     /// `_zerorpc_inspect`'s answer: the name and each method's arguments and doc.
     pub fn inspect(&self) -> Value {
         let mut names: Vec<&String> = self.methods.keys().collect();

@@ -184,6 +184,10 @@ impl Socket {
         main.set_linger(1000).map_err(failed("linger"))?;
         // IPv6 endpoints too (a headless Service may resolve to them); IPv4 still works.
         main.set_ipv6(true).map_err(failed("ipv6"))?;
+        if kind == zmq::SUB {
+            // zerorpc subscribers take every event.
+            main.set_subscribe(b"").map_err(failed("subscribe"))?;
+        }
         match &curve {
             Some(Curve::Server { secret }) => {
                 main.set_curve_server(true)
