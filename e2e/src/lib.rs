@@ -135,3 +135,47 @@ pub async fn celery_worker(broker: &str, results: &str, queue: &str) -> tokio::p
         .spawn()
         .expect("a Celery worker starts")
 }
+
+/// A self-signed certificate for `localhost` and 127.0.0.1 (a leaf, not a CA, so rustls
+/// clients accept it as its own trust anchor) and its P-256 key, written by openssl into
+/// `dir` as `cert.pem` and `key.pem`.
+pub fn self_signed_certificate(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(made.success(), "openssl made no certificate");
+    (cert, key)
+}
+
+/// A gRPC channel to `https://localhost:{port}` trusting only `cert` (PEM).
+pub async fn grpc_tls_channel(port: u16, cert: &std::path::Path) -> tonic::transport::Channel {
+    let pem = std::fs::read(cert).expect("the certificate");
+    tonic::transport::Endpoint::from_shared(format!("https://localhost:{port}"))
+        .expect("endpoint")
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+                .domain_name("localhost"),
+        )
+        .expect("tls")
+        .connect()
+        .await
+        .expect("a TLS connection")
+}

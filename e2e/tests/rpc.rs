@@ -257,6 +257,44 @@ async fn rest_calls_reach_a_python_zerorpc_backend_with_tokens_and_permissions()
         );
     }
 
+    // A generic gRPC client that knows only the method's name (grpcio with the reflection
+    // client, as grpcurl works): request and reply types come from server reflection.
+    let grpc_call = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new(quartet_e2e::python().await)
+            .arg("grpc_call.py")
+            .args(args)
+            .current_dir(quartet_e2e::repo_root().join("e2e/python"))
+            .output()
+            .await
+            .expect("python runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let target = gateway.url("grpc").trim_start_matches("http://").to_owned();
+    let request = r#"{"service": "demo", "method": "count", "argsJson": "[3]"}"#;
+    let (ok, out, err) = grpc_call(vec![
+        target.clone(),
+        "quartet.rpc.v1.Rpc/InvokeStream".into(),
+        request.into(),
+        admin.clone().expect("token"),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [r#"{"json": "0"}"#, r#"{"json": "1"}"#, r#"{"json": "2"}"#]
+    );
+    let (ok, _, err) = grpc_call(vec![
+        target,
+        "quartet.rpc.v1.Rpc/Invoke".into(),
+        r#"{"service": "demo", "method": "add", "argsJson": "[1, 2]"}"#.into(),
+    ])
+    .await;
+    assert!(!ok && err.contains("UNAUTHENTICATED"), "{err}");
+
     // The call's trace context reaches the Python backend in the event header.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let traced: Value = http
@@ -780,4 +818,57 @@ async fn the_zerorpc_front_admits_only_allowed_curve_clients() {
             .any(|l| l.starts_with("quartet_rpc_curve_refused_total ") && !l.ends_with(" 0")),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn the_rest_and_grpc_fronts_serve_tls_when_given_a_certificate() {
+    let (auth, admin) = quartet_e2e::auth::start_with_admin_token()
+        .await
+        .expect("quartet-auth and a token");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = quartet_e2e::self_signed_certificate(dir.path());
+    let (cert_file, key_file) = (cert.display().to_string(), key.display().to_string());
+    let gateway = gateway(
+        &auth,
+        "demo=tcp://127.0.0.1:9",
+        &[
+            ("QUARTET_RPC_GATEWAY_HTTP_TLS_CERT_FILE", cert_file.as_str()),
+            ("QUARTET_RPC_GATEWAY_HTTP_TLS_KEY_FILE", key_file.as_str()),
+            ("QUARTET_RPC_GATEWAY_GRPC_TLS_CERT_FILE", cert_file.as_str()),
+            ("QUARTET_RPC_GATEWAY_GRPC_TLS_KEY_FILE", key_file.as_str()),
+        ],
+    )
+    .await;
+    let port = |listener: &str| {
+        gateway
+            .url(listener)
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let listed = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert", &cert_file])
+        .args(["-H", &format!("authorization: Bearer {admin}")])
+        .arg(format!("https://localhost:{}/v1/services", port("http")))
+        .output()
+        .await
+        .expect("curl runs");
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout),
+        r#"{"services":["demo"]}"#,
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let channel = quartet_e2e::grpc_tls_channel(port("grpc").parse().expect("port"), &cert).await;
+    let services = quartet_proto::rpc::v1::rpc_client::RpcClient::new(channel)
+        .list_services(with_token(
+            quartet_proto::rpc::v1::ListServicesRequest {},
+            &admin,
+        ))
+        .await
+        .expect("ListServices over TLS")
+        .into_inner()
+        .services;
+    assert_eq!(services, ["demo"]);
 }

@@ -64,16 +64,39 @@ pub struct Listeners {
     pub grpc: Option<(SocketAddr, Routes)>,
     /// The REST listener and the service's API.
     pub http: Option<(SocketAddr, RestApi)>,
+    /// Certificate and key files for the API listeners that speak TLS.
+    pub tls: ListenerTls,
+}
+
+/// Certificate and key files (PEM) of the API listeners that speak TLS; `None`: plaintext.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerTls {
+    /// The gRPC listener's.
+    pub grpc: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The REST listener's.
+    pub http: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Listeners {
-    /// All three listeners at the addresses in `settings`.
-    pub fn server(settings: &ServerSettings, grpc: Routes, http: RestApi) -> Self {
-        Self {
+    /// All three listeners at the addresses in `settings`, with their TLS files.
+    pub fn server(
+        settings: &ServerSettings,
+        grpc: Routes,
+        http: RestApi,
+    ) -> Result<Self, ServeError> {
+        let tls = |listener: &'static str, s: &crate::settings::ListenSettings| {
+            s.tls()
+                .map_err(|message| ServeError::Tls { listener, message })
+        };
+        Ok(Self {
             admin: settings.base.admin.listen,
             grpc: Some((settings.grpc.listen, grpc)),
             http: Some((settings.http.listen, http)),
-        }
+            tls: ListenerTls {
+                grpc: tls("grpc", &settings.grpc)?,
+                http: tls("http", &settings.http)?,
+            },
+        })
     }
 
     /// Only the admin listener, for processes without an API of their own (the operator).
@@ -82,6 +105,7 @@ impl Listeners {
             admin: settings.admin.listen,
             grpc: None,
             http: None,
+            tls: ListenerTls::default(),
         }
     }
 }
@@ -98,6 +122,14 @@ pub enum ServeError {
         addr: SocketAddr,
         /// Why.
         source: std::io::Error,
+    },
+    /// A listener's TLS certificate or key is unusable.
+    #[error("TLS for the {listener} listener: {message}")]
+    Tls {
+        /// Which listener.
+        listener: &'static str,
+        /// What is wrong, naming the file.
+        message: String,
     },
     /// A server failed while running.
     #[error("{listener} server failed: {message}")]
@@ -123,6 +155,19 @@ fn bind(listener: &'static str, addr: SocketAddr) -> Result<std::net::TcpListene
             source,
         })?;
     Ok(socket)
+}
+
+/// Loads a listener's TLS `files` (certificate, key) with `load`; `None` for plaintext.
+fn tls_files<T>(
+    listener: &'static str,
+    files: &Option<(std::path::PathBuf, std::path::PathBuf)>,
+    load: fn(&std::path::Path, &std::path::Path) -> Result<T, String>,
+) -> Result<Option<T>, ServeError> {
+    files
+        .as_ref()
+        .map(|(cert, key)| load(cert, key))
+        .transpose()
+        .map_err(|message| ServeError::Tls { listener, message })
 }
 
 fn local(listener: &std::net::TcpListener) -> Option<SocketAddr> {
@@ -154,7 +199,10 @@ impl Context {
         listeners: Listeners,
         on_bound: impl FnOnce(&Bound),
     ) -> Result<(), ServeError> {
-        // Bind everything first: a taken port fails the start, not the middle of serving.
+        // TLS files first, then every port: a bad file or a taken port fails the start,
+        // not the middle of serving.
+        let http_tls = tls_files("http", &listeners.tls.http, crate::tls::server_config)?;
+        let grpc_tls = tls_files("grpc", &listeners.tls.grpc, crate::tls::grpc_identity)?;
         let admin = bind("admin", listeners.admin)?;
         let grpc = match &listeners.grpc {
             Some((addr, _)) => Some(bind("grpc", *addr)?),
@@ -192,6 +240,7 @@ impl Context {
             self.grace,
             self.clone(),
             crate::http::admin_routes(self.service),
+            None,
         )
         .map_err(server_error("admin"))?;
         let admin_handle = admin_server.handle();
@@ -207,6 +256,7 @@ impl Context {
                 self.grace,
                 self.clone(),
                 crate::http::rest_routes(self.service, api),
+                http_tls,
             )
             .map_err(server_error("http"))?;
             rest = Some((server.handle(), tokio::spawn(server)));
@@ -216,7 +266,7 @@ impl Context {
         let mut reporter = None;
         if let (Some(listener), Some((_, routes))) = (grpc, listeners.grpc) {
             let (router, health) =
-                crate::grpc::server(&self, routes)
+                crate::grpc::server(&self, routes, grpc_tls)
                     .await
                     .map_err(|e| ServeError::Server {
                         listener: "grpc",
@@ -389,7 +439,7 @@ pub async fn serve_server(
     grpc: Routes,
     http: RestApi,
 ) -> anyhow::Result<()> {
-    ctx.serve(Listeners::server(settings, grpc, http), |_| {})
+    ctx.serve(Listeners::server(settings, grpc, http)?, |_| {})
         .await?;
     Ok(())
 }

@@ -50,7 +50,8 @@ fn call_span(request: &http::Request<()>) -> tracing::Span {
 pub(crate) async fn server(
     ctx: &Context,
     routes: Routes,
-) -> Result<(tonic::transport::server::Router, HealthReporter), tonic_reflection::server::Error> {
+    tls: Option<tonic::transport::Identity>,
+) -> Result<(tonic::transport::server::Router, HealthReporter), String> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_service_status("", ServingStatus::Serving)
@@ -58,12 +59,20 @@ pub(crate) async fn server(
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(quartet_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+        .build_v1()
+        .map_err(|e| e.to_string())?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(quartet_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-    let router = tonic::transport::Server::builder()
+        .build_v1alpha()
+        .map_err(|e| e.to_string())?;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(identity) = tls {
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| format!("TLS: {e}"))?;
+    }
+    let router = builder
         .trace_fn(call_span)
         .add_routes(routes)
         .add_service(health)

@@ -246,7 +246,8 @@ fn json_config() -> web::JsonConfig {
     })
 }
 
-/// Starts an actix server on an already-bound listener, with the kit's middleware.
+/// Starts an actix server on an already-bound listener, with the kit's middleware; over TLS
+/// when `tls` is given.
 pub(crate) fn serve(
     listener: std::net::TcpListener,
     name: &'static str,
@@ -254,6 +255,7 @@ pub(crate) fn serve(
     grace: Duration,
     ctx: Context,
     routes: Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>,
+    tls: Option<rustls::ServerConfig>,
 ) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::new(ctx);
     let server = actix_web::HttpServer::new(move || {
@@ -268,8 +270,11 @@ pub(crate) fn serve(
     })
     .workers(workers)
     .disable_signals()
-    .shutdown_timeout(grace.as_secs().max(1))
-    .listen(listener)?
+    .shutdown_timeout(grace.as_secs().max(1));
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config)?,
+        None => server.listen(listener)?,
+    }
     .run();
     Ok(server)
 }

@@ -27,6 +27,7 @@ pub mod permission;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 
 pub use app::{Context, Listeners, ServiceConfig};

@@ -3,6 +3,7 @@
 //! sit at the top level of the service's file: `[admin]`, `[log]`, `[shutdown]`, `[grpc]`, `[http]`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -66,6 +67,35 @@ impl Default for ShutdownSettings {
 pub struct ListenSettings {
     /// Address to bind. Port 0 picks a free port.
     pub listen: SocketAddr,
+    /// PEM certificate chain: set (with `tls_key_file`), the listener speaks only TLS; empty, plaintext.
+    #[serde(default)]
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub tls_key_file: String,
+}
+
+impl ListenSettings {
+    /// A plaintext listener on `listen`.
+    pub fn plain(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+        }
+    }
+
+    /// The certificate and key files, when TLS is on; an error when only one is set.
+    pub fn tls(&self) -> Result<Option<(PathBuf, PathBuf)>, String> {
+        match (self.tls_cert_file.is_empty(), self.tls_key_file.is_empty()) {
+            (true, true) => Ok(None),
+            (false, false) => Ok(Some((
+                PathBuf::from(&self.tls_cert_file),
+                PathBuf::from(&self.tls_key_file),
+            ))),
+            _ => Err("tls_cert_file and tls_key_file go together: set both or neither".into()),
+        }
+    }
 }
 
 /// What every Quartet process has: logs, an admin listener and a shutdown deadline.
@@ -99,12 +129,8 @@ impl ServerSettings {
         let addr = |port: u16| SocketAddr::from(([0, 0, 0, 0], port));
         Self {
             base: BaseSettings::with_admin_port(base_port + 9),
-            grpc: ListenSettings {
-                listen: addr(base_port),
-            },
-            http: ListenSettings {
-                listen: addr(base_port + 1),
-            },
+            grpc: ListenSettings::plain(addr(base_port)),
+            http: ListenSettings::plain(addr(base_port + 1)),
         }
     }
 }

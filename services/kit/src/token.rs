@@ -2,6 +2,9 @@
 //! request, only a fetch of its JWKS document at start and when a token names a key id not
 //! seen before (rate-limited, so garbage tokens cannot make a service hammer the auth service).
 //!
+//! A verified token's claims are kept (bounded, until it expires or the keys change), so a
+//! caller making many calls with one token pays for one signature check.
+//!
 //! Only ES256 is accepted: the algorithm comes from this verifier, never from the token, so
 //! `alg: none` and HMAC-with-the-public-key confusions are impossible. Issuer and audience are
 //! checked, expiry and not-before with [`LEEWAY_SECONDS`] of clock skew.
@@ -144,6 +147,19 @@ pub struct Verifier {
     keys: RwLock<HashMap<String, DecodingKey>>,
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
     min_refresh: Duration,
+    /// Tokens already verified, with their claims: a gateway sees the same token on call
+    /// after call, and an ECDSA verification costs more than the call it guards. Bounded;
+    /// emptied when the keys change; an entry is used only until its token expires.
+    verified: RwLock<HashMap<String, Claims>>,
+}
+
+/// Verified tokens kept before the cache is emptied.
+const VERIFIED_CACHE: usize = 4096;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn keys_of(set: &JwkSet) -> HashMap<String, DecodingKey> {
@@ -189,6 +205,7 @@ impl Verifier {
             keys: RwLock::new(keys),
             last_fetch: tokio::sync::Mutex::new(None),
             min_refresh: MIN_REFRESH_INTERVAL,
+            verified: RwLock::new(HashMap::new()),
         }
     }
 
@@ -201,6 +218,11 @@ impl Verifier {
     /// Replaces the key set (the auth service does this when it rotates).
     pub fn set_keys(&self, set: &JwkSet) {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys_of(set);
+        // A key may be gone: what it signed must be checked again.
+        self.verified
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     fn key(&self, kid: &str) -> Option<DecodingKey> {
@@ -242,8 +264,33 @@ impl Verifier {
         Ok(true)
     }
 
-    /// Verifies `token` and returns its claims.
+    /// Verifies `token` and returns its claims (from the cache of verified tokens while the
+    /// token is unexpired and the keys unchanged).
     pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let cached = self
+            .verified
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .filter(|c| c.exp + LEEWAY_SECONDS > unix_now())
+            .cloned();
+        if let Some(claims) = cached {
+            return Ok(claims);
+        }
+        let claims = self.verify_signature(token).await?;
+        let mut verified = self.verified.write().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= VERIFIED_CACHE {
+            let now = unix_now();
+            verified.retain(|_, c| c.exp + LEEWAY_SECONDS > now);
+            if verified.len() >= VERIFIED_CACHE {
+                verified.clear();
+            }
+        }
+        verified.insert(token.to_owned(), claims.clone());
+        Ok(claims)
+    }
+
+    async fn verify_signature(&self, token: &str) -> Result<Claims, TokenError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
         if header.alg != Algorithm::ES256 {

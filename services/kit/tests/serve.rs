@@ -61,17 +61,13 @@ struct Running {
     ctx: Context,
     admin: SocketAddr,
     http: SocketAddr,
-    served: tokio::task::JoinHandle<Result<(), quartet_kit::app::ServeError>>,
+    served: Served,
 }
 
-async fn start(grace: Duration, api: RestApi) -> Running {
-    let ctx = Context::new("quartet-test", grace);
-    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let listeners = Listeners {
-        admin: loopback,
-        grpc: None,
-        http: Some((loopback, api)),
-    };
+type Served = tokio::task::JoinHandle<Result<(), quartet_kit::app::ServeError>>;
+
+/// Serves `listeners` on `ctx` in a task; the bound addresses once every listener is open.
+async fn serve(ctx: &Context, listeners: Listeners) -> (Bound, Served) {
     let (tx, rx) = oneshot::channel::<Bound>();
     let serving = ctx.clone();
     let served = tokio::spawn(async move {
@@ -81,7 +77,19 @@ async fn start(grace: Duration, api: RestApi) -> Running {
             })
             .await
     });
-    let bound = rx.await.expect("listeners bound");
+    (rx.await.expect("listeners bound"), served)
+}
+
+async fn start(grace: Duration, api: RestApi) -> Running {
+    let ctx = Context::new("quartet-test", grace);
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let listeners = Listeners {
+        admin: loopback,
+        grpc: None,
+        http: Some((loopback, api)),
+        tls: Default::default(),
+    };
+    let (bound, served) = serve(&ctx, listeners).await;
     Running {
         ctx,
         admin: bound.admin.expect("admin"),
@@ -294,6 +302,7 @@ async fn a_taken_port_fails_the_start_naming_the_listener() {
                 admin: addr,
                 grpc: None,
                 http: None,
+                tls: Default::default(),
             },
             |_| {},
         )
@@ -304,4 +313,95 @@ async fn a_taken_port_fails_the_start_naming_the_listener() {
             .starts_with(&format!("cannot listen on {addr} (admin)")),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn tls_listeners_speak_only_tls_and_a_bad_certificate_fails_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = quartet_e2e::self_signed_certificate(dir.path());
+    let ctx = Context::new("quartet-test", Duration::from_secs(5));
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let listeners = Listeners {
+        admin: loopback,
+        grpc: Some((loopback, tonic::service::Routes::builder().routes())),
+        http: Some((
+            loopback,
+            sample_api(Duration::from_millis(1), Arc::new(Notify::new())),
+        )),
+        tls: quartet_kit::app::ListenerTls {
+            grpc: Some((cert.clone(), key.clone())),
+            http: Some((cert.clone(), key.clone())),
+        },
+    };
+    let (bound, served) = serve(&ctx, listeners).await;
+    let (grpc, http) = (bound.grpc.expect("grpc"), bound.http.expect("http"));
+
+    // REST over HTTPS, verified against the certificate; plain HTTP gets nowhere.
+    let curl = |url: String| {
+        let cert = cert.clone();
+        async move {
+            tokio::process::Command::new("curl")
+                .args(["-sS", "--max-time", "10", "--cacert"])
+                .arg(&cert)
+                .args([
+                    "-H",
+                    "content-type: application/json",
+                    "-d",
+                    r#"{"name":"tls"}"#,
+                ])
+                .arg(url)
+                .output()
+                .await
+                .expect("curl runs")
+        }
+    };
+    let over_tls = curl(format!("https://localhost:{}/v1/greet", http.port())).await;
+    assert_eq!(
+        String::from_utf8_lossy(&over_tls.stdout),
+        "hello tls",
+        "{}",
+        String::from_utf8_lossy(&over_tls.stderr)
+    );
+    let plain = curl(format!("http://127.0.0.1:{}/v1/greet", http.port())).await;
+    assert!(!String::from_utf8_lossy(&plain.stdout).contains("hello"));
+
+    // gRPC over TLS: the health service answers a client that trusts the certificate.
+    let channel = quartet_e2e::grpc_tls_channel(grpc.port(), &cert).await;
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health over TLS")
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    ctx.shutdown.trigger();
+    served.await.expect("joined").expect("served");
+
+    // A key that is not the certificate's: the start fails, naming the files.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).expect("mkdir");
+    let (_, other_key) = quartet_e2e::self_signed_certificate(&other);
+    let listeners = Listeners {
+        admin: loopback,
+        grpc: None,
+        http: Some((
+            loopback,
+            sample_api(Duration::from_millis(1), Arc::new(Notify::new())),
+        )),
+        tls: quartet_kit::app::ListenerTls {
+            grpc: None,
+            http: Some((cert.clone(), other_key)),
+        },
+    };
+    let refused = Context::new("quartet-test", Duration::from_secs(5))
+        .serve(listeners, |_| {})
+        .await
+        .expect_err("a mismatched key");
+    assert!(
+        refused.to_string().contains("TLS for the http listener"),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("cert.pem"), "{refused}");
 }

@@ -94,6 +94,7 @@ pub async fn serve(
         admin: loopback,
         grpc: grpc.map(|r| (loopback, r)),
         http: Some((loopback, rest)),
+        tls: Default::default(),
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let serving = ctx.clone();
