@@ -153,7 +153,7 @@ printf '  POST /v1/services/demo/add [20,22] (Python service) with the admin tok
 printf '  the same with ada'"'"'s token (her role has rpc:call:reports.* only) -> HTTP %s\n' \
   "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:7131/v1/services/demo/add -H "Authorization: Bearer $ADA_TOKEN" -H 'content-type: application/json' -d '[20,22]')"
 printf '  GET /v1/services/demo (from its backends'"'"' inspect, with their health) -> %s\n' \
-  "$(curl -sS http://127.0.0.1:7131/v1/services/demo -H "Authorization: Bearer $ADMIN_TOKEN" | python3 -c 'import json,sys; d=json.load(sys.stdin); print({"methods": [m["name"] for m in d["methods"] or []], "backends": d["backends"]})')"
+  "$(curl -sS http://127.0.0.1:7131/v1/services/demo -H "Authorization: Bearer $ADMIN_TOKEN" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({"methods": [m["name"] for m in d["methods"] or []], "backends": d["backends"]}))')"
 printf '\nThe same services over gRPC (quartet.rpc.v1.Rpc, a client that learns the types from server reflection):\n'
 grpc_call() { (cd e2e/python && "$PYTHON" grpc_call.py 127.0.0.1:7130 "$@" 2>&1) | tr '\n' ' '; }
 printf '  Invoke reports.daily [3] (Rust service) with ada'"'"'s token -> %s\n' \
