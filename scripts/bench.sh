@@ -187,6 +187,8 @@ bench_rpc() {
   local py; py=$(scripts/python.sh)
   free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
   local -a rpc_pids=()
+  # The peers and servers go with the function, also when a step fails.
+  trap 'kill "${rpc_pids[@]}" 2>/dev/null || true' EXIT
   local port; port=$(free_port)
   (cd e2e/python && exec "$py" zerorpc_peer.py server "tcp://127.0.0.1:$port") >"$out/py-server.log" 2>&1 &
   rpc_pids+=($!)
@@ -230,6 +232,7 @@ bench_rpc() {
   env -C e2e/python "$py" bench_zerorpc.py "$front" "$n" py_gw_py --method demo.add --token "$token" >>"$out/figures.txt"
   kill "${rpc_pids[@]}" 2>/dev/null || true
   wait "${rpc_pids[@]}" 2>/dev/null || true
+  trap - EXIT
   awk '
     { v[$1] = $2 }
     function row(label, key, base) {

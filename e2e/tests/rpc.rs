@@ -163,6 +163,33 @@ async fn rest_calls_reach_a_python_zerorpc_backend_with_tokens_and_permissions()
     let rita_token = rita.clone();
     let (status, _) = call("count", json!([2]), Some(rita)).await;
     assert_eq!(status, 200);
+    // Describing a service takes rpc:describe:<service> (or the service-wide call grant); the
+    // OpenAPI document shows only what the caller may describe.
+    let described = http
+        .get(format!("{api}/v1/services/demo"))
+        .bearer_auth(&rita_token)
+        .send()
+        .await
+        .expect("describe");
+    assert_eq!(described.status().as_u16(), 403);
+    let body: Value = described.json().await.expect("json");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rpc:describe:demo"),
+        "{body}"
+    );
+    let openapi: Value = http
+        .get(format!("{api}/v1/openapi.json"))
+        .bearer_auth(&rita_token)
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(openapi["paths"], json!({}), "{openapi}");
 
     // The zerorpc front: a zerorpc-python client calls demo.* through the gateway with its
     // token in the event header; without one it is refused, by name.

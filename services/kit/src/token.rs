@@ -151,6 +151,9 @@ pub struct Verifier {
     /// after call, and an ECDSA verification costs more than the call it guards. Bounded;
     /// emptied when the keys change; an entry is used only until its token expires.
     verified: RwLock<HashMap<String, Claims>>,
+    /// Bumped whenever the key ids change; a verification that raced with a change is not
+    /// kept (it may have used a key that is gone).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// Verified tokens kept before the cache is emptied.
@@ -206,6 +209,7 @@ impl Verifier {
             last_fetch: tokio::sync::Mutex::new(None),
             min_refresh: MIN_REFRESH_INTERVAL,
             verified: RwLock::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -217,12 +221,19 @@ impl Verifier {
 
     /// Replaces the key set (the auth service does this when it rotates).
     pub fn set_keys(&self, set: &JwkSet) {
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys_of(set);
-        // A key may be gone: what it signed must be checked again.
-        self.verified
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        let keys = keys_of(set);
+        let mut current = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let same_ids = current.len() == keys.len() && keys.keys().all(|k| current.contains_key(k));
+        *current = keys;
+        if !same_ids {
+            // A key may be gone: what it signed must be checked again.
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            self.verified
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        }
     }
 
     fn key(&self, kid: &str) -> Option<DecodingKey> {
@@ -277,8 +288,12 @@ impl Verifier {
         if let Some(claims) = cached {
             return Ok(claims);
         }
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
         let claims = self.verify_signature(token).await?;
         let mut verified = self.verified.write().unwrap_or_else(|p| p.into_inner());
+        if self.generation.load(std::sync::atomic::Ordering::Acquire) != generation {
+            return Ok(claims); // the keys changed meanwhile: valid now, not kept
+        }
         if verified.len() >= VERIFIED_CACHE {
             let now = unix_now();
             verified.retain(|_, c| c.exp + LEEWAY_SECONDS > now);

@@ -161,10 +161,20 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     let max_timeout = std::time::Duration::from_secs_f64(config.rpc.timeout_seconds);
     let authenticator = quartet_kit::token::authenticator(&config.auth);
     if !config.rpc.zerorpc_listen.is_empty() {
-        let curve = front_curve(&config.rpc, &ctx)?;
-        let socket =
-            zerorpc::socket::Socket::bind(zmq::ROUTER, &config.rpc.zerorpc_listen, curve.clone())
-                .map_err(|e| anyhow::anyhow!("rpc.zerorpc_listen: {e}"))?;
+        let curve = front_curve(&config.rpc, &ctx).await?;
+        // Requests above rpc.max_message_bytes are answered MessageTooLarge; far above it
+        // (twice, plus room for the envelope) libzmq drops the peer before reading it all.
+        let hard_limit = i64::try_from(config.rpc.max_message_bytes)
+            .unwrap_or(i64::MAX / 4)
+            .saturating_mul(2)
+            .saturating_add(64 * 1024);
+        let socket = zerorpc::socket::Socket::bind_with_limit(
+            zmq::ROUTER,
+            &config.rpc.zerorpc_listen,
+            curve.clone(),
+            hard_limit,
+        )
+        .map_err(|e| anyhow::anyhow!("rpc.zerorpc_listen: {e}"))?;
         tracing::info!(
             endpoint = %socket.endpoint(),
             curve_public_key = %config.rpc.curve_public_key,
@@ -209,9 +219,12 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
 }
 
 /// The zerorpc front's CURVE settings, checked: none without a secret key; with one, its
-/// public key too, and the client allow-list installed (refusals counted in
+/// public key too (it must belong to the secret key), and the client allow-list installed (refusals counted in
 /// `quartet_rpc_curve_refused_total`).
-fn front_curve(rpc: &RpcSettings, ctx: &Context) -> anyhow::Result<Option<zerorpc::socket::Curve>> {
+async fn front_curve(
+    rpc: &RpcSettings,
+    ctx: &Context,
+) -> anyhow::Result<Option<zerorpc::socket::Curve>> {
     use zerorpc::socket::curve_key;
     if rpc.curve_secret_key.is_empty() {
         if !rpc.curve_clients.is_empty() {
@@ -223,6 +236,10 @@ fn front_curve(rpc: &RpcSettings, ctx: &Context) -> anyhow::Result<Option<zerorp
     }
     curve_key("rpc.curve_secret_key", &rpc.curve_secret_key).map_err(anyhow::Error::msg)?;
     curve_key("rpc.curve_public_key", &rpc.curve_public_key).map_err(anyhow::Error::msg)?;
+    // Clients are given the public key: it must be the secret key's, or none gets in.
+    if !zerorpc::socket::curve_pair_matches(&rpc.curve_public_key, &rpc.curve_secret_key).await? {
+        anyhow::bail!("rpc.curve_public_key is not the public key of rpc.curve_secret_key");
+    }
     let clients: Vec<String> = rpc
         .curve_clients
         .split(',')

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Buckets kept before the full ones (idle callers) are forgotten.
+/// Buckets kept at most: past it the full ones (idle callers) are forgotten, and if none is
+/// full, all are.
 const PRUNE_AT: usize = 10_000;
 
 /// Calls per second per subject, with a burst.
@@ -49,8 +50,13 @@ impl Limiter {
     fn admit_at(&self, subject: &str, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= PRUNE_AT && !buckets.contains_key(subject) {
+            // Full buckets are the same as none; if every bucket is in use, start over
+            // (everyone gets a full burst): the map stays bounded either way.
             let (rate, burst) = (self.rate, self.burst);
             buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+            if buckets.len() >= PRUNE_AT {
+                buckets.clear();
+            }
         }
         let bucket = buckets.entry(subject.to_owned()).or_insert(Bucket {
             tokens: self.burst,

@@ -1,8 +1,9 @@
 //! The REST front: `POST /v1/services/{service}/{method}` with the arguments as a JSON array,
 //! `GET /v1/services`, `GET /v1/services/{service}` (its methods, from the backends'
 //! `_zerorpc_inspect`, and its backends' health; `methods` is null with an `inspect_error`
-//! when no backend could answer) and `GET /v1/openapi.json` (an OpenAPI
-//! document of every service's methods, generated the same way). Bearer tokens from quartet-auth; a call needs
+//! when no backend could answer; needs `rpc:describe:<service>` or `rpc:call:<service>.*`)
+//! and `GET /v1/openapi.json` (an OpenAPI document of the methods of every service the caller
+//! may describe, generated the same way). Bearer tokens from quartet-auth; a call needs
 //! `rpc:call:<service>.<method>` (Shiro wildcards, so `rpc:call:reports.*` grants a service).
 //!
 //! Answers: 200 `{"result": …}`, or `{"items": […]}` for a streamed reply; 422 with the remote
@@ -132,10 +133,12 @@ const INSPECT_DEADLINE: Duration = Duration::from_secs(5);
 
 async fn service(
     front: web::Data<Arc<Front>>,
-    _caller: Bearer,
+    caller: Bearer,
     path: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
     let service = path.into_inner();
+    front.router.may_describe(&caller.0, &service)?;
+    front.router.charge(&caller.0)?;
     // The backends' health is worth showing even when none can describe the service.
     let mut described = match front
         .router
@@ -166,9 +169,16 @@ async fn service(
     Ok(HttpResponse::Ok().json(described))
 }
 
-async fn openapi(front: web::Data<Arc<Front>>, _caller: Bearer) -> HttpResponse {
+async fn openapi(front: web::Data<Arc<Front>>, caller: Bearer) -> Result<HttpResponse, Problem> {
+    front.router.charge(&caller.0)?;
     let deadline = INSPECT_DEADLINE.min(front.max_timeout);
-    let names = front.router.services();
+    // Only the services the caller may see.
+    let names: Vec<String> = front
+        .router
+        .services()
+        .into_iter()
+        .filter(|s| front.router.may_describe(&caller.0, s).is_ok())
+        .collect();
     let answers = futures::future::join_all(
         names
             .iter()
@@ -182,7 +192,7 @@ async fn openapi(front: web::Data<Arc<Front>>, _caller: Bearer) -> HttpResponse 
             Err(e) => unavailable.push((name, e.to_string())),
         }
     }
-    HttpResponse::Ok().json(crate::openapi::document(&described, &unavailable))
+    Ok(HttpResponse::Ok().json(crate::openapi::document(&described, &unavailable)))
 }
 
 /// The REST routes.

@@ -51,6 +51,8 @@ pub struct Backend {
     outstanding: AtomicUsize,
     health: Mutex<Health>,
     probing: AtomicBool,
+    /// Gone from its name's DNS answer: its last calls finish, its metrics are not renewed.
+    removed: AtomicBool,
 }
 
 impl Backend {
@@ -62,6 +64,7 @@ impl Backend {
             outstanding: AtomicUsize::new(0),
             health: Mutex::new(Health::Unknown),
             probing: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
         })
     }
 
@@ -91,9 +94,32 @@ pub struct Service {
     declared: Vec<String>,
     backends: RwLock<Vec<Arc<Backend>>>,
     idempotent: Vec<String>,
+    /// Methods seen to exist, for metric labels (others are counted as `_other`).
+    known: RwLock<std::collections::HashSet<String>>,
 }
 
 impl Service {
+    /// The metric label for `method`: itself once it is known to exist.
+    fn label<'a>(&self, method: &'a str) -> &'a str {
+        if self
+            .known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(method)
+        {
+            method
+        } else {
+            OTHER
+        }
+    }
+
+    fn learn(&self, method: &str) {
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        if known.len() < KNOWN_METHODS && !known.contains(method) {
+            known.insert(method.to_owned());
+        }
+    }
+
     fn backends(&self) -> Vec<Arc<Backend>> {
         self.backends
             .read()
@@ -110,8 +136,13 @@ pub struct Router {
     metrics: Option<Metrics>,
     limiter: Option<Limiter>,
     draining: AtomicBool,
-    in_flight: AtomicUsize,
+    in_flight: Arc<AtomicUsize>,
+    /// Services' descriptions (from inspect) and when they were asked.
+    described: Mutex<BTreeMap<String, (std::time::Instant, serde_json::Value)>>,
 }
+
+/// How long a service's description is kept before its backends are asked again.
+pub const DESCRIPTION_TTL: Duration = Duration::from_secs(30);
 
 /// Per service and method: calls by outcome, their duration, calls in flight; per backend:
 /// whether it is up.
@@ -231,7 +262,8 @@ impl Router {
             metrics: None,
             limiter: None,
             draining: AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
+            in_flight: Arc::default(),
+            described: Mutex::default(),
         }
     }
 
@@ -285,8 +317,9 @@ impl Router {
     }
 
     /// Adds service `name` served by `endpoints` (DNS names resolved now, and again by
-    /// [`Router::watch`]); `idempotent` methods may be retried. Fails when an endpoint
-    /// cannot be connected or a name cannot be resolved.
+    /// [`Router::watch`]; one that does not resolve yet leaves the service without its
+    /// backends until it does); `idempotent` methods may be retried. Fails when an endpoint
+    /// cannot be connected.
     pub async fn add(
         &mut self,
         name: &str,
@@ -295,7 +328,13 @@ impl Router {
     ) -> Result<(), String> {
         let mut backends = Vec::new();
         for declared in endpoints {
-            for endpoint in expand(declared).await? {
+            // A name that does not resolve yet (a headless Service with no ready pod) is
+            // looked up again by `watch`; the gateway starts without it.
+            let resolved = expand(declared).await.unwrap_or_else(|e| {
+                tracing::warn!(service = name, error = %e, "a backend name does not resolve yet");
+                Vec::new()
+            });
+            for endpoint in resolved {
                 let backend = Backend::connect(&endpoint, declared, self.heartbeat)
                     .map_err(|e| e.to_string())?;
                 backends.push(Arc::new(backend));
@@ -307,6 +346,7 @@ impl Router {
                 declared: endpoints.to_vec(),
                 backends: RwLock::new(backends),
                 idempotent: idempotent.to_vec(),
+                known: RwLock::default(),
             },
         );
         Ok(())
@@ -336,23 +376,40 @@ impl Router {
         method: &str,
     ) -> Result<(), Problem> {
         authorize(caller, service, method)?;
-        if let Some(limiter) = &self.limiter {
-            limiter.admit(&caller.sub).map_err(|wait| {
-                let mut problem = Problem::new(
-                    ErrorKind::ResourceExhausted,
-                    "rate-limited",
-                    format!(
-                        "{} is over the gateway's rate limit ({}); retry in {:.2} s",
-                        caller.sub,
-                        limiter.describe(),
-                        wait.as_secs_f64()
-                    ),
-                );
-                problem.retry_after_seconds = Some(wait.as_secs_f64().ceil() as u64);
-                problem
-            })?;
-        }
-        Ok(())
+        self.charge(caller)
+    }
+
+    /// Whether `caller` may see what `service` offers (`GET /v1/services/{service}`):
+    /// `rpc:describe:<service>`, or the service-wide `rpc:call:<service>.*`. Not charged to
+    /// the rate limit (see [`Router::charge`]).
+    pub fn may_describe(
+        &self,
+        caller: &quartet_kit::token::Claims,
+        service: &str,
+    ) -> Result<(), Problem> {
+        quartet_kit::token::require(caller, &format!("rpc:call:{service}.*"))
+            .or_else(|_| quartet_kit::token::require(caller, &format!("rpc:describe:{service}")))
+    }
+
+    /// Takes one request from `caller`'s rate limit; refused, a problem saying when to retry.
+    pub fn charge(&self, caller: &quartet_kit::token::Claims) -> Result<(), Problem> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        limiter.admit(&caller.sub).map_err(|wait| {
+            let mut problem = Problem::new(
+                ErrorKind::ResourceExhausted,
+                "rate-limited",
+                format!(
+                    "{} is over the gateway's rate limit ({}); retry in {:.2} s",
+                    caller.sub,
+                    limiter.describe(),
+                    wait.as_secs_f64()
+                ),
+            );
+            problem.retry_after_seconds = Some(wait.as_secs_f64().ceil() as u64);
+            problem
+        })
     }
 
     /// Pings every backend each heartbeat period and re-resolves DNS names every `resolve`,
@@ -430,6 +487,7 @@ impl Router {
                 .filter(|b| !next.iter().any(|n| n.endpoint == b.endpoint))
             {
                 tracing::info!(service = %name, endpoint = %gone.endpoint, "backend removed; its calls in flight finish");
+                gone.removed.store(true, Ordering::Release);
                 if let Some(m) = &self.metrics {
                     let _ = m.up.remove_label_values(&[name, &gone.endpoint]);
                 }
@@ -448,7 +506,38 @@ impl Router {
     /// Servers that cannot answer inspect (zerorpc-python on Python 3.11, where
     /// `inspect.getargspec` is gone) are asked `_zerorpc_list` and `_zerorpc_help` instead,
     /// and their `args` are `null`.
+    ///
+    /// The whole description takes at most `deadline`; a description is kept for
+    /// [`DESCRIPTION_TTL`], so describing services does not load their backends.
     pub async fn inspect(
+        &self,
+        service: &str,
+        deadline: Duration,
+    ) -> Result<serde_json::Value, RouteError> {
+        let cached = self
+            .described
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(service)
+            .filter(|(at, _)| at.elapsed() < DESCRIPTION_TTL)
+            .map(|(_, d)| d.clone());
+        if let Some(described) = cached {
+            return Ok(described);
+        }
+        let described = tokio::time::timeout(deadline, self.ask_description(service, deadline))
+            .await
+            .map_err(|_| RouteError::Call(CallError::Timeout(deadline)))??;
+        self.described
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                service.to_owned(),
+                (std::time::Instant::now(), described.clone()),
+            );
+        Ok(described)
+    }
+
+    async fn ask_description(
         &self,
         service: &str,
         deadline: Duration,
@@ -523,7 +612,9 @@ impl Router {
     }
 
     /// Calls `service.method(args)` within `deadline`, in a span of its own whose trace
-    /// context travels to the backend as `traceparent` in the event header.
+    /// context travels to the backend as `traceparent` in the event header. The call counts
+    /// as in flight until its answer — for a stream, until its last item — or until it is
+    /// dropped.
     pub async fn call(
         &self,
         service: &str,
@@ -532,6 +623,20 @@ impl Router {
         deadline: Duration,
     ) -> Result<Reply, RouteError> {
         use tracing::Instrument as _;
+        let Some(target) = self.services.get(service) else {
+            if let Some(m) = &self.metrics {
+                m.calls.with_label_values(&[OTHER, OTHER, "unknown"]).inc();
+            }
+            return Err(RouteError::UnknownService(service.to_owned()));
+        };
+        // Counted before the draining check, so a drain that saw none in flight sees no more.
+        let label = target.label(method);
+        let guard = InFlight::start(
+            self.in_flight.clone(),
+            self.metrics
+                .as_ref()
+                .map(|m| m.in_flight.with_label_values(&[service, label])),
+        );
         if self.draining.load(Ordering::Acquire) {
             return Err(RouteError::Draining);
         }
@@ -542,19 +647,22 @@ impl Router {
             service,
             method
         );
-        let labels = [service, method];
         let started = std::time::Instant::now();
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if let Some(m) = &self.metrics {
-            m.in_flight.with_label_values(&labels).inc();
-        }
         let outcome = self
-            .route(service, method, args, deadline)
+            .route(target, service, method, args, deadline)
             .instrument(span)
             .await;
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // A method exists once a backend answered it with anything but NameError.
+        let answered = match &outcome {
+            Ok(_) => true,
+            Err(RouteError::Call(CallError::Remote(e))) => e.name != "NameError",
+            Err(_) => false,
+        };
+        if answered {
+            target.learn(method);
+        }
         if let Some(m) = &self.metrics {
-            m.in_flight.with_label_values(&labels).dec();
+            let labels = [service, target.label(method)];
             m.seconds
                 .with_label_values(&labels)
                 .observe(started.elapsed().as_secs_f64());
@@ -566,22 +674,32 @@ impl Router {
                 Err(RouteError::Call(CallError::Timeout(_))) => "timeout",
                 Err(RouteError::Call(_)) => "lost",
             };
-            m.calls.with_label_values(&[service, method, kind]).inc();
+            m.calls
+                .with_label_values(&[labels[0], labels[1], kind])
+                .inc();
         }
-        outcome
+        match outcome? {
+            (Reply::Stream(items), backend) => Ok(Reply::Stream(
+                self.watch_stream(service, backend, items, guard),
+            )),
+            (reply, _) => Ok(reply),
+        }
     }
 
     /// Relays a stream's items, marking `backend` down when it is lost mid-stream (so the
-    /// next calls avoid it without waiting for a ping).
+    /// next calls avoid it without waiting for a ping); the call stays in flight (`guard`)
+    /// until the stream ends or its reader goes.
     fn watch_stream(
         &self,
         service: &str,
         backend: Arc<Backend>,
         mut items: crate::zerorpc::client::Items,
+        guard: InFlight,
     ) -> crate::zerorpc::client::Items {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let (metrics, service) = (self.metrics.clone(), service.to_owned());
         tokio::spawn(async move {
+            let _guard = guard;
             while let Some(item) = items.next().await {
                 if let Err(e) = &item {
                     observe(metrics.as_ref(), &service, &backend, &Err(e.clone()));
@@ -594,17 +712,16 @@ impl Router {
         crate::zerorpc::client::Items::from_channel(rx)
     }
 
+    /// The call on the chosen backend (and, for idempotent methods, on others when it is
+    /// lost); the reply and the backend that gave it.
     async fn route(
         &self,
+        target: &Service,
         service: &str,
         method: &str,
         args: Vec<Value>,
         deadline: Duration,
-    ) -> Result<Reply, RouteError> {
-        let target = self
-            .services
-            .get(service)
-            .ok_or_else(|| RouteError::UnknownService(service.to_owned()))?;
+    ) -> Result<(Reply, Arc<Backend>), RouteError> {
         let retry = target.idempotent.iter().any(|m| m == method);
         let started = tokio::time::Instant::now();
         let mut tried: Vec<String> = Vec::new();
@@ -632,7 +749,6 @@ impl Router {
             };
             tried.push(backend.endpoint.clone());
             let left = deadline.saturating_sub(started.elapsed());
-            backend.outstanding.fetch_add(1, Ordering::Relaxed);
             let mut request = Event::request(method, Value::Array(args.clone()));
             let mut trace = std::collections::HashMap::new();
             quartet_kit::telemetry::inject_current(&mut quartet_kit::telemetry::MapCarrier(
@@ -644,26 +760,75 @@ impl Router {
                     .extra
                     .push((Value::from(key), Value::from(value)));
             }
-            let outcome = backend.client.call_with(request, left).await;
-            backend.outstanding.fetch_sub(1, Ordering::Relaxed);
+            let outcome = {
+                let _outstanding = Outstanding::start(&backend);
+                backend.client.call_with(request, left).await
+            };
             self.observe(
                 service,
                 &backend,
                 &outcome.as_ref().map(|_| ()).map_err(Clone::clone),
             );
             match outcome {
-                Ok(Reply::Stream(items)) => {
-                    return Ok(Reply::Stream(self.watch_stream(service, backend, items)));
-                }
+                Ok(reply) => return Ok((reply, backend)),
                 Err(CallError::LostRemote(_) | CallError::Disconnected | CallError::Closed)
                     if retry =>
                 {
                     tracing::warn!(service, method, backend = %backend.endpoint, "backend lost; retrying an idempotent call elsewhere");
                     last = outcome.err();
                 }
-                other => return other.map_err(RouteError::from),
+                Err(e) => return Err(RouteError::Call(e)),
             }
         }
+    }
+}
+
+/// The label of calls to services or methods not known to exist: a caller cannot grow the
+/// metrics without bound by calling made-up names.
+const OTHER: &str = "_other";
+
+/// Methods learned per service (answered other than `NameError`), at most.
+const KNOWN_METHODS: usize = 256;
+
+/// A call in flight, counted in the router's total and its gauge until dropped — also when
+/// the caller goes away mid-call, so a drain never waits on a call that is gone.
+struct InFlight {
+    total: Arc<AtomicUsize>,
+    gauge: Option<prometheus::IntGauge>,
+}
+
+impl InFlight {
+    fn start(total: Arc<AtomicUsize>, gauge: Option<prometheus::IntGauge>) -> Self {
+        total.fetch_add(1, Ordering::AcqRel);
+        if let Some(g) = &gauge {
+            g.inc();
+        }
+        Self { total, gauge }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.total.fetch_sub(1, Ordering::AcqRel);
+        if let Some(g) = &self.gauge {
+            g.dec();
+        }
+    }
+}
+
+/// A call outstanding on a backend (for least-outstanding balancing) until dropped.
+struct Outstanding<'a>(&'a Backend);
+
+impl<'a> Outstanding<'a> {
+    fn start(backend: &'a Backend) -> Self {
+        backend.outstanding.fetch_add(1, Ordering::Relaxed);
+        Self(backend)
+    }
+}
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -689,7 +854,7 @@ fn observe(
             _ => tracing::info!(service, endpoint = %backend.endpoint, "backend up"),
         }
     }
-    if let Some(m) = metrics {
+    if let Some(m) = metrics.filter(|_| !backend.removed.load(Ordering::Acquire)) {
         m.up.with_label_values(&[service, &backend.endpoint])
             .set(i64::from(health == Health::Up));
     }

@@ -97,7 +97,14 @@ pub fn allow_curve_clients(
         .spawn(move || {
             // A request: version, request id, domain, address, routing id, mechanism, then
             // the mechanism's credentials (for CURVE, the client's 32-byte public key).
-            while let Ok(request) = handler.recv_multipart(0) {
+            // Without a handler libzmq would admit every client, so the handler never stops:
+            // an interrupted call is retried, any other failure ends the process.
+            loop {
+                let request = match handler.recv_multipart(0) {
+                    Ok(request) => request,
+                    Err(zmq::Error::EINTR) => continue,
+                    Err(e) => zap_failed(&e),
+                };
                 let field = |i: usize| request.get(i).cloned().unwrap_or_default();
                 let (mechanism, key) = (field(5), field(6));
                 let admitted = mechanism == b"CURVE" && keys.contains(&key);
@@ -117,13 +124,48 @@ pub fn allow_curve_clients(
                     Vec::new(),
                     Vec::new(),
                 ];
-                if handler.send_multipart(reply, 0).is_err() {
-                    return;
+                loop {
+                    match handler.send_multipart(reply.clone(), 0) {
+                        Ok(()) => break,
+                        Err(zmq::Error::EINTR) => continue,
+                        Err(e) => zap_failed(&e),
+                    }
                 }
             }
         })
         .map_err(|e| format!("ZAP handler thread: {e}"))?;
     Ok(())
+}
+
+/// The ZAP handler cannot go on: stopping the process is the only way not to fail open.
+fn zap_failed(e: &zmq::Error) -> ! {
+    tracing::error!(error = %e, "the CURVE allow-list (ZAP handler) failed; stopping rather than admitting every client");
+    std::process::abort()
+}
+
+/// Whether `public` is the public key of `secret` (Z85): a CURVE handshake over loopback
+/// with a server holding `secret` succeeds only for a client that names the right public key.
+pub async fn curve_pair_matches(public: &str, secret: &str) -> Result<bool, SocketError> {
+    let server = Socket::bind(
+        zmq::ROUTER,
+        "tcp://127.0.0.1:0",
+        Some(Curve::Server {
+            secret: secret.to_owned(),
+        }),
+    )?;
+    let (client_public, client_secret) = curve_keypair()?;
+    let client = Socket::connect(
+        zmq::DEALER,
+        server.endpoint(),
+        Some(Curve::Client {
+            server_public: public.to_owned(),
+            public: client_public,
+            secret: client_secret,
+        }),
+    )?;
+    client.send(vec![Vec::new(), b"pair?".to_vec()])?;
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(2), server.recv()).await;
+    Ok(matches!(heard, Ok(Some(_))))
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -161,7 +203,7 @@ impl Socket {
         endpoint: &str,
         curve: Option<Curve>,
     ) -> Result<Self, SocketError> {
-        Self::open(kind, endpoint, curve, true)
+        Self::open_with(kind, endpoint, curve, true, None)
     }
 
     /// A socket of `kind` connected to `endpoint`.
@@ -170,17 +212,22 @@ impl Socket {
         endpoint: &str,
         curve: Option<Curve>,
     ) -> Result<Self, SocketError> {
-        Self::open(kind, endpoint, curve, false)
+        Self::open_with(kind, endpoint, curve, false, None)
     }
 
-    fn open(
+    fn open_with(
         kind: zmq::SocketType,
         endpoint: &str,
         curve: Option<Curve>,
         bind: bool,
+        max_bytes: Option<i64>,
     ) -> Result<Self, SocketError> {
         let ctx = context();
         let main = ctx.socket(kind).map_err(failed("socket"))?;
+        if let Some(max) = max_bytes {
+            main.set_maxmsgsize(max)
+                .map_err(failed("max message size"))?;
+        }
         main.set_linger(1000).map_err(failed("linger"))?;
         // IPv6 endpoints too (a headless Service may resolve to them); IPv4 still works.
         main.set_ipv6(true).map_err(failed("ipv6"))?;
@@ -301,6 +348,17 @@ impl Socket {
         outbox.send_multipart(frames, 0).map_err(failed("send"))
     }
 
+    /// A bound socket whose peers may send messages of at most `max_bytes`: libzmq
+    /// disconnects a peer sending a larger one before the message is read into memory.
+    pub fn bind_with_limit(
+        kind: zmq::SocketType,
+        endpoint: &str,
+        curve: Option<Curve>,
+        max_bytes: i64,
+    ) -> Result<Self, SocketError> {
+        Self::open_with(kind, endpoint, curve, true, Some(max_bytes))
+    }
+
     /// Closes the socket: its thread stops and [`Socket::recv`] returns `None` once the
     /// messages already received are taken.
     pub fn close(&self) {
@@ -407,6 +465,18 @@ mod tests {
             curve_key("rpc.curve_clients", "short")
                 .expect_err("bad")
                 .contains("rpc.curve_clients: \"short\" is not a Z85 CURVE key")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_curve_key_pair_is_told_from_two_unrelated_keys() {
+        let (public, secret) = curve_keypair().expect("keys");
+        let (other_public, _) = curve_keypair().expect("keys");
+        assert!(curve_pair_matches(&public, &secret).await.expect("checked"));
+        assert!(
+            !curve_pair_matches(&other_public, &secret)
+                .await
+                .expect("checked")
         );
     }
 
