@@ -38,14 +38,16 @@ lint: ## rustfmt check and clippy with warnings as errors
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-gen: build ## regenerate generated files (configuration references under docs/reference/)
+gen: build ## regenerate generated files (configuration references under docs/reference/, the CRDs in charts/quartet/crds/)
 	@mkdir -p docs/reference
 	@for s in $(SERVICES); do $(CARGO_TARGET_DIR)/debug/$$s --config-reference > docs/reference/config-$${s#quartet-}.md; done
-	@echo "generated docs/reference/config-*.md"
+	@mkdir -p charts/quartet/crds
+	@$(CARGO_TARGET_DIR)/debug/quartet-crdgen > charts/quartet/crds/quartet.dev.yaml
+	@echo "generated docs/reference/config-*.md and charts/quartet/crds/quartet.dev.yaml"
 
 check-gen: gen ## fail when generated files differ from what is committed
-	@git diff --exit-code -- docs/reference || { echo "generated files drifted: run 'make gen' and commit"; exit 1; }
-	@test -z "$$(git status --porcelain -- docs/reference)" || { git status --porcelain -- docs/reference; echo "untracked generated files: run 'make gen' and commit"; exit 1; }
+	@git diff --exit-code -- docs/reference charts/quartet/crds || { echo "generated files drifted: run 'make gen' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- docs/reference charts/quartet/crds)" || { git status --porcelain -- docs/reference charts/quartet/crds; echo "untracked generated files: run 'make gen' and commit"; exit 1; }
 
 images: ## release images quartet/<role>:<version>, built with the local Docker engine, no registry
 	scripts/images.sh --profile release

@@ -1,8 +1,11 @@
 //! `quartet-operator`: runs the Quartet services on Kubernetes through custom resources.
 //!
 //! Today the crate holds the process shell shared with every Quartet server (configuration,
-//! admin listener with health and metrics, telemetry, graceful shutdown). The custom resources,
-//! reconcilers, `crdgen` and the database admin client arrive with issue 7.
+//! admin listener with health and metrics, telemetry, graceful shutdown) and the custom
+//! resources ([`crd`]), whose CRDs `quartet-crdgen` writes into the Helm chart. The
+//! reconcilers and the database admin client follow (issue 7).
+
+pub mod crd;
 
 use quartet_kit::BaseSettings;
 use quartet_kit::app::{Context, Listeners, ServiceConfig};

@@ -1,0 +1,120 @@
+//! The Quartet CRDs, as generated from `operator/src/crd.rs`, on a real kube-apiserver: they
+//! install and become established, the API server fills in the schema's defaults, refuses
+//! resources the schema rules out (naming the field), and `kubectl get` shows the printer
+//! columns and takes the short names.
+
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait;
+use quartet_operator::crd::{DatabaseCluster, RpcGateway};
+use serde_json::json;
+
+async fn install(client: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let manager = PatchParams::apply("quartet-e2e").force();
+    for crd in quartet_operator::crd::all() {
+        let name = kube::ResourceExt::name_any(&crd);
+        crds.patch(&name, &manager, &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|e| panic!("CRD {name} applied: {e}"));
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            wait::await_condition(crds.clone(), &name, wait::conditions::is_crd_established()),
+        )
+        .await
+        .expect("established in time")
+        .expect("watching the CRD");
+    }
+}
+
+#[tokio::test]
+async fn the_crds_install_default_validate_and_print() {
+    let client = quartet_e2e::kube::client().await.expect("API server");
+    install(&client).await;
+    let namespace = "default";
+    let suffix = std::process::id();
+
+    // Defaults from the schema: an empty spec becomes three replicas with 10Gi volumes.
+    let clusters: Api<DatabaseCluster> = Api::namespaced(client.clone(), namespace);
+    let name = format!("shop-{suffix}");
+    let minimal: DatabaseCluster = serde_json::from_value(json!({
+        "apiVersion": "quartet.dev/v1alpha1", "kind": "DatabaseCluster",
+        "metadata": {"name": name}, "spec": {"storage": {}},
+    }))
+    .expect("a minimal resource");
+    let created = clusters
+        .create(&PostParams::default(), &minimal)
+        .await
+        .expect("created");
+    assert_eq!(created.spec.workload.replicas, 3);
+    assert_eq!(created.spec.storage.size, "10Gi");
+
+    // Out of range, or a backend name that cannot be a label: refused, naming the field.
+    let too_many: DatabaseCluster = serde_json::from_value(json!({
+        "apiVersion": "quartet.dev/v1alpha1", "kind": "DatabaseCluster",
+        "metadata": {"name": format!("huge-{suffix}")}, "spec": {"replicas": 500},
+    }))
+    .expect("a resource");
+    let refused = clusters
+        .create(&PostParams::default(), &too_many)
+        .await
+        .expect_err("500 replicas refused");
+    assert!(refused.to_string().contains("spec.replicas"), "{refused}");
+    let gateways: Api<RpcGateway> = Api::namespaced(client.clone(), namespace);
+    let bad_backend: RpcGateway = serde_json::from_value(json!({
+        "apiVersion": "quartet.dev/v1alpha1", "kind": "RpcGateway",
+        "metadata": {"name": format!("rpc-{suffix}")},
+        "spec": {"backends": [{"name": "Not A Name", "service": "reports", "port": 4242}]},
+    }))
+    .expect("a resource");
+    let refused = gateways
+        .create(&PostParams::default(), &bad_backend)
+        .await
+        .expect_err("a bad backend name refused");
+    assert!(refused.to_string().contains("spec.backends"), "{refused}");
+
+    // kubectl: the short name and the printer columns.
+    let env = tokio::process::Command::new(quartet_e2e::repo_root().join("e2e/k8s/envtest.sh"))
+        .arg("env")
+        .output()
+        .await
+        .expect("envtest.sh env");
+    let env = String::from_utf8_lossy(&env.stdout).into_owned();
+    let var = |key: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {key}=")).map(str::to_owned))
+            .unwrap_or_else(|| panic!("envtest.sh env printed no {key}"))
+    };
+    let kubectl =
+        std::path::Path::new(&var("PATH").split(':').next().unwrap_or_default().to_owned())
+            .join("kubectl");
+    let listed = tokio::process::Command::new(kubectl)
+        .env("KUBECONFIG", var("KUBECONFIG"))
+        .args(["get", "qdb", &name, "-n", namespace])
+        .output()
+        .await
+        .expect("kubectl runs");
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "PHASE", "VERSION", "READY", "REPLICAS", "AGE"],
+        "{table}"
+    );
+    clusters
+        .delete(&name, &DeleteParams::default())
+        .await
+        .expect("deleted");
+}
