@@ -4,11 +4,39 @@
 use anyhow::{Context as _, bail};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-/// Starts the control plane if it is not running and returns a client for it.
+/// The test API server's kubeconfig and the directory of its `kubectl` and `helm`.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    /// Where `kubectl` and `helm` are.
+    pub bin: std::path::PathBuf,
+    /// The kubeconfig of the test API server.
+    pub kubeconfig: String,
+}
+
+impl Tools {
+    /// Runs `tool` (`kubectl` or `helm`) with `args` from the repository root against the
+    /// test API server: whether it succeeded, its stdout and its stderr.
+    pub async fn run(&self, tool: &str, args: &[&str]) -> (bool, String, String) {
+        let out = tokio::process::Command::new(self.bin.join(tool))
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .current_dir(crate::repo_root())
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("{tool} runs: {e}"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// Starts the control plane if it is not running; its kubeconfig and tools.
 ///
 /// The first run on a machine builds kube-apiserver from source (several minutes); `make test`
 /// does that before the tests start, so a test only pays for a start (a few seconds).
-pub async fn client() -> anyhow::Result<kube::Client> {
+pub async fn tools() -> anyhow::Result<Tools> {
     let script = crate::repo_root().join("e2e/k8s/envtest.sh");
     let out = tokio::process::Command::new(&script)
         .arg("up")
@@ -26,11 +54,22 @@ pub async fn client() -> anyhow::Result<kube::Client> {
         .arg("env")
         .output()
         .await?;
-    let kubeconfig_path = String::from_utf8_lossy(&env.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("export KUBECONFIG=").map(str::to_owned))
-        .context("envtest.sh env printed no KUBECONFIG")?;
-    let kubeconfig = Kubeconfig::read_from(&kubeconfig_path)?;
+    let env = String::from_utf8_lossy(&env.stdout).into_owned();
+    let var = |key: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {key}=")).map(str::to_owned))
+            .with_context(|| format!("envtest.sh env printed no {key}"))
+    };
+    let path = var("PATH")?;
+    Ok(Tools {
+        bin: std::path::PathBuf::from(path.split(':').next().unwrap_or_default()),
+        kubeconfig: var("KUBECONFIG")?,
+    })
+}
+
+/// Starts the control plane if it is not running and returns a client for it.
+pub async fn client() -> anyhow::Result<kube::Client> {
+    let kubeconfig = Kubeconfig::read_from(tools().await?.kubeconfig)?;
     let config =
         kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
     Ok(kube::Client::try_from(config)?)

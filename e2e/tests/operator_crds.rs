@@ -76,32 +76,13 @@ async fn the_crds_install_default_validate_and_print() {
     assert!(refused.to_string().contains("spec.backends"), "{refused}");
 
     // kubectl: the short name and the printer columns.
-    let env = tokio::process::Command::new(quartet_e2e::repo_root().join("e2e/k8s/envtest.sh"))
-        .arg("env")
-        .output()
+    let tools = quartet_e2e::kube::tools()
         .await
-        .expect("envtest.sh env");
-    let env = String::from_utf8_lossy(&env.stdout).into_owned();
-    let var = |key: &str| {
-        env.lines()
-            .find_map(|l| l.strip_prefix(&format!("export {key}=")).map(str::to_owned))
-            .unwrap_or_else(|| panic!("envtest.sh env printed no {key}"))
-    };
-    let kubectl =
-        std::path::Path::new(&var("PATH").split(':').next().unwrap_or_default().to_owned())
-            .join("kubectl");
-    let listed = tokio::process::Command::new(kubectl)
-        .env("KUBECONFIG", var("KUBECONFIG"))
-        .args(["get", "qdb", &name, "-n", namespace])
-        .output()
-        .await
-        .expect("kubectl runs");
-    let table = String::from_utf8_lossy(&listed.stdout);
-    assert!(
-        listed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&listed.stderr)
-    );
+        .expect("the test API server");
+    let (ok, table, err) = tools
+        .run("kubectl", &["get", "qdb", &name, "-n", namespace])
+        .await;
+    assert!(ok, "{err}");
     let header: Vec<&str> = table
         .lines()
         .next()
