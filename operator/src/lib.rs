@@ -1,11 +1,12 @@
 //! `quartet-operator`: runs the Quartet services on Kubernetes through custom resources.
 //!
-//! Today the crate holds the process shell shared with every Quartet server (configuration,
-//! admin listener with health and metrics, telemetry, graceful shutdown) and the custom
-//! resources ([`crd`]), whose CRDs `quartet-crdgen` writes into the Helm chart. The
-//! reconcilers and the database admin client follow (issue 7).
+//! The process shell shared with every Quartet server (configuration, admin listener with
+//! health and metrics, telemetry, graceful shutdown), the custom resources ([`crd`]), whose
+//! CRDs `quartet-crdgen` writes into the Helm chart, and the reconcilers ([`reconcile`]):
+//! `AuthService` today; the other kinds and the database admin client follow (issue 7).
 
 pub mod crd;
+pub mod reconcile;
 
 use quartet_kit::BaseSettings;
 use quartet_kit::app::{Context, Listeners, ServiceConfig};
@@ -40,9 +41,47 @@ impl ServiceConfig for Config {
     }
 }
 
-/// Serves the operator's admin listener until a stop signal.
+/// Runs the reconcilers when a Kubernetes API is reachable (in a pod, or through
+/// `KUBECONFIG`), and serves the admin listener until a stop signal.
 pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
+    match kube::Client::try_default().await {
+        Ok(client) => {
+            let stop = ctx.shutdown.token();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = controllers(client) => {}
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no Kubernetes API reachable: the reconcilers are off")
+        }
+    }
     ctx.serve(Listeners::admin_only(&config.base), |_| {})
         .await?;
     Ok(())
+}
+
+/// The reconcilers, until their watches end.
+async fn controllers(client: kube::Client) {
+    use futures::StreamExt as _;
+    use kube::runtime::{Controller, watcher};
+    let ctx = std::sync::Arc::new(reconcile::Ctx::new(client.clone()));
+    tracing::info!("reconciling AuthServices");
+    Controller::new(
+        kube::Api::<crd::AuthService>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        kube::Api::<k8s_openapi::api::apps::v1::Deployment>::all(client),
+        watcher::Config::default(),
+    )
+    .run(reconcile::auth_service, reconcile::error_policy, ctx)
+    .for_each(|outcome| async move {
+        if let Err(e) = outcome {
+            tracing::debug!(error = %e, "reconciliation not done");
+        }
+    })
+    .await;
 }
