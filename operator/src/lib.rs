@@ -3,7 +3,8 @@
 //! The process shell shared with every Quartet server (configuration, admin listener with
 //! health and metrics, telemetry, graceful shutdown), the custom resources ([`crd`]), whose
 //! CRDs `quartet-crdgen` writes into the Helm chart, and the reconcilers ([`reconcile`]):
-//! `AuthService` today; the other kinds and the database admin client follow (issue 7).
+//! `AuthService`, `TaskGateway` and `RpcGateway` today; `DatabaseCluster` with its admin
+//! client follows (issue 7).
 
 pub mod crd;
 pub mod reconcile;
@@ -65,19 +66,37 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
 
 /// The reconcilers, until their watches end.
 async fn controllers(client: kube::Client) {
+    let ctx = std::sync::Arc::new(reconcile::Ctx::new(client.clone()));
+    tracing::info!("reconciling AuthServices, TaskGateways and RpcGateways");
+    tokio::join!(
+        control::<crd::AuthService, _>(&client, ctx.clone(), reconcile::auth_service),
+        control::<crd::TaskGateway, _>(&client, ctx.clone(), reconcile::task_gateway),
+        control::<crd::RpcGateway, _>(&client, ctx.clone(), reconcile::rpc_gateway),
+    );
+}
+
+/// One kind's controller: `reconcile` on every change of a `K` or of a Deployment it owns.
+async fn control<K, F>(
+    client: &kube::Client,
+    ctx: std::sync::Arc<reconcile::Ctx>,
+    reconcile: impl FnMut(std::sync::Arc<K>, std::sync::Arc<reconcile::Ctx>) -> F,
+) where
+    K: reconcile::Quartet + kube::Resource<DynamicType = ()>,
+    F: std::future::Future<Output = Result<kube::runtime::controller::Action, reconcile::Error>>
+        + Send
+        + 'static,
+{
     use futures::StreamExt as _;
     use kube::runtime::{Controller, watcher};
-    let ctx = std::sync::Arc::new(reconcile::Ctx::new(client.clone()));
-    tracing::info!("reconciling AuthServices");
     Controller::new(
-        kube::Api::<crd::AuthService>::all(client.clone()),
+        kube::Api::<K>::all(client.clone()),
         watcher::Config::default(),
     )
     .owns(
-        kube::Api::<k8s_openapi::api::apps::v1::Deployment>::all(client),
+        kube::Api::<k8s_openapi::api::apps::v1::Deployment>::all(client.clone()),
         watcher::Config::default(),
     )
-    .run(reconcile::auth_service, reconcile::error_policy, ctx)
+    .run(reconcile, reconcile::error_policy::<K>, ctx)
     .for_each(|outcome| async move {
         if let Err(e) = outcome {
             tracing::debug!(error = %e, "reconciliation not done");

@@ -1,10 +1,19 @@
 //! Reconcilers: each custom resource owns its workload and the objects around it, applied
 //! with server-side apply under one field manager, and reports what it sees in its status.
 //!
-//! Today: [`AuthService`] — a Deployment, a Service, a ConfigMap of its settings and, when
-//! the spec names none, a generated Secret with the bootstrap administrator's password (made
-//! once, never rotated behind the user's back). Its status publishes the JWKS and token
-//! endpoints that the other resources reference. The other kinds follow the same shape.
+//! The stateless kinds share one shape ([`Shape`]): a Deployment, a Service and a ConfigMap
+//! of the service's settings (`spec.config` as its `QUARTET_*` variables), owned by the
+//! resource. On top of it:
+//! - [`AuthService`]: when the spec names none, a generated Secret with the bootstrap
+//!   administrator's password (made once, never replaced); its status publishes the JWKS,
+//!   token and issuer endpoints the other kinds reference.
+//! - [`TaskGateway`]: the Redis URL from the referenced Secret; the auth settings from the
+//!   referenced `AuthService`'s status.
+//! - [`RpcGateway`]: `rpc.backends` from the listed Services as cluster DNS names (a headless
+//!   Service resolves to its ready pods, which the gateway re-resolves); the auth settings.
+//!
+//! A reference that cannot be followed (no such `AuthService`, or one not serving yet) is a
+//! condition in the status saying so, and a retry — never a crash loop.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,7 +27,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::crd::{AuthService, Condition, Status};
+use crate::crd::{AuthRef, AuthService, Condition, RpcGateway, Status, TaskGateway, Workload};
 
 /// The field manager of everything the operator applies.
 pub const MANAGER: &str = "quartet-operator";
@@ -72,9 +81,9 @@ fn key(resource: &impl ResourceExt) -> String {
 
 /// After a failed reconciliation: logged, and retried after a delay that grows with the
 /// failures in a row of that resource (see [`backoff`]).
-pub fn error_policy(auth: Arc<AuthService>, error: &Error, ctx: Arc<Ctx>) -> Action {
-    let failures = ctx.failed(key(auth.as_ref()));
-    tracing::warn!(resource = %key(auth.as_ref()), failures, error = %error, "reconciliation failed");
+pub fn error_policy<K: Quartet>(resource: Arc<K>, error: &Error, ctx: Arc<Ctx>) -> Action {
+    let failures = ctx.failed(key(resource.as_ref()));
+    tracing::warn!(resource = %key(resource.as_ref()), failures, error = %error, "reconciliation failed");
     backoff(failures)
 }
 
@@ -117,12 +126,47 @@ fn setting_env(prefix: &str, key: &str) -> String {
     )
 }
 
-fn owner(auth: &AuthService) -> serde_json::Value {
+/// A Quartet resource the reconcilers handle: its workload and status.
+pub trait Quartet:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// The spec's workload part.
+    fn workload(&self) -> &Workload;
+    /// The status, if written.
+    fn status(&self) -> Option<&Status>;
+}
+
+macro_rules! quartet {
+    ($($kind:ty),*) => {$(
+        impl Quartet for $kind {
+            fn workload(&self) -> &Workload {
+                &self.spec.workload
+            }
+            fn status(&self) -> Option<&Status> {
+                self.status.as_ref()
+            }
+        }
+    )*};
+}
+quartet!(
+    AuthService,
+    TaskGateway,
+    RpcGateway,
+    crate::crd::DatabaseCluster
+);
+
+fn owner<K: Quartet>(resource: &K) -> serde_json::Value {
     json!([{
-        "apiVersion": AuthService::api_version(&()),
-        "kind": AuthService::kind(&()),
-        "name": auth.name_any(),
-        "uid": auth.uid().unwrap_or_default(),
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "name": resource.name_any(),
+        "uid": resource.uid().unwrap_or_default(),
         "controller": true,
         "blockOwnerDeletion": true,
     }])
@@ -157,23 +201,214 @@ fn password() -> Result<String, Error> {
         .collect())
 }
 
+/// What differs between the stateless kinds' workloads.
+struct Shape {
+    /// The image and container name: `auth`, `task-gateway`, `rpc-gateway`.
+    role: &'static str,
+    /// The service's variable prefix: `QUARTET_AUTH`.
+    prefix: &'static str,
+    /// The ports: name and number (the Service exposes all but `admin`).
+    ports: &'static [(&'static str, i32)],
+    /// Settings the operator sets (the spec's own win, except these).
+    settings: BTreeMap<String, String>,
+    /// Variables from Secrets (`env` entries).
+    env: Vec<serde_json::Value>,
+    /// Secret volumes: name, Secret, key, mount path (the file is named after the key).
+    secret_files: Vec<(String, String, String, String)>,
+}
+
+/// Applies the ConfigMap, Deployment and Service of `resource` in `shape`; the Deployment as
+/// the API server has it.
+async fn apply_workload<K: Quartet>(
+    ctx: &Ctx,
+    resource: &K,
+    shape: Shape,
+) -> Result<Deployment, Error> {
+    let name = resource.name_any();
+    let namespace = resource.namespace().unwrap_or_default();
+    let workload = resource.workload();
+    let mut settings: BTreeMap<String, String> = workload
+        .config
+        .iter()
+        .map(|(k, v)| (setting_env(shape.prefix, k), v.clone()))
+        .collect();
+    settings.extend(shape.settings);
+    let app = format!("quartet-{}", shape.role);
+    let labels = json!({"app.kubernetes.io/name": app, "app.kubernetes.io/instance": name,
+                        "app.kubernetes.io/managed-by": MANAGER});
+    let selector = json!({"app.kubernetes.io/name": app, "app.kubernetes.io/instance": name});
+    let configs: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+    apply(&configs, &format!("{name}-config"), json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": format!("{name}-config"), "namespace": namespace, "labels": labels, "ownerReferences": owner(resource)},
+        "data": settings,
+    }))
+    .await?;
+    // The protocol spelled out: server-side apply keys ports by port and protocol, and
+    // Kubernetes 1.20 has no default for it in the apply schema.
+    let container_ports: Vec<serde_json::Value> = shape
+        .ports
+        .iter()
+        .map(|(port_name, port)| json!({"name": port_name, "containerPort": port, "protocol": "TCP"}))
+        .collect();
+    let service_ports: Vec<serde_json::Value> = shape
+        .ports
+        .iter()
+        .filter(|(port_name, _)| *port_name != "admin")
+        .map(|(port_name, port)| json!({"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}))
+        .collect();
+    let mounts: Vec<serde_json::Value> = shape
+        .secret_files
+        .iter()
+        .map(|(volume, _, _, path)| json!({"name": volume, "mountPath": path, "readOnly": true}))
+        .collect();
+    let volumes: Vec<serde_json::Value> = shape
+        .secret_files
+        .iter()
+        .map(|(volume, secret, key, _)| json!({"name": volume, "secret": {"secretName": secret, "items": [{"key": key, "path": key}]}}))
+        .collect();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let deployment = apply(&deployments, &name, json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": owner(resource)},
+        "spec": {
+            "replicas": workload.replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": shape.role,
+                        "image": image(shape.role, workload.image.as_ref(), workload.version.as_ref()),
+                        "envFrom": [{"configMapRef": {"name": format!("{name}-config")}}],
+                        "env": shape.env,
+                        "ports": container_ports,
+                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "admin"}},
+                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "admin"}},
+                        "resources": workload.resources,
+                        "volumeMounts": mounts,
+                        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                            "capabilities": {"drop": ["ALL"]}},
+                    }],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }))
+    .await?;
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
+    apply(&services, &name, json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": owner(resource)},
+        "spec": {"selector": selector, "ports": service_ports},
+    }))
+    .await?;
+    Ok(deployment)
+}
+
+/// Ends a reconciliation that found something to report: the status says it (phase
+/// `Failed`, the reason and one line), and it is tried again in a while.
+async fn report<K: Quartet>(
+    ctx: &Ctx,
+    resource: &K,
+    reason: &str,
+    message: &str,
+    endpoints: BTreeMap<String, String>,
+) -> Result<Action, Error> {
+    set_status(resource, ctx, None, message, reason, endpoints).await?;
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// Ends a reconciliation that applied everything: the status from the Deployment.
+async fn settle<K: Quartet>(
+    ctx: &Ctx,
+    resource: &K,
+    deployment: &Deployment,
+    endpoints: BTreeMap<String, String>,
+) -> Result<Action, Error> {
+    let replicas = resource.workload().replicas;
+    let ready = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let message = format!("{ready} of {replicas} replicas ready");
+    let reason = if ready >= replicas {
+        "ReplicasReady"
+    } else {
+        "ReplicasStarting"
+    };
+    set_status(resource, ctx, Some(ready), &message, reason, endpoints).await?;
+    ctx.succeeded(&key(resource));
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// The auth settings of a service (`{prefix}_AUTH_JWKS_URL`, `_ISSUER`) from the referenced
+/// `AuthService`'s status; `Err((reason, message))` when it cannot be followed yet.
+async fn auth_settings(
+    ctx: &Ctx,
+    namespace: &str,
+    prefix: &str,
+    reference: Option<&AuthRef>,
+) -> Result<Result<BTreeMap<String, String>, (&'static str, String)>, Error> {
+    let Some(reference) = reference else {
+        return Ok(Ok(BTreeMap::new()));
+    };
+    let auths: Api<AuthService> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(auth) = auths
+        .get_opt(&reference.name)
+        .await
+        .map_err(api("reading the referenced AuthService"))?
+    else {
+        return Ok(Err((
+            "AuthMissing",
+            format!(
+                "spec.auth names AuthService {:?}, which does not exist in namespace {namespace}",
+                reference.name
+            ),
+        )));
+    };
+    let endpoints = auth.status.map(|s| s.endpoints).unwrap_or_default();
+    match (endpoints.get("jwks"), endpoints.get("issuer")) {
+        (Some(jwks), Some(issuer)) => Ok(Ok(BTreeMap::from([
+            (format!("{prefix}_AUTH_JWKS_URL"), jwks.clone()),
+            (format!("{prefix}_AUTH_ISSUER"), issuer.clone()),
+        ]))),
+        _ => Ok(Err((
+            "AuthPending",
+            format!(
+                "AuthService {:?} has not published its endpoints yet",
+                reference.name
+            ),
+        ))),
+    }
+}
+
 /// Brings an `AuthService`'s objects to its spec and its status to what is observed.
 pub async fn auth_service(auth: Arc<AuthService>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let name = auth.name_any();
     let namespace = auth
         .namespace()
         .ok_or_else(|| Error::Invalid("an AuthService is namespaced".into()))?;
-    let client = ctx.client.clone();
     let spec = &auth.spec;
+    let http = format!("http://{name}.{namespace}.svc:7111");
+    let endpoints = BTreeMap::from([
+        ("jwks".into(), format!("{http}/.well-known/jwks.json")),
+        ("token".into(), format!("{http}/oauth2/token")),
+        ("issuer".into(), http.clone()),
+    ]);
     if spec.workload.replicas > 1 && spec.store_url_secret.is_none() {
         let message =
             "more than one replica needs a shared store: set spec.storeUrlSecret (PostgreSQL)";
-        set_status(&auth, &ctx, None, message, "StoreRequired").await?;
-        return Ok(Action::requeue(Duration::from_secs(300)));
+        // The endpoints stay published: Kubernetes 1.20's server-side apply turns a field
+        // dropped from the status into a null the schema refuses.
+        return report(&ctx, &*auth, "StoreRequired", message, endpoints).await;
     }
 
     // The administrator's password: the user's Secret, or one made here once.
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let (admin_secret, admin_key) = match &spec.admin_password_secret {
         Some(s) => (s.name.clone(), s.key.clone()),
         None => {
@@ -185,7 +420,7 @@ pub async fn auth_service(auth: Arc<AuthService>, ctx: Arc<Ctx>) -> Result<Actio
                 .is_none()
             {
                 let secret: Secret = serde_json::from_value(json!({
-                    "metadata": {"name": generated, "namespace": namespace, "ownerReferences": owner(&auth),
+                    "metadata": {"name": generated, "namespace": namespace, "ownerReferences": owner(&*auth),
                                  "labels": {"app.kubernetes.io/managed-by": MANAGER, "app.kubernetes.io/instance": name}},
                     "stringData": {"password": password()?},
                 }))
@@ -194,9 +429,10 @@ pub async fn auth_service(auth: Arc<AuthService>, ctx: Arc<Ctx>) -> Result<Actio
                     .create(&PostParams::default(), &secret)
                     .await
                     .map_err(api("creating the admin Secret"))?;
-                publish(
+                emit(
                     &ctx,
-                    &auth,
+                    &*auth,
+                    EventType::Normal,
                     "SecretCreated",
                     &format!("generated the administrator's password in Secret {generated}"),
                 )
@@ -205,122 +441,138 @@ pub async fn auth_service(auth: Arc<AuthService>, ctx: Arc<Ctx>) -> Result<Actio
             (generated, "password".to_owned())
         }
     };
-
-    // Settings as environment variables, in a ConfigMap the Deployment reads.
-    let mut settings: BTreeMap<String, String> = spec
-        .workload
-        .config
-        .iter()
-        .map(|(k, v)| (setting_env("QUARTET_AUTH", k), v.clone()))
-        .collect();
-    let issuer = format!("http://{name}.{namespace}.svc:7111");
-    settings
-        .entry("QUARTET_AUTH_TOKENS_ISSUER".into())
-        .or_insert_with(|| issuer.clone());
-    settings
-        .entry("QUARTET_AUTH_BOOTSTRAP_ADMIN_USER".into())
-        .or_insert_with(|| "admin".into());
-    settings.insert(
-        "QUARTET_AUTH_BOOTSTRAP_ADMIN_PASSWORD_FILE".into(),
-        "/var/run/quartet/admin/password".into(),
-    );
-    let labels = json!({"app.kubernetes.io/name": "quartet-auth", "app.kubernetes.io/instance": name,
-                        "app.kubernetes.io/managed-by": MANAGER});
-    let configs: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-    apply(&configs, &format!("{name}-config"), json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": format!("{name}-config"), "namespace": namespace, "labels": labels, "ownerReferences": owner(&auth)},
-        "data": settings,
-    }))
-    .await?;
-
     let mut env = vec![];
     if let Some(store) = &spec.store_url_secret {
         env.push(json!({"name": "QUARTET_AUTH_STORE_URL",
                         "valueFrom": {"secretKeyRef": {"name": store.name, "key": store.key}}}));
     }
-    let selector =
-        json!({"app.kubernetes.io/name": "quartet-auth", "app.kubernetes.io/instance": name});
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
-    let deployment = apply(&deployments, &name, json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": owner(&auth)},
-        "spec": {
-            "replicas": spec.workload.replicas,
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [{
-                        "name": "auth",
-                        "image": image("auth", spec.workload.image.as_ref(), spec.workload.version.as_ref()),
-                        "envFrom": [{"configMapRef": {"name": format!("{name}-config")}}],
-                        "env": env,
-                        "ports": [{"name": "grpc", "containerPort": 7110, "protocol": "TCP"},
-                                  {"name": "http", "containerPort": 7111, "protocol": "TCP"},
-                                  {"name": "admin", "containerPort": 7119, "protocol": "TCP"}],
-                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "admin"}},
-                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "admin"}},
-                        "resources": spec.workload.resources,
-                        "volumeMounts": [{"name": "admin", "mountPath": "/var/run/quartet/admin", "readOnly": true}],
-                        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-                                            "capabilities": {"drop": ["ALL"]}},
-                    }],
-                    "volumes": [{"name": "admin", "secret": {"secretName": admin_secret,
-                                 "items": [{"key": admin_key, "path": "password"}]}}],
-                },
-            },
-        },
-    }))
-    .await?;
-    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    apply(&services, &name, json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": owner(&auth)},
-        "spec": {"selector": selector, "ports": [
-            // The protocol spelled out: server-side apply keys ports by port and protocol,
-            // and Kubernetes 1.20 has no default for it in the apply schema.
-            {"name": "grpc", "port": 7110, "targetPort": "grpc", "protocol": "TCP"},
-            {"name": "http", "port": 7111, "targetPort": "http", "protocol": "TCP"},
-        ]},
-    }))
-    .await?;
-
-    let ready = deployment
-        .status
-        .as_ref()
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
-    let message = format!("{ready} of {} replicas ready", spec.workload.replicas);
-    let reason = if ready >= spec.workload.replicas {
-        "ReplicasReady"
-    } else {
-        "ReplicasStarting"
+    let shape = Shape {
+        role: "auth",
+        prefix: "QUARTET_AUTH",
+        ports: &[("grpc", 7110), ("http", 7111), ("admin", 7119)],
+        settings: BTreeMap::from([
+            ("QUARTET_AUTH_TOKENS_ISSUER".into(), http.clone()),
+            ("QUARTET_AUTH_BOOTSTRAP_ADMIN_USER".into(), "admin".into()),
+            (
+                "QUARTET_AUTH_BOOTSTRAP_ADMIN_PASSWORD_FILE".into(),
+                format!("/var/run/quartet/admin/{admin_key}"),
+            ),
+        ]),
+        env,
+        secret_files: vec![(
+            "admin".into(),
+            admin_secret,
+            admin_key,
+            "/var/run/quartet/admin".into(),
+        )],
     };
-    set_status(&auth, &ctx, Some(ready), &message, reason).await?;
-    ctx.succeeded(&key(auth.as_ref()));
-    Ok(Action::requeue(Duration::from_secs(60)))
+    let deployment = apply_workload(&ctx, &*auth, shape).await?;
+    settle(&ctx, &*auth, &deployment, endpoints).await
 }
 
-/// Writes the status: phase, version, ready replicas, the `Ready` condition (its transition
-/// time kept while its status holds), the endpoints, `observedGeneration`.
-async fn set_status(
-    auth: &AuthService,
+/// Brings a `TaskGateway`'s objects to its spec: its Redis from the referenced Secret, its
+/// token verification from the referenced `AuthService`.
+pub async fn task_gateway(gateway: Arc<TaskGateway>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let namespace = gateway.namespace().unwrap_or_default();
+    const PREFIX: &str = "QUARTET_TASK_GATEWAY";
+    let settings = match auth_settings(&ctx, &namespace, PREFIX, gateway.spec.auth.as_ref()).await?
+    {
+        Ok(settings) => settings,
+        Err((reason, message)) => {
+            return report(&ctx, &*gateway, reason, &message, BTreeMap::new()).await;
+        }
+    };
+    let redis = &gateway.spec.redis_url_secret;
+    let from_secret = |variable: &str| {
+        json!({"name": variable,
+        "valueFrom": {"secretKeyRef": {"name": redis.name, "key": redis.key}}})
+    };
+    let shape = Shape {
+        role: "task-gateway",
+        prefix: PREFIX,
+        ports: &[("grpc", 7120), ("http", 7121), ("admin", 7129)],
+        settings,
+        env: vec![
+            from_secret("QUARTET_TASK_GATEWAY_REDIS_BROKER_URL"),
+            from_secret("QUARTET_TASK_GATEWAY_REDIS_RESULT_URL"),
+        ],
+        secret_files: vec![],
+    };
+    let deployment = apply_workload(&ctx, &*gateway, shape).await?;
+    settle(&ctx, &*gateway, &deployment, BTreeMap::new()).await
+}
+
+/// Brings an `RpcGateway`'s objects to its spec: each backend Service as a cluster DNS name
+/// (a headless Service's name resolves to its ready pods), token verification from the
+/// referenced `AuthService`, the zerorpc front on every interface of the pod.
+pub async fn rpc_gateway(gateway: Arc<RpcGateway>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let namespace = gateway.namespace().unwrap_or_default();
+    const PREFIX: &str = "QUARTET_RPC_GATEWAY";
+    let mut settings =
+        match auth_settings(&ctx, &namespace, PREFIX, gateway.spec.auth.as_ref()).await? {
+            Ok(settings) => settings,
+            Err((reason, message)) => {
+                return report(&ctx, &*gateway, reason, &message, BTreeMap::new()).await;
+            }
+        };
+    let backends: Vec<String> = gateway
+        .spec
+        .backends
+        .iter()
+        .map(|b| {
+            format!(
+                "{}=tcp://{}.{namespace}.svc.cluster.local:{}",
+                b.name, b.service, b.port
+            )
+        })
+        .collect();
+    let idempotent: Vec<String> = gateway
+        .spec
+        .backends
+        .iter()
+        .flat_map(|b| b.idempotent.iter().map(move |m| format!("{}.{m}", b.name)))
+        .collect();
+    settings.insert(format!("{PREFIX}_RPC_BACKENDS"), backends.join(","));
+    settings.insert(format!("{PREFIX}_RPC_IDEMPOTENT"), idempotent.join(","));
+    settings.insert(
+        format!("{PREFIX}_RPC_ZERORPC_LISTEN"),
+        "tcp://0.0.0.0:7134".into(),
+    );
+    let shape = Shape {
+        role: "rpc-gateway",
+        prefix: PREFIX,
+        ports: &[
+            ("grpc", 7130),
+            ("http", 7131),
+            ("zerorpc", 7134),
+            ("admin", 7139),
+        ],
+        settings,
+        env: vec![],
+        secret_files: vec![],
+    };
+    let deployment = apply_workload(&ctx, &*gateway, shape).await?;
+    settle(&ctx, &*gateway, &deployment, BTreeMap::new()).await
+}
+
+/// Writes the status: phase, version, ready replicas (`None`: the spec cannot be carried
+/// out, phase `Failed`), the `Ready` condition (its transition time kept while its status
+/// holds), the endpoints, `observedGeneration`. A new failure reason is also a Warning Event.
+async fn set_status<K: Quartet>(
+    resource: &K,
     ctx: &Ctx,
     ready: Option<i32>,
     message: &str,
     reason: &str,
+    endpoints: BTreeMap<String, String>,
 ) -> Result<(), Error> {
-    let name = auth.name_any();
-    let namespace = auth.namespace().unwrap_or_default();
-    let replicas = auth.spec.workload.replicas;
-    let is_ready = ready.is_some_and(|r| r >= replicas);
+    let name = resource.name_any();
+    let namespace = resource.namespace().unwrap_or_default();
+    let workload = resource.workload();
+    let is_ready = ready.is_some_and(|r| r >= workload.replicas);
     let condition_status = if is_ready { "True" } else { "False" };
-    let previous = auth
-        .status
-        .as_ref()
+    let previous = resource
+        .status()
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
     let since = previous
         .filter(|c| c.status == condition_status)
@@ -331,18 +583,16 @@ async fn set_status(
         (_, true) => "Ready",
         _ => "Progressing",
     };
-    let http = format!("http://{name}.{namespace}.svc:7111");
     let status = Status {
         phase: Some(phase.into()),
         version: Some(
-            auth.spec
-                .workload
+            workload
                 .version
                 .clone()
                 .unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
         ),
         ready_replicas: ready.unwrap_or(0),
-        observed_generation: auth.meta().generation,
+        observed_generation: resource.meta().generation,
         conditions: vec![Condition {
             type_: "Ready".into(),
             status: condition_status.into(),
@@ -351,35 +601,25 @@ async fn set_status(
             last_transition_time: since,
         }],
         plan: None,
-        endpoints: BTreeMap::from([
-            ("jwks".into(), format!("{http}/.well-known/jwks.json")),
-            ("token".into(), format!("{http}/oauth2/token")),
-            ("issuer".into(), http.clone()),
-        ]),
+        endpoints,
     };
     if previous.is_none_or(|c| c.reason != reason) && ready.is_none() {
-        publish_warning(ctx, auth, reason, message).await;
+        emit(ctx, resource, EventType::Warning, reason, message).await;
     }
-    let api: Api<AuthService> = Api::namespaced(ctx.client.clone(), &namespace);
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
     api.patch_status(
         &name,
         &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(json!({"apiVersion": AuthService::api_version(&()), "kind": AuthService::kind(&()), "status": status})),
+        &Patch::Apply(
+            json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status}),
+        ),
     )
     .await
-    .map_err(api_err("AuthService status", &name))?;
+    .map_err(api_err(&format!("{} status", K::kind(&())), &name))?;
     Ok(())
 }
 
-async fn publish(ctx: &Ctx, auth: &AuthService, reason: &str, note: &str) {
-    emit(ctx, auth, EventType::Normal, reason, note).await;
-}
-
-async fn publish_warning(ctx: &Ctx, auth: &AuthService, reason: &str, note: &str) {
-    emit(ctx, auth, EventType::Warning, reason, note).await;
-}
-
-async fn emit(ctx: &Ctx, auth: &AuthService, type_: EventType, reason: &str, note: &str) {
+async fn emit<K: Quartet>(ctx: &Ctx, resource: &K, type_: EventType, reason: &str, note: &str) {
     let event = Event {
         type_,
         reason: reason.into(),
@@ -387,7 +627,11 @@ async fn emit(ctx: &Ctx, auth: &AuthService, type_: EventType, reason: &str, not
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &auth.object_ref(&())).await {
+    if let Err(e) = ctx
+        .recorder
+        .publish(&event, &resource.object_ref(&()))
+        .await
+    {
         tracing::warn!(error = %e, "could not publish an Event");
     }
 }

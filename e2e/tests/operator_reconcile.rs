@@ -2,7 +2,9 @@
 //! readiness stays at 0): an `AuthService` gets its Deployment, Service, ConfigMap and a
 //! generated administrator Secret, applied by the operator's field manager and owned by the
 //! resource; a spec change reaches them; the status publishes the endpoints and says in one
-//! line what is wrong.
+//! line what is wrong. Gateways that reference it get its endpoints in their settings, an
+//! `RpcGateway` its backends as cluster DNS names; a reference to a missing `AuthService` is
+//! a condition, then followed once it is fixed.
 
 use std::time::Duration;
 
@@ -10,7 +12,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use quartet_e2e::process::Server;
-use quartet_operator::crd::AuthService;
+use quartet_operator::crd::{AuthService, RpcGateway, TaskGateway};
 use serde_json::json;
 
 #[tokio::test]
@@ -205,6 +207,119 @@ async fn an_auth_service_gets_its_objects_and_a_status_that_says_what_is_wrong()
         password,
         "the generated password is never replaced"
     );
+
+    // The gateways: an RpcGateway wired to the AuthService and its backends by DNS name; a
+    // TaskGateway naming an AuthService that does not exist is told so, then fixed.
+    let gateways: Api<RpcGateway> = Api::namespaced(client.clone(), namespace);
+    let rpc_name = format!("rpc-{}", std::process::id());
+    let rpc: RpcGateway = serde_json::from_value(json!({
+        "apiVersion": "quartet.dev/v1alpha1", "kind": "RpcGateway", "metadata": {"name": rpc_name},
+        "spec": {"replicas": 2, "auth": {"name": name},
+                 "backends": [{"name": "reports", "service": "reports-py", "port": 4242, "idempotent": ["daily"]}]},
+    }))
+    .expect("a resource");
+    gateways
+        .create(&PostParams::default(), &rpc)
+        .await
+        .expect("created");
+    let rpc_settings = quartet_e2e::eventually(
+        "the RpcGateway's settings",
+        Duration::from_secs(30),
+        || async { configs.get(&format!("{rpc_name}-config")).await.ok()?.data },
+    )
+    .await
+    .expect("the RpcGateway's ConfigMap");
+    assert_eq!(
+        rpc_settings
+            .get("QUARTET_RPC_GATEWAY_RPC_BACKENDS")
+            .map(String::as_str),
+        Some(format!("reports=tcp://reports-py.{namespace}.svc.cluster.local:4242").as_str())
+    );
+    assert_eq!(
+        rpc_settings
+            .get("QUARTET_RPC_GATEWAY_RPC_IDEMPOTENT")
+            .map(String::as_str),
+        Some("reports.daily")
+    );
+    assert_eq!(
+        rpc_settings.get("QUARTET_RPC_GATEWAY_AUTH_JWKS_URL"),
+        status.endpoints.get("jwks")
+    );
+    let rpc_service = services
+        .get(&rpc_name)
+        .await
+        .expect("the RpcGateway's Service");
+    let ports: Vec<i32> = rpc_service
+        .spec
+        .and_then(|s| s.ports)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p.port)
+        .collect();
+    assert_eq!(ports, [7130, 7131, 7134]);
+
+    let tasks: Api<TaskGateway> = Api::namespaced(client.clone(), namespace);
+    let task_name = format!("tasks-{}", std::process::id());
+    let task: TaskGateway = serde_json::from_value(json!({
+        "apiVersion": "quartet.dev/v1alpha1", "kind": "TaskGateway", "metadata": {"name": task_name},
+        "spec": {"replicas": 1, "auth": {"name": "nobody"}, "redisUrlSecret": {"name": "redis", "key": "url"}},
+    }))
+    .expect("a resource");
+    tasks
+        .create(&PostParams::default(), &task)
+        .await
+        .expect("created");
+    let missing =
+        quartet_e2e::eventually("the missing reference", Duration::from_secs(30), || async {
+            tasks
+                .get(&task_name)
+                .await
+                .ok()?
+                .status
+                .filter(|s| s.phase.as_deref() == Some("Failed"))
+        })
+        .await
+        .expect("a Failed status");
+    assert_eq!(missing.conditions[0].reason, "AuthMissing");
+    assert!(
+        missing.conditions[0].message.contains("\"nobody\""),
+        "{}",
+        missing.conditions[0].message
+    );
+    tasks
+        .patch(
+            &task_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"auth": {"name": name}}})),
+        )
+        .await
+        .expect("patched");
+    let task_deployment = quartet_e2e::eventually(
+        "the TaskGateway's Deployment",
+        Duration::from_secs(30),
+        || async { deployments.get_opt(&task_name).await.ok().flatten() },
+    )
+    .await
+    .expect("made once the reference is fixed");
+    let env = task_deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod")
+        .containers[0]
+        .env
+        .clone()
+        .unwrap_or_default();
+    let broker = env
+        .iter()
+        .find(|e| e.name == "QUARTET_TASK_GATEWAY_REDIS_BROKER_URL")
+        .expect("the broker URL");
+    let from = broker
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .expect("from the Secret");
+    assert_eq!((from.name.as_str(), from.key.as_str()), ("redis", "url"));
+
     let (ok, events, err) = tools
         .run(
             "kubectl",
