@@ -245,6 +245,26 @@ async fn an_auth_service_gets_its_objects_and_a_status_that_says_what_is_wrong()
         rpc_settings.get("QUARTET_RPC_GATEWAY_AUTH_JWKS_URL"),
         status.endpoints.get("jwks")
     );
+    // A disruption budget in the API this cluster serves (policy/v1beta1 on 1.20).
+    let (ok, budget, err) = tools
+        .run(
+            "kubectl",
+            &[
+                "get",
+                "pdb",
+                &rpc_name,
+                "-n",
+                namespace,
+                "-o",
+                "jsonpath={.apiVersion} {.spec.maxUnavailable}",
+            ],
+        )
+        .await;
+    assert!(ok, "{err}");
+    assert!(
+        budget.starts_with("policy/") && budget.ends_with(" 1"),
+        "{budget}"
+    );
     let rpc_service = services
         .get(&rpc_name)
         .await

@@ -40,6 +40,9 @@ pub struct Ctx {
     pub recorder: Recorder,
     /// Failed reconciliations in a row, by resource (`namespace/name`), for the backoff.
     failures: std::sync::Mutex<BTreeMap<String, u32>>,
+    /// The PodDisruptionBudget API this cluster serves (`policy/v1`, or `policy/v1beta1`
+    /// before Kubernetes 1.21), asked once.
+    pdb_api: tokio::sync::OnceCell<Option<kube::discovery::ApiResource>>,
 }
 
 impl Ctx {
@@ -53,7 +56,32 @@ impl Ctx {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             failures: std::sync::Mutex::default(),
+            pdb_api: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The PodDisruptionBudget API, discovered rather than assumed: `policy/v1` where the
+    /// cluster has it, else `policy/v1beta1`; `None` when it has neither.
+    async fn pdb_api(&self) -> Result<Option<&kube::discovery::ApiResource>, Error> {
+        let found = self
+            .pdb_api
+            .get_or_try_init(|| async {
+                let policy = kube::discovery::group(&self.client, "policy")
+                    .await
+                    .map_err(api("discovering the policy API group"))?;
+                let versions: Vec<&str> = policy.versions().collect();
+                let version = ["v1", "v1beta1"].into_iter().find(|v| versions.contains(v));
+                tracing::info!(?version, "PodDisruptionBudget API");
+                Ok::<_, Error>(version.map(|v| {
+                    kube::discovery::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+                        "policy",
+                        v,
+                        "PodDisruptionBudget",
+                    ))
+                }))
+            })
+            .await?;
+        Ok(found.as_ref())
     }
 
     fn failed(&self, key: String) -> u32 {
@@ -305,6 +333,19 @@ async fn apply_workload<K: Quartet>(
         "spec": {"selector": selector, "ports": service_ports},
     }))
     .await?;
+    // Voluntary disruptions (node drains) take one replica at a time.
+    if let Some(pdb) = ctx.pdb_api().await? {
+        let budgets: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), &namespace, pdb);
+        budgets
+            .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(json!({
+                "apiVersion": pdb.api_version, "kind": "PodDisruptionBudget",
+                "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": owner(resource)},
+                "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+            })))
+            .await
+            .map_err(api_err("PodDisruptionBudget", &name))?;
+    }
     Ok(deployment)
 }
 
