@@ -2,7 +2,8 @@
 //! readiness stays at 0): an `AuthService` gets its Deployment, Service, ConfigMap and a
 //! generated administrator Secret, applied by the operator's field manager and owned by the
 //! resource; a spec change reaches them; the status publishes the endpoints and says in one
-//! line what is wrong. Gateways that reference it get its endpoints in their settings, an
+//! line what is wrong — all done as the Helm chart's ServiceAccount, so its RBAC is proven
+//! sufficient. Gateways that reference it get its endpoints in their settings, an
 //! `RpcGateway` its backends as cluster DNS names; a reference to a missing `AuthService` is
 //! a condition, then followed once it is fixed.
 
@@ -42,10 +43,33 @@ async fn an_auth_service_gets_its_objects_and_a_status_that_says_what_is_wrong()
         .expect("established in time")
         .expect("watching");
     }
+    // The operator runs as the chart's ServiceAccount (impersonated), so everything below
+    // also proves the chart's RBAC is enough — and no more is granted than the chart says.
+    // Release names are per run: the ClusterRole is cluster-wide and named after the release.
+    let release = format!("op{}", std::process::id());
+    let release_namespace = format!("quartet-{release}");
+    let (ok, out, err) = tools
+        .run(
+            "helm",
+            &[
+                "install",
+                &release,
+                "charts/quartet",
+                "-n",
+                &release_namespace,
+                "--create-namespace",
+            ],
+        )
+        .await;
+    assert!(ok, "{out}{err}");
+    let service_account = format!("system:serviceaccount:{release_namespace}:{release}-quartet");
     let _operator = Server::start(
         "quartet-operator",
         false,
-        &[("KUBECONFIG", tools.kubeconfig.as_str())],
+        &[
+            ("KUBECONFIG", tools.kubeconfig.as_str()),
+            ("KUBE_RS_DEBUG_IMPERSONATE_USER", service_account.as_str()),
+        ],
     )
     .await
     .expect("the operator starts");
@@ -340,6 +364,10 @@ async fn an_auth_service_gets_its_objects_and_a_status_that_says_what_is_wrong()
         .expect("from the Secret");
     assert_eq!((from.name.as_str(), from.key.as_str()), ("redis", "url"));
 
+    let (ok, _, err) = tools
+        .run("helm", &["uninstall", &release, "-n", &release_namespace])
+        .await;
+    assert!(ok, "{err}");
     let (ok, events, err) = tools
         .run(
             "kubectl",
