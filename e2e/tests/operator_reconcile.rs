@@ -167,6 +167,11 @@ async fn an_auth_service_gets_its_objects_and_a_status_that_says_what_is_wrong()
             .map(String::as_str),
         Some(format!("http://{name}.{namespace}.svc:7111").as_str())
     );
+    // No store named: SQLite in the pod's scratch directory (the root filesystem is read-only).
+    assert_eq!(
+        settings.get("QUARTET_AUTH_STORE_URL").map(String::as_str),
+        Some("sqlite:///var/lib/quartet/auth.db?mode=rwc")
+    );
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let admin = secrets
         .get(&format!("{name}-admin"))

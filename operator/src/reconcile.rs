@@ -243,6 +243,9 @@ struct Shape {
     env: Vec<serde_json::Value>,
     /// Secret volumes: name, Secret, key, mount path (the file is named after the key).
     secret_files: Vec<(String, String, String, String)>,
+    /// A writable scratch directory (an emptyDir: it goes with the pod), as the root
+    /// filesystem is read-only.
+    scratch: Option<&'static str>,
 }
 
 /// Applies the ConfigMap, Deployment and Service of `resource` in `shape`; the Deployment as
@@ -290,11 +293,16 @@ async fn apply_workload<K: Quartet>(
         .iter()
         .map(|(volume, _, _, path)| json!({"name": volume, "mountPath": path, "readOnly": true}))
         .collect();
-    let volumes: Vec<serde_json::Value> = shape
+    let mut volumes: Vec<serde_json::Value> = shape
         .secret_files
         .iter()
         .map(|(volume, secret, key, _)| json!({"name": volume, "secret": {"secretName": secret, "items": [{"key": key, "path": key}]}}))
         .collect();
+    let mut mounts = mounts;
+    if let Some(path) = shape.scratch {
+        volumes.push(json!({"name": "scratch", "emptyDir": {}}));
+        mounts.push(json!({"name": "scratch", "mountPath": path}));
+    }
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let deployment = apply(&deployments, &name, json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -483,22 +491,31 @@ pub async fn auth_service(auth: Arc<AuthService>, ctx: Arc<Ctx>) -> Result<Actio
         }
     };
     let mut env = vec![];
-    if let Some(store) = &spec.store_url_secret {
-        env.push(json!({"name": "QUARTET_AUTH_STORE_URL",
-                        "valueFrom": {"secretKeyRef": {"name": store.name, "key": store.key}}}));
+    let mut settings = BTreeMap::from([
+        ("QUARTET_AUTH_TOKENS_ISSUER".into(), http.clone()),
+        ("QUARTET_AUTH_BOOTSTRAP_ADMIN_USER".into(), "admin".into()),
+        (
+            "QUARTET_AUTH_BOOTSTRAP_ADMIN_PASSWORD_FILE".into(),
+            format!("/var/run/quartet/admin/{admin_key}"),
+        ),
+    ]);
+    match &spec.store_url_secret {
+        Some(store) => env.push(json!({"name": "QUARTET_AUTH_STORE_URL",
+                        "valueFrom": {"secretKeyRef": {"name": store.name, "key": store.key}}})),
+        // One replica without a store keeps SQLite in the pod's scratch directory: its users
+        // and roles go with the pod (a PostgreSQL store is for anything that must last).
+        None => {
+            settings.insert(
+                "QUARTET_AUTH_STORE_URL".into(),
+                "sqlite:///var/lib/quartet/auth.db?mode=rwc".into(),
+            );
+        }
     }
     let shape = Shape {
         role: "auth",
         prefix: "QUARTET_AUTH",
         ports: &[("grpc", 7110), ("http", 7111), ("admin", 7119)],
-        settings: BTreeMap::from([
-            ("QUARTET_AUTH_TOKENS_ISSUER".into(), http.clone()),
-            ("QUARTET_AUTH_BOOTSTRAP_ADMIN_USER".into(), "admin".into()),
-            (
-                "QUARTET_AUTH_BOOTSTRAP_ADMIN_PASSWORD_FILE".into(),
-                format!("/var/run/quartet/admin/{admin_key}"),
-            ),
-        ]),
+        settings,
         env,
         secret_files: vec![(
             "admin".into(),
@@ -506,6 +523,7 @@ pub async fn auth_service(auth: Arc<AuthService>, ctx: Arc<Ctx>) -> Result<Actio
             admin_key,
             "/var/run/quartet/admin".into(),
         )],
+        scratch: Some("/var/lib/quartet"),
     };
     let deployment = apply_workload(&ctx, &*auth, shape).await?;
     settle(&ctx, &*auth, &deployment, endpoints).await
@@ -538,6 +556,7 @@ pub async fn task_gateway(gateway: Arc<TaskGateway>, ctx: Arc<Ctx>) -> Result<Ac
             from_secret("QUARTET_TASK_GATEWAY_REDIS_RESULT_URL"),
         ],
         secret_files: vec![],
+        scratch: None,
     };
     let deployment = apply_workload(&ctx, &*gateway, shape).await?;
     settle(&ctx, &*gateway, &deployment, BTreeMap::new()).await
@@ -591,6 +610,7 @@ pub async fn rpc_gateway(gateway: Arc<RpcGateway>, ctx: Arc<Ctx>) -> Result<Acti
         settings,
         env: vec![],
         secret_files: vec![],
+        scratch: None,
     };
     let deployment = apply_workload(&ctx, &*gateway, shape).await?;
     settle(&ctx, &*gateway, &deployment, BTreeMap::new()).await
