@@ -426,14 +426,19 @@ fn pump(
         }
         if outgoing {
             while let Ok(frames) = relay.recv_multipart(zmq::DONTWAIT) {
-                // A ROUTER drops messages for peers that are gone; nothing else fails here.
-                let _ = main.send_multipart(frames, 0);
+                // Never blocking: a DEALER whose connection failed its handshake has no peer
+                // to queue for, and a blocking send would wedge this thread (and a drop that
+                // joins it) for good. What cannot be queued is dropped, as a ROUTER drops
+                // messages for peers that are gone; the caller's heartbeats notice.
+                if let Err(e) = main.send_multipart(frames, zmq::DONTWAIT) {
+                    tracing::debug!(error = %e, "a zeromq message could not be queued: dropped");
+                }
             }
         }
     }
     // Let queued replies out before the socket closes (its linger bounds the wait).
     while let Ok(frames) = relay.recv_multipart(zmq::DONTWAIT) {
-        let _ = main.send_multipart(frames, 0);
+        let _ = main.send_multipart(frames, zmq::DONTWAIT);
     }
 }
 
@@ -466,6 +471,48 @@ mod tests {
                 .expect_err("bad")
                 .contains("rpc.curve_clients: \"short\" is not a Z85 CURVE key")
         );
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_cannot_deliver_still_closes() {
+        // A client naming the wrong server key never completes its handshake; more messages
+        // than its high-water mark must neither block the sender nor the socket's close.
+        let (_, server_secret) = curve_keypair().expect("keys");
+        let (wrong_public, _) = curve_keypair().expect("keys");
+        let (public, secret) = curve_keypair().expect("keys");
+        let router = Socket::bind(
+            zmq::ROUTER,
+            "tcp://127.0.0.1:0",
+            Some(Curve::Server {
+                secret: server_secret,
+            }),
+        )
+        .expect("bind");
+        let dealer = Socket::connect(
+            zmq::DEALER,
+            router.endpoint(),
+            Some(Curve::Client {
+                server_public: wrong_public,
+                public,
+                secret,
+            }),
+        )
+        .expect("connect");
+        for _ in 0..3000 {
+            dealer
+                .send(vec![Vec::new(), b"undeliverable".to_vec()])
+                .expect("queued or dropped, never blocked");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // Dropped on a thread of its own, never joined: if the close hangs, the test fails
+        // rather than hanging with it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(dealer);
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("closed within 5 s");
     }
 
     #[tokio::test]
