@@ -74,3 +74,31 @@ pub async fn client() -> anyhow::Result<kube::Client> {
         kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
     Ok(kube::Client::try_from(config)?)
 }
+
+/// Applies `crds` by server-side apply and waits until each is established (30 s at most).
+pub async fn install_crds(
+    client: &kube::Client,
+    crds: Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>,
+) -> anyhow::Result<()> {
+    use kube::api::{Api, Patch, PatchParams};
+    use kube::runtime::wait;
+    let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    for crd in crds {
+        let name = kube::ResourceExt::name_any(&crd);
+        api.patch(
+            &name,
+            &PatchParams::apply("quartet-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("applying CRD {name}"))?;
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            wait::await_condition(api.clone(), &name, wait::conditions::is_crd_established()),
+        )
+        .await
+        .with_context(|| format!("CRD {name} not established within 30 s"))??;
+    }
+    Ok(())
+}

@@ -3,36 +3,16 @@
 //! resources the schema rules out (naming the field), and `kubectl get` shows the printer
 //! columns and takes the short names.
 
-use std::time::Duration;
-
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait;
+use kube::api::{Api, DeleteParams, PostParams};
 use quartet_operator::crd::{DatabaseCluster, RpcGateway};
 use serde_json::json;
-
-async fn install(client: &kube::Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let manager = PatchParams::apply("quartet-e2e").force();
-    for crd in quartet_operator::crd::all() {
-        let name = kube::ResourceExt::name_any(&crd);
-        crds.patch(&name, &manager, &Patch::Apply(&crd))
-            .await
-            .unwrap_or_else(|e| panic!("CRD {name} applied: {e}"));
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            wait::await_condition(crds.clone(), &name, wait::conditions::is_crd_established()),
-        )
-        .await
-        .expect("established in time")
-        .expect("watching the CRD");
-    }
-}
 
 #[tokio::test]
 async fn the_crds_install_default_validate_and_print() {
     let client = quartet_e2e::kube::client().await.expect("API server");
-    install(&client).await;
+    quartet_e2e::kube::install_crds(&client, quartet_operator::crd::all())
+        .await
+        .expect("the CRDs installed");
     let namespace = "default";
     let suffix = std::process::id();
 

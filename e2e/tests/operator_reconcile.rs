@@ -20,29 +20,9 @@ use serde_json::json;
 async fn an_auth_service_gets_its_objects_and_a_status_that_says_what_is_wrong() {
     let client = quartet_e2e::kube::client().await.expect("API server");
     let tools = quartet_e2e::kube::tools().await.expect("tools");
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
-    for crd in quartet_operator::crd::all() {
-        let name = kube::ResourceExt::name_any(&crd);
-        crds.patch(
-            &name,
-            &PatchParams::apply("quartet-e2e").force(),
-            &Patch::Apply(&crd),
-        )
+    quartet_e2e::kube::install_crds(&client, quartet_operator::crd::all())
         .await
-        .expect("CRD applied");
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            kube::runtime::wait::await_condition(
-                crds.clone(),
-                &name,
-                kube::runtime::wait::conditions::is_crd_established(),
-            ),
-        )
-        .await
-        .expect("established in time")
-        .expect("watching");
-    }
+        .expect("the CRDs installed");
     // The operator runs as the chart's ServiceAccount (impersonated), so everything below
     // also proves the chart's RBAC is enough — and no more is granted than the chart says.
     // Release names are per run: the ClusterRole is cluster-wide and named after the release.

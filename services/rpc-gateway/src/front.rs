@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quartet_kit::token::Authenticator;
-use rmpv::Value;
 
 use crate::router::{RouteError, Router};
 use crate::zerorpc::client::{CallError, Reply};
@@ -62,11 +61,7 @@ async fn forward(
         };
         RemoteError::new(name, p.detail)
     })?;
-    let args = match request.args {
-        Value::Array(a) => a,
-        Value::Nil => Vec::new(),
-        other => vec![other],
-    };
+    let args = request.positional_args();
     // Continue the caller's trace when its event header carries one.
     let carried: std::collections::HashMap<String, String> = request
         .header

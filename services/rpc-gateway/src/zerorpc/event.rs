@@ -127,6 +127,16 @@ impl Event {
             .unwrap_or(&self.header.message_id)
     }
 
+    /// The arguments as a positional list: an array as it is, nothing as none, any other
+    /// single value as the one argument (zerorpc-python accepts all three).
+    pub fn positional_args(&self) -> Vec<Value> {
+        match &self.args {
+            Value::Array(a) => a.clone(),
+            Value::Nil => Vec::new(),
+            other => vec![other.clone()],
+        }
+    }
+
     /// A header key beyond zerorpc's own, when it is a string (e.g. `traceparent`).
     pub fn header_str(&self, key: &str) -> Option<&str> {
         self.header

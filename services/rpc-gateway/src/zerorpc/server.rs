@@ -191,11 +191,7 @@ impl Service {
     /// Runs the method an event names without replying (push/pull, publish/subscribe): a
     /// streamed answer is read to its end and dropped. An unknown method is a `NameError`.
     pub async fn deliver(&self, event: Event) -> Result<(), RemoteError> {
-        let args = match event.args {
-            Value::Array(a) => a,
-            Value::Nil => Vec::new(),
-            other => vec![other],
-        };
+        let args = event.positional_args();
         match self.methods.get(&event.name).map(|m| &m.handler) {
             Some(Handler::Call(handler)) => handler(args).await.map(drop),
             Some(Handler::Stream(handler)) => {
@@ -435,11 +431,7 @@ async fn call(
         };
         send(ERR, args);
     };
-    let args = match request.args.clone() {
-        Value::Array(a) => a,
-        Value::Nil => Vec::new(),
-        other => vec![other],
-    };
+    let args = request.positional_args();
     let period = service.period();
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut last_heard: Option<tokio::time::Instant> = None;
