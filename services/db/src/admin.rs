@@ -3,13 +3,17 @@
 //! `quartet-auth`; reading needs `db:cluster:read`, changing needs `db:cluster:manage`.
 //! Membership changes and transfers must reach the leader; other replicas answer with the
 //! leader's address (`not-leader`).
+//!
+//! The group's shared secret (`raft.secret_file`) is also accepted as a bearer token with both
+//! permissions: whoever holds it can already act as a replica, and it is how the operator,
+//! which generates it, manages membership without an auth service.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use actix_web::{HttpResponse, web};
 use quartet_kit::error::{ApiError, ErrorKind, Problem};
-use quartet_kit::token::{Authenticator, Bearer, authenticate_grpc, require};
+use quartet_kit::token::{Authenticator, Bearer, Claims, TokenError, authenticate_grpc, require};
 use quartet_proto::db::v1 as pb;
 use quartet_proto::db::v1::admin_server::{Admin, AdminServer};
 use serde::{Deserialize, Serialize};
@@ -90,6 +94,48 @@ pub struct Checksum {
     pub applied: u64,
     /// SHA-256 of schema and rows, hex.
     pub sha256: String,
+}
+
+/// Accepts the group's shared secret as a bearer token holding [`READ`] and [`MANAGE`];
+/// every other token goes to `tokens`.
+pub fn accepting_secret(tokens: Arc<dyn Authenticator>, secret: &str) -> Arc<dyn Authenticator> {
+    if secret.is_empty() {
+        return tokens;
+    }
+    Arc::new(SecretOrToken {
+        tokens,
+        secret: secret.into(),
+    })
+}
+
+struct SecretOrToken {
+    tokens: Arc<dyn Authenticator>,
+    secret: String,
+}
+
+impl Authenticator for SecretOrToken {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Claims, TokenError>> {
+        if subtle::ConstantTimeEq::ct_eq(token.as_bytes(), self.secret.as_bytes()).into() {
+            let claims = Claims {
+                iss: String::new(),
+                sub: "cluster:secret".into(),
+                aud: String::new(),
+                exp: u64::MAX,
+                iat: 0,
+                nbf: 0,
+                jti: String::new(),
+                client_id: String::new(),
+                scope: String::new(),
+                roles: vec![],
+                perms: vec![READ.into(), MANAGE.into()],
+            };
+            return Box::pin(async move { Ok(claims) });
+        }
+        self.tokens.authenticate(token)
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -255,6 +301,8 @@ impl AdminService {
         let s = self.replica.status();
         pb::GroupStatus {
             node: s.node,
+            addr: s.addr,
+            mysql: s.mysql,
             role: s.role,
             leader: s.leader,
             term: s.term,
@@ -356,5 +404,25 @@ impl Admin for AdminService {
             applied,
             sha256: hex(&sum),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_groups_secret_grants_cluster_permissions_and_other_tokens_go_on() {
+        let tokens = quartet_kit::token::authenticator(&Default::default());
+        let auth = accepting_secret(tokens.clone(), "s3cret-value");
+        let claims = auth.authenticate("s3cret-value").await.expect("accepted");
+        require(&claims, MANAGE).expect("may manage");
+        require(&claims, READ).expect("may read");
+        assert!(require(&claims, "db:data:write").is_err());
+        assert!(auth.authenticate("s3cret-valuf").await.is_err());
+        assert!(auth.authenticate("").await.is_err());
+        // Without a secret nothing extra is accepted, not even an empty token.
+        let plain = accepting_secret(tokens, "");
+        assert!(plain.authenticate("").await.is_err());
     }
 }

@@ -93,6 +93,8 @@ pub struct RaftSettings {
     pub initial_members: String,
     /// Do not form a group: wait to be added to an existing one through the admin API.
     pub join: bool,
+    /// A StatefulSet pod's name (`<set>-<ordinal>`, from the downward API): the node id is then the ordinal + 1, and every pod but the first waits to be added (`join`), as the operator does.
+    pub pod_name: String,
     /// Heartbeat interval in milliseconds.
     pub heartbeat_ms: u64,
     /// Election timeout in milliseconds (randomised up to twice this); a leader's death is noticed within it.
@@ -113,6 +115,7 @@ impl Default for RaftSettings {
             mysql_advertise: String::new(),
             initial_members: String::new(),
             join: false,
+            pod_name: String::new(),
             heartbeat_ms: 100,
             election_timeout_ms: 500,
             commit_timeout_ms: 5000,
@@ -123,6 +126,31 @@ impl Default for RaftSettings {
 }
 
 impl RaftSettings {
+    /// This node's id and whether it waits to be added: from `pod_name` when set (the
+    /// ordinal + 1; only the first pod forms a group), else `node_id` and `join`.
+    pub fn identity(&self) -> Result<(u64, bool), String> {
+        if self.pod_name.is_empty() {
+            return if self.node_id == 0 {
+                Err("raft.node_id must be a positive number".into())
+            } else {
+                Ok((self.node_id, self.join))
+            };
+        }
+        let ordinal = self
+            .pod_name
+            .rsplit_once('-')
+            .and_then(|(set, n)| (!set.is_empty()).then_some(n))
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| {
+                format!(
+                    "raft.pod_name {:?} is not a StatefulSet pod's name (<set>-<ordinal>)",
+                    self.pod_name
+                )
+            })?;
+        let id = ordinal + 1;
+        Ok((id, self.join || id != 1))
+    }
+
     /// Parses `initial_members`.
     pub fn members(&self) -> Result<BTreeMap<u64, raft::Member>, String> {
         let mut members = BTreeMap::new();
@@ -267,9 +295,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (mysql): {e}", config.mysql.listen))?;
     let mysql_addr = listener.local_addr()?;
     let settings = &config.raft;
-    if settings.node_id == 0 {
-        anyhow::bail!("raft.node_id must be a positive number");
-    }
+    let (node_id, join) = settings.identity().map_err(|e| anyhow::anyhow!(e))?;
     let me = raft::Member {
         addr: if settings.advertise.is_empty() {
             config.server.grpc.listen.to_string()
@@ -283,15 +309,15 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         },
     };
     let options = replica::GroupOptions {
-        node_id: settings.node_id,
+        node_id,
         me,
         initial_members: settings.members().map_err(|e| anyhow::anyhow!(e))?,
-        join: settings.join,
+        join,
         heartbeat: Duration::from_millis(settings.heartbeat_ms),
         election_timeout: Duration::from_millis(settings.election_timeout_ms),
         commit_timeout: Duration::from_millis(settings.commit_timeout_ms),
         snapshot_every: settings.snapshot_every.max(10),
-        secret,
+        secret: secret.clone(),
         database: config.mysql.database.clone(),
     };
     let replica =
@@ -309,7 +335,8 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     ctx.shutdown
         .spawn(front.serve(listener, ctx.shutdown.token()));
 
-    let authenticator = quartet_kit::token::authenticator(&config.auth);
+    let authenticator =
+        admin::accepting_secret(quartet_kit::token::authenticator(&config.auth), &secret);
     let mut grpc = Routes::builder();
     grpc.add_service(replica.raft_service());
     grpc.add_service(admin::AdminService::server(
@@ -322,4 +349,38 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "raft did not shut down cleanly");
     }
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RaftSettings;
+
+    fn pod(name: &str) -> Result<(u64, bool), String> {
+        RaftSettings {
+            pod_name: name.into(),
+            ..RaftSettings::default()
+        }
+        .identity()
+    }
+
+    #[test]
+    fn a_pods_ordinal_is_its_node_id_and_only_the_first_forms_a_group() {
+        assert_eq!(pod("orders-0"), Ok((1, false)));
+        assert_eq!(pod("orders-db-4"), Ok((5, true)));
+        for bad in ["orders", "orders-x", "-3", "orders-"] {
+            let e = pod(bad).expect_err(bad);
+            assert!(e.contains("raft.pod_name") && e.contains(bad), "{e}");
+        }
+        let explicit = RaftSettings {
+            node_id: 7,
+            join: true,
+            ..RaftSettings::default()
+        };
+        assert_eq!(explicit.identity(), Ok((7, true)));
+        let zero = RaftSettings {
+            node_id: 0,
+            ..RaftSettings::default()
+        };
+        assert!(zero.identity().is_err());
+    }
 }

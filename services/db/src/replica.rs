@@ -169,6 +169,8 @@ pub struct Replica {
     /// When this replica last accepted its leader's append, and the leader's commit index then.
     contact: Arc<std::sync::Mutex<Option<(Instant, u64)>>>,
     secret: String,
+    /// The addresses this replica advertises.
+    me: Member,
     /// When each peer last answered this replica.
     contacts: Contacts,
     /// A peer silent for longer than this is not counted as alive.
@@ -258,6 +260,7 @@ impl Replica {
             transferring: std::sync::atomic::AtomicBool::new(false),
             contact: Arc::default(),
             secret: options.secret,
+            me: options.me,
             contacts,
             alive_within: options.election_timeout * 2,
         }))
@@ -550,6 +553,8 @@ impl Replica {
         };
         GroupStatus {
             node: self.id,
+            addr: self.me.addr.clone(),
+            mysql: self.me.mysql.clone(),
             role: match metrics.state {
                 ServerState::Leader => "leader",
                 ServerState::Follower => "follower",
@@ -929,6 +934,10 @@ pub struct MemberStatus {
 pub struct GroupStatus {
     /// The replica that answered.
     pub node: NodeId,
+    /// Its gRPC address, as it advertises it (what to add it to a group with).
+    pub addr: String,
+    /// Its MySQL address, as it advertises it.
+    pub mysql: String,
     /// leader, follower, candidate or learner.
     pub role: String,
     /// The leader it follows.
