@@ -23,7 +23,7 @@ build: ## build every binary (debug)
 	$(CARGO) build --workspace --bins --locked
 
 test: setup lint check-gen build images-test ## the whole suite: lint, generated-file drift, unit, integration (PostgreSQL, Redis, Shiro), Docker and Kubernetes tests
-	e2e/k8s/envtest.sh up
+	QUARTET_K8S_KCM=1 e2e/k8s/envtest.sh up
 	scripts/postgres.sh up
 	scripts/redis.sh up
 	$(CARGO) test --workspace --locked --no-fail-fast; status=$$?; e2e/k8s/envtest.sh down; scripts/postgres.sh down; scripts/redis.sh down; exit $$status
@@ -56,14 +56,14 @@ images-test: build ## images tagged :test from the debug build, for the e2e test
 	scripts/images.sh --profile dev --tag test
 
 e2e: images-test ## only the end-to-end tests (processes, tracing, Docker, Kubernetes)
-	e2e/k8s/envtest.sh up
+	QUARTET_K8S_KCM=1 e2e/k8s/envtest.sh up
 	$(CARGO) test -p quartet-e2e --locked; status=$$?; e2e/k8s/envtest.sh down; exit $$status
 
 bench: ## benchmarks against a peer in the same run, reported as ratios (docs/BENCHMARKS.md)
 	scripts/bench.sh
 
-envtest-up: ## start the test Kubernetes API server (etcd + kube-apiserver)
-	e2e/k8s/envtest.sh up
+envtest-up: ## start the test Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager)
+	QUARTET_K8S_KCM=1 e2e/k8s/envtest.sh up
 
 envtest-down: ## stop it
 	e2e/k8s/envtest.sh down

@@ -36,6 +36,6 @@ rustup component list --installed 2>/dev/null | grep -q clippy || rustup compone
 command -v docker >/dev/null || { say "docker is missing: the e2e tests need a running Docker engine"; exit 1; }
 docker info >/dev/null 2>&1 || { say "the Docker engine is not reachable (docker info failed)"; exit 1; }
 
-e2e/k8s/envtest.sh install
+QUARTET_K8S_KCM=1 e2e/k8s/envtest.sh install
 scripts/python.sh >/dev/null
 say "ready"

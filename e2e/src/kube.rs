@@ -1,5 +1,6 @@
-//! A real Kubernetes API server for tests, started by `e2e/k8s/envtest.sh` (etcd and
-//! kube-apiserver built from Debian's packages, cached under `/var/tmp/quartet/k8s`).
+//! A real Kubernetes API server for tests, started by `e2e/k8s/envtest.sh` (etcd,
+//! kube-apiserver and kube-controller-manager built from Debian's packages, cached under
+//! `/var/tmp/quartet/k8s`; no scheduler and no kubelet, so pods never run by themselves).
 
 use anyhow::{Context as _, bail};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -38,7 +39,10 @@ impl Tools {
 /// does that before the tests start, so a test only pays for a start (a few seconds).
 pub async fn tools() -> anyhow::Result<Tools> {
     let script = crate::repo_root().join("e2e/k8s/envtest.sh");
+    // With the controller-manager: its garbage collector and its StatefulSet controller are
+    // part of what the operator's tests check.
     let out = tokio::process::Command::new(&script)
+        .env("QUARTET_K8S_KCM", "1")
         .arg("up")
         .output()
         .await
@@ -101,4 +105,71 @@ pub async fn install_crds(
         .with_context(|| format!("CRD {name} not established within 30 s"))??;
     }
     Ok(())
+}
+
+/// The operator binary as the Helm chart runs it: the chart installed (release `op<tag>` in
+/// namespace `quartet-op<tag>`), the operator impersonating the chart's ServiceAccount, so a
+/// test of what it does also proves the chart's RBAC grants enough — and no more.
+pub struct Operator {
+    /// The operator process.
+    pub server: crate::process::Server,
+    /// The Helm release.
+    pub release: String,
+    /// The release's namespace.
+    pub namespace: String,
+    tools: Tools,
+}
+
+impl Operator {
+    /// Installs the chart and starts the operator against the test API server; `tag` keeps
+    /// release names apart (the ClusterRole is cluster-wide and named after the release).
+    pub async fn start(tools: &Tools, tag: &str) -> anyhow::Result<Self> {
+        let release = format!("op{tag}");
+        let namespace = format!("quartet-{release}");
+        let (ok, out, err) = tools
+            .run(
+                "helm",
+                &[
+                    "install",
+                    &release,
+                    "charts/quartet",
+                    "-n",
+                    &namespace,
+                    "--create-namespace",
+                ],
+            )
+            .await;
+        if !ok {
+            bail!("helm install failed: {out}{err}");
+        }
+        let service_account = format!("system:serviceaccount:{namespace}:{release}-quartet");
+        let server = crate::process::Server::start(
+            "quartet-operator",
+            false,
+            &[
+                ("KUBECONFIG", tools.kubeconfig.as_str()),
+                ("KUBE_RS_DEBUG_IMPERSONATE_USER", service_account.as_str()),
+            ],
+        )
+        .await?;
+        Ok(Self {
+            server,
+            release,
+            namespace,
+            tools: tools.clone(),
+        })
+    }
+
+    /// Stops the operator and uninstalls the chart.
+    pub async fn uninstall(mut self) -> anyhow::Result<()> {
+        self.server.kill().await?;
+        let (ok, out, err) = self
+            .tools
+            .run("helm", &["uninstall", &self.release, "-n", &self.namespace])
+            .await;
+        if !ok {
+            bail!("helm uninstall failed: {out}{err}");
+        }
+        Ok(())
+    }
 }

@@ -5,14 +5,14 @@
 //! line what is wrong — all done as the Helm chart's ServiceAccount, so its RBAC is proven
 //! sufficient. Gateways that reference it get its endpoints in their settings, an
 //! `RpcGateway` its backends as cluster DNS names; a reference to a missing `AuthService` is
-//! a condition, then followed once it is fixed.
+//! a condition, then followed once it is fixed. Deleting the `AuthService` lets the
+//! controller-manager's garbage collector take everything it owned.
 
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use quartet_e2e::process::Server;
 use quartet_operator::crd::{AuthService, RpcGateway, TaskGateway};
 use serde_json::json;
 
@@ -24,35 +24,10 @@ async fn an_auth_service_gets_its_objects_and_a_status_that_says_what_is_wrong()
         .await
         .expect("the CRDs installed");
     // The operator runs as the chart's ServiceAccount (impersonated), so everything below
-    // also proves the chart's RBAC is enough — and no more is granted than the chart says.
-    // Release names are per run: the ClusterRole is cluster-wide and named after the release.
-    let release = format!("op{}", std::process::id());
-    let release_namespace = format!("quartet-{release}");
-    let (ok, out, err) = tools
-        .run(
-            "helm",
-            &[
-                "install",
-                &release,
-                "charts/quartet",
-                "-n",
-                &release_namespace,
-                "--create-namespace",
-            ],
-        )
-        .await;
-    assert!(ok, "{out}{err}");
-    let service_account = format!("system:serviceaccount:{release_namespace}:{release}-quartet");
-    let _operator = Server::start(
-        "quartet-operator",
-        false,
-        &[
-            ("KUBECONFIG", tools.kubeconfig.as_str()),
-            ("KUBE_RS_DEBUG_IMPERSONATE_USER", service_account.as_str()),
-        ],
-    )
-    .await
-    .expect("the operator starts");
+    // also proves the chart's RBAC is enough.
+    let operator = quartet_e2e::kube::Operator::start(&tools, &std::process::id().to_string())
+        .await
+        .expect("the operator starts");
 
     let namespace = "default";
     let name = format!("auth-{}", std::process::id());
@@ -349,10 +324,34 @@ async fn an_auth_service_gets_its_objects_and_a_status_that_says_what_is_wrong()
         .expect("from the Secret");
     assert_eq!((from.name.as_str(), from.key.as_str()), ("redis", "url"));
 
-    let (ok, _, err) = tools
-        .run("helm", &["uninstall", &release, "-n", &release_namespace])
-        .await;
-    assert!(ok, "{err}");
+    // Deleting a resource takes what it owns with it (the controller-manager's garbage
+    // collector follows the owner references the operator set).
+    auths
+        .delete(&name, &Default::default())
+        .await
+        .expect("deleted");
+    quartet_e2e::eventually(
+        "the AuthService's objects to be collected",
+        Duration::from_secs(60),
+        || async {
+            let gone = deployments.get_opt(&name).await.ok()?.is_none()
+                && services.get_opt(&name).await.ok()?.is_none()
+                && configs
+                    .get_opt(&format!("{name}-config"))
+                    .await
+                    .ok()?
+                    .is_none()
+                && secrets
+                    .get_opt(&format!("{name}-admin"))
+                    .await
+                    .ok()?
+                    .is_none();
+            gone.then_some(())
+        },
+    )
+    .await
+    .expect("everything it owned is gone");
+    operator.uninstall().await.expect("uninstalled");
     let (ok, events, err) = tools
         .run(
             "kubectl",

@@ -113,6 +113,19 @@ pub struct Storage {
     /// The StorageClass; empty uses the cluster's default.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub storage_class: String,
+    /// What happens to the volumes when the resource is deleted: `Retain` (the default) keeps them, `Delete` deletes them. A member removed by scaling down always loses its volume (the group holds its data).
+    #[serde(default)]
+    pub reclaim_policy: ReclaimPolicy,
+}
+
+/// What happens to a database's volumes when it is deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ReclaimPolicy {
+    /// Keep them, to be reattached by a resource of the same name or removed by hand.
+    #[default]
+    Retain,
+    /// Delete them with the resource.
+    Delete,
 }
 
 fn default_storage_size() -> String {
@@ -124,6 +137,7 @@ impl Default for Storage {
         Self {
             size: default_storage_size(),
             storage_class: String::new(),
+            reclaim_policy: ReclaimPolicy::Retain,
         }
     }
 }

@@ -2,11 +2,14 @@
 //!
 //! The process shell shared with every Quartet server (configuration, admin listener with
 //! health and metrics, telemetry, graceful shutdown), the custom resources ([`crd`]), whose
-//! CRDs `quartet-crdgen` writes into the Helm chart, and the reconcilers ([`reconcile`]):
-//! `AuthService`, `TaskGateway` and `RpcGateway` today; `DatabaseCluster` with its admin
-//! client follows (issue 7).
+//! CRDs `quartet-crdgen` writes into the Helm chart, and the reconcilers: [`reconcile`] for
+//! `AuthService`, `TaskGateway` and `RpcGateway`, [`database`] for `DatabaseCluster`, whose
+//! membership changes are planned by [`membership`] and made through [`dbadmin`].
 
 pub mod crd;
+pub mod database;
+pub mod dbadmin;
+pub mod membership;
 pub mod reconcile;
 
 use quartet_kit::BaseSettings;
@@ -67,21 +70,34 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
 /// The reconcilers, until their watches end.
 async fn controllers(client: kube::Client) {
     let ctx = std::sync::Arc::new(reconcile::Ctx::new(client.clone()));
-    tracing::info!("reconciling AuthServices, TaskGateways and RpcGateways");
+    tracing::info!("reconciling AuthServices, TaskGateways, RpcGateways and DatabaseClusters");
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
     tokio::join!(
-        control::<crd::AuthService, _>(&client, ctx.clone(), reconcile::auth_service),
-        control::<crd::TaskGateway, _>(&client, ctx.clone(), reconcile::task_gateway),
-        control::<crd::RpcGateway, _>(&client, ctx.clone(), reconcile::rpc_gateway),
+        control::<crd::AuthService, Deployment, _>(&client, ctx.clone(), reconcile::auth_service),
+        control::<crd::TaskGateway, Deployment, _>(&client, ctx.clone(), reconcile::task_gateway),
+        control::<crd::RpcGateway, Deployment, _>(&client, ctx.clone(), reconcile::rpc_gateway),
+        control::<crd::DatabaseCluster, StatefulSet, _>(
+            &client,
+            ctx.clone(),
+            database::database_cluster
+        ),
     );
 }
 
-/// One kind's controller: `reconcile` on every change of a `K` or of a Deployment it owns.
-async fn control<K, F>(
+/// One kind's controller: `reconcile` on every change of a `K` or of a workload `W` it owns.
+async fn control<K, W, F>(
     client: &kube::Client,
     ctx: std::sync::Arc<reconcile::Ctx>,
     reconcile: impl FnMut(std::sync::Arc<K>, std::sync::Arc<reconcile::Ctx>) -> F,
 ) where
     K: reconcile::Quartet + kube::Resource<DynamicType = ()>,
+    W: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
     F: std::future::Future<Output = Result<kube::runtime::controller::Action, reconcile::Error>>
         + Send
         + 'static,
@@ -93,7 +109,7 @@ async fn control<K, F>(
         watcher::Config::default(),
     )
     .owns(
-        kube::Api::<k8s_openapi::api::apps::v1::Deployment>::all(client.clone()),
+        kube::Api::<W>::all(client.clone()),
         watcher::Config::default(),
     )
     .run(reconcile, reconcile::error_policy::<K>, ctx)

@@ -27,7 +27,9 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::crd::{AuthRef, AuthService, Condition, RpcGateway, Status, TaskGateway, Workload};
+use crate::crd::{
+    AuthRef, AuthService, Condition, Plan, RpcGateway, Status, TaskGateway, Workload,
+};
 
 /// The field manager of everything the operator applies.
 pub const MANAGER: &str = "quartet-operator";
@@ -62,7 +64,7 @@ impl Ctx {
 
     /// The PodDisruptionBudget API, discovered rather than assumed: `policy/v1` where the
     /// cluster has it, else `policy/v1beta1`; `None` when it has neither.
-    async fn pdb_api(&self) -> Result<Option<&kube::discovery::ApiResource>, Error> {
+    pub(crate) async fn pdb_api(&self) -> Result<Option<&kube::discovery::ApiResource>, Error> {
         let found = self
             .pdb_api
             .get_or_try_init(|| async {
@@ -91,7 +93,7 @@ impl Ctx {
         *count
     }
 
-    fn succeeded(&self, key: &str) {
+    pub(crate) fn succeeded(&self, key: &str) {
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -99,7 +101,7 @@ impl Ctx {
     }
 }
 
-fn key(resource: &impl ResourceExt) -> String {
+pub(crate) fn key(resource: &impl ResourceExt) -> String {
     format!(
         "{}/{}",
         resource.namespace().unwrap_or_default(),
@@ -131,13 +133,13 @@ pub enum Error {
     Invalid(String),
 }
 
-fn api(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+pub(crate) fn api(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let what = what.into();
     move |source| Error::Api { what, source }
 }
 
 /// The image of `role` at the resource's version (the operator's own by default).
-fn image(role: &str, image: Option<&String>, version: Option<&String>) -> String {
+pub(crate) fn image(role: &str, image: Option<&String>, version: Option<&String>) -> String {
     let repository = image.cloned().unwrap_or_else(|| format!("quartet/{role}"));
     let tag = version
         .cloned()
@@ -147,7 +149,7 @@ fn image(role: &str, image: Option<&String>, version: Option<&String>) -> String
 
 /// The environment variable for a setting: `log.format` of quartet-auth is
 /// `QUARTET_AUTH_LOG_FORMAT`.
-fn setting_env(prefix: &str, key: &str) -> String {
+pub(crate) fn setting_env(prefix: &str, key: &str) -> String {
     format!(
         "{prefix}_{}",
         key.replace(['.', '-'], "_").to_ascii_uppercase()
@@ -189,7 +191,7 @@ quartet!(
     crate::crd::DatabaseCluster
 );
 
-fn owner<K: Quartet>(resource: &K) -> serde_json::Value {
+pub(crate) fn owner<K: Quartet>(resource: &K) -> serde_json::Value {
     json!([{
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
@@ -201,7 +203,11 @@ fn owner<K: Quartet>(resource: &K) -> serde_json::Value {
 }
 
 /// Applies `object` (JSON with apiVersion, kind, metadata.name) as the operator.
-async fn apply<K>(api: &Api<K>, name: &str, object: serde_json::Value) -> Result<K, Error>
+pub(crate) async fn apply<K>(
+    api: &Api<K>,
+    name: &str,
+    object: serde_json::Value,
+) -> Result<K, Error>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -214,12 +220,12 @@ where
     .map_err(api_err(K::kind(&()).as_ref(), name))
 }
 
-fn api_err(kind: &str, name: &str) -> impl FnOnce(kube::Error) -> Error {
+pub(crate) fn api_err(kind: &str, name: &str) -> impl FnOnce(kube::Error) -> Error {
     api(format!("applying {kind} {name}"))
 }
 
 /// A random password: 24 characters from a 62-character alphabet (about 143 bits).
-fn password() -> Result<String, Error> {
+pub(crate) fn password() -> Result<String, Error> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes).map_err(|e| Error::Invalid(format!("no randomness: {e}")))?;
@@ -341,7 +347,20 @@ async fn apply_workload<K: Quartet>(
         "spec": {"selector": selector, "ports": service_ports},
     }))
     .await?;
-    // Voluntary disruptions (node drains) take one replica at a time.
+    apply_budget(ctx, resource, &labels, &selector).await?;
+    Ok(deployment)
+}
+
+/// The PodDisruptionBudget of `resource`'s pods: voluntary disruptions (node drains) take one
+/// replica at a time. Skipped on a cluster without the policy API.
+pub(crate) async fn apply_budget<K: Quartet>(
+    ctx: &Ctx,
+    resource: &K,
+    labels: &serde_json::Value,
+    selector: &serde_json::Value,
+) -> Result<(), Error> {
+    let name = resource.name_any();
+    let namespace = resource.namespace().unwrap_or_default();
     if let Some(pdb) = ctx.pdb_api().await? {
         let budgets: Api<kube::api::DynamicObject> =
             Api::namespaced_with(ctx.client.clone(), &namespace, pdb);
@@ -354,49 +373,79 @@ async fn apply_workload<K: Quartet>(
             .await
             .map_err(api_err("PodDisruptionBudget", &name))?;
     }
-    Ok(deployment)
+    Ok(())
 }
 
 /// Ends a reconciliation that found something to report: the status says it (phase
 /// `Failed`, the reason and one line), and it is tried again in a while.
-async fn report<K: Quartet>(
+pub(crate) async fn report<K: Quartet>(
     ctx: &Ctx,
     resource: &K,
     reason: &str,
     message: &str,
     endpoints: BTreeMap<String, String>,
 ) -> Result<Action, Error> {
-    set_status(resource, ctx, None, message, reason, endpoints).await?;
+    set_status(
+        resource,
+        ctx,
+        Report {
+            ready: 0,
+            failed: true,
+            reason,
+            message,
+            endpoints,
+            plan: None,
+        },
+    )
+    .await?;
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
-/// Ends a reconciliation that applied everything: the status from the Deployment.
-async fn settle<K: Quartet>(
-    ctx: &Ctx,
-    resource: &K,
-    deployment: &Deployment,
-    endpoints: BTreeMap<String, String>,
-) -> Result<Action, Error> {
-    let replicas = resource.workload().replicas;
-    let ready = deployment
+/// The ready replicas a Deployment reports.
+fn ready(deployment: &Deployment) -> i32 {
+    deployment
         .status
         .as_ref()
         .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// Ends a reconciliation that applied everything: the status from the `ready` replicas;
+/// looked at again soon while some are not.
+pub(crate) async fn settle<K: Quartet>(
+    ctx: &Ctx,
+    resource: &K,
+    ready: i32,
+    endpoints: BTreeMap<String, String>,
+) -> Result<Action, Error> {
+    let replicas = resource.workload().replicas;
     let message = format!("{ready} of {replicas} replicas ready");
     let reason = if ready >= replicas {
         "ReplicasReady"
     } else {
         "ReplicasStarting"
     };
-    set_status(resource, ctx, Some(ready), &message, reason, endpoints).await?;
+    set_status(
+        resource,
+        ctx,
+        Report {
+            ready,
+            failed: false,
+            reason,
+            message: &message,
+            endpoints,
+            plan: None,
+        },
+    )
+    .await?;
     ctx.succeeded(&key(resource));
-    Ok(Action::requeue(Duration::from_secs(60)))
+    let again = if ready >= replicas { 60 } else { 5 };
+    Ok(Action::requeue(Duration::from_secs(again)))
 }
 
 /// The auth settings of a service (`{prefix}_AUTH_JWKS_URL`, `_ISSUER`) from the referenced
 /// `AuthService`'s status; `Err((reason, message))` when it cannot be followed yet.
-async fn auth_settings(
+pub(crate) async fn auth_settings(
     ctx: &Ctx,
     namespace: &str,
     prefix: &str,
@@ -435,6 +484,45 @@ async fn auth_settings(
     }
 }
 
+/// The Secret `name` of `resource`, made with `data` (and a Normal Event saying it holds
+/// `what`) when it does not exist, never replaced: what it holds may be in use.
+pub(crate) async fn generated_secret<K: Quartet>(
+    ctx: &Ctx,
+    resource: &K,
+    name: &str,
+    what: &str,
+    data: BTreeMap<&str, String>,
+) -> Result<Secret, Error> {
+    let namespace = resource.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Some(secret) = secrets
+        .get_opt(name)
+        .await
+        .map_err(api(format!("reading Secret {name}")))?
+    {
+        return Ok(secret);
+    }
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": namespace, "ownerReferences": owner(resource),
+                     "labels": {"app.kubernetes.io/managed-by": MANAGER, "app.kubernetes.io/instance": resource.name_any()}},
+        "stringData": data,
+    }))
+    .map_err(|e| Error::Invalid(e.to_string()))?;
+    let created = secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .map_err(api(format!("creating Secret {name}")))?;
+    emit(
+        ctx,
+        resource,
+        EventType::Normal,
+        "SecretCreated",
+        &format!("generated {what} in Secret {name}"),
+    )
+    .await;
+    Ok(created)
+}
+
 /// Brings an `AuthService`'s objects to its spec and its status to what is observed.
 pub async fn auth_service(auth: Arc<AuthService>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let name = auth.name_any();
@@ -457,36 +545,18 @@ pub async fn auth_service(auth: Arc<AuthService>, ctx: Arc<Ctx>) -> Result<Actio
     }
 
     // The administrator's password: the user's Secret, or one made here once.
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let (admin_secret, admin_key) = match &spec.admin_password_secret {
         Some(s) => (s.name.clone(), s.key.clone()),
         None => {
             let generated = format!("{name}-admin");
-            if secrets
-                .get_opt(&generated)
-                .await
-                .map_err(api("reading the admin Secret"))?
-                .is_none()
-            {
-                let secret: Secret = serde_json::from_value(json!({
-                    "metadata": {"name": generated, "namespace": namespace, "ownerReferences": owner(&*auth),
-                                 "labels": {"app.kubernetes.io/managed-by": MANAGER, "app.kubernetes.io/instance": name}},
-                    "stringData": {"password": password()?},
-                }))
-                .map_err(|e| Error::Invalid(e.to_string()))?;
-                secrets
-                    .create(&PostParams::default(), &secret)
-                    .await
-                    .map_err(api("creating the admin Secret"))?;
-                emit(
-                    &ctx,
-                    &*auth,
-                    EventType::Normal,
-                    "SecretCreated",
-                    &format!("generated the administrator's password in Secret {generated}"),
-                )
-                .await;
-            }
+            generated_secret(
+                &ctx,
+                &*auth,
+                &generated,
+                "the administrator's password",
+                BTreeMap::from([("password", password()?)]),
+            )
+            .await?;
             (generated, "password".to_owned())
         }
     };
@@ -526,7 +596,7 @@ pub async fn auth_service(auth: Arc<AuthService>, ctx: Arc<Ctx>) -> Result<Actio
         scratch: Some("/var/lib/quartet"),
     };
     let deployment = apply_workload(&ctx, &*auth, shape).await?;
-    settle(&ctx, &*auth, &deployment, endpoints).await
+    settle(&ctx, &*auth, ready(&deployment), endpoints).await
 }
 
 /// Brings a `TaskGateway`'s objects to its spec: its Redis from the referenced Secret, its
@@ -559,7 +629,7 @@ pub async fn task_gateway(gateway: Arc<TaskGateway>, ctx: Arc<Ctx>) -> Result<Ac
         scratch: None,
     };
     let deployment = apply_workload(&ctx, &*gateway, shape).await?;
-    settle(&ctx, &*gateway, &deployment, BTreeMap::new()).await
+    settle(&ctx, &*gateway, ready(&deployment), BTreeMap::new()).await
 }
 
 /// Brings an `RpcGateway`'s objects to its spec: each backend Service as a cluster DNS name
@@ -613,24 +683,45 @@ pub async fn rpc_gateway(gateway: Arc<RpcGateway>, ctx: Arc<Ctx>) -> Result<Acti
         scratch: None,
     };
     let deployment = apply_workload(&ctx, &*gateway, shape).await?;
-    settle(&ctx, &*gateway, &deployment, BTreeMap::new()).await
+    settle(&ctx, &*gateway, ready(&deployment), BTreeMap::new()).await
 }
 
-/// Writes the status: phase, version, ready replicas (`None`: the spec cannot be carried
-/// out, phase `Failed`), the `Ready` condition (its transition time kept while its status
-/// holds), the endpoints, `observedGeneration`. A new failure reason is also a Warning Event.
-async fn set_status<K: Quartet>(
+/// What a reconciliation observed, for the status.
+pub(crate) struct Report<'a> {
+    /// Replicas ready.
+    pub ready: i32,
+    /// The spec cannot be carried out as it is (phase `Failed`).
+    pub failed: bool,
+    /// The `Ready` condition's reason, one CamelCase word.
+    pub reason: &'a str,
+    /// Its message, one line.
+    pub message: &'a str,
+    /// What other resources use.
+    pub endpoints: BTreeMap<String, String>,
+    /// The change in progress; while there is one the resource is not ready.
+    pub plan: Option<Plan>,
+}
+
+/// Writes the status: phase, version, ready replicas, the `Ready` condition (its transition
+/// time kept while its status holds), the plan, the endpoints, `observedGeneration`. A new
+/// failure reason is also a Warning Event.
+pub(crate) async fn set_status<K: Quartet>(
     resource: &K,
     ctx: &Ctx,
-    ready: Option<i32>,
-    message: &str,
-    reason: &str,
-    endpoints: BTreeMap<String, String>,
+    report: Report<'_>,
 ) -> Result<(), Error> {
+    let Report {
+        ready,
+        failed,
+        reason,
+        message,
+        endpoints,
+        plan,
+    } = report;
     let name = resource.name_any();
     let namespace = resource.namespace().unwrap_or_default();
     let workload = resource.workload();
-    let is_ready = ready.is_some_and(|r| r >= workload.replicas);
+    let is_ready = !failed && plan.is_none() && ready >= workload.replicas;
     let condition_status = if is_ready { "True" } else { "False" };
     let previous = resource
         .status()
@@ -639,8 +730,8 @@ async fn set_status<K: Quartet>(
         .filter(|c| c.status == condition_status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| k8s_openapi::jiff::Timestamp::now().to_string());
-    let phase = match (ready, is_ready) {
-        (None, _) => "Failed",
+    let phase = match (failed, is_ready) {
+        (true, _) => "Failed",
         (_, true) => "Ready",
         _ => "Progressing",
     };
@@ -652,7 +743,7 @@ async fn set_status<K: Quartet>(
                 .clone()
                 .unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
         ),
-        ready_replicas: ready.unwrap_or(0),
+        ready_replicas: ready,
         observed_generation: resource.meta().generation,
         conditions: vec![Condition {
             type_: "Ready".into(),
@@ -661,10 +752,10 @@ async fn set_status<K: Quartet>(
             message: message.into(),
             last_transition_time: since,
         }],
-        plan: None,
+        plan,
         endpoints,
     };
-    if previous.is_none_or(|c| c.reason != reason) && ready.is_none() {
+    if previous.is_none_or(|c| c.reason != reason) && failed {
         emit(ctx, resource, EventType::Warning, reason, message).await;
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -680,7 +771,13 @@ async fn set_status<K: Quartet>(
     Ok(())
 }
 
-async fn emit<K: Quartet>(ctx: &Ctx, resource: &K, type_: EventType, reason: &str, note: &str) {
+pub(crate) async fn emit<K: Quartet>(
+    ctx: &Ctx,
+    resource: &K,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
     let event = Event {
         type_,
         reason: reason.into(),

@@ -1,0 +1,694 @@
+//! The `DatabaseCluster` reconciler: a StatefulSet of `quartet-db` replicas forming one Raft
+//! group, whose membership follows `spec.replicas` through the database's admin API one safe
+//! change at a time ([`crate::membership`]).
+//!
+//! What it owns: the StatefulSet (a volume per member, pod `<name>-<n>` is node `n + 1`, the
+//! first pod forms the group and the others wait to be added), a headless Service
+//! `<name>-peers` giving each pod the stable name the group knows it by (published before the
+//! pod is ready, as a joining replica is not ready until added), a client Service `<name>`
+//! (MySQL, gRPC, REST), a ConfigMap of settings, the group's shared secret (generated once:
+//! replicas present it to each other, and the operator to their admin API), the MySQL
+//! password unless the spec names one, and a PodDisruptionBudget.
+//!
+//! Scaling up: the StatefulSet grows first; each new pod, once running, is added as a learner
+//! (the call returns when it has caught up), then promoted. Scaling down: members leave
+//! first, the highest first, leadership moved away from a leaving leader, refused with a
+//! `ScaleDownRefused` condition when the voters left would lack a healthy majority; the
+//! StatefulSet shrinks only past members that have left, and a removed member's volume is
+//! deleted so that a later scale-up starts that ordinal afresh. The status carries the plan.
+//!
+//! Deleting the resource: the garbage collector removes what it owns; a finalizer deletes the
+//! volumes (which the StatefulSet leaves behind) when `storage.reclaimPolicy` is `Delete`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as Finalized, finalizer};
+use quartet_proto::db::v1 as pb;
+use serde_json::json;
+
+use crate::crd::{DatabaseCluster, Plan, ReclaimPolicy, Step as PlanStep};
+use crate::dbadmin::{self, Admin, GRPC_PORT};
+use crate::membership::{self, Next, NodeId, Observed, Step};
+use crate::reconcile::{
+    Ctx, Error, MANAGER, Report, api, apply, apply_budget, auth_settings, emit, generated_secret,
+    image, key, owner, password, set_status, setting_env,
+};
+
+/// The finalizer that deletes the volumes.
+pub const FINALIZER: &str = "quartet.dev/volumes";
+
+const PREFIX: &str = "QUARTET_DB";
+const MYSQL_PORT: i32 = 3306;
+const HTTP_PORT: i32 = 7141;
+const ADMIN_PORT: i32 = 7149;
+const DATA: &str = "/var/lib/quartet";
+
+/// Brings a `DatabaseCluster` to its spec; on deletion, its volumes per `reclaimPolicy`.
+pub async fn database_cluster(db: Arc<DatabaseCluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let namespace = db
+        .namespace()
+        .ok_or_else(|| Error::Invalid("a DatabaseCluster is namespaced".into()))?;
+    let api: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, db, |event| async {
+        match event {
+            Finalized::Apply(db) => reconcile(&db, &ctx).await,
+            Finalized::Cleanup(db) => cleanup(&db, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Invalid(format!("finalizer {FINALIZER}: {other}")),
+    })
+}
+
+/// The pods' labels: `app.kubernetes.io/name` and `instance`.
+fn selector(name: &str) -> serde_json::Value {
+    json!({"app.kubernetes.io/name": "quartet-db", "app.kubernetes.io/instance": name})
+}
+
+fn label_selector(name: &str) -> String {
+    format!("app.kubernetes.io/name=quartet-db,app.kubernetes.io/instance={name}")
+}
+
+async fn cleanup(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
+    if db.spec.storage.reclaim_policy == ReclaimPolicy::Delete {
+        let name = db.name_any();
+        let claims: Api<PersistentVolumeClaim> =
+            Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+        let found = claims
+            .list(&ListParams::default().labels(&label_selector(&name)))
+            .await
+            .map_err(api("listing the volumes"))?;
+        for claim in &found.items {
+            claims
+                .delete(&claim.name_any(), &DeleteParams::default())
+                .await
+                .map_err(api(format!("deleting volume {}", claim.name_any())))?;
+        }
+        emit(
+            ctx,
+            db,
+            EventType::Normal,
+            "VolumesDeleted",
+            &format!(
+                "deleted {} volumes (storage.reclaimPolicy is Delete)",
+                found.items.len()
+            ),
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}
+
+/// A pod of the set: its node id and, when it runs, its address.
+struct PodView {
+    id: NodeId,
+    ip: Option<String>,
+}
+
+fn pods_of(pods: &[Pod], name: &str) -> Vec<PodView> {
+    pods.iter()
+        .filter_map(|pod| {
+            let ordinal: NodeId = pod
+                .name_any()
+                .strip_prefix(&format!("{name}-"))?
+                .parse()
+                .ok()?;
+            let status = pod.status.as_ref();
+            let running = status.and_then(|s| s.phase.as_deref()) == Some("Running")
+                && pod.metadata.deletion_timestamp.is_none();
+            let ip = status.and_then(|s| s.pod_ip.clone()).filter(|_| running);
+            Some(PodView {
+                id: ordinal + 1,
+                ip,
+            })
+        })
+        .collect()
+}
+
+/// The leader's status, found by asking the running pods who leads; `None` when none knows.
+async fn find_leader(
+    admin: &Admin,
+    pods: &BTreeMap<NodeId, String>,
+) -> Option<(String, pb::GroupStatus)> {
+    for host in pods.values() {
+        let Ok(status) = admin.status(host).await else {
+            continue;
+        };
+        let Some(leader) = status.leader else {
+            continue;
+        };
+        if leader == status.node && status.role == "leader" {
+            return Some((host.clone(), status));
+        }
+        if let Some(leader_host) = pods.get(&leader)
+            && let Ok(leader_status) = admin.status(leader_host).await
+            && leader_status.role == "leader"
+        {
+            return Some((leader_host.clone(), leader_status));
+        }
+    }
+    None
+}
+
+async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
+    let name = db.name_any();
+    let namespace = db.namespace().unwrap_or_default();
+    let spec = &db.spec;
+    let desired = spec.workload.replicas;
+    let peers = format!("{name}-peers");
+    let domain = format!("{peers}.{namespace}.svc.cluster.local");
+    let mut endpoints = BTreeMap::from([(
+        "mysql".to_owned(),
+        format!("{name}.{namespace}.svc:{MYSQL_PORT}"),
+    )]);
+    let (mysql_secret, mysql_key, mysql_user) = match &spec.mysql_credentials {
+        Some(c) => (
+            c.password_secret.name.clone(),
+            c.password_secret.key.clone(),
+            c.user.clone(),
+        ),
+        None => (
+            format!("{name}-mysql"),
+            "password".to_owned(),
+            "root".to_owned(),
+        ),
+    };
+    // Kubernetes 1.20's server-side apply turns a status field dropped later into a null the
+    // schema refuses: every report publishes the same endpoints.
+    endpoints.insert("mysqlSecret".into(), mysql_secret.clone());
+    endpoints.insert("mysqlUser".into(), mysql_user.clone());
+    if desired < 1 {
+        let message = "spec.replicas must be at least 1: a database's data lives in its group";
+        return crate::reconcile::report(ctx, db, "InvalidReplicas", message, endpoints).await;
+    }
+    let mut settings = match auth_settings(ctx, &namespace, PREFIX, spec.auth.as_ref()).await? {
+        Ok(settings) => settings,
+        Err((reason, message)) => {
+            return crate::reconcile::report(ctx, db, reason, &message, endpoints).await;
+        }
+    };
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let existing = statefulsets
+        .get_opt(&name)
+        .await
+        .map_err(api("reading the StatefulSet"))?;
+    if let Some(problem) = existing
+        .as_ref()
+        .and_then(|set| storage_change(set, &spec.storage.size))
+    {
+        return crate::reconcile::report(ctx, db, "StorageUnchangeable", &problem, endpoints).await;
+    }
+
+    // The secrets: the group's (generated once) and the MySQL password (generated unless named).
+    let raft = generated_secret(
+        ctx,
+        db,
+        &format!("{name}-raft"),
+        "the group's shared secret",
+        BTreeMap::from([("secret", password()? + &password()?)]),
+    )
+    .await?;
+    let secret = raft
+        .data
+        .as_ref()
+        .and_then(|d| d.get("secret"))
+        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        .ok_or_else(|| Error::Invalid(format!("Secret {name}-raft has no key \"secret\"")))?;
+    if spec.mysql_credentials.is_none() {
+        generated_secret(
+            ctx,
+            db,
+            &mysql_secret,
+            "the MySQL user's password",
+            BTreeMap::from([("user", mysql_user.clone()), ("password", password()?)]),
+        )
+        .await?;
+    }
+
+    settings.extend(
+        spec.workload
+            .config
+            .iter()
+            .map(|(k, v)| (setting_env(PREFIX, k), v.clone())),
+    );
+    settings.extend([
+        (format!("{PREFIX}_STORAGE_PATH"), format!("{DATA}/db")),
+        (
+            format!("{PREFIX}_RAFT_SECRET_FILE"),
+            "/var/run/quartet/raft/secret".into(),
+        ),
+        (format!("{PREFIX}_MYSQL_USER"), mysql_user),
+        (
+            format!("{PREFIX}_MYSQL_PASSWORD_FILE"),
+            format!("/var/run/quartet/mysql/{mysql_key}"),
+        ),
+    ]);
+    let labels = json!({"app.kubernetes.io/name": "quartet-db", "app.kubernetes.io/instance": name,
+                        "app.kubernetes.io/managed-by": MANAGER});
+    let configs: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+    apply(&configs, &format!("{name}-config"), json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": format!("{name}-config"), "namespace": namespace, "labels": labels, "ownerReferences": owner(db)},
+        "data": settings,
+    }))
+    .await?;
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
+    let port = |port_name: &str, port: i32| json!({"name": port_name, "port": port, "targetPort": port, "protocol": "TCP"});
+    apply(&services, &peers, json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": peers, "namespace": namespace, "labels": labels, "ownerReferences": owner(db)},
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": true, "selector": selector(&name),
+                 "ports": [port("grpc", i32::from(GRPC_PORT)), port("mysql", MYSQL_PORT)]},
+    }))
+    .await?;
+    apply(&services, &name, json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": owner(db)},
+        "spec": {"selector": selector(&name),
+                 "ports": [port("mysql", MYSQL_PORT), port("grpc", i32::from(GRPC_PORT)), port("http", HTTP_PORT)]},
+    }))
+    .await?;
+    apply_budget(ctx, db, &labels, &selector(&name)).await?;
+
+    // Observe the group through the running pods.
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let listed = pods
+        .list(&ListParams::default().labels(&label_selector(&name)))
+        .await
+        .map_err(api("listing the pods"))?;
+    let running: BTreeMap<NodeId, String> = pods_of(&listed.items, &name)
+        .into_iter()
+        .filter_map(|p| Some((p.id, p.ip?)))
+        .collect();
+    let admin = Admin::new(&secret);
+    let group = find_leader(&admin, &running).await;
+    let members: Vec<membership::Member> = group
+        .as_ref()
+        .map(|(_, status)| dbadmin::members(status))
+        .unwrap_or_default();
+
+    // Pods for every wanted node and every member still in the group; while the group
+    // cannot be seen, never fewer than there are.
+    let highest_member = members.iter().map(|m| m.id).max().unwrap_or(0);
+    let current = existing
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(0);
+    let pods_wanted = if group.is_some() {
+        i64::from(desired).max(highest_member as i64)
+    } else {
+        i64::from(desired.max(current))
+    };
+    let set = apply(
+        &statefulsets,
+        &name,
+        statefulset(
+            db,
+            &labels,
+            &peers,
+            &domain,
+            &mysql_secret,
+            &mysql_key,
+            pods_wanted,
+        ),
+    )
+    .await?;
+    let ready = set
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+
+    let Some((leader_host, leader_status)) = group else {
+        let message = if running.is_empty() {
+            "no pod of the group runs yet".to_owned()
+        } else {
+            format!("no leader among the {} running pods yet", running.len())
+        };
+        return progressing(ctx, db, ready, &message, endpoints, None).await;
+    };
+    let observed = Observed {
+        desired: desired as NodeId,
+        leader: leader_status.node,
+        members,
+        running: running.keys().copied().collect(),
+    };
+    let goal = format!("scale to {desired} members");
+    let previous: Vec<PlanStep> = db
+        .status
+        .as_ref()
+        .and_then(|s| s.plan.as_ref())
+        .filter(|p| p.goal == goal)
+        .map(|p| {
+            p.steps
+                .iter()
+                .filter(|s| s.state == "Done")
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let plan_of = |done: Vec<PlanStep>, rest: &[Step], first: &str| {
+        let current = done.len() as i32;
+        let steps = done
+            .into_iter()
+            .chain(rest.iter().enumerate().map(|(i, step)| PlanStep {
+                action: step.to_string(),
+                state: if i == 0 { first } else { "Pending" }.into(),
+            }))
+            .collect();
+        Plan {
+            goal: goal.clone(),
+            steps,
+            current,
+        }
+    };
+    // A leader that took over recently has not heard from every member yet: their health is
+    // unknown, not bad, and refusing on it would be wrong.
+    let unheard: Vec<NodeId> = leader_status
+        .members
+        .iter()
+        .filter(|m| m.id != leader_status.node && m.last_heard_ms.is_none())
+        .map(|m| m.id)
+        .collect();
+    let next = match membership::next(&observed) {
+        Next::Refuse(_) if !unheard.is_empty() => Next::Wait(format!(
+            "the leader, member {}, has not heard from members {unheard:?} since it took over",
+            leader_status.node
+        )),
+        next => next,
+    };
+    match next {
+        Next::Settled => {
+            delete_departed_volumes(ctx, db, desired, &observed).await?;
+            crate::reconcile::settle(ctx, db, ready, endpoints).await
+        }
+        Next::Wait(why) => {
+            let plan = plan_of(previous, &membership::plan(&observed), "Pending");
+            progressing(ctx, db, ready, &why, endpoints, Some(plan)).await
+        }
+        Next::Refuse(why) => {
+            let plan = plan_of(previous, &membership::plan(&observed), "Failed");
+            let message = format!("scale-down refused: {why}");
+            set_status(
+                db,
+                ctx,
+                Report {
+                    ready,
+                    failed: true,
+                    reason: "ScaleDownRefused",
+                    message: &message,
+                    endpoints,
+                    plan: Some(plan),
+                },
+            )
+            .await?;
+            Ok(Action::requeue(Duration::from_secs(10)))
+        }
+        Next::Step(step) => {
+            // Say what is about to happen before doing it: a step can take a while.
+            let remaining = membership::plan(&observed);
+            let plan = plan_of(previous.clone(), &remaining, "Running");
+            let message = format!("{step}");
+            progressing(ctx, db, ready, &message, endpoints.clone(), Some(plan)).await?;
+            carry_out(ctx, db, &admin, &leader_host, &running, step).await?;
+            let mut done = previous;
+            done.push(PlanStep {
+                action: step.to_string(),
+                state: "Done".into(),
+            });
+            let plan = plan_of(done, remaining.get(1..).unwrap_or_default(), "Pending");
+            let refreshed: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+            let latest = refreshed
+                .get(&name)
+                .await
+                .map_err(api("reading the DatabaseCluster"))?;
+            progressing(ctx, &latest, ready, &message, endpoints, Some(plan)).await?;
+            Ok(Action::requeue(Duration::from_millis(200)))
+        }
+    }
+}
+
+/// Carries out one membership change through the leader at `leader`.
+async fn carry_out(
+    ctx: &Ctx,
+    db: &DatabaseCluster,
+    admin: &Admin,
+    leader: &str,
+    running: &BTreeMap<NodeId, String>,
+    step: Step,
+) -> Result<(), Error> {
+    let failed = |e: dbadmin::AdminError| Error::Invalid(format!("{step}: {e}"));
+    let (reason, note) = match step {
+        Step::AddLearner(id) => {
+            let host = running
+                .get(&id)
+                .ok_or_else(|| Error::Invalid(format!("{step}: its pod is not running")))?;
+            let joining = admin.status(host).await.map_err(failed)?;
+            if joining.node != id {
+                return Err(Error::Invalid(format!(
+                    "pod {} reports node id {}, not {id}: is raft.pod_name overridden in spec.config?",
+                    id - 1,
+                    joining.node
+                )));
+            }
+            admin.add_learner(leader, &joining).await.map_err(failed)?;
+            (
+                "MemberAdded",
+                format!("added member {id} as a learner; it has caught up"),
+            )
+        }
+        Step::Promote(id) => {
+            admin.promote(leader, id).await.map_err(failed)?;
+            ("MemberPromoted", format!("member {id} votes"))
+        }
+        Step::TransferLeader(to) => {
+            admin.transfer_leader(leader, to).await.map_err(failed)?;
+            (
+                "LeaderMoved",
+                format!("member {to} leads, as the leader is leaving"),
+            )
+        }
+        Step::Remove(id) => {
+            admin.remove(leader, id).await.map_err(failed)?;
+            ("MemberRemoved", format!("removed member {id}"))
+        }
+    };
+    tracing::info!(resource = %key(db), %step, "membership changed");
+    emit(ctx, db, EventType::Normal, reason, &note).await;
+    Ok(())
+}
+
+async fn progressing(
+    ctx: &Ctx,
+    db: &DatabaseCluster,
+    ready: i32,
+    message: &str,
+    endpoints: BTreeMap<String, String>,
+    plan: Option<Plan>,
+) -> Result<Action, Error> {
+    set_status(
+        db,
+        ctx,
+        Report {
+            ready,
+            failed: false,
+            reason: if plan.is_some() {
+                "Scaling"
+            } else {
+                "ReplicasStarting"
+            },
+            message,
+            endpoints,
+            plan,
+        },
+    )
+    .await?;
+    Ok(Action::requeue(Duration::from_secs(2)))
+}
+
+/// Deletes the volumes of ordinals past the wanted members that are no longer in the group,
+/// so that a later scale-up starts them afresh rather than from a departed member's log.
+async fn delete_departed_volumes(
+    ctx: &Ctx,
+    db: &DatabaseCluster,
+    desired: i32,
+    observed: &Observed,
+) -> Result<(), Error> {
+    let name = db.name_any();
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+    let members: BTreeSet<NodeId> = observed.members.iter().map(|m| m.id).collect();
+    let found = claims
+        .list(&ListParams::default().labels(&label_selector(&name)))
+        .await
+        .map_err(api("listing the volumes"))?;
+    for claim in found.items {
+        let claim_name = claim.name_any();
+        let Some(ordinal) = claim_name
+            .strip_prefix(&format!("data-{name}-"))
+            .and_then(|n| n.parse::<NodeId>().ok())
+        else {
+            continue;
+        };
+        if ordinal >= desired as NodeId
+            && !members.contains(&(ordinal + 1))
+            && claim.metadata.deletion_timestamp.is_none()
+        {
+            claims
+                .delete(&claim_name, &DeleteParams::default())
+                .await
+                .map_err(api(format!("deleting volume {claim_name}")))?;
+            emit(
+                ctx,
+                db,
+                EventType::Normal,
+                "VolumeDeleted",
+                &format!(
+                    "deleted volume {claim_name} of member {}, which left the group",
+                    ordinal + 1
+                ),
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+/// Why the StatefulSet cannot take the spec's volume size: Kubernetes does not let a
+/// StatefulSet's volume templates change.
+fn storage_change(set: &StatefulSet, size: &str) -> Option<String> {
+    let current = set
+        .spec
+        .as_ref()?
+        .volume_claim_templates
+        .as_ref()?
+        .iter()
+        .find(|t| t.metadata.name.as_deref() == Some("data"))?
+        .spec
+        .as_ref()?
+        .resources
+        .as_ref()?
+        .requests
+        .as_ref()?
+        .get("storage")?
+        .0
+        .clone();
+    (current != size).then(|| {
+        format!(
+            "spec.storage.size is {size} but the volumes were made with {current}; a StatefulSet's volumes cannot be resized this way"
+        )
+    })
+}
+
+/// The StatefulSet: `replicas` pods, each knowing its node id and stable name from the
+/// downward API.
+fn statefulset(
+    db: &DatabaseCluster,
+    labels: &serde_json::Value,
+    peers: &str,
+    domain: &str,
+    mysql_secret: &str,
+    mysql_key: &str,
+    replicas: i64,
+) -> serde_json::Value {
+    let name = db.name_any();
+    let workload = &db.spec.workload;
+    let storage = &db.spec.storage;
+    let mut claim = json!({
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": storage.size}},
+    });
+    if !storage.storage_class.is_empty() {
+        claim["storageClassName"] = json!(storage.storage_class);
+    }
+    let container_port = |port_name: &str, port: i32| json!({"name": port_name, "containerPort": port, "protocol": "TCP"});
+    json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": db.namespace(), "labels": labels, "ownerReferences": owner(db)},
+        "spec": {
+            "serviceName": peers,
+            "replicas": replicas,
+            // Membership, not pod order, keeps the group safe: pods start together.
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector(&name)},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                                        "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "db",
+                        "image": image("db", workload.image.as_ref(), workload.version.as_ref()),
+                        "envFrom": [{"configMapRef": {"name": format!("{name}-config")}}],
+                        "env": [
+                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                            {"name": format!("{PREFIX}_RAFT_POD_NAME"), "value": "$(POD_NAME)"},
+                            {"name": format!("{PREFIX}_RAFT_ADVERTISE"), "value": format!("$(POD_NAME).{domain}:{GRPC_PORT}")},
+                            {"name": format!("{PREFIX}_RAFT_MYSQL_ADVERTISE"), "value": format!("$(POD_NAME).{domain}:{MYSQL_PORT}")},
+                        ],
+                        "ports": [container_port("grpc", i32::from(GRPC_PORT)), container_port("http", HTTP_PORT),
+                                  container_port("mysql", MYSQL_PORT), container_port("admin", ADMIN_PORT)],
+                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "admin"}},
+                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "admin"}},
+                        "resources": workload.resources,
+                        "volumeMounts": [
+                            {"name": "data", "mountPath": DATA},
+                            {"name": "raft", "mountPath": "/var/run/quartet/raft", "readOnly": true},
+                            {"name": "mysql", "mountPath": "/var/run/quartet/mysql", "readOnly": true},
+                        ],
+                        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                            "capabilities": {"drop": ["ALL"]}},
+                    }],
+                    "volumes": [
+                        {"name": "raft", "secret": {"secretName": format!("{name}-raft"), "items": [{"key": "secret", "path": "secret"}]}},
+                        {"name": "mysql", "secret": {"secretName": mysql_secret, "items": [{"key": mysql_key, "path": mysql_key}]}},
+                    ],
+                },
+            },
+            "volumeClaimTemplates": [{
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "data"},
+                "spec": claim,
+            }],
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_are_nodes_by_ordinal_and_only_running_ones_have_an_address() {
+        let pod = |name: &str, phase: &str, ip: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "status": {"phase": phase, "podIP": ip},
+            }))
+            .expect("a pod")
+        };
+        let pods = [
+            pod("orders-0", "Running", "10.0.0.1"),
+            pod("orders-2", "Pending", "10.0.0.3"),
+            pod("orders-x", "Running", "10.0.0.9"),
+            pod("other-1", "Running", "10.0.0.5"),
+        ];
+        let seen: Vec<(NodeId, Option<String>)> = pods_of(&pods, "orders")
+            .into_iter()
+            .map(|p| (p.id, p.ip))
+            .collect();
+        assert_eq!(seen, [(1, Some("10.0.0.1".into())), (3, None)]);
+    }
+}
