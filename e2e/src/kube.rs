@@ -124,34 +124,39 @@ impl Operator {
     /// Installs the chart and starts the operator against the test API server; `tag` keeps
     /// release names apart (the ClusterRole is cluster-wide and named after the release).
     pub async fn start(tools: &Tools, tag: &str) -> anyhow::Result<Self> {
+        Self::start_with(tools, tag, false).await
+    }
+
+    /// Like [`Operator::start`]; `namespaced` installs the chart with `clusterWide=false` (a
+    /// Role in the release's namespace) and runs the operator as the chart then does, on
+    /// that namespace only.
+    pub async fn start_with(tools: &Tools, tag: &str, namespaced: bool) -> anyhow::Result<Self> {
         let release = format!("op{tag}");
         let namespace = format!("quartet-{release}");
-        let (ok, out, err) = tools
-            .run(
-                "helm",
-                &[
-                    "install",
-                    &release,
-                    "charts/quartet",
-                    "-n",
-                    &namespace,
-                    "--create-namespace",
-                ],
-            )
-            .await;
+        let mut args = vec![
+            "install",
+            &release,
+            "charts/quartet",
+            "-n",
+            &namespace,
+            "--create-namespace",
+        ];
+        if namespaced {
+            args.extend(["--set", "clusterWide=false"]);
+        }
+        let (ok, out, err) = tools.run("helm", &args).await;
         if !ok {
             bail!("helm install failed: {out}{err}");
         }
         let service_account = format!("system:serviceaccount:{namespace}:{release}-quartet");
-        let server = crate::process::Server::start(
-            "quartet-operator",
-            false,
-            &[
-                ("KUBECONFIG", tools.kubeconfig.as_str()),
-                ("KUBE_RS_DEBUG_IMPERSONATE_USER", service_account.as_str()),
-            ],
-        )
-        .await?;
+        let mut env = vec![
+            ("KUBECONFIG", tools.kubeconfig.as_str()),
+            ("KUBE_RS_DEBUG_IMPERSONATE_USER", service_account.as_str()),
+        ];
+        if namespaced {
+            env.push(("QUARTET_OPERATOR_RECONCILE_NAMESPACE", namespace.as_str()));
+        }
+        let server = crate::process::Server::start("quartet-operator", false, &env).await?;
         Ok(Self {
             server,
             release,

@@ -53,6 +53,41 @@ async fn the_chart_lints_renders_secure_defaults_and_installs() {
     assert!(ok, "{err}");
     assert!(rendered.contains("kind: ServiceMonitor"));
     assert!(rendered.contains("kind: Role\n") && !rendered.contains("kind: ClusterRole"));
+    // A namespaced install reconciles its own namespace only, as its Role allows.
+    assert!(rendered.contains("QUARTET_OPERATOR_RECONCILE_NAMESPACE"));
+    assert!(
+        !rendered.contains("kind: Secret"),
+        "no Redis unless asked for"
+    );
+
+    // The optional Redis for TaskGateways: its URL in a Secret, the same pod defaults.
+    let (ok, rendered, err) = tools
+        .run(
+            "helm",
+            &[
+                "template",
+                "q",
+                "charts/quartet",
+                "-n",
+                "apps",
+                "--set",
+                "redis.enabled=true",
+            ],
+        )
+        .await;
+    assert!(ok, "{err}");
+    assert!(
+        rendered.contains("url: \"redis://q-quartet-redis.apps.svc:6379/0\""),
+        "{rendered}"
+    );
+    let redis = &rendered[rendered.find("name: quartet-redis").expect("a Redis pod")..];
+    for secure in [
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "drop: [\"ALL\"]",
+    ] {
+        assert!(redis.contains(secure), "{secure} not in:\n{redis}");
+    }
 
     // Install into a namespace of its own, with a DatabaseCluster instance.
     let namespace = format!("quartet-chart-{}", std::process::id());

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, 
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use quartet_e2e::process::Server;
-use quartet_operator::crd::DatabaseCluster;
+use quartet_operator::crd::{AuthService, DatabaseCluster};
 use quartet_operator::dbadmin::Admin;
 use serde_json::json;
 
@@ -44,6 +44,12 @@ struct Kubelet {
     processes: BTreeMap<String, (Server, bool)>,
     /// Pods whose process was killed on purpose: not restarted.
     dead: BTreeSet<String>,
+    /// The node ids whose processes run, as the recorder reads them.
+    alive: Arc<Mutex<BTreeSet<u64>>>,
+}
+
+fn node(pod: &str) -> u64 {
+    ordinal(pod).expect("an ordinal") + 1
 }
 
 fn secret_value(secret: &Secret, key: &str) -> String {
@@ -150,6 +156,7 @@ impl Kubelet {
         for name in gone {
             if let Some((mut server, _)) = self.processes.remove(&name) {
                 server.kill().await?;
+                self.alive.lock().expect("lock").remove(&node(&name));
             }
         }
         for pod in &listed.items {
@@ -167,6 +174,7 @@ impl Kubelet {
             let server = run_pod(client, namespace, pod).await?;
             let ip = address(ordinal(&name).expect("an ordinal"));
             set_pod_status(&pods, &name, &ip, false).await?;
+            self.alive.lock().expect("lock").insert(node(&name));
             self.processes.insert(name, (server, false));
         }
         let http = quartet_e2e::http_client(Duration::from_secs(2));
@@ -190,6 +198,7 @@ impl Kubelet {
         if let Some((mut server, _)) = self.processes.remove(pod) {
             server.kill().await.expect("killed");
         }
+        self.alive.lock().expect("lock").remove(&node(pod));
         self.dead.insert(pod.to_owned());
         let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
         let ordinal = ordinal(pod).expect("an ordinal");
@@ -302,21 +311,47 @@ async fn a_database_cluster_scales_through_the_admin_api_without_losing_its_majo
         .await;
     assert!(ok, "{err}");
 
+    // The admin API takes tokens from this AuthService (the operator itself uses the
+    // group's secret).
+    let auths: Api<AuthService> = Api::namespaced(client.clone(), &namespace);
+    let auth: AuthService = serde_json::from_value(json!({
+        "apiVersion": "quartet.dev/v1alpha1", "kind": "AuthService",
+        "metadata": {"name": "auth"}, "spec": {"replicas": 1},
+    }))
+    .expect("a resource");
+    auths
+        .create(&PostParams::default(), &auth)
+        .await
+        .expect("created");
     let clusters: Api<DatabaseCluster> = Api::namespaced(client.clone(), &namespace);
     let resource: DatabaseCluster = serde_json::from_value(json!({
         "apiVersion": "quartet.dev/v1alpha1", "kind": "DatabaseCluster",
         "metadata": {"name": NAME},
         "spec": {"replicas": 1, "storage": {"size": "1Gi", "reclaimPolicy": "Delete"},
-                 "config": {"raft.heartbeat_ms": "50"}},
+                 "auth": {"name": "auth"}, "config": {"raft.heartbeat_ms": "50"}},
     }))
     .expect("a resource");
     clusters
         .create(&PostParams::default(), &resource)
         .await
         .expect("created");
+    // No member at all is not a database: refused in the status, not retried in a loop.
+    let empty: DatabaseCluster = serde_json::from_value(json!({
+        "apiVersion": "quartet.dev/v1alpha1", "kind": "DatabaseCluster",
+        "metadata": {"name": "empty"}, "spec": {"replicas": 0},
+    }))
+    .expect("a resource");
+    clusters
+        .create(&PostParams::default(), &empty)
+        .await
+        .expect("created");
 
     // The stand-in kubelet and the recorder run beside the scenario.
-    let kubelet = Arc::new(tokio::sync::Mutex::new(Kubelet::default()));
+    let alive = Arc::new(Mutex::new(BTreeSet::new()));
+    let kubelet = Arc::new(tokio::sync::Mutex::new(Kubelet {
+        alive: alive.clone(),
+        ..Kubelet::default()
+    }));
     let syncing = {
         let (kubelet, client, namespace) = (kubelet.clone(), client.clone(), namespace.clone());
         tokio::spawn(async move {
@@ -375,6 +410,45 @@ async fn a_database_cluster_scales_through_the_admin_api_without_losing_its_majo
     assert_eq!(peers.cluster_ip.as_deref(), Some("None"));
     assert_eq!(peers.publish_not_ready_addresses, Some(true));
     services.get(NAME).await.expect("the client Service");
+    let configs: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    let settings = configs
+        .get(&format!("{NAME}-config"))
+        .await
+        .expect("the settings")
+        .data
+        .unwrap_or_default();
+    assert_eq!(
+        settings["QUARTET_DB_AUTH_JWKS_URL"],
+        format!("http://auth.{namespace}.svc:7111/.well-known/jwks.json")
+    );
+    assert_eq!(settings["QUARTET_DB_RAFT_HEARTBEAT_MS"], "50");
+    let refused = quartet_e2e::eventually(
+        "the empty cluster's status",
+        Duration::from_secs(30),
+        || async {
+            let status = clusters.get("empty").await.ok()?.status?;
+            let ready = status.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+            Some((status.phase, ready.reason, ready.message))
+        },
+    )
+    .await
+    .expect("a status");
+    assert_eq!(
+        refused,
+        (
+            Some("Failed".to_owned()),
+            "InvalidReplicas".to_owned(),
+            "spec.replicas must be at least 1: a database's data lives in its group".to_owned()
+        )
+    );
+    assert!(
+        sets.get_opt("empty").await.expect("read").is_none(),
+        "nothing made for it"
+    );
+    clusters
+        .delete("empty", &DeleteParams::default())
+        .await
+        .expect("deleted");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let raft_secret = secret_value(
         &secrets
@@ -391,13 +465,11 @@ async fn a_database_cluster_scales_through_the_admin_api_without_losing_its_majo
         format!("{NAME}.{namespace}.svc:3306")
     );
 
-    let admin = Admin::new(&raft_secret);
+    let admin = Admin::new(&raft_secret).expect("a usable secret");
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let alive = Arc::new(Mutex::new(BTreeSet::from([1u64])));
     let recorder = tokio::spawn(record(admin.clone(), seen.clone(), alive.clone()));
 
     // 1 → 3 → 5: each new member a learner first, promoted once caught up.
-    alive.lock().expect("lock").extend([2, 3]);
     scale(&clusters, 3).await;
     settled(&clusters, 3).await;
     assert_eq!(
@@ -409,7 +481,6 @@ async fn a_database_cluster_scales_through_the_admin_api_without_losing_its_majo
             "promote member 3 to voter"
         ]
     );
-    alive.lock().expect("lock").extend([4, 5]);
     scale(&clusters, 5).await;
     settled(&clusters, 5).await;
     assert_eq!(
@@ -466,7 +537,6 @@ async fn a_database_cluster_scales_through_the_admin_api_without_losing_its_majo
             "remove member 4"
         ]
     );
-    alive.lock().expect("lock").retain(|id| *id <= 3);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
     quartet_e2e::eventually(
         "the departed members' volumes to go",
@@ -501,7 +571,6 @@ async fn a_database_cluster_scales_through_the_admin_api_without_losing_its_majo
         .await
         .kill(&client, &namespace, &format!("{NAME}-1"))
         .await;
-    alive.lock().expect("lock").remove(&2);
     quartet_e2e::eventually(
         "the leader to notice member 2 is gone",
         Duration::from_secs(10),
@@ -510,7 +579,7 @@ async fn a_database_cluster_scales_through_the_admin_api_without_losing_its_majo
             status
                 .members
                 .iter()
-                .any(|m| m.id == 2 && m.last_heard_ms.is_some_and(|ms| ms > 2500))
+                .any(|m| m.id == 2 && !m.healthy)
                 .then_some(())
         },
     )
@@ -520,11 +589,24 @@ async fn a_database_cluster_scales_through_the_admin_api_without_losing_its_majo
     let refused = quartet_e2e::eventually("the refusal", Duration::from_secs(30), || async {
         let status = clusters.get(NAME).await.ok()?.status?;
         let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
-        (ready.reason == "ScaleDownRefused").then(|| (status.phase.clone(), ready.message.clone()))
+        (ready.reason == "ScaleDownRefused").then(|| {
+            (
+                status.phase.clone(),
+                ready.message.clone(),
+                status.plan.clone(),
+            )
+        })
     })
     .await
     .expect("refused");
     assert_eq!(refused.0.as_deref(), Some("Failed"));
+    let plan = refused.2.expect("the plan");
+    assert_eq!(plan.goal, "scale to 2 members");
+    let failed = &plan.steps[plan.current as usize];
+    assert_eq!(
+        (failed.action.as_str(), failed.state.as_str()),
+        ("remove member 3", "Failed")
+    );
     assert_eq!(
         refused.1,
         "scale-down refused: removing member 3 would leave 2 voters of which 1 are healthy; a majority needs 2"
@@ -558,18 +640,22 @@ async fn a_database_cluster_scales_through_the_admin_api_without_losing_its_majo
         .delete(NAME, &DeleteParams::default())
         .await
         .expect("deleted");
-    let configs: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     quartet_e2e::eventually("everything to go", Duration::from_secs(90), || async {
         let gone = clusters.get_opt(NAME).await.ok()?.is_none()
             && sets.get_opt(NAME).await.ok()?.is_none()
+            && services.get_opt(NAME).await.ok()?.is_none()
             && services
-                .list(&ListParams::default())
+                .get_opt(&format!("{NAME}-peers"))
                 .await
                 .ok()?
-                .items
-                .is_empty()
+                .is_none()
             && configs
                 .get_opt(&format!("{NAME}-config"))
+                .await
+                .ok()?
+                .is_none()
+            && secrets
+                .get_opt(&format!("{NAME}-mysql"))
                 .await
                 .ok()?
                 .is_none()

@@ -324,6 +324,36 @@ async fn an_auth_service_gets_its_objects_and_a_status_that_says_what_is_wrong()
         .expect("from the Secret");
     assert_eq!((from.name.as_str(), from.key.as_str()), ("redis", "url"));
 
+    // `kubectl get` of every kind shows its phase, version and ready replicas.
+    let (ok, table, err) = tools
+        .run(
+            "kubectl",
+            &[
+                "get",
+                "authservices,rpcgateways,taskgateways",
+                "-n",
+                namespace,
+            ],
+        )
+        .await;
+    assert!(ok, "{err}");
+    assert!(table.contains("PHASE") && table.contains("VERSION") && table.contains("READY"));
+    for resource in [&name, &rpc_name, &task_name] {
+        let row = table
+            .lines()
+            .find(|l| {
+                l.split('/')
+                    .nth(1)
+                    .is_some_and(|r| r.starts_with(&format!("{resource} ")))
+            })
+            .unwrap_or_else(|| panic!("no row for {resource} in {table}"));
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert!(
+            ["Progressing", "Failed", "Ready"].contains(&columns[1])
+                && columns[2] == env!("CARGO_PKG_VERSION"),
+            "{row}"
+        );
+    }
     // Deleting a resource takes what it owns with it (the controller-manager's garbage
     // collector follows the owner references the operator set).
     auths

@@ -57,18 +57,32 @@ pub async fn database_cluster(db: Arc<DatabaseCluster>, ctx: Arc<Ctx>) -> Result
         .namespace()
         .ok_or_else(|| Error::Invalid("a DatabaseCluster is namespaced".into()))?;
     let api: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer(&api, FINALIZER, db, |event| async {
-        match event {
-            Finalized::Apply(db) => reconcile(&db, &ctx).await,
-            Finalized::Cleanup(db) => cleanup(&db, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Invalid(format!("finalizer {FINALIZER}: {other}")),
-    })
+    // The finalizer only where there is cleanup to do: with `Retain` nothing holds up the
+    // deletion (or a namespace's) should the operator be gone by then. One left from an
+    // earlier `Delete` is still honoured, and then removed.
+    let finalized = db.finalizers().iter().any(|f| f == FINALIZER);
+    let outcome = if db.spec.storage.reclaim_policy == ReclaimPolicy::Delete || finalized {
+        finalizer(&api, FINALIZER, db.clone(), |event| async {
+            match event {
+                Finalized::Apply(db) => reconcile(&db, &ctx).await,
+                Finalized::Cleanup(db) => cleanup(&db, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Invalid(format!("finalizer {FINALIZER}: {other}")),
+        })
+    } else if db.metadata.deletion_timestamp.is_some() {
+        Ok(Action::await_change())
+    } else {
+        reconcile(&db, &ctx).await
+    };
+    if outcome.is_ok() {
+        ctx.succeeded(&key(&*db));
+    }
+    outcome
 }
 
 /// The pods' labels: `app.kubernetes.io/name` and `instance`.
@@ -80,11 +94,37 @@ fn label_selector(name: &str) -> String {
     format!("app.kubernetes.io/name=quartet-db,app.kubernetes.io/instance={name}")
 }
 
+/// Before the resource goes: with `reclaimPolicy: Delete`, the StatefulSet and its pods first
+/// (so that no volume is made after the volumes are listed), then the volumes. An error until
+/// the pods are gone keeps the finalizer, and the deletion is tried again.
 async fn cleanup(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
     if db.spec.storage.reclaim_policy == ReclaimPolicy::Delete {
         let name = db.name_any();
-        let claims: Api<PersistentVolumeClaim> =
-            Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+        let namespace = db.namespace().unwrap_or_default();
+        let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+        if sets
+            .get_opt(&name)
+            .await
+            .map_err(api("reading the StatefulSet"))?
+            .is_some()
+        {
+            sets.delete(&name, &DeleteParams::foreground())
+                .await
+                .map_err(api("deleting the StatefulSet"))?;
+        }
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+        let left = pods
+            .list(&ListParams::default().labels(&label_selector(&name)))
+            .await
+            .map_err(api("listing the pods"))?
+            .items
+            .len();
+        if left > 0 {
+            return Err(Error::Invalid(format!(
+                "waiting for {left} pods to go before deleting the volumes"
+            )));
+        }
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
         let found = claims
             .list(&ListParams::default().labels(&label_selector(&name)))
             .await
@@ -136,29 +176,44 @@ fn pods_of(pods: &[Pod], name: &str) -> Vec<PodView> {
         .collect()
 }
 
-/// The leader's status, found by asking the running pods who leads; `None` when none knows.
+/// The leader's status, and its host: the replica that says it leads in the highest term
+/// in which a majority of its voters say so too. One replica's word is not enough — a leader
+/// cut off from its group, or a replica that formed a group of its own, also says it leads.
 async fn find_leader(
     admin: &Admin,
     pods: &BTreeMap<NodeId, String>,
 ) -> Option<(String, pb::GroupStatus)> {
-    for host in pods.values() {
-        let Ok(status) = admin.status(host).await else {
-            continue;
-        };
-        let Some(leader) = status.leader else {
-            continue;
-        };
-        if leader == status.node && status.role == "leader" {
-            return Some((host.clone(), status));
-        }
-        if let Some(leader_host) = pods.get(&leader)
-            && let Ok(leader_status) = admin.status(leader_host).await
-            && leader_status.role == "leader"
-        {
-            return Some((leader_host.clone(), leader_status));
-        }
-    }
-    None
+    let asked = futures::future::join_all(
+        pods.iter()
+            .map(|(id, host)| async move { (*id, host.clone(), admin.status(host).await) }),
+    )
+    .await;
+    let statuses: BTreeMap<NodeId, (String, pb::GroupStatus)> = asked
+        .into_iter()
+        .filter_map(|(id, host, status)| Some((id, (host, status.ok()?))))
+        .collect();
+    let mut leaders: Vec<&(String, pb::GroupStatus)> = statuses
+        .values()
+        .filter(|(_, s)| s.role == "leader" && s.leader == Some(s.node))
+        .collect();
+    leaders.sort_by_key(|(_, s)| std::cmp::Reverse(s.term));
+    leaders.into_iter().find_map(|(host, leader)| {
+        let voters: Vec<NodeId> = leader
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.id)
+            .collect();
+        let agreeing = voters
+            .iter()
+            .filter(|id| {
+                statuses
+                    .get(id)
+                    .is_some_and(|(_, s)| s.leader == Some(leader.node) && s.term == leader.term)
+            })
+            .count();
+        (agreeing > voters.len() / 2).then(|| (host.clone(), leader.clone()))
+    })
 }
 
 async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
@@ -167,7 +222,7 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
     let spec = &db.spec;
     let desired = spec.workload.replicas;
     let peers = format!("{name}-peers");
-    let domain = format!("{peers}.{namespace}.svc.cluster.local");
+    let domain = format!("{peers}.{namespace}.svc.{}", ctx.cluster_domain);
     let mut endpoints = BTreeMap::from([(
         "mysql".to_owned(),
         format!("{name}.{namespace}.svc:{MYSQL_PORT}"),
@@ -205,7 +260,7 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
         .map_err(api("reading the StatefulSet"))?;
     if let Some(problem) = existing
         .as_ref()
-        .and_then(|set| storage_change(set, &spec.storage.size))
+        .and_then(|set| storage_change(set, &spec.storage))
     {
         return crate::reconcile::report(ctx, db, "StorageUnchangeable", &problem, endpoints).await;
     }
@@ -287,11 +342,13 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
         .list(&ListParams::default().labels(&label_selector(&name)))
         .await
         .map_err(api("listing the pods"))?;
-    let running: BTreeMap<NodeId, String> = pods_of(&listed.items, &name)
-        .into_iter()
-        .filter_map(|p| Some((p.id, p.ip?)))
+    let pod_views = pods_of(&listed.items, &name);
+    let running: BTreeMap<NodeId, String> = pod_views
+        .iter()
+        .filter_map(|p| Some((p.id, p.ip.clone()?)))
         .collect();
-    let admin = Admin::new(&secret);
+    let admin =
+        Admin::new(&secret).map_err(|e| Error::Invalid(format!("Secret {name}-raft: {e}")))?;
     let group = find_leader(&admin, &running).await;
     let members: Vec<membership::Member> = group
         .as_ref()
@@ -299,18 +356,33 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
         .unwrap_or_default();
 
     // Pods for every wanted node and every member still in the group; while the group
-    // cannot be seen, never fewer than there are.
+    // cannot be seen, never fewer than there are. A volume still being deleted (of a member
+    // that left) holds the set where it is: a new pod must not start on it.
     let highest_member = members.iter().map(|m| m.id).max().unwrap_or(0);
-    let current = existing
-        .as_ref()
-        .and_then(|s| s.spec.as_ref())
-        .and_then(|s| s.replicas)
-        .unwrap_or(0);
-    let pods_wanted = if group.is_some() {
+    let current = i64::from(
+        existing
+            .as_ref()
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.replicas)
+            .unwrap_or(0),
+    );
+    let mut pods_wanted = if group.is_some() {
         i64::from(desired).max(highest_member as i64)
     } else {
-        i64::from(desired.max(current))
+        i64::from(desired).max(current)
     };
+    let claims = volumes(ctx, &namespace, &name).await?;
+    if let Some(ordinal) = claims
+        .iter()
+        .filter(|(ordinal, claim)| {
+            (current..pods_wanted).contains(&(*ordinal as i64))
+                && claim.metadata.deletion_timestamp.is_some()
+        })
+        .map(|(ordinal, _)| *ordinal)
+        .min()
+    {
+        pods_wanted = current.max(ordinal as i64);
+    }
     let set = apply(
         &statefulsets,
         &name,
@@ -335,10 +407,28 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
         let message = if running.is_empty() {
             "no pod of the group runs yet".to_owned()
         } else {
-            format!("no leader among the {} running pods yet", running.len())
+            format!(
+                "no leader that a majority follows among the {} running pods yet",
+                running.len()
+            )
         };
         return progressing(ctx, db, ready, &message, endpoints, None).await;
     };
+    // The volumes of members that left, once their pods are gone: a later scale-up starts
+    // those ordinals afresh rather than from the log of a group they left.
+    let member_ids: BTreeSet<NodeId> = members.iter().map(|m| m.id).collect();
+    let with_pods: BTreeSet<NodeId> = pod_views.iter().map(|p| p.id).collect();
+    for (ordinal, claim) in &claims {
+        let id = ordinal + 1;
+        if (*ordinal as i64) >= pods_wanted
+            && !member_ids.contains(&id)
+            && !with_pods.contains(&id)
+            && claim.metadata.deletion_timestamp.is_none()
+        {
+            delete_volume(ctx, db, &claim.name_any(), id).await?;
+        }
+    }
+
     let observed = Observed {
         desired: desired as NodeId,
         leader: leader_status.node,
@@ -346,7 +436,7 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
         running: running.keys().copied().collect(),
     };
     let goal = format!("scale to {desired} members");
-    let previous: Vec<PlanStep> = db
+    let mut steps: Vec<PlanStep> = db
         .status
         .as_ref()
         .and_then(|s| s.plan.as_ref())
@@ -359,47 +449,57 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
                 .collect()
         })
         .unwrap_or_default();
-    let plan_of = |done: Vec<PlanStep>, rest: &[Step], first: &str| {
-        let current = done.len() as i32;
-        let steps = done
-            .into_iter()
-            .chain(rest.iter().enumerate().map(|(i, step)| PlanStep {
-                action: step.to_string(),
-                state: if i == 0 { first } else { "Pending" }.into(),
-            }))
-            .collect();
+    let done = steps.len() as i32;
+    // The plan: the steps done, this one, and what would follow if it succeeds.
+    let mut plan = |now: Step, state: &str| {
+        let mut after = observed.clone();
+        membership::apply(&mut after, now);
+        steps.push(PlanStep {
+            action: now.to_string(),
+            state: state.into(),
+        });
+        steps.extend(membership::plan(&after).iter().map(|step| PlanStep {
+            action: step.to_string(),
+            state: "Pending".into(),
+        }));
         Plan {
             goal: goal.clone(),
-            steps,
-            current,
+            steps: std::mem::take(&mut steps),
+            current: done,
         }
     };
-    // A leader that took over recently has not heard from every member yet: their health is
-    // unknown, not bad, and refusing on it would be wrong.
-    let unheard: Vec<NodeId> = leader_status
-        .members
-        .iter()
-        .filter(|m| m.id != leader_status.node && m.last_heard_ms.is_none())
-        .map(|m| m.id)
-        .collect();
     let next = match membership::next(&observed) {
-        Next::Refuse(_) if !unheard.is_empty() => Next::Wait(format!(
-            "the leader, member {}, has not heard from members {unheard:?} since it took over",
-            leader_status.node
-        )),
+        // A leader that took over moments ago may not have heard from every member yet:
+        // their health is unknown rather than bad, and worth a short wait before refusing.
+        Next::Refuse(step, why)
+            if ctx.new_leader(&key(db), leader_status.node, leader_status.term) =>
+        {
+            let unheard: Vec<NodeId> = leader_status
+                .members
+                .iter()
+                .filter(|m| m.id != leader_status.node && m.last_heard_ms.is_none())
+                .map(|m| m.id)
+                .collect();
+            if unheard.is_empty() {
+                Next::Refuse(step, why)
+            } else {
+                Next::Wait(format!(
+                    "member {} leads since moments ago and has not heard from members {unheard:?} yet",
+                    leader_status.node
+                ))
+            }
+        }
         next => next,
     };
     match next {
-        Next::Settled => {
-            delete_departed_volumes(ctx, db, desired, &observed).await?;
-            crate::reconcile::settle(ctx, db, ready, endpoints).await
-        }
+        Next::Settled => crate::reconcile::settle(ctx, db, ready, endpoints).await,
         Next::Wait(why) => {
-            let plan = plan_of(previous, &membership::plan(&observed), "Pending");
-            progressing(ctx, db, ready, &why, endpoints, Some(plan)).await
+            let upcoming = membership::plan(&observed);
+            let plan = upcoming.first().map(|first| plan(*first, "Pending"));
+            progressing(ctx, db, ready, &why, endpoints, plan).await
         }
-        Next::Refuse(why) => {
-            let plan = plan_of(previous, &membership::plan(&observed), "Failed");
+        Next::Refuse(step, why) => {
+            let plan = plan(step, "Failed");
             let message = format!("scale-down refused: {why}");
             set_status(
                 db,
@@ -418,23 +518,29 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
         }
         Next::Step(step) => {
             // Say what is about to happen before doing it: a step can take a while.
-            let remaining = membership::plan(&observed);
-            let plan = plan_of(previous.clone(), &remaining, "Running");
             let message = format!("{step}");
-            progressing(ctx, db, ready, &message, endpoints.clone(), Some(plan)).await?;
+            let running_plan = plan(step, "Running");
+            progressing(
+                ctx,
+                db,
+                ready,
+                &message,
+                endpoints.clone(),
+                Some(running_plan.clone()),
+            )
+            .await?;
             carry_out(ctx, db, &admin, &leader_host, &running, step).await?;
-            let mut done = previous;
-            done.push(PlanStep {
-                action: step.to_string(),
-                state: "Done".into(),
-            });
-            let plan = plan_of(done, remaining.get(1..).unwrap_or_default(), "Pending");
+            let mut done_plan = running_plan;
+            if let Some(current) = done_plan.steps.get_mut(done as usize) {
+                current.state = "Done".into();
+            }
+            done_plan.current = done + 1;
             let refreshed: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), &namespace);
             let latest = refreshed
                 .get(&name)
                 .await
                 .map_err(api("reading the DatabaseCluster"))?;
-            progressing(ctx, &latest, ready, &message, endpoints, Some(plan)).await?;
+            progressing(ctx, &latest, ready, &message, endpoints, Some(done_plan)).await?;
             Ok(Action::requeue(Duration::from_millis(200)))
         }
     }
@@ -518,58 +624,60 @@ async fn progressing(
     Ok(Action::requeue(Duration::from_secs(2)))
 }
 
-/// Deletes the volumes of ordinals past the wanted members that are no longer in the group,
-/// so that a later scale-up starts them afresh rather than from a departed member's log.
-async fn delete_departed_volumes(
+/// The volumes of `name`'s pods, by ordinal.
+async fn volumes(
     ctx: &Ctx,
-    db: &DatabaseCluster,
-    desired: i32,
-    observed: &Observed,
-) -> Result<(), Error> {
-    let name = db.name_any();
-    let claims: Api<PersistentVolumeClaim> =
-        Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
-    let members: BTreeSet<NodeId> = observed.members.iter().map(|m| m.id).collect();
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<(NodeId, PersistentVolumeClaim)>, Error> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
     let found = claims
-        .list(&ListParams::default().labels(&label_selector(&name)))
+        .list(&ListParams::default().labels(&label_selector(name)))
         .await
         .map_err(api("listing the volumes"))?;
-    for claim in found.items {
-        let claim_name = claim.name_any();
-        let Some(ordinal) = claim_name
-            .strip_prefix(&format!("data-{name}-"))
-            .and_then(|n| n.parse::<NodeId>().ok())
-        else {
-            continue;
-        };
-        if ordinal >= desired as NodeId
-            && !members.contains(&(ordinal + 1))
-            && claim.metadata.deletion_timestamp.is_none()
-        {
-            claims
-                .delete(&claim_name, &DeleteParams::default())
-                .await
-                .map_err(api(format!("deleting volume {claim_name}")))?;
-            emit(
-                ctx,
-                db,
-                EventType::Normal,
-                "VolumeDeleted",
-                &format!(
-                    "deleted volume {claim_name} of member {}, which left the group",
-                    ordinal + 1
-                ),
-            )
-            .await;
-        }
-    }
+    Ok(found
+        .items
+        .into_iter()
+        .filter_map(|claim| {
+            let ordinal = claim
+                .name_any()
+                .strip_prefix(&format!("data-{name}-"))?
+                .parse::<NodeId>()
+                .ok()?;
+            Some((ordinal, claim))
+        })
+        .collect())
+}
+
+/// Deletes the volume `claim` of member `id`, which left the group.
+async fn delete_volume(
+    ctx: &Ctx,
+    db: &DatabaseCluster,
+    claim: &str,
+    id: NodeId,
+) -> Result<(), Error> {
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+    claims
+        .delete(claim, &DeleteParams::default())
+        .await
+        .map_err(api(format!("deleting volume {claim}")))?;
+    emit(
+        ctx,
+        db,
+        EventType::Normal,
+        "VolumeDeleted",
+        &format!("deleted volume {claim} of member {id}, which left the group"),
+    )
+    .await;
     Ok(())
 }
 
-/// Why the StatefulSet cannot take the spec's volume size: Kubernetes does not let a
-/// StatefulSet's volume templates change.
-fn storage_change(set: &StatefulSet, size: &str) -> Option<String> {
-    let current = set
+/// Why the StatefulSet cannot take the spec's volumes: Kubernetes does not let a
+/// StatefulSet's volume templates change. Sizes are compared as quantities (the API server
+/// writes `1024Mi` as `1Gi`).
+fn storage_change(set: &StatefulSet, storage: &crate::crd::Storage) -> Option<String> {
+    let claim = set
         .spec
         .as_ref()?
         .volume_claim_templates
@@ -577,19 +685,51 @@ fn storage_change(set: &StatefulSet, size: &str) -> Option<String> {
         .iter()
         .find(|t| t.metadata.name.as_deref() == Some("data"))?
         .spec
-        .as_ref()?
+        .as_ref()?;
+    let current = claim
         .resources
-        .as_ref()?
-        .requests
-        .as_ref()?
-        .get("storage")?
-        .0
-        .clone();
-    (current != size).then(|| {
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+        .map(|q| q.0.clone())
+        .unwrap_or_default();
+    if bytes(&current) != bytes(&storage.size) {
+        return Some(format!(
+            "spec.storage.size is {} but the volumes were made with {current}; a StatefulSet's volumes cannot be resized this way",
+            storage.size
+        ));
+    }
+    let class = claim.storage_class_name.clone().unwrap_or_default();
+    (class != storage.storage_class).then(|| {
         format!(
-            "spec.storage.size is {size} but the volumes were made with {current}; a StatefulSet's volumes cannot be resized this way"
+            "spec.storage.storageClass is {:?} but the volumes were made with {class:?}; a StatefulSet's volumes cannot move to another class",
+            storage.storage_class
         )
     })
+}
+
+/// A Kubernetes quantity of bytes (`10Gi`, `1500M`, `1e9`) as a number; `None` if it is not one.
+fn bytes(quantity: &str) -> Option<f64> {
+    const SUFFIXES: [(&str, f64); 12] = [
+        ("Ki", 1024.0),
+        ("Mi", 1_048_576.0),
+        ("Gi", 1_073_741_824.0),
+        ("Ti", 1_099_511_627_776.0),
+        ("Pi", 1_125_899_906_842_624.0),
+        ("Ei", 1_152_921_504_606_846_976.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    let quantity = quantity.trim();
+    let (number, scale) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, scale)| Some((quantity.strip_suffix(suffix)?, *scale)))
+        .unwrap_or((quantity, 1.0));
+    number.parse::<f64>().ok().map(|n| n * scale)
 }
 
 /// The StatefulSet: `replicas` pods, each knowing its node id and stable name from the
@@ -645,6 +785,9 @@ fn statefulset(
                         "resources": workload.resources,
                         "volumeMounts": [
                             {"name": "data", "mountPath": DATA},
+                            // SQLite's temporary files (large sorts, index builds): the root
+                            // filesystem is read-only.
+                            {"name": "tmp", "mountPath": "/tmp"},
                             {"name": "raft", "mountPath": "/var/run/quartet/raft", "readOnly": true},
                             {"name": "mysql", "mountPath": "/var/run/quartet/mysql", "readOnly": true},
                         ],
@@ -652,6 +795,7 @@ fn statefulset(
                                             "capabilities": {"drop": ["ALL"]}},
                     }],
                     "volumes": [
+                        {"name": "tmp", "emptyDir": {}},
                         {"name": "raft", "secret": {"secretName": format!("{name}-raft"), "items": [{"key": "secret", "path": "secret"}]}},
                         {"name": "mysql", "secret": {"secretName": mysql_secret, "items": [{"key": mysql_key, "path": mysql_key}]}},
                     ],

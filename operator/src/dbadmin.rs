@@ -13,17 +13,18 @@ use crate::membership::{Member, NodeId};
 /// The gRPC port of every replica.
 pub const GRPC_PORT: u16 = 7140;
 
-/// A leader reports a member this many entries behind or less as caught up (the database's
-/// own threshold for removals).
-const CAUGHT_UP: u64 = 1000;
+/// How long a status call may take: a replica that accepts the connection and does not
+/// answer must not hold up a reconciliation.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A member the leader has not heard from for longer than this is not healthy.
-const HEARD_WITHIN_MS: u64 = 2000;
+/// How long a membership change may take (adding a learner returns once it has caught up;
+/// the database gives up on a change after 60 s).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The admin API of one group, as the operator calls it.
 #[derive(Clone)]
 pub struct Admin {
-    secret: String,
+    authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     port: u16,
 }
 
@@ -44,26 +45,38 @@ pub struct AdminError {
 }
 
 impl Admin {
-    /// Calls authorised with the group's `secret`, on the replicas' gRPC port.
-    pub fn new(secret: &str) -> Self {
-        Self {
-            secret: secret.to_owned(),
+    /// Calls authorised with the group's `secret` (as the replicas read it: without a trailing
+    /// line break), on the replicas' gRPC port; an error when it cannot be sent as a header.
+    pub fn new(secret: &str) -> Result<Self, String> {
+        let secret = secret.trim_end_matches(['\n', '\r']);
+        let authorization = format!("Bearer {secret}").parse().map_err(|_| {
+            "the group's secret holds characters a header cannot carry (printable ASCII only)"
+                .to_owned()
+        })?;
+        Ok(Self {
+            authorization,
             port: GRPC_PORT,
-        }
+        })
     }
 
     async fn client(
         &self,
         host: &str,
+        timeout: Duration,
     ) -> Result<AdminClient<tonic::transport::Channel>, AdminError> {
         let failed = |message: String| AdminError {
             host: host.to_owned(),
             message,
         };
-        let channel = Endpoint::from_shared(format!("http://{host}:{}", self.port))
+        // A pod IP may be IPv6, which a URL writes in brackets.
+        let authority = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => std::net::SocketAddr::new(ip, self.port).to_string(),
+            Err(_) => format!("{host}:{}", self.port),
+        };
+        let channel = Endpoint::from_shared(format!("http://{authority}"))
             .map_err(|e| failed(e.to_string()))?
             .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(90))
+            .timeout(timeout)
             .connect()
             .await
             .map_err(|e| failed(format!("cannot connect: {e}")))?;
@@ -72,18 +85,18 @@ impl Admin {
 
     fn request<T>(&self, body: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(body);
-        if let Ok(value) = format!("Bearer {}", self.secret).parse() {
-            request.metadata_mut().insert("authorization", value);
-        }
+        request
+            .metadata_mut()
+            .insert("authorization", self.authorization.clone());
         request
     }
 
-    async fn call<T, F, Fut>(&self, host: &str, f: F) -> Result<T, AdminError>
+    async fn call<T, F, Fut>(&self, host: &str, timeout: Duration, f: F) -> Result<T, AdminError>
     where
         F: FnOnce(AdminClient<tonic::transport::Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let client = self.client(host).await?;
+        let client = self.client(host, timeout).await?;
         f(client)
             .await
             .map(tonic::Response::into_inner)
@@ -96,8 +109,10 @@ impl Admin {
     /// The group as the replica at `host` sees it.
     pub async fn status(&self, host: &str) -> Result<pb::GroupStatus, AdminError> {
         let request = self.request(pb::StatusRequest {});
-        self.call(host, |mut c| async move { c.status(request).await })
-            .await
+        self.call(host, STATUS_TIMEOUT, |mut c| async move {
+            c.status(request).await
+        })
+        .await
     }
 
     /// Adds the replica whose own status is `joining` as a learner, through the leader at
@@ -112,22 +127,28 @@ impl Admin {
             addr: joining.addr.clone(),
             mysql: joining.mysql.clone(),
         });
-        self.call(leader, |mut c| async move { c.add_learner(request).await })
-            .await
+        self.call(leader, CHANGE_TIMEOUT, |mut c| async move {
+            c.add_learner(request).await
+        })
+        .await
     }
 
     /// Makes learner `id` a voter.
     pub async fn promote(&self, leader: &str, id: NodeId) -> Result<pb::GroupStatus, AdminError> {
         let request = self.request(pb::NodesRequest { ids: vec![id] });
-        self.call(leader, |mut c| async move { c.promote(request).await })
-            .await
+        self.call(leader, CHANGE_TIMEOUT, |mut c| async move {
+            c.promote(request).await
+        })
+        .await
     }
 
     /// Takes `id` out of the group.
     pub async fn remove(&self, leader: &str, id: NodeId) -> Result<pb::GroupStatus, AdminError> {
         let request = self.request(pb::NodesRequest { ids: vec![id] });
-        self.call(leader, |mut c| async move { c.remove(request).await })
-            .await
+        self.call(leader, CHANGE_TIMEOUT, |mut c| async move {
+            c.remove(request).await
+        })
+        .await
     }
 
     /// Moves leadership to voter `to`.
@@ -137,15 +158,15 @@ impl Admin {
         to: NodeId,
     ) -> Result<pb::GroupStatus, AdminError> {
         let request = self.request(pb::TransferLeaderRequest { to });
-        self.call(
-            leader,
-            |mut c| async move { c.transfer_leader(request).await },
-        )
+        self.call(leader, CHANGE_TIMEOUT, |mut c| async move {
+            c.transfer_leader(request).await
+        })
         .await
     }
 }
 
-/// The members as the leader's status reports them, with their health.
+/// The members as the leader's status reports them, with their health as the database
+/// judges it (the same rule it applies to a removal).
 pub fn members(leader: &pb::GroupStatus) -> Vec<Member> {
     leader
         .members
@@ -153,9 +174,7 @@ pub fn members(leader: &pb::GroupStatus) -> Vec<Member> {
         .map(|m| Member {
             id: m.id,
             voter: m.voter,
-            healthy: m.id == leader.node
-                || (m.lag.is_some_and(|lag| lag <= CAUGHT_UP)
-                    && m.last_heard_ms.is_some_and(|ms| ms <= HEARD_WITHIN_MS)),
+            healthy: m.healthy,
         })
         .collect()
 }
@@ -165,28 +184,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn members_are_healthy_when_caught_up_and_heard_from() {
-        let member = |id, lag, heard| pb::Member {
-            id,
-            addr: String::new(),
-            mysql: String::new(),
-            voter: true,
-            matched: None,
-            lag,
-            last_heard_ms: heard,
-        };
-        let status = pb::GroupStatus {
-            node: 1,
-            members: vec![
-                member(1, None, None),
-                member(2, Some(0), Some(40)),
-                member(3, Some(5000), Some(40)),
-                member(4, Some(0), Some(9000)),
-                member(5, None, None),
-            ],
-            ..Default::default()
-        };
-        let healthy: Vec<bool> = members(&status).iter().map(|m| m.healthy).collect();
-        assert_eq!(healthy, [true, true, false, false, false]);
+    fn secrets_are_read_as_the_replicas_read_them_and_bad_ones_are_refused() {
+        let admin = Admin::new("s3cret\n").expect("a secret");
+        assert_eq!(admin.authorization, "Bearer s3cret");
+        let refused = Admin::new("new\nline").expect_err("refused");
+        assert!(refused.contains("printable ASCII"), "{refused}");
     }
 }

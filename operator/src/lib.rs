@@ -29,12 +29,33 @@ pub struct Config {
     /// Logging, admin listener and shutdown, shared with every Quartet process.
     #[serde(flatten)]
     pub base: BaseSettings,
+    /// What the operator reconciles.
+    pub reconcile: ReconcileSettings,
+}
+
+/// What the operator reconciles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReconcileSettings {
+    /// The namespace whose resources it reconciles (the chart's `clusterWide: false` sets its own); empty: every namespace, which needs the chart's ClusterRole.
+    pub namespace: String,
+    /// The cluster's DNS domain, in the names replicas and gateways reach each other by.
+    pub cluster_domain: String,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        Self {
+            namespace: String::new(),
+            cluster_domain: "cluster.local".into(),
+        }
+    }
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             base: BaseSettings::with_admin_port(7159),
+            reconcile: ReconcileSettings::default(),
         }
     }
 }
@@ -51,9 +72,11 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     match kube::Client::try_default().await {
         Ok(client) => {
             let stop = ctx.shutdown.token();
+            let namespace = Some(config.reconcile.namespace.clone()).filter(|n| !n.is_empty());
+            let domain = config.reconcile.cluster_domain.clone();
             tokio::spawn(async move {
                 tokio::select! {
-                    () = controllers(client) => {}
+                    () = controllers(client, namespace, &domain) => {}
                     () = stop.cancelled() => {}
                 }
             });
@@ -67,31 +90,53 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The reconcilers, until their watches end.
-async fn controllers(client: kube::Client) {
-    let ctx = std::sync::Arc::new(reconcile::Ctx::new(client.clone()));
-    tracing::info!("reconciling AuthServices, TaskGateways, RpcGateways and DatabaseClusters");
+/// The reconcilers, of `namespace` or of every namespace, until their watches end.
+async fn controllers(client: kube::Client, namespace: Option<String>, cluster_domain: &str) {
+    let ctx = std::sync::Arc::new(reconcile::Ctx::new(client.clone(), cluster_domain));
+    tracing::info!(
+        namespace = namespace.as_deref().unwrap_or("(all)"),
+        "reconciling AuthServices, TaskGateways, RpcGateways and DatabaseClusters"
+    );
+    let namespace = namespace.as_deref();
     use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
     tokio::join!(
-        control::<crd::AuthService, Deployment, _>(&client, ctx.clone(), reconcile::auth_service),
-        control::<crd::TaskGateway, Deployment, _>(&client, ctx.clone(), reconcile::task_gateway),
-        control::<crd::RpcGateway, Deployment, _>(&client, ctx.clone(), reconcile::rpc_gateway),
+        control::<crd::AuthService, Deployment, _>(
+            &client,
+            namespace,
+            ctx.clone(),
+            reconcile::auth_service
+        ),
+        control::<crd::TaskGateway, Deployment, _>(
+            &client,
+            namespace,
+            ctx.clone(),
+            reconcile::task_gateway
+        ),
+        control::<crd::RpcGateway, Deployment, _>(
+            &client,
+            namespace,
+            ctx.clone(),
+            reconcile::rpc_gateway
+        ),
         control::<crd::DatabaseCluster, StatefulSet, _>(
             &client,
+            namespace,
             ctx.clone(),
             database::database_cluster
         ),
     );
 }
 
-/// One kind's controller: `reconcile` on every change of a `K` or of a workload `W` it owns.
+/// One kind's controller: `reconcile` on every change of a `K` or of a workload `W` it owns,
+/// in `namespace` or in all.
 async fn control<K, W, F>(
     client: &kube::Client,
+    namespace: Option<&str>,
     ctx: std::sync::Arc<reconcile::Ctx>,
     reconcile: impl FnMut(std::sync::Arc<K>, std::sync::Arc<reconcile::Ctx>) -> F,
 ) where
     K: reconcile::Quartet + kube::Resource<DynamicType = ()>,
-    W: kube::Resource<DynamicType = ()>
+    W: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug
@@ -104,19 +149,22 @@ async fn control<K, W, F>(
 {
     use futures::StreamExt as _;
     use kube::runtime::{Controller, watcher};
-    Controller::new(
-        kube::Api::<K>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(
-        kube::Api::<W>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .run(reconcile, reconcile::error_policy::<K>, ctx)
-    .for_each(|outcome| async move {
-        if let Err(e) = outcome {
-            tracing::debug!(error = %e, "reconciliation not done");
+    fn api<T: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>>(
+        client: &kube::Client,
+        namespace: Option<&str>,
+    ) -> kube::Api<T> {
+        match namespace {
+            Some(n) => kube::Api::namespaced(client.clone(), n),
+            None => kube::Api::all(client.clone()),
         }
-    })
-    .await;
+    }
+    Controller::new(api::<K>(client, namespace), watcher::Config::default())
+        .owns(api::<W>(client, namespace), watcher::Config::default())
+        .run(reconcile, reconcile::error_policy::<K>, ctx)
+        .for_each(|outcome| async move {
+            if let Err(e) = outcome {
+                tracing::debug!(error = %e, "reconciliation not done");
+            }
+        })
+        .await;
 }

@@ -10,6 +10,9 @@
 //!    when the voters left keep a majority that is alive and caught up, and never while it
 //!    leads — leadership moves to a healthy wanted voter first.
 //!
+//! Only when none of these can be done does it wait (for a pod to run, a learner to catch
+//! up): a pod that never starts does not hold up a scale-down.
+//!
 //! Promoting a healthy node adds one voter and one healthy voter, and a majority of `n + 1`
 //! is at most one more than a majority of `n`; removing follows the check above; moving
 //! leadership changes no membership. So no step takes a group with a healthy majority below
@@ -78,8 +81,8 @@ pub enum Next {
     Step(Step),
     /// Nothing can be done until something changes (a pod starts, a learner catches up).
     Wait(String),
-    /// The change would leave the group without a majority: refused, saying why.
-    Refuse(String),
+    /// This change would leave the group without a majority: refused, saying why.
+    Refuse(Step, String),
     /// The members are the wanted ones, all voters.
     Settled,
 }
@@ -106,26 +109,36 @@ pub fn next(observed: &Observed) -> Next {
     if let Some(id) = missing.iter().find(|id| observed.running.contains(id)) {
         return Next::Step(Step::AddLearner(*id));
     }
-    if let Some(id) = missing.first() {
-        return Next::Wait(format!(
+    let waiting = match missing.first() {
+        Some(id) => Some(format!(
             "waiting for pod {} to run before adding member {id}",
             id - 1
-        ));
+        )),
+        None => observed
+            .members
+            .iter()
+            .find(|m| !m.voter && wanted(m.id))
+            .map(|learner| format!("member {} is catching up", learner.id)),
+    };
+    match (leave(observed), waiting) {
+        (Some(Next::Step(step)), _) => Next::Step(step),
+        (_, Some(why)) => Next::Wait(why),
+        (Some(refused), None) => refused,
+        (None, None) => Next::Settled,
     }
-    if let Some(learner) = observed.members.iter().find(|m| !m.voter && wanted(m.id)) {
-        return Next::Wait(format!("member {} is catching up", learner.id));
-    }
+}
 
-    let Some(leaving) = observed
+/// The next step of the highest member beyond the wanted leaving, or why it cannot; `None`
+/// when there is none.
+fn leave(observed: &Observed) -> Option<Next> {
+    let wanted = |id: NodeId| (1..=observed.desired).contains(&id);
+    let leaving = observed
         .members
         .iter()
         .filter(|m| !wanted(m.id))
-        .max_by_key(|m| m.id)
-    else {
-        return Next::Settled;
-    };
+        .max_by_key(|m| m.id)?;
     if !leaving.voter {
-        return Next::Step(Step::Remove(leaving.id));
+        return Some(Next::Step(Step::Remove(leaving.id)));
     }
     let remaining: Vec<&Member> = observed
         .members
@@ -135,22 +148,28 @@ pub fn next(observed: &Observed) -> Next {
     let healthy = remaining.iter().filter(|m| m.healthy).count();
     let needed = majority(remaining.len());
     if healthy < needed {
-        return Next::Refuse(format!(
-            "removing member {} would leave {} voters of which {healthy} are healthy; a majority needs {needed}",
-            leaving.id,
-            remaining.len()
+        return Some(Next::Refuse(
+            Step::Remove(leaving.id),
+            format!(
+                "removing member {} would leave {} voters of which {healthy} are healthy; a majority needs {needed}",
+                leaving.id,
+                remaining.len()
+            ),
         ));
     }
     if leaving.id == observed.leader {
-        return match remaining.iter().find(|m| m.healthy && wanted(m.id)) {
+        return Some(match remaining.iter().find(|m| m.healthy && wanted(m.id)) {
             Some(to) => Next::Step(Step::TransferLeader(to.id)),
-            None => Next::Refuse(format!(
-                "member {} leads and no healthy member that stays can take over",
-                leaving.id
-            )),
-        };
+            None => Next::Refuse(
+                Step::Remove(leaving.id),
+                format!(
+                    "member {} leads and no healthy member that stays can take over",
+                    leaving.id
+                ),
+            ),
+        });
     }
-    Next::Step(Step::Remove(leaving.id))
+    Some(Next::Step(Step::Remove(leaving.id)))
 }
 
 /// The changes from here to `observed.desired` if every step succeeds and every node stays
@@ -172,7 +191,7 @@ pub fn plan(observed: &Observed) -> Vec<Step> {
 }
 
 /// `step` as the group would carry it out: learners join healthy when their pod runs.
-fn apply(state: &mut Observed, step: Step) {
+pub fn apply(state: &mut Observed, step: Step) {
     match step {
         Step::AddLearner(id) => state.members.push(Member {
             id,
@@ -252,6 +271,7 @@ mod tests {
         assert_eq!(
             refused,
             Next::Refuse(
+                Step::Remove(3),
                 "removing member 3 would leave 2 voters of which 1 are healthy; a majority needs 2"
                     .into()
             )
@@ -277,6 +297,21 @@ mod tests {
             Next::Wait("member 2 is catching up".into())
         );
         assert_eq!(next(&scaled(group(&[1, 2], &[], &[], 2), 2)), Next::Settled);
+    }
+
+    #[test]
+    fn a_pod_that_never_runs_does_not_hold_up_a_scale_down() {
+        // 3 → 5 added member 5 while pod 3 (member 4) never ran; back to 4, member 5 leaves.
+        let mut g = scaled(group(&[1, 2, 3, 5], &[], &[], 1), 4);
+        g.running.remove(&4);
+        assert_eq!(next(&g), Next::Step(Step::Remove(5)));
+        // Once it has left, the missing pod is what is waited for.
+        let mut g = scaled(group(&[1, 2, 3], &[], &[], 1), 4);
+        g.running.remove(&4);
+        assert_eq!(
+            next(&g),
+            Next::Wait("waiting for pod 3 to run before adding member 4".into())
+        );
     }
 
     /// Every group of up to 7 voters and 2 learners, every set of down nodes that leaves a
@@ -333,7 +368,7 @@ mod tests {
                                         assert!(state.members.iter().all(|m| m.voter));
                                         break;
                                     }
-                                    Next::Wait(_) | Next::Refuse(_) => break,
+                                    Next::Wait(_) | Next::Refuse(..) => break,
                                 }
                             }
                         }

@@ -42,14 +42,19 @@ pub struct Ctx {
     pub recorder: Recorder,
     /// Failed reconciliations in a row, by resource (`namespace/name`), for the backoff.
     failures: std::sync::Mutex<BTreeMap<String, u32>>,
+    /// The cluster's DNS domain (`cluster.local` unless the cluster was set up otherwise).
+    pub cluster_domain: String,
+    /// The leader (and its term) each `DatabaseCluster` was last seen with, and since when.
+    leaders: std::sync::Mutex<BTreeMap<String, (u64, u64, std::time::Instant)>>,
     /// The PodDisruptionBudget API this cluster serves (`policy/v1`, or `policy/v1beta1`
     /// before Kubernetes 1.21), asked once.
     pdb_api: tokio::sync::OnceCell<Option<kube::discovery::ApiResource>>,
 }
 
 impl Ctx {
-    /// A context for `client`, publishing Events as `quartet-operator`.
-    pub fn new(client: kube::Client) -> Self {
+    /// A context for `client` in a cluster whose DNS domain is `cluster_domain`, publishing
+    /// Events as `quartet-operator`.
+    pub fn new(client: kube::Client, cluster_domain: &str) -> Self {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -58,6 +63,8 @@ impl Ctx {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             failures: std::sync::Mutex::default(),
+            cluster_domain: cluster_domain.to_owned(),
+            leaders: std::sync::Mutex::default(),
             pdb_api: tokio::sync::OnceCell::new(),
         }
     }
@@ -91,6 +98,18 @@ impl Ctx {
         let count = failures.entry(key).or_insert(0);
         *count += 1;
         *count
+    }
+
+    /// Whether the group of resource `key` has been led by `leader` in `term` for less than
+    /// 10 s, as far as this operator has seen.
+    pub(crate) fn new_leader(&self, key: &str, leader: u64, term: u64) -> bool {
+        let mut leaders = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let seen = leaders.entry(key.to_owned()).or_insert((leader, term, now));
+        if (seen.0, seen.1) != (leader, term) {
+            *seen = (leader, term, now);
+        }
+        now.duration_since(seen.2) < Duration::from_secs(10)
     }
 
     pub(crate) fn succeeded(&self, key: &str) {
@@ -377,7 +396,8 @@ pub(crate) async fn apply_budget<K: Quartet>(
 }
 
 /// Ends a reconciliation that found something to report: the status says it (phase
-/// `Failed`, the reason and one line), and it is tried again in a while.
+/// `Failed`, the reason and one line), and it is tried again in 10 s — what it waits on
+/// (a referenced resource publishing its endpoints, a Secret) is often fixed by then.
 pub(crate) async fn report<K: Quartet>(
     ctx: &Ctx,
     resource: &K,
@@ -398,7 +418,7 @@ pub(crate) async fn report<K: Quartet>(
         },
     )
     .await?;
-    Ok(Action::requeue(Duration::from_secs(60)))
+    Ok(Action::requeue(Duration::from_secs(10)))
 }
 
 /// The ready replicas a Deployment reports.
@@ -651,8 +671,8 @@ pub async fn rpc_gateway(gateway: Arc<RpcGateway>, ctx: Arc<Ctx>) -> Result<Acti
         .iter()
         .map(|b| {
             format!(
-                "{}=tcp://{}.{namespace}.svc.cluster.local:{}",
-                b.name, b.service, b.port
+                "{}=tcp://{}.{namespace}.svc.{}:{}",
+                b.name, b.service, ctx.cluster_domain, b.port
             )
         })
         .collect();

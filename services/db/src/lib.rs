@@ -83,7 +83,7 @@ impl Default for StorageSettings {
 /// This replica's place in its Raft group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RaftSettings {
-    /// This node's id in the group: a positive number, unique in the group, never reused.
+    /// This node's id in the group: a positive number, unique in the group; an id used before starts again only from empty storage.
     pub node_id: u64,
     /// The gRPC address peers reach this node at (`host:port`); empty: the gRPC listen address.
     pub advertise: String,

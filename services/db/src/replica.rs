@@ -495,6 +495,7 @@ impl Replica {
 
     /// The group as this replica sees it.
     pub fn status(&self) -> GroupStatus {
+        let alive = self.alive_within.as_millis() as u64;
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -519,14 +520,19 @@ impl Replica {
                 } else {
                     None
                 };
+                let lag = matched.map(|m| last_log.unwrap_or(0).saturating_sub(m));
                 MemberStatus {
                     id: *id,
                     addr: member.addr.clone(),
                     mysql: member.mysql.clone(),
                     voter: voters.contains(id),
                     matched,
-                    lag: matched.map(|m| last_log.unwrap_or(0).saturating_sub(m)),
+                    lag,
                     last_heard_ms: heard,
+                    healthy: metrics.state == ServerState::Leader
+                        && (*id == self.id
+                            || (lag.is_some_and(|lag| lag <= CAUGHT_UP)
+                                && heard.is_some_and(|ms| ms <= alive))),
                 }
             })
             .collect::<Vec<MemberStatus>>();
@@ -647,15 +653,7 @@ impl Replica {
             }
         }
         // The voters left must include a live, caught-up majority, or the group would stall.
-        let alive = self.alive_within.as_millis() as u64;
-        let caught_up = remaining
-            .iter()
-            .filter(|m| {
-                m.id == self.id
-                    || (m.lag.is_some_and(|lag| lag <= CAUGHT_UP)
-                        && m.last_heard_ms.is_some_and(|ms| ms <= alive))
-            })
-            .count();
+        let caught_up = remaining.iter().filter(|m| m.healthy).count();
         let majority = remaining.len() / 2 + 1;
         if caught_up < majority {
             return Err(ReplicaError::Invalid(format!(
@@ -927,6 +925,9 @@ pub struct MemberStatus {
     pub lag: Option<u64>,
     /// Milliseconds since it last answered the leader (leader only; 0 for the leader itself).
     pub last_heard_ms: Option<u64>,
+    /// Answered the leader within two election timeouts and at most 1000 entries behind: it
+    /// counts towards a majority that can make progress (leader only; the leader itself is).
+    pub healthy: bool,
 }
 
 /// The group as one replica sees it.
