@@ -764,3 +764,59 @@ async fn membership_follows_the_admin_api_learner_promotion_transfer_and_removal
     assert_eq!(code, 400, "{body}");
     group.kill(leader).await.expect("stop the removed node");
 }
+
+/// A replica in a StatefulSet (`raft.pod_name`) waits to be added, even the first: the group
+/// is formed once through the admin API, and a replica already in a group refuses to form
+/// another — so one that lost its data never starts a second group by itself. The group's
+/// secret is the bearer, as the operator uses it.
+#[tokio::test]
+async fn a_statefulset_replica_waits_and_forms_a_group_only_when_asked_once() {
+    let _one = SERIAL.lock().await;
+    let group = DbGroup::start(1, &["--raft-pod-name", "solo-0"])
+        .await
+        .expect("a replica");
+    let http = quartet_e2e::http_client(Duration::from_secs(10));
+    let url = group.http_url(0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let waiting: serde_json::Value = http
+        .get(format!("{url}/v1/cluster"))
+        .bearer_auth("e2e-raft-secret")
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(waiting["node"], 1);
+    assert!(waiting["leader"].is_null(), "{waiting}");
+    assert_eq!(waiting["members"], serde_json::json!([]), "{waiting}");
+
+    let initialize = |bearer: &'static str| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let response = http
+                .post(format!("{url}/v1/cluster/initialize"))
+                .bearer_auth(bearer)
+                .send()
+                .await
+                .expect("initialize");
+            (
+                response.status().as_u16(),
+                response.text().await.expect("body"),
+            )
+        }
+    };
+    let (code, body) = initialize("e2e-raft-secret").await;
+    assert_eq!(code, 200, "{body}");
+    group
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("it leads its group");
+    let (code, body) = initialize("e2e-raft-secret").await;
+    assert_eq!(code, 400);
+    assert!(body.contains("already a member of a group"), "{body}");
+    // Another bearer is a token for the auth service, which this replica has none of.
+    let (code, body) = initialize("not-the-secret").await;
+    assert_eq!(code, 503);
+    assert!(body.contains("not configured"), "{body}");
+}

@@ -460,6 +460,10 @@ async fn a_database_cluster_scales_through_the_admin_api_without_losing_its_majo
     assert!(raft_secret.len() >= 32);
 
     let db = settled(&clusters, 1).await;
+    assert!(
+        db.status.as_ref().is_some_and(|s| s.formed),
+        "the group's forming is recorded"
+    );
     assert_eq!(
         db.status.as_ref().expect("status").endpoints["mysql"],
         format!("{NAME}.{namespace}.svc:3306")
@@ -679,6 +683,7 @@ async fn a_database_cluster_scales_through_the_admin_api_without_losing_its_majo
         .await;
     assert!(ok, "{err}");
     for reason in [
+        "GroupFormed",
         "MemberAdded",
         "MemberPromoted",
         "LeaderMoved",

@@ -261,6 +261,10 @@ pub struct Status {
     /// The plan being carried out (scaling, later upgrades and rebalancing), step by step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<Plan>,
+    /// `DatabaseCluster`: its group has been formed, and the operator never forms one again
+    /// (a replica that lost its data waits to be added instead).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub formed: bool,
     /// Endpoints other resources use (an `AuthService` publishes `jwks` and `token` here).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub endpoints: BTreeMap<String, String>,

@@ -2,8 +2,9 @@
 //! group, whose membership follows `spec.replicas` through the database's admin API one safe
 //! change at a time ([`crate::membership`]).
 //!
-//! What it owns: the StatefulSet (a volume per member, pod `<name>-<n>` is node `n + 1`, the
-//! first pod forms the group and the others wait to be added), a headless Service
+//! What it owns: the StatefulSet (a volume per member, pod `<name>-<n>` is node `n + 1`, every
+//! replica waits to be added; once all the first pods run and none is in a group, the operator
+//! has the first form the group — once, recorded in `status.formed`), a headless Service
 //! `<name>-peers` giving each pod the stable name the group knows it by (published before the
 //! pod is ready, as a joining replica is not ready until added), a client Service `<name>`
 //! (MySQL, gRPC, REST), a ConfigMap of settings, the group's shared secret (generated once:
@@ -38,8 +39,8 @@ use crate::crd::{DatabaseCluster, Plan, ReclaimPolicy, Step as PlanStep};
 use crate::dbadmin::{self, Admin, GRPC_PORT};
 use crate::membership::{self, Next, NodeId, Observed, Step};
 use crate::reconcile::{
-    Ctx, Error, MANAGER, Report, api, apply, apply_budget, auth_settings, emit, generated_secret,
-    image, key, owner, password, set_status, setting_env,
+    Ctx, Error, MANAGER, Report, api, api_err, apply, apply_budget, auth_settings, emit,
+    generated_secret, image, key, owner, password, set_status, setting_env,
 };
 
 /// The finalizer that deletes the volumes.
@@ -176,22 +177,28 @@ fn pods_of(pods: &[Pod], name: &str) -> Vec<PodView> {
         .collect()
 }
 
-/// The leader's status, and its host: the replica that says it leads in the highest term
-/// in which a majority of its voters say so too. One replica's word is not enough — a leader
-/// cut off from its group, or a replica that formed a group of its own, also says it leads.
-async fn find_leader(
+/// Every running replica's status (those that answer), by node id, with its host.
+async fn ask_all(
     admin: &Admin,
     pods: &BTreeMap<NodeId, String>,
-) -> Option<(String, pb::GroupStatus)> {
+) -> BTreeMap<NodeId, (String, pb::GroupStatus)> {
     let asked = futures::future::join_all(
         pods.iter()
             .map(|(id, host)| async move { (*id, host.clone(), admin.status(host).await) }),
     )
     .await;
-    let statuses: BTreeMap<NodeId, (String, pb::GroupStatus)> = asked
+    asked
         .into_iter()
         .filter_map(|(id, host, status)| Some((id, (host, status.ok()?))))
-        .collect();
+        .collect()
+}
+
+/// The leader's status, and its host: the replica that says it leads in the highest term in
+/// which a majority of its voters say so too. One replica's word is not enough — a leader cut
+/// off from its group also says it leads.
+fn confirmed_leader(
+    statuses: &BTreeMap<NodeId, (String, pb::GroupStatus)>,
+) -> Option<(String, pb::GroupStatus)> {
     let mut leaders: Vec<&(String, pb::GroupStatus)> = statuses
         .values()
         .filter(|(_, s)| s.role == "leader" && s.leader == Some(s.node))
@@ -214,6 +221,21 @@ async fn find_leader(
             .count();
         (agreeing > voters.len() / 2).then(|| (host.clone(), leader.clone()))
     })
+}
+
+/// Records in the status that the group has been formed (a merge patch: the field is the
+/// database reconciler's alone, and the status's other fields stay as they are).
+async fn mark_formed(ctx: &Ctx, db: &DatabaseCluster) -> Result<(), Error> {
+    let api: Api<DatabaseCluster> =
+        Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+    api.patch_status(
+        &db.name_any(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"status": {"formed": true}})),
+    )
+    .await
+    .map_err(api_err("DatabaseCluster status", &db.name_any()))?;
+    Ok(())
 }
 
 async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
@@ -349,7 +371,12 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
         .collect();
     let admin =
         Admin::new(&secret).map_err(|e| Error::Invalid(format!("Secret {name}-raft: {e}")))?;
-    let group = find_leader(&admin, &running).await;
+    let statuses = ask_all(&admin, &running).await;
+    let group = confirmed_leader(&statuses);
+    let formed = db.status.as_ref().is_some_and(|s| s.formed);
+    if group.is_some() && !formed {
+        mark_formed(ctx, db).await?;
+    }
     let members: Vec<membership::Member> = group
         .as_ref()
         .map(|(_, status)| dbadmin::members(status))
@@ -404,6 +431,35 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
         .unwrap_or(0);
 
     let Some((leader_host, leader_status)) = group else {
+        // A group never formed: once every pod runs and none belongs to a group, the first
+        // forms it. Only ever once — a replica that lost its data later waits to be added
+        // rather than forming a second group.
+        if !formed {
+            let all_running = (1..=pods_wanted as NodeId).all(|id| running.contains_key(&id));
+            let none_in_a_group = statuses.len() == running.len()
+                && statuses.values().all(|(_, s)| s.members.is_empty());
+            if let (true, true, Some(first)) = (all_running, none_in_a_group, running.get(&1)) {
+                admin
+                    .initialize(first)
+                    .await
+                    .map_err(|e| Error::Invalid(format!("forming the group: {e}")))?;
+                mark_formed(ctx, db).await?;
+                emit(
+                    ctx,
+                    db,
+                    EventType::Normal,
+                    "GroupFormed",
+                    "member 1 formed the group; the others join it one by one",
+                )
+                .await;
+                return Ok(Action::requeue(Duration::from_millis(500)));
+            }
+            let message = format!(
+                "waiting for all {pods_wanted} pods to run ({} do) before forming the group",
+                running.len()
+            );
+            return progressing(ctx, db, ready, &message, endpoints, None).await;
+        }
         let message = if running.is_empty() {
             "no pod of the group runs yet".to_owned()
         } else {

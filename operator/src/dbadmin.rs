@@ -115,6 +115,15 @@ impl Admin {
         .await
     }
 
+    /// Forms a group of the replica at `host` alone (refused if it is a member of one).
+    pub async fn initialize(&self, host: &str) -> Result<pb::GroupStatus, AdminError> {
+        let request = self.request(pb::InitializeRequest {});
+        self.call(host, CHANGE_TIMEOUT, |mut c| async move {
+            c.initialize(request).await
+        })
+        .await
+    }
+
     /// Adds the replica whose own status is `joining` as a learner, through the leader at
     /// `leader`; returns once it has caught up.
     pub async fn add_learner(

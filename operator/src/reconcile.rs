@@ -773,6 +773,8 @@ pub(crate) async fn set_status<K: Quartet>(
             last_transition_time: since,
         }],
         plan,
+        // Set by the database reconciler (a merge patch); kept as it is.
+        formed: resource.status().is_some_and(|s| s.formed),
         endpoints,
     };
     if previous.is_none_or(|c| c.reason != reason) && failed {

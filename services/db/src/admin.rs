@@ -152,6 +152,20 @@ async fn status(replica: web::Data<Arc<Replica>>, caller: Bearer) -> Result<Http
     Ok(HttpResponse::Ok().json(replica.status()))
 }
 
+/// Forms a group of this replica alone, if it belongs to none.
+#[utoipa::path(post, path = "/v1/cluster/initialize", tag = "cluster",
+    responses((status = 200, description = "A group of this replica", body = GroupStatus),
+              (status = 400, description = "Already a member of a group", body = Problem)),
+    security(("bearer" = [])))]
+async fn initialize(
+    replica: web::Data<Arc<Replica>>,
+    caller: Bearer,
+) -> Result<HttpResponse, Problem> {
+    caller.require(MANAGE)?;
+    replica.initialize().await.map_err(|e| problem(&e))?;
+    Ok(HttpResponse::Ok().json(replica.status()))
+}
+
 /// Adds a learner and waits until it has caught up.
 #[utoipa::path(post, path = "/v1/cluster/learners", tag = "cluster", request_body = AddLearner,
     responses((status = 200, description = "Added and caught up", body = GroupStatus),
@@ -253,7 +267,7 @@ async fn checksum(
 }
 
 #[derive(OpenApi)]
-#[openapi(paths(status, add_learner, promote, remove, transfer, checksum))]
+#[openapi(paths(status, initialize, add_learner, promote, remove, transfer, checksum))]
 struct Doc;
 
 /// The REST routes and their OpenAPI document.
@@ -263,6 +277,7 @@ pub fn rest(replica: Arc<Replica>) -> quartet_kit::RestApi {
         move |cfg| {
             cfg.app_data(data.clone())
                 .route("/v1/cluster", web::get().to(status))
+                .route("/v1/cluster/initialize", web::post().to(initialize))
                 .route("/v1/cluster/learners", web::post().to(add_learner))
                 .route("/v1/cluster/voters", web::post().to(promote))
                 .route("/v1/cluster/nodes/{id}", web::delete().to(remove))
@@ -338,6 +353,15 @@ impl Admin for AdminService {
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::GroupStatus>, Status> {
         self.allow(&request, READ).await?;
+        Ok(Response::new(self.status()))
+    }
+
+    async fn initialize(
+        &self,
+        request: Request<pb::InitializeRequest>,
+    ) -> Result<Response<pb::GroupStatus>, Status> {
+        self.allow(&request, MANAGE).await?;
+        self.replica.initialize().await.map_err(|e| status_of(&e))?;
         Ok(Response::new(self.status()))
     }
 

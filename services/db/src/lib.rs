@@ -93,7 +93,7 @@ pub struct RaftSettings {
     pub initial_members: String,
     /// Do not form a group: wait to be added to an existing one through the admin API.
     pub join: bool,
-    /// A StatefulSet pod's name (`<set>-<ordinal>`, from the downward API): the node id is then the ordinal + 1, and every pod but the first waits to be added (`join`), as the operator does.
+    /// A StatefulSet pod's name (`<set>-<ordinal>`, from the downward API): the node id is then the ordinal + 1, and the replica waits to be added (`join`) — the operator forms the group through the admin API, once, so that a replica whose data was lost never forms a second one.
     pub pod_name: String,
     /// Heartbeat interval in milliseconds.
     pub heartbeat_ms: u64,
@@ -127,7 +127,7 @@ impl Default for RaftSettings {
 
 impl RaftSettings {
     /// This node's id and whether it waits to be added: from `pod_name` when set (the
-    /// ordinal + 1; only the first pod forms a group), else `node_id` and `join`.
+    /// ordinal + 1, waiting), else `node_id` and `join`.
     pub fn identity(&self) -> Result<(u64, bool), String> {
         if self.pod_name.is_empty() {
             return if self.node_id == 0 {
@@ -147,8 +147,7 @@ impl RaftSettings {
                     self.pod_name
                 )
             })?;
-        let id = ordinal + 1;
-        Ok((id, self.join || id != 1))
+        Ok((ordinal + 1, true))
     }
 
     /// Parses `initial_members`.
@@ -364,8 +363,8 @@ mod tests {
     }
 
     #[test]
-    fn a_pods_ordinal_is_its_node_id_and_only_the_first_forms_a_group() {
-        assert_eq!(pod("orders-0"), Ok((1, false)));
+    fn a_pods_ordinal_is_its_node_id_and_it_waits_to_be_added() {
+        assert_eq!(pod("orders-0"), Ok((1, true)));
         assert_eq!(pod("orders-db-4"), Ok((5, true)));
         for bad in ["orders", "orders-x", "-3", "orders-"] {
             let e = pod(bad).expect_err(bad);

@@ -266,6 +266,29 @@ impl Replica {
         }))
     }
 
+    /// Forms a group of this replica alone, when it belongs to none: how an operator starts
+    /// a group whose replicas all wait to be added. Refused when it is already a member (of
+    /// this group or any), so that a replica whose data was lost never forms a second one.
+    pub async fn initialize(&self) -> Result<(), ReplicaError> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        if initialized {
+            return Err(ReplicaError::Invalid(format!(
+                "node {} is already a member of a group",
+                self.id
+            )));
+        }
+        self.raft
+            .initialize(BTreeMap::from([(self.id, self.me.clone())]))
+            .await
+            .map_err(|e| ReplicaError::Invalid(e.to_string()))?;
+        tracing::info!(node = self.id, "group formed on request");
+        Ok(())
+    }
+
     /// Waits until the group has a leader this replica knows of; returns it.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, ReplicaError> {
         let mut metrics = self.raft.metrics();
