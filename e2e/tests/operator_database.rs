@@ -266,6 +266,18 @@ fn steps(operator: &Server) -> Vec<String> {
         .collect()
 }
 
+/// Scales to `replicas` and waits until ready; says how long it took (the figure in
+/// docs/operator.md).
+async fn scale_and_settle(clusters: &Api<DatabaseCluster>, from: i32, replicas: i32) {
+    let started = std::time::Instant::now();
+    scale(clusters, replicas).await;
+    settled(clusters, replicas).await;
+    eprintln!(
+        "scaled {from} -> {replicas} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 async fn scale(clusters: &Api<DatabaseCluster>, replicas: i32) {
     clusters
         .patch(
@@ -474,8 +486,7 @@ async fn a_database_cluster_scales_through_the_admin_api_without_losing_its_majo
     let recorder = tokio::spawn(record(admin.clone(), seen.clone(), alive.clone()));
 
     // 1 → 3 → 5: each new member a learner first, promoted once caught up.
-    scale(&clusters, 3).await;
-    settled(&clusters, 3).await;
+    scale_and_settle(&clusters, 1, 3).await;
     assert_eq!(
         steps(&operator.server),
         [
@@ -485,8 +496,7 @@ async fn a_database_cluster_scales_through_the_admin_api_without_losing_its_majo
             "promote member 3 to voter"
         ]
     );
-    scale(&clusters, 5).await;
-    settled(&clusters, 5).await;
+    scale_and_settle(&clusters, 3, 5).await;
     assert_eq!(
         steps(&operator.server)[4..],
         [
@@ -531,8 +541,7 @@ async fn a_database_cluster_scales_through_the_admin_api_without_losing_its_majo
     )
     .await
     .expect("heard");
-    scale(&clusters, 3).await;
-    settled(&clusters, 3).await;
+    scale_and_settle(&clusters, 5, 3).await;
     assert_eq!(
         steps(&operator.server)[8..],
         [
