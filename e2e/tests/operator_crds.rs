@@ -42,6 +42,19 @@ async fn the_crds_install_default_validate_and_print() {
         .await
         .expect_err("500 replicas refused");
     assert!(refused.to_string().contains("spec.replicas"), "{refused}");
+    let no_size: DatabaseCluster = serde_json::from_value(json!({
+        "apiVersion": "quartet.dev/v1alpha1", "kind": "DatabaseCluster",
+        "metadata": {"name": format!("nosize-{suffix}")}, "spec": {"storage": {"size": "lots"}},
+    }))
+    .expect("a resource");
+    let refused = clusters
+        .create(&PostParams::default(), &no_size)
+        .await
+        .expect_err("a size that is no quantity refused");
+    assert!(
+        refused.to_string().contains("spec.storage.size"),
+        "{refused}"
+    );
     let gateways: Api<RpcGateway> = Api::namespaced(client.clone(), namespace);
     let bad_backend: RpcGateway = serde_json::from_value(json!({
         "apiVersion": "quartet.dev/v1alpha1", "kind": "RpcGateway",

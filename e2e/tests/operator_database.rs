@@ -592,7 +592,7 @@ async fn a_database_cluster_scales_through_the_admin_api_without_losing_its_majo
             status
                 .members
                 .iter()
-                .any(|m| m.id == 2 && !m.healthy)
+                .any(|m| m.id == 2 && m.healthy == Some(false))
                 .then_some(())
         },
     )

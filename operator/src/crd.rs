@@ -109,6 +109,7 @@ pub struct AuthRef {
 pub struct Storage {
     /// The volume's size, e.g. `10Gi`.
     #[serde(default = "default_storage_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i|[kMGTPE])?$"))]
     pub size: String,
     /// The StorageClass; empty uses the cluster's default.
     #[serde(default, skip_serializing_if = "String::is_empty")]

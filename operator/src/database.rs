@@ -62,7 +62,21 @@ pub async fn database_cluster(db: Arc<DatabaseCluster>, ctx: Arc<Ctx>) -> Result
     // deletion (or a namespace's) should the operator be gone by then. One left from an
     // earlier `Delete` is still honoured, and then removed.
     let finalized = db.finalizers().iter().any(|f| f == FINALIZER);
-    let outcome = if db.spec.storage.reclaim_policy == ReclaimPolicy::Delete || finalized {
+    let deleting = db.metadata.deletion_timestamp.is_some();
+    let retain = db.spec.storage.reclaim_policy == ReclaimPolicy::Retain;
+    if retain && finalized && !deleting {
+        // Switched from Delete to Retain: nothing to clean up any more.
+        let others: Vec<&String> = db.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+        api.patch(
+            &db.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"finalizers": others}})),
+        )
+        .await
+        .map_err(crate::reconcile::api("removing the finalizer"))?;
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
+    let outcome = if !retain || finalized {
         finalizer(&api, FINALIZER, db.clone(), |event| async {
             match event {
                 Finalized::Apply(db) => reconcile(&db, &ctx).await,
@@ -75,7 +89,7 @@ pub async fn database_cluster(db: Arc<DatabaseCluster>, ctx: Arc<Ctx>) -> Result
             | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
             other => Error::Invalid(format!("finalizer {FINALIZER}: {other}")),
         })
-    } else if db.metadata.deletion_timestamp.is_some() {
+    } else if deleting {
         Ok(Action::await_change())
     } else {
         reconcile(&db, &ctx).await
@@ -228,13 +242,20 @@ fn confirmed_leader(
 async fn mark_formed(ctx: &Ctx, db: &DatabaseCluster) -> Result<(), Error> {
     let api: Api<DatabaseCluster> =
         Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
-    api.patch_status(
-        &db.name_any(),
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(json!({"status": {"formed": true}})),
-    )
-    .await
-    .map_err(api_err("DatabaseCluster status", &db.name_any()))?;
+    let patched = api
+        .patch_status(
+            &db.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"formed": true}})),
+        )
+        .await
+        .map_err(api_err("DatabaseCluster status", &db.name_any()))?;
+    // An API server with an older CRD drops the field it does not know, silently.
+    if !patched.status.is_some_and(|s| s.formed) {
+        return Err(Error::Invalid(
+            "the DatabaseCluster CRD has no status.formed: apply charts/quartet/crds/ (helm upgrade does not update CRDs)".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -383,8 +404,10 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
         .unwrap_or_default();
 
     // Pods for every wanted node and every member still in the group; while the group
-    // cannot be seen, never fewer than there are. A volume still being deleted (of a member
-    // that left) holds the set where it is: a new pod must not start on it.
+    // cannot be seen, never fewer than there are — unless it was never formed, when the spec
+    // alone counts (a pod that cannot run is then dropped by lowering spec.replicas). A
+    // volume still being deleted (of a member that left) holds the set where it is: a new
+    // pod must not start on it.
     let highest_member = members.iter().map(|m| m.id).max().unwrap_or(0);
     let current = i64::from(
         existing
@@ -393,10 +416,10 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
             .and_then(|s| s.replicas)
             .unwrap_or(0),
     );
-    let mut pods_wanted = if group.is_some() {
-        i64::from(desired).max(highest_member as i64)
-    } else {
-        i64::from(desired).max(current)
+    let mut pods_wanted = match (&group, formed) {
+        (Some(_), _) => i64::from(desired).max(highest_member as i64),
+        (None, true) => i64::from(desired).max(current),
+        (None, false) => i64::from(desired),
     };
     let claims = volumes(ctx, &namespace, &name).await?;
     if let Some(ordinal) = claims
@@ -435,10 +458,26 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
         // forms it. Only ever once — a replica that lost its data later waits to be added
         // rather than forming a second group.
         if !formed {
-            let all_running = (1..=pods_wanted as NodeId).all(|id| running.contains_key(&id));
-            let none_in_a_group = statuses.len() == running.len()
-                && statuses.values().all(|(_, s)| s.members.is_empty());
-            if let (true, true, Some(first)) = (all_running, none_in_a_group, running.get(&1)) {
+            let not_running: Vec<NodeId> = (1..=pods_wanted as NodeId)
+                .filter(|id| !running.contains_key(id))
+                .collect();
+            let not_answering: Vec<NodeId> = running
+                .keys()
+                .filter(|id| !statuses.contains_key(id))
+                .copied()
+                .collect();
+            let in_a_group: Vec<NodeId> = statuses
+                .iter()
+                .filter(|(_, (_, s))| !s.members.is_empty())
+                .map(|(id, _)| *id)
+                .collect();
+            let first = running.get(&1);
+            if let (true, true, true, Some(first)) = (
+                not_running.is_empty(),
+                not_answering.is_empty(),
+                in_a_group.is_empty(),
+                first,
+            ) {
                 admin
                     .initialize(first)
                     .await
@@ -454,10 +493,17 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
                 .await;
                 return Ok(Action::requeue(Duration::from_millis(500)));
             }
-            let message = format!(
-                "waiting for all {pods_wanted} pods to run ({} do) before forming the group",
-                running.len()
-            );
+            let message = if !in_a_group.is_empty() {
+                format!(
+                    "not forming a group: members {in_a_group:?} already belong to one, and no leader a majority follows is seen"
+                )
+            } else if !not_running.is_empty() {
+                format!(
+                    "waiting for the pods of members {not_running:?} to run before forming the group"
+                )
+            } else {
+                format!("waiting for members {not_answering:?} to answer before forming the group")
+            };
             return progressing(ctx, db, ready, &message, endpoints, None).await;
         }
         let message = if running.is_empty() {
@@ -524,12 +570,11 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
             current: done,
         }
     };
+    // A leader that took over moments ago may not have heard from every member yet: their
+    // health is unknown rather than bad, and worth a short wait before refusing.
+    let fresh_leader = ctx.new_leader(&key(db), leader_status.node, leader_status.term);
     let next = match membership::next(&observed) {
-        // A leader that took over moments ago may not have heard from every member yet:
-        // their health is unknown rather than bad, and worth a short wait before refusing.
-        Next::Refuse(step, why)
-            if ctx.new_leader(&key(db), leader_status.node, leader_status.term) =>
-        {
+        Next::Refuse(step, why) if fresh_leader => {
             let unheard: Vec<NodeId> = leader_status
                 .members
                 .iter()
@@ -890,5 +935,89 @@ mod tests {
             .map(|p| (p.id, p.ip))
             .collect();
         assert_eq!(seen, [(1, Some("10.0.0.1".into())), (3, None)]);
+    }
+
+    fn replica(
+        node: NodeId,
+        role: &str,
+        leader: Option<NodeId>,
+        term: u64,
+        voters: &[NodeId],
+    ) -> (NodeId, (String, pb::GroupStatus)) {
+        let members = voters
+            .iter()
+            .map(|id| pb::Member {
+                id: *id,
+                voter: true,
+                ..Default::default()
+            })
+            .collect();
+        let status = pb::GroupStatus {
+            node,
+            role: role.into(),
+            leader,
+            term,
+            members,
+            ..Default::default()
+        };
+        (node, (format!("10.0.0.{node}"), status))
+    }
+
+    #[test]
+    fn a_leader_counts_only_when_a_majority_of_its_voters_follow_it_in_its_term() {
+        // Node 1 was cut off and still says it leads in term 3; 2 and 3 moved on to term 4.
+        let cut_off = BTreeMap::from([
+            replica(1, "leader", Some(1), 3, &[1, 2, 3]),
+            replica(2, "leader", Some(2), 4, &[1, 2, 3]),
+            replica(3, "follower", Some(2), 4, &[1, 2, 3]),
+        ]);
+        let (host, leader) = confirmed_leader(&cut_off).expect("a leader");
+        assert_eq!((host.as_str(), leader.node), ("10.0.0.2", 2));
+        // The old leader alone, with its followers silent: not enough.
+        let alone = BTreeMap::from([replica(1, "leader", Some(1), 3, &[1, 2, 3])]);
+        assert!(confirmed_leader(&alone).is_none());
+        // Followers of another term do not count for it.
+        let split = BTreeMap::from([
+            replica(1, "leader", Some(1), 3, &[1, 2, 3]),
+            replica(2, "follower", Some(1), 2, &[1, 2, 3]),
+        ]);
+        assert!(confirmed_leader(&split).is_none());
+        // A group of one leads itself.
+        let one = BTreeMap::from([replica(1, "leader", Some(1), 1, &[1])]);
+        assert!(confirmed_leader(&one).is_some());
+    }
+
+    #[test]
+    fn sizes_compare_as_quantities() {
+        assert_eq!(bytes("1Gi"), bytes("1024Mi"));
+        assert_eq!(bytes("1G"), bytes("1000M"));
+        assert_eq!(bytes("1.5Gi"), Some(1_610_612_736.0));
+        assert_ne!(bytes("1Gi"), bytes("1G"));
+        assert_eq!(bytes("lots"), None);
+        let set = |size: &str, class: Option<&str>| -> StatefulSet {
+            serde_json::from_value(json!({"spec": {
+                "selector": {}, "serviceName": "x", "template": {},
+                "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                    "spec": {"resources": {"requests": {"storage": size}}, "storageClassName": class}}],
+            }}))
+            .expect("a set")
+        };
+        let storage = |size: &str, class: &str| crate::crd::Storage {
+            size: size.into(),
+            storage_class: class.into(),
+            reclaim_policy: ReclaimPolicy::Retain,
+        };
+        assert_eq!(
+            storage_change(&set("1Gi", None), &storage("1024Mi", "")),
+            None
+        );
+        let resized = storage_change(&set("1Gi", None), &storage("2Gi", "")).expect("refused");
+        assert!(
+            resized.contains("spec.storage.size is 2Gi") && resized.contains("made with 1Gi"),
+            "{resized}"
+        );
+        let moved =
+            storage_change(&set("1Gi", Some("fast")), &storage("1Gi", "")).expect("refused");
+        assert!(moved.contains("storageClass"), "{moved}");
     }
 }

@@ -175,7 +175,9 @@ impl Admin {
 }
 
 /// The members as the leader's status reports them, with their health as the database
-/// judges it (the same rule it applies to a removal).
+/// judges it (the same rule it applies to a removal). A replica older than that judgement
+/// reports lag and silence only: then at most 1000 entries behind and heard within 2 s (the
+/// database's rule at its default election timeout).
 pub fn members(leader: &pb::GroupStatus) -> Vec<Member> {
     leader
         .members
@@ -183,7 +185,11 @@ pub fn members(leader: &pb::GroupStatus) -> Vec<Member> {
         .map(|m| Member {
             id: m.id,
             voter: m.voter,
-            healthy: m.healthy,
+            healthy: m.healthy.unwrap_or_else(|| {
+                m.id == leader.node
+                    || (m.lag.is_some_and(|lag| lag <= 1000)
+                        && m.last_heard_ms.is_some_and(|ms| ms <= 2000))
+            }),
         })
         .collect()
 }
@@ -191,6 +197,32 @@ pub fn members(leader: &pb::GroupStatus) -> Vec<Member> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_is_the_databases_word_or_from_lag_and_silence_for_older_replicas() {
+        let member = |id, lag, heard, healthy| pb::Member {
+            id,
+            lag,
+            last_heard_ms: heard,
+            healthy,
+            voter: true,
+            ..Default::default()
+        };
+        let status = pb::GroupStatus {
+            node: 1,
+            members: vec![
+                member(1, None, Some(0), None),
+                member(2, Some(0), Some(40), None),
+                member(3, Some(5000), Some(40), None),
+                member(4, Some(0), Some(9000), None),
+                member(5, Some(0), Some(40), Some(false)),
+                member(6, None, None, Some(true)),
+            ],
+            ..Default::default()
+        };
+        let healthy: Vec<bool> = members(&status).iter().map(|m| m.healthy).collect();
+        assert_eq!(healthy, [true, true, false, false, false, true]);
+    }
 
     #[test]
     fn secrets_are_read_as_the_replicas_read_them_and_bad_ones_are_refused() {

@@ -338,7 +338,7 @@ fn member(m: MemberStatus) -> pb::Member {
         matched: m.matched,
         lag: m.lag,
         last_heard_ms: m.last_heard_ms,
-        healthy: m.healthy,
+        healthy: Some(m.healthy),
     }
 }
 
