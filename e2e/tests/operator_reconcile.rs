@@ -324,6 +324,60 @@ async fn an_auth_service_gets_its_objects_and_a_status_that_says_what_is_wrong()
         .expect("from the Secret");
     assert_eq!((from.name.as_str(), from.key.as_str()), ("redis", "url"));
 
+    // A gateway whose AuthService comes later is reconciled when it does: the controllers
+    // watch the AuthServices they reference (well within the 10 s retry of a report).
+    let late = format!("late-{}", std::process::id());
+    let waiting: RpcGateway = serde_json::from_value(json!({
+        "apiVersion": "quartet.dev/v1alpha1", "kind": "RpcGateway",
+        "metadata": {"name": format!("{late}-rpc")},
+        "spec": {"replicas": 1, "auth": {"name": late}},
+    }))
+    .expect("a resource");
+    gateways
+        .create(&PostParams::default(), &waiting)
+        .await
+        .expect("created");
+    quartet_e2e::eventually("AuthMissing", Duration::from_secs(30), || async {
+        let status = gateways.get(&format!("{late}-rpc")).await.ok()?.status?;
+        status
+            .conditions
+            .iter()
+            .any(|c| c.reason == "AuthMissing")
+            .then_some(())
+    })
+    .await
+    .expect("reported");
+    let late_auth: AuthService = serde_json::from_value(json!({
+        "apiVersion": "quartet.dev/v1alpha1", "kind": "AuthService",
+        "metadata": {"name": late}, "spec": {"replicas": 1},
+    }))
+    .expect("a resource");
+    auths
+        .create(&PostParams::default(), &late_auth)
+        .await
+        .expect("created");
+    quartet_e2e::eventually(
+        "the late gateway's Deployment",
+        Duration::from_secs(8),
+        || async {
+            deployments
+                .get_opt(&format!("{late}-rpc"))
+                .await
+                .ok()
+                .flatten()
+        },
+    )
+    .await
+    .expect("made as soon as its AuthService published its endpoints");
+    gateways
+        .delete(&format!("{late}-rpc"), &Default::default())
+        .await
+        .expect("deleted");
+    auths
+        .delete(&late, &Default::default())
+        .await
+        .expect("deleted");
+
     // `kubectl get` of every kind shows its phase, version and ready replicas.
     let (ok, table, err) = tools
         .run(

@@ -127,8 +127,9 @@ async fn controllers(client: kube::Client, namespace: Option<String>, cluster_do
     );
 }
 
-/// One kind's controller: `reconcile` on every change of a `K` or of a workload `W` it owns,
-/// in `namespace` or in all.
+/// One kind's controller: `reconcile` on every change of a `K`, of a workload `W` it owns,
+/// or of the `AuthService` it references (whose published endpoints it takes), in
+/// `namespace` or in all.
 async fn control<K, W, F>(
     client: &kube::Client,
     namespace: Option<&str>,
@@ -158,8 +159,26 @@ async fn control<K, W, F>(
             None => kube::Api::all(client.clone()),
         }
     }
-    Controller::new(api::<K>(client, namespace), watcher::Config::default())
+    let controller = Controller::new(api::<K>(client, namespace), watcher::Config::default());
+    let resources = controller.store();
+    controller
         .owns(api::<W>(client, namespace), watcher::Config::default())
+        .watches(
+            api::<crd::AuthService>(client, namespace),
+            watcher::Config::default(),
+            move |auth| {
+                use kube::ResourceExt as _;
+                resources
+                    .state()
+                    .into_iter()
+                    .filter(|r| {
+                        r.namespace() == auth.namespace()
+                            && r.auth().is_some_and(|a| a.name == auth.name_any())
+                    })
+                    .map(|r| kube::runtime::reflector::ObjectRef::from_obj(&*r))
+                    .collect::<Vec<_>>()
+            },
+        )
         .run(reconcile, reconcile::error_policy::<K>, ctx)
         .for_each(|outcome| async move {
             if let Err(e) = outcome {

@@ -189,10 +189,12 @@ pub trait Quartet:
     fn workload(&self) -> &Workload;
     /// The status, if written.
     fn status(&self) -> Option<&Status>;
+    /// The `AuthService` it takes tokens from, if any.
+    fn auth(&self) -> Option<&AuthRef>;
 }
 
 macro_rules! quartet {
-    ($($kind:ty),*) => {$(
+    ($($kind:ty => |$it:ident| $auth:expr),*) => {$(
         impl Quartet for $kind {
             fn workload(&self) -> &Workload {
                 &self.spec.workload
@@ -200,14 +202,18 @@ macro_rules! quartet {
             fn status(&self) -> Option<&Status> {
                 self.status.as_ref()
             }
+            fn auth(&self) -> Option<&AuthRef> {
+                let $it = self;
+                $auth
+            }
         }
     )*};
 }
 quartet!(
-    AuthService,
-    TaskGateway,
-    RpcGateway,
-    crate::crd::DatabaseCluster
+    AuthService => |_it| None,
+    TaskGateway => |it| it.spec.auth.as_ref(),
+    RpcGateway => |it| it.spec.auth.as_ref(),
+    crate::crd::DatabaseCluster => |it| it.spec.auth.as_ref()
 );
 
 pub(crate) fn owner<K: Quartet>(resource: &K) -> serde_json::Value {
