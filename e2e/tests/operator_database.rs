@@ -9,7 +9,8 @@
 //! The operator scales the group 1 → 3 → 5 → 3 through the database's admin API in the safe
 //! order (learner, caught up, voter; leadership moved off a leaving leader; the highest
 //! first), while a recorder samples the group every 50 ms and checks that every membership
-//! it went through kept a majority of its voters alive. With a member killed, a scale-down
+//! it went through kept a majority of its voters alive. A member whose volume is lost comes
+//! back empty and is replaced (removed, added afresh). With a member killed, a scale-down
 //! that would leave no majority is refused with a condition. Deleting the resource removes
 //! everything, the volumes too (`reclaimPolicy: Delete`, by the operator's finalizer).
 
@@ -191,6 +192,14 @@ impl Kubelet {
             }
         }
         Ok(())
+    }
+
+    /// Kills a pod's process and loses its data: the next pass starts it on an empty volume.
+    async fn wipe(&mut self, pod: &str) {
+        if let Some((mut server, _)) = self.processes.remove(pod) {
+            server.kill().await.expect("killed");
+        }
+        self.alive.lock().expect("lock").remove(&node(pod));
     }
 
     /// Kills a pod's process for good (the pod stays, not ready).
@@ -576,6 +585,37 @@ async fn a_database_cluster_scales_through_the_admin_api_without_losing_its_majo
             .spec
             .and_then(|s| s.replicas),
         Some(3)
+    );
+
+    // Member 3 loses its volume and comes back empty: it has forgotten its votes, so it
+    // leaves the group and joins afresh, and its new storage is recorded.
+    let incarnation = |db: &DatabaseCluster| {
+        db.status
+            .as_ref()
+            .and_then(|s| s.incarnations.get("3").cloned())
+    };
+    let before = incarnation(&clusters.get(NAME).await.expect("read")).expect("recorded");
+    kubelet.lock().await.wipe(&format!("{NAME}-2")).await;
+    let after = quartet_e2e::eventually(
+        "member 3 joined afresh",
+        Duration::from_secs(60),
+        || async {
+            let db = clusters.get(NAME).await.ok()?;
+            let now = incarnation(&db)?;
+            let ready = db.status.as_ref()?.phase.as_deref() == Some("Ready");
+            (now != before && ready).then_some(now)
+        },
+    )
+    .await
+    .expect("replaced");
+    assert_ne!(after, before);
+    assert_eq!(
+        steps(&operator.server)[11..],
+        [
+            "remove member 3",
+            "add member 3 as a learner",
+            "promote member 3 to voter"
+        ]
     );
 
     // Member 2 dies: 3 → 2 would leave {1, 2} with one alive — refused, saying why.

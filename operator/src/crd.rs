@@ -266,6 +266,10 @@ pub struct Status {
     /// (a replica that lost its data waits to be added instead).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub formed: bool,
+    /// `DatabaseCluster`: each member's storage incarnation (by node id) as it was when it
+    /// joined; a member reporting another one lost its data and is replaced.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub incarnations: BTreeMap<String, String>,
     /// Endpoints other resources use (an `AuthService` publishes `jwks` and `token` here).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub endpoints: BTreeMap<String, String>,

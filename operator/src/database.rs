@@ -259,6 +259,29 @@ async fn mark_formed(ctx: &Ctx, db: &DatabaseCluster) -> Result<(), Error> {
     Ok(())
 }
 
+/// Records members' storage incarnations in the status (`None`: forget the member's); a merge
+/// patch, so the rest of the status stays as it is.
+async fn record_incarnations(
+    ctx: &Ctx,
+    db: &DatabaseCluster,
+    changes: BTreeMap<NodeId, Option<String>>,
+) -> Result<(), Error> {
+    let changes: BTreeMap<String, Option<String>> = changes
+        .into_iter()
+        .map(|(id, incarnation)| (id.to_string(), incarnation))
+        .collect();
+    let api: Api<DatabaseCluster> =
+        Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+    api.patch_status(
+        &db.name_any(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"status": {"incarnations": changes}})),
+    )
+    .await
+    .map_err(api_err("DatabaseCluster status", &db.name_any()))?;
+    Ok(())
+}
+
 async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
     let name = db.name_any();
     let namespace = db.namespace().unwrap_or_default();
@@ -478,10 +501,12 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
                 in_a_group.is_empty(),
                 first,
             ) {
-                admin
+                let formed_by = admin
                     .initialize(first)
                     .await
                     .map_err(|e| Error::Invalid(format!("forming the group: {e}")))?;
+                record_incarnations(ctx, db, BTreeMap::from([(1, Some(formed_by.incarnation))]))
+                    .await?;
                 mark_formed(ctx, db).await?;
                 emit(
                     ctx,
@@ -531,11 +556,49 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
         }
     }
 
+    // Each member's storage incarnation, recorded as it joins (or when first seen): a member
+    // whose pod reports another lost its data. Read afresh, not from the watch's copy, which
+    // may not have this operator's last record yet.
+    let latest: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+    let recorded = latest
+        .get(&name)
+        .await
+        .map_err(api("reading the DatabaseCluster"))?
+        .status
+        .map(|s| s.incarnations)
+        .unwrap_or_default();
+    let mut unrecorded = BTreeMap::new();
+    let mut lost = BTreeSet::new();
+    for member in &members {
+        let Some((_, status)) = statuses.get(&member.id) else {
+            continue;
+        };
+        // A replica older than incarnations reports none.
+        if status.incarnation.is_empty() {
+            continue;
+        }
+        match recorded.get(&member.id.to_string()) {
+            None => {
+                unrecorded.insert(member.id, Some(status.incarnation.clone()));
+            }
+            Some(known) if *known != status.incarnation => {
+                lost.insert(member.id);
+            }
+            Some(_) => {}
+        }
+    }
+    if !unrecorded.is_empty() {
+        record_incarnations(ctx, db, unrecorded).await?;
+    }
+    for id in &lost {
+        tracing::warn!(resource = %key(db), member = id, "a member's storage is not the one it joined with: it lost its data");
+    }
     let observed = Observed {
         desired: desired as NodeId,
         leader: leader_status.node,
         members,
         running: running.keys().copied().collect(),
+        lost,
     };
     let goal = format!("scale to {desired} members");
     let mut steps: Vec<PlanStep> = db
@@ -671,6 +734,12 @@ async fn carry_out(
                 )));
             }
             admin.add_learner(leader, &joining).await.map_err(failed)?;
+            record_incarnations(
+                ctx,
+                db,
+                BTreeMap::from([(id, Some(joining.incarnation.clone()))]),
+            )
+            .await?;
             (
                 "MemberAdded",
                 format!("added member {id} as a learner; it has caught up"),
@@ -689,6 +758,7 @@ async fn carry_out(
         }
         Step::Remove(id) => {
             admin.remove(leader, id).await.map_err(failed)?;
+            record_incarnations(ctx, db, BTreeMap::from([(id, None)])).await?;
             ("MemberRemoved", format!("removed member {id}"))
         }
     };

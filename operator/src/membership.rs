@@ -3,12 +3,14 @@
 //!
 //! Node ids follow the StatefulSet's ordinals (pod `<name>-<n>` is node `n + 1`), so the
 //! wanted group is nodes `1..=replicas`. One change at a time, in this order:
-//! 1. a learner among the wanted that has caught up is promoted to voter;
-//! 2. a wanted node that is not a member, whose pod runs, is added as a learner (the admin API
+//! 1. a member that lost its data (its storage is not the one it joined with, so it has
+//!    forgotten its votes) leaves, as in 4., to join afresh by 3.;
+//! 2. a learner among the wanted that has caught up is promoted to voter;
+//! 3. a wanted node that is not a member, whose pod runs, is added as a learner (the admin API
 //!    returns once it has caught up);
-//! 3. a member beyond the wanted (the highest first) leaves: a learner at once; a voter only
+//! 4. a member beyond the wanted (the highest first) leaves: a learner at once; a voter only
 //!    when the voters left keep a majority that is alive and caught up, and never while it
-//!    leads — leadership moves to a healthy wanted voter first.
+//!    leads — leadership moves to a healthy voter that stays first.
 //!
 //! Only when none of these can be done does it wait (for a pod to run, a learner to catch
 //! up): a pod that never starts does not hold up a scale-down.
@@ -48,6 +50,9 @@ pub struct Observed {
     pub members: Vec<Member>,
     /// Nodes whose pods run and answer the admin API.
     pub running: BTreeSet<NodeId>,
+    /// Members whose storage is not the one they joined with: they lost their data, have
+    /// forgotten their votes, and must leave and join afresh.
+    pub lost: BTreeSet<NodeId>,
 }
 
 /// One membership change.
@@ -96,6 +101,15 @@ pub fn next(observed: &Observed) -> Next {
     let wanted = |id: NodeId| (1..=observed.desired).contains(&id);
     let member = |id: NodeId| observed.members.iter().find(|m| m.id == id);
 
+    // A member that lost its data leaves first (and is added again below, afresh).
+    if let Some(lost) = observed
+        .members
+        .iter()
+        .filter(|m| observed.lost.contains(&m.id))
+        .min_by_key(|m| m.id)
+    {
+        return leave(observed, lost);
+    }
     if let Some(learner) = observed
         .members
         .iter()
@@ -120,7 +134,12 @@ pub fn next(observed: &Observed) -> Next {
             .find(|m| !m.voter && wanted(m.id))
             .map(|learner| format!("member {} is catching up", learner.id)),
     };
-    match (leave(observed), waiting) {
+    let beyond = observed
+        .members
+        .iter()
+        .filter(|m| !wanted(m.id))
+        .max_by_key(|m| m.id);
+    match (beyond.map(|m| leave(observed, m)), waiting) {
         (Some(Next::Step(step)), _) => Next::Step(step),
         (_, Some(why)) => Next::Wait(why),
         (Some(refused), None) => refused,
@@ -128,17 +147,11 @@ pub fn next(observed: &Observed) -> Next {
     }
 }
 
-/// The next step of the highest member beyond the wanted leaving, or why it cannot; `None`
-/// when there is none.
-fn leave(observed: &Observed) -> Option<Next> {
-    let wanted = |id: NodeId| (1..=observed.desired).contains(&id);
-    let leaving = observed
-        .members
-        .iter()
-        .filter(|m| !wanted(m.id))
-        .max_by_key(|m| m.id)?;
+/// The next step of `leaving` leaving the group, or why it cannot.
+fn leave(observed: &Observed, leaving: &Member) -> Next {
+    let stays = |id: NodeId| (1..=observed.desired).contains(&id) && id != leaving.id;
     if !leaving.voter {
-        return Some(Next::Step(Step::Remove(leaving.id)));
+        return Next::Step(Step::Remove(leaving.id));
     }
     let remaining: Vec<&Member> = observed
         .members
@@ -148,17 +161,17 @@ fn leave(observed: &Observed) -> Option<Next> {
     let healthy = remaining.iter().filter(|m| m.healthy).count();
     let needed = majority(remaining.len());
     if healthy < needed {
-        return Some(Next::Refuse(
+        return Next::Refuse(
             Step::Remove(leaving.id),
             format!(
                 "removing member {} would leave {} voters of which {healthy} are healthy; a majority needs {needed}",
                 leaving.id,
                 remaining.len()
             ),
-        ));
+        );
     }
     if leaving.id == observed.leader {
-        return Some(match remaining.iter().find(|m| m.healthy && wanted(m.id)) {
+        return match remaining.iter().find(|m| m.healthy && stays(m.id)) {
             Some(to) => Next::Step(Step::TransferLeader(to.id)),
             None => Next::Refuse(
                 Step::Remove(leaving.id),
@@ -167,9 +180,9 @@ fn leave(observed: &Observed) -> Option<Next> {
                     leaving.id
                 ),
             ),
-        });
+        };
     }
-    Some(Next::Step(Step::Remove(leaving.id)))
+    Next::Step(Step::Remove(leaving.id))
 }
 
 /// The changes from here to `observed.desired` if every step succeeds and every node stays
@@ -204,7 +217,10 @@ pub fn apply(state: &mut Observed, step: Step) {
             }
         }
         Step::TransferLeader(id) => state.leader = id,
-        Step::Remove(id) => state.members.retain(|m| m.id != id),
+        Step::Remove(id) => {
+            state.members.retain(|m| m.id != id);
+            state.lost.remove(&id);
+        }
     }
 }
 
@@ -228,6 +244,7 @@ mod tests {
             leader,
             members,
             running: (1..=9).filter(|id| !down.contains(id)).collect(),
+            lost: BTreeSet::new(),
         }
     }
 
@@ -297,6 +314,24 @@ mod tests {
             Next::Wait("member 2 is catching up".into())
         );
         assert_eq!(next(&scaled(group(&[1, 2], &[], &[], 2), 2)), Next::Settled);
+    }
+
+    #[test]
+    fn a_member_that_lost_its_data_leaves_and_joins_afresh() {
+        let mut g = scaled(group(&[1, 2, 3], &[], &[], 1), 3);
+        g.lost.insert(3);
+        assert_eq!(
+            plan(&g),
+            [Step::Remove(3), Step::AddLearner(3), Step::Promote(3)]
+        );
+        // A lost leader hands over first.
+        let mut g = scaled(group(&[1, 2, 3], &[], &[], 3), 3);
+        g.lost.insert(3);
+        assert_eq!(next(&g), Next::Step(Step::TransferLeader(1)));
+        // Not at the price of the majority: with member 2 down it stays, refused.
+        let mut g = scaled(group(&[1, 2, 3], &[], &[2], 1), 3);
+        g.lost.insert(3);
+        assert!(matches!(next(&g), Next::Refuse(Step::Remove(3), _)));
     }
 
     #[test]

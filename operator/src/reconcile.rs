@@ -781,6 +781,9 @@ pub(crate) async fn set_status<K: Quartet>(
         plan,
         // Set by the database reconciler (a merge patch); kept as it is.
         formed: resource.status().is_some_and(|s| s.formed),
+        // The database reconciler's own (merge patches); an apply of an older copy must not
+        // write them back.
+        incarnations: BTreeMap::new(),
         endpoints,
     };
     if previous.is_none_or(|c| c.reason != reason) && failed {

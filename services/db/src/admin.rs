@@ -318,6 +318,7 @@ impl AdminService {
             node: s.node,
             addr: s.addr,
             mysql: s.mysql,
+            incarnation: s.incarnation,
             role: s.role,
             leader: s.leader,
             term: s.term,

@@ -171,6 +171,8 @@ pub struct Replica {
     secret: String,
     /// The addresses this replica advertises.
     me: Member,
+    /// Made when this replica's storage was, kept with it: another one means the data was lost.
+    incarnation: String,
     /// When each peer last answered this replica.
     contacts: Contacts,
     /// A peer silent for longer than this is not counted as alive.
@@ -185,11 +187,30 @@ impl std::fmt::Debug for Replica {
     }
 }
 
+/// The incarnation of the storage in `dir`: read from its `incarnation` file, or made (16
+/// random bytes, hex) and written there when the storage is new.
+fn incarnation(dir: &Path) -> std::io::Result<String> {
+    let path = dir.join("incarnation");
+    match std::fs::read_to_string(&path) {
+        Ok(found) if !found.trim().is_empty() => return Ok(found.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+    let made: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, &made)?;
+    Ok(made)
+}
+
 impl Replica {
     /// Opens the replica's data in `dir` (created if absent) and starts its Raft instance.
     pub async fn start(dir: &Path, options: GroupOptions) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("storage.path {}: {e}", dir.display()))?;
+        let incarnation = incarnation(dir)
+            .map_err(|e| anyhow::anyhow!("storage.path {}: incarnation: {e}", dir.display()))?;
         let progress = Arc::new(Progress::default());
         let engine = Engine::open(&dir.join("data.sqlite"))
             .and_then(|e| e.with_catalog(&options.database))
@@ -261,6 +282,7 @@ impl Replica {
             contact: Arc::default(),
             secret: options.secret,
             me: options.me,
+            incarnation,
             contacts,
             alive_within: options.election_timeout * 2,
         }))
@@ -584,6 +606,7 @@ impl Replica {
             node: self.id,
             addr: self.me.addr.clone(),
             mysql: self.me.mysql.clone(),
+            incarnation: self.incarnation.clone(),
             role: match metrics.state {
                 ServerState::Leader => "leader",
                 ServerState::Follower => "follower",
@@ -962,6 +985,8 @@ pub struct GroupStatus {
     pub addr: String,
     /// Its MySQL address, as it advertises it.
     pub mysql: String,
+    /// Made with its storage and kept with it: a member reporting another one has lost its data.
+    pub incarnation: String,
     /// leader, follower, candidate or learner.
     pub role: String,
     /// The leader it follows.
