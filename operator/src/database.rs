@@ -663,15 +663,23 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
             progressing(ctx, db, ready, &why, endpoints, plan).await
         }
         Next::Refuse(step, why) => {
+            let replacing = matches!(step, Step::Remove(id) if observed.lost.contains(&id));
             let plan = plan(step, "Failed");
-            let message = format!("scale-down refused: {why}");
+            let (reason, message) = if replacing {
+                (
+                    "ReplacementRefused",
+                    format!("replacing a member that lost its data refused: {why}"),
+                )
+            } else {
+                ("ScaleDownRefused", format!("scale-down refused: {why}"))
+            };
             set_status(
                 db,
                 ctx,
                 Report {
                     ready,
                     failed: true,
-                    reason: "ScaleDownRefused",
+                    reason,
                     message: &message,
                     endpoints,
                     plan: Some(plan),
