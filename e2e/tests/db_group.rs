@@ -790,6 +790,8 @@ async fn a_statefulset_replica_waits_and_forms_a_group_only_when_asked_once() {
     assert_eq!(waiting["node"], 1);
     assert!(waiting["leader"].is_null(), "{waiting}");
     assert_eq!(waiting["members"], serde_json::json!([]), "{waiting}");
+    // New storage in a StatefulSet: no votes, no elections, until admitted.
+    assert_eq!(waiting["abstaining"], true, "{waiting}");
 
     let initialize = |bearer: &'static str| {
         let (http, url) = (http.clone(), url.clone());
@@ -808,6 +810,10 @@ async fn a_statefulset_replica_waits_and_forms_a_group_only_when_asked_once() {
     };
     let (code, body) = initialize("e2e-raft-secret").await;
     assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("\"abstaining\":false"),
+        "forming admits it: {body}"
+    );
     group
         .wait_leader(Duration::from_secs(10))
         .await

@@ -609,6 +609,9 @@ async fn a_database_cluster_scales_through_the_admin_api_without_losing_its_majo
     .await
     .expect("replaced");
     assert_ne!(after, before);
+    // Its new storage kept it from voting until it had been added afresh; now it votes.
+    let replaced = admin.status(&address(2)).await.expect("status");
+    assert!(!replaced.abstaining, "{replaced:?}");
     assert_eq!(
         steps(&operator.server)[11..],
         [

@@ -266,19 +266,35 @@ async fn record_incarnations(
     db: &DatabaseCluster,
     changes: BTreeMap<NodeId, Option<String>>,
 ) -> Result<(), Error> {
+    // An empty incarnation (a replica older than them) is not one to hold the member to.
     let changes: BTreeMap<String, Option<String>> = changes
         .into_iter()
+        .filter(|(_, incarnation)| incarnation.as_ref().is_none_or(|i| !i.is_empty()))
         .map(|(id, incarnation)| (id.to_string(), incarnation))
         .collect();
+    if changes.is_empty() {
+        return Ok(());
+    }
     let api: Api<DatabaseCluster> =
         Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
-    api.patch_status(
-        &db.name_any(),
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(json!({"status": {"incarnations": changes}})),
-    )
-    .await
-    .map_err(api_err("DatabaseCluster status", &db.name_any()))?;
+    let patched = api
+        .patch_status(
+            &db.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"incarnations": changes}})),
+        )
+        .await
+        .map_err(api_err("DatabaseCluster status", &db.name_any()))?;
+    // An API server with an older CRD drops the field it does not know, silently.
+    let kept = patched.status.map(|s| s.incarnations).unwrap_or_default();
+    if changes
+        .iter()
+        .any(|(id, value)| value.is_some() && kept.get(id) != value.as_ref())
+    {
+        return Err(Error::Invalid(
+            "the DatabaseCluster CRD has no status.incarnations: apply charts/quartet/crds/ (helm upgrade does not update CRDs)".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -501,12 +517,14 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
                 in_a_group.is_empty(),
                 first,
             ) {
-                let formed_by = admin
+                // Recorded first: a replica that loses its data between the call and the
+                // record could otherwise be taken for the original.
+                let founder = statuses.get(&1).map(|(_, s)| s.incarnation.clone());
+                record_incarnations(ctx, db, BTreeMap::from([(1, founder)])).await?;
+                admin
                     .initialize(first)
                     .await
                     .map_err(|e| Error::Invalid(format!("forming the group: {e}")))?;
-                record_incarnations(ctx, db, BTreeMap::from([(1, Some(formed_by.incarnation))]))
-                    .await?;
                 mark_formed(ctx, db).await?;
                 emit(
                     ctx,
@@ -573,11 +591,16 @@ async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {
         let Some((_, status)) = statuses.get(&member.id) else {
             continue;
         };
-        // A replica older than incarnations reports none.
-        if status.incarnation.is_empty() {
+        // A replica older than incarnations reports none; a pod answering as another node
+        // is not this member's.
+        if status.incarnation.is_empty() || status.node != member.id {
             continue;
         }
-        match recorded.get(&member.id.to_string()) {
+        match recorded
+            .get(&member.id.to_string())
+            .filter(|k| !k.is_empty())
+        {
+            // First seen (a member from before incarnations were recorded): taken as it is.
             None => {
                 unrecorded.insert(member.id, Some(status.incarnation.clone()));
             }
@@ -741,19 +764,26 @@ async fn carry_out(
                     joining.node
                 )));
             }
-            admin.add_learner(leader, &joining).await.map_err(failed)?;
+            // Recorded first (see forming the group); a failed add is recorded again on retry.
             record_incarnations(
                 ctx,
                 db,
                 BTreeMap::from([(id, Some(joining.incarnation.clone()))]),
             )
             .await?;
+            admin.add_learner(leader, &joining).await.map_err(failed)?;
             (
                 "MemberAdded",
                 format!("added member {id} as a learner; it has caught up"),
             )
         }
         Step::Promote(id) => {
+            // A learner with new storage abstains from votes until admitted: it is new, or
+            // was removed and added afresh after losing its data, so it may vote now.
+            let host = running
+                .get(&id)
+                .ok_or_else(|| Error::Invalid(format!("{step}: its pod is not running")))?;
+            admin.admit(host).await.map_err(failed)?;
             admin.promote(leader, id).await.map_err(failed)?;
             ("MemberPromoted", format!("member {id} votes"))
         }

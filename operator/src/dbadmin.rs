@@ -124,6 +124,15 @@ impl Admin {
         .await
     }
 
+    /// Ends the abstaining of the replica at `host` (new storage): it votes again.
+    pub async fn admit(&self, host: &str) -> Result<pb::GroupStatus, AdminError> {
+        let request = self.request(pb::AdmitRequest {});
+        self.call(host, STATUS_TIMEOUT, |mut c| async move {
+            c.admit(request).await
+        })
+        .await
+    }
+
     /// Adds the replica whose own status is `joining` as a learner, through the leader at
     /// `leader`; returns once it has caught up.
     pub async fn add_learner(

@@ -101,14 +101,19 @@ pub fn next(observed: &Observed) -> Next {
     let wanted = |id: NodeId| (1..=observed.desired).contains(&id);
     let member = |id: NodeId| observed.members.iter().find(|m| m.id == id);
 
-    // A member that lost its data leaves first (and is added again below, afresh).
+    // A member that lost its data leaves first (and is added again below, afresh); if it
+    // cannot yet, the other steps go on — one of them may make its leaving safe.
+    let mut refused = None;
     if let Some(lost) = observed
         .members
         .iter()
         .filter(|m| observed.lost.contains(&m.id))
         .min_by_key(|m| m.id)
     {
-        return leave(observed, lost);
+        match leave(observed, lost) {
+            Next::Step(step) => return Next::Step(step),
+            other => refused = Some(other),
+        }
     }
     if let Some(learner) = observed
         .members
@@ -139,11 +144,12 @@ pub fn next(observed: &Observed) -> Next {
         .iter()
         .filter(|m| !wanted(m.id))
         .max_by_key(|m| m.id);
-    match (beyond.map(|m| leave(observed, m)), waiting) {
-        (Some(Next::Step(step)), _) => Next::Step(step),
-        (_, Some(why)) => Next::Wait(why),
-        (Some(refused), None) => refused,
-        (None, None) => Next::Settled,
+    match (beyond.map(|m| leave(observed, m)), refused, waiting) {
+        (Some(Next::Step(step)), _, _) => Next::Step(step),
+        (_, Some(refused), _) => refused,
+        (_, None, Some(why)) => Next::Wait(why),
+        (Some(refused), None, None) => refused,
+        (None, None, None) => Next::Settled,
     }
 }
 
@@ -332,6 +338,12 @@ mod tests {
         let mut g = scaled(group(&[1, 2, 3], &[], &[2], 1), 3);
         g.lost.insert(3);
         assert!(matches!(next(&g), Next::Refuse(Step::Remove(3), _)));
+        // … unless another step makes it safe: a caught-up learner is promoted first.
+        let mut g = scaled(group(&[1, 2, 3], &[4], &[2], 1), 4);
+        g.lost.insert(3);
+        assert_eq!(next(&g), Next::Step(Step::Promote(4)));
+        apply(&mut g, Step::Promote(4));
+        assert_eq!(next(&g), Next::Step(Step::Remove(3)));
     }
 
     #[test]

@@ -166,6 +166,17 @@ async fn initialize(
     Ok(HttpResponse::Ok().json(replica.status()))
 }
 
+/// Ends this replica's abstaining from votes and elections (new storage): it is new to the
+/// group, or was removed and added afresh since its data was lost.
+#[utoipa::path(post, path = "/v1/cluster/admit", tag = "cluster",
+    responses((status = 200, description = "It votes", body = GroupStatus)),
+    security(("bearer" = [])))]
+async fn admit(replica: web::Data<Arc<Replica>>, caller: Bearer) -> Result<HttpResponse, Problem> {
+    caller.require(MANAGE)?;
+    replica.admit();
+    Ok(HttpResponse::Ok().json(replica.status()))
+}
+
 /// Adds a learner and waits until it has caught up.
 #[utoipa::path(post, path = "/v1/cluster/learners", tag = "cluster", request_body = AddLearner,
     responses((status = 200, description = "Added and caught up", body = GroupStatus),
@@ -267,7 +278,16 @@ async fn checksum(
 }
 
 #[derive(OpenApi)]
-#[openapi(paths(status, initialize, add_learner, promote, remove, transfer, checksum))]
+#[openapi(paths(
+    status,
+    initialize,
+    admit,
+    add_learner,
+    promote,
+    remove,
+    transfer,
+    checksum
+))]
 struct Doc;
 
 /// The REST routes and their OpenAPI document.
@@ -278,6 +298,7 @@ pub fn rest(replica: Arc<Replica>) -> quartet_kit::RestApi {
             cfg.app_data(data.clone())
                 .route("/v1/cluster", web::get().to(status))
                 .route("/v1/cluster/initialize", web::post().to(initialize))
+                .route("/v1/cluster/admit", web::post().to(admit))
                 .route("/v1/cluster/learners", web::post().to(add_learner))
                 .route("/v1/cluster/voters", web::post().to(promote))
                 .route("/v1/cluster/nodes/{id}", web::delete().to(remove))
@@ -319,6 +340,7 @@ impl AdminService {
             addr: s.addr,
             mysql: s.mysql,
             incarnation: s.incarnation,
+            abstaining: s.abstaining,
             role: s.role,
             leader: s.leader,
             term: s.term,
@@ -363,6 +385,15 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::GroupStatus>, Status> {
         self.allow(&request, MANAGE).await?;
         self.replica.initialize().await.map_err(|e| status_of(&e))?;
+        Ok(Response::new(self.status()))
+    }
+
+    async fn admit(
+        &self,
+        request: Request<pb::AdmitRequest>,
+    ) -> Result<Response<pb::GroupStatus>, Status> {
+        self.allow(&request, MANAGE).await?;
+        self.replica.admit();
         Ok(Response::new(self.status()))
     }
 

@@ -318,6 +318,9 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         snapshot_every: settings.snapshot_every.max(10),
         secret: secret.clone(),
         database: config.mysql.database.clone(),
+        // In a StatefulSet a replica's volume may be lost and the pod come back empty under
+        // the same id; elsewhere the one who starts it with new storage knows it is new.
+        abstain_until_admitted: !settings.pod_name.is_empty(),
     };
     let replica =
         replica::Replica::start(std::path::Path::new(&config.storage.path), options).await?;

@@ -132,6 +132,10 @@ pub struct GroupOptions {
     pub secret: String,
     /// The database that always exists (listed in `information_schema.schemata`).
     pub database: String,
+    /// On new storage, abstain — grant no votes, stand for no election — until admitted
+    /// (`admit`, or `initialize`): a replica whose data was lost has forgotten the votes it
+    /// cast, and must not cast them again before it has been removed and added afresh.
+    pub abstain_until_admitted: bool,
 }
 
 impl GroupOptions {
@@ -149,6 +153,7 @@ impl GroupOptions {
             snapshot_every: 1000,
             secret: String::new(),
             database: database.to_owned(),
+            abstain_until_admitted: false,
         }
     }
 }
@@ -173,6 +178,8 @@ pub struct Replica {
     me: Member,
     /// Made when this replica's storage was, kept with it: another one means the data was lost.
     incarnation: String,
+    /// Set while it abstains from votes and elections (new storage, not yet admitted).
+    abstaining: Arc<std::sync::atomic::AtomicBool>,
     /// When each peer last answered this replica.
     contacts: Contacts,
     /// A peer silent for longer than this is not counted as alive.
@@ -187,12 +194,14 @@ impl std::fmt::Debug for Replica {
     }
 }
 
-/// The incarnation of the storage in `dir`: read from its `incarnation` file, or made (16
-/// random bytes, hex) and written there when the storage is new.
-fn incarnation(dir: &Path) -> std::io::Result<String> {
+/// The incarnation of the storage in `dir`, and whether it was made just now: read from its
+/// `incarnation` file, or made (16 random bytes, hex) and written there durably (a temporary
+/// file synced, renamed into place, the directory synced) when the storage is new.
+fn incarnation(dir: &Path) -> std::io::Result<(String, bool)> {
+    use std::io::Write as _;
     let path = dir.join("incarnation");
     match std::fs::read_to_string(&path) {
-        Ok(found) if !found.trim().is_empty() => return Ok(found.trim().to_owned()),
+        Ok(found) if !found.trim().is_empty() => return Ok((found.trim().to_owned(), false)),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
@@ -200,8 +209,13 @@ fn incarnation(dir: &Path) -> std::io::Result<String> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
     let made: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&path, &made)?;
-    Ok(made)
+    let temporary = dir.join("incarnation.new");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(made.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok((made, true))
 }
 
 impl Replica {
@@ -209,8 +223,11 @@ impl Replica {
     pub async fn start(dir: &Path, options: GroupOptions) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("storage.path {}: {e}", dir.display()))?;
-        let incarnation = incarnation(dir)
+        let (incarnation, new_storage) = incarnation(dir)
             .map_err(|e| anyhow::anyhow!("storage.path {}: incarnation: {e}", dir.display()))?;
+        let abstaining = Arc::new(std::sync::atomic::AtomicBool::new(
+            options.abstain_until_admitted && new_storage,
+        ));
         let progress = Arc::new(Progress::default());
         let engine = Engine::open(&dir.join("data.sqlite"))
             .and_then(|e| e.with_catalog(&options.database))
@@ -270,6 +287,13 @@ impl Replica {
             options.commit_timeout,
             lease.clone(),
         ));
+        if abstaining.load(Ordering::Acquire) {
+            raft.runtime_config().elect(false);
+            tracing::info!(
+                node = options.node_id,
+                "new storage: no votes and no elections until admitted"
+            );
+        }
         Ok(Arc::new(Self {
             id: options.node_id,
             raft,
@@ -283,6 +307,7 @@ impl Replica {
             secret: options.secret,
             me: options.me,
             incarnation,
+            abstaining,
             contacts,
             alive_within: options.election_timeout * 2,
         }))
@@ -303,12 +328,23 @@ impl Replica {
                 self.id
             )));
         }
+        self.admit();
         self.raft
             .initialize(BTreeMap::from([(self.id, self.me.clone())]))
             .await
             .map_err(|e| ReplicaError::Invalid(e.to_string()))?;
         tracing::info!(node = self.id, "group formed on request");
         Ok(())
+    }
+
+    /// Ends abstaining: this replica votes and stands for election again. Whoever admits it
+    /// vouches that it is new to the group, or was removed and added afresh since its data
+    /// was lost.
+    pub fn admit(&self) {
+        if self.abstaining.swap(false, Ordering::AcqRel) {
+            self.raft.runtime_config().elect(true);
+            tracing::info!(node = self.id, "admitted: votes and stands for election");
+        }
     }
 
     /// Waits until the group has a leader this replica knows of; returns it.
@@ -347,6 +383,7 @@ impl Replica {
                 *contact.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), commit));
             }),
             &self.secret,
+            self.abstaining.clone(),
         )
     }
 
@@ -607,6 +644,7 @@ impl Replica {
             addr: self.me.addr.clone(),
             mysql: self.me.mysql.clone(),
             incarnation: self.incarnation.clone(),
+            abstaining: self.abstaining.load(Ordering::Acquire),
             role: match metrics.state {
                 ServerState::Leader => "leader",
                 ServerState::Follower => "follower",
@@ -987,6 +1025,9 @@ pub struct GroupStatus {
     pub mysql: String,
     /// Made with its storage and kept with it: a member reporting another one has lost its data.
     pub incarnation: String,
+    /// Its storage is new and it has not been admitted: it grants no votes and stands for no
+    /// election.
+    pub abstaining: bool,
     /// leader, follower, candidate or learner.
     pub role: String,
     /// The leader it follows.

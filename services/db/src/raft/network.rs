@@ -200,6 +200,9 @@ pub struct RaftService {
     /// Called when this replica accepts a leader's append (bounded-staleness reads use it).
     on_append: Arc<dyn Fn(u64) + Send + Sync>,
     secret: Arc<str>,
+    /// Set while this replica abstains: its storage is new and it has not been admitted, so it
+    /// may have forgotten votes it cast before — it grants none.
+    abstaining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RaftService {
@@ -210,11 +213,13 @@ impl RaftService {
         raft: Arc<Raft>,
         on_append: Arc<dyn Fn(u64) + Send + Sync>,
         secret: &str,
+        abstaining: Arc<std::sync::atomic::AtomicBool>,
     ) -> RaftServer<Self> {
         RaftServer::new(Self {
             raft,
             on_append,
             secret: secret.into(),
+            abstaining,
         })
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20)
@@ -270,6 +275,11 @@ impl RaftRpc for RaftService {
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.admit(&request)?;
+        if self.abstaining.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Status::unavailable(
+                "this replica's storage is new and it has not been admitted: it grants no votes",
+            ));
+        }
         let rpc: VoteRequest<NodeId> = decode_request(request)?;
         reply(&self.raft.vote(rpc).await)
     }
@@ -285,6 +295,11 @@ impl RaftRpc for RaftService {
 
     async fn elect(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.admit(&request)?;
+        if self.abstaining.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Status::failed_precondition(
+                "this replica's storage is new and it has not been admitted: it stands for no election",
+            ));
+        }
         self.raft
             .trigger()
             .elect()
