@@ -26,6 +26,8 @@ use quartet_e2e::process::Server;
 use quartet_operator::crd::{AuthService, DatabaseCluster};
 use quartet_operator::dbadmin::Admin;
 use serde_json::json;
+use sqlx::ConnectOptions;
+use sqlx::mysql::MySqlConnectOptions;
 
 const NAME: &str = "orders";
 
@@ -587,6 +589,37 @@ async fn a_database_cluster_scales_through_the_admin_api_without_losing_its_majo
         Some(3)
     );
 
+    // Rows written through the leader's MySQL front before member 3 loses its volume.
+    let mysql = kubelet.lock().await.processes[&format!("{NAME}-0")].0.addrs["mysql"];
+    let password = secret_value(
+        &secrets
+            .get(&format!("{NAME}-mysql"))
+            .await
+            .expect("the MySQL Secret"),
+        "password",
+    );
+    let mut conn = MySqlConnectOptions::new()
+        .host("127.0.0.1")
+        .port(mysql.port())
+        .username("root")
+        .password(&password)
+        .database("quartet")
+        .connect()
+        .await
+        .expect("a MySQL session on the leader");
+    sqlx::query("CREATE TABLE orders (id INT PRIMARY KEY, item TEXT)")
+        .execute(&mut conn)
+        .await
+        .expect("created");
+    for id in 0..50 {
+        sqlx::query("INSERT INTO orders VALUES (?, ?)")
+            .bind(id)
+            .bind(format!("item {id}"))
+            .execute(&mut conn)
+            .await
+            .expect("inserted");
+    }
+
     // Member 3 loses its volume and comes back empty: it has forgotten its votes, so it
     // leaves the group and joins afresh, and its new storage is recorded.
     let incarnation = |db: &DatabaseCluster| {
@@ -609,9 +642,40 @@ async fn a_database_cluster_scales_through_the_admin_api_without_losing_its_majo
     .await
     .expect("replaced");
     assert_ne!(after, before);
-    // Its new storage kept it from voting until it had been added afresh; now it votes.
+    // Its new storage kept it from voting until it had been added afresh; now it votes,
+    // and holds the same data as the others.
     let replaced = admin.status(&address(2)).await.expect("status");
     assert!(!replaced.abstaining, "{replaced:?}");
+    let applied = admin
+        .status(&address(0))
+        .await
+        .expect("status")
+        .applied
+        .expect("applied");
+    let http = quartet_e2e::http_client(Duration::from_secs(10));
+    let mut sums = BTreeSet::new();
+    for ordinal in 0..3 {
+        let sum: serde_json::Value = http
+            .get(format!(
+                "http://{}:7141/v1/cluster/checksum?at_least={applied}",
+                address(ordinal)
+            ))
+            .bearer_auth(&raft_secret)
+            .send()
+            .await
+            .expect("checksum")
+            .error_for_status()
+            .expect("checksum status")
+            .json()
+            .await
+            .expect("json");
+        sums.insert((
+            sum["applied"].as_u64(),
+            sum["sha256"].as_str().map(str::to_owned),
+        ));
+    }
+    assert_eq!(sums.len(), 1, "the replicas differ: {sums:?}");
+    drop(conn);
     assert_eq!(
         steps(&operator.server)[11..],
         [
