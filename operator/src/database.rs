@@ -237,30 +237,41 @@ fn confirmed_leader(
     })
 }
 
-/// Records in the status that the group has been formed (a merge patch: the field is the
-/// database reconciler's alone, and the status's other fields stay as they are).
-async fn mark_formed(ctx: &Ctx, db: &DatabaseCluster) -> Result<(), Error> {
+/// Merges `{field: value}` into the status: a merge patch, as these fields are the database
+/// reconciler's alone and the status's other fields stay as they are. `kept` checks the
+/// status that came back: an API server with an older CRD drops a field it does not know,
+/// silently.
+async fn merge_status(
+    ctx: &Ctx,
+    db: &DatabaseCluster,
+    field: &str,
+    value: serde_json::Value,
+    kept: impl FnOnce(&crate::crd::Status) -> bool,
+) -> Result<(), Error> {
     let api: Api<DatabaseCluster> =
         Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
     let patched = api
         .patch_status(
             &db.name_any(),
             &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"status": {"formed": true}})),
+            &kube::api::Patch::Merge(json!({"status": {field: value}})),
         )
         .await
         .map_err(api_err("DatabaseCluster status", &db.name_any()))?;
-    // An API server with an older CRD drops the field it does not know, silently.
-    if !patched.status.is_some_and(|s| s.formed) {
-        return Err(Error::Invalid(
-            "the DatabaseCluster CRD has no status.formed: apply charts/quartet/crds/ (helm upgrade does not update CRDs)".into(),
-        ));
+    if !patched.status.as_ref().is_some_and(kept) {
+        return Err(Error::Invalid(format!(
+            "the DatabaseCluster CRD has no status.{field}: apply charts/quartet/crds/ (helm upgrade does not update CRDs)"
+        )));
     }
     Ok(())
 }
 
-/// Records members' storage incarnations in the status (`None`: forget the member's); a merge
-/// patch, so the rest of the status stays as it is.
+/// Records in the status that the group has been formed.
+async fn mark_formed(ctx: &Ctx, db: &DatabaseCluster) -> Result<(), Error> {
+    merge_status(ctx, db, "formed", json!(true), |s| s.formed).await
+}
+
+/// Records members' storage incarnations in the status (`None`: forget the member's).
 async fn record_incarnations(
     ctx: &Ctx,
     db: &DatabaseCluster,
@@ -275,27 +286,12 @@ async fn record_incarnations(
     if changes.is_empty() {
         return Ok(());
     }
-    let api: Api<DatabaseCluster> =
-        Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
-    let patched = api
-        .patch_status(
-            &db.name_any(),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"status": {"incarnations": changes}})),
-        )
-        .await
-        .map_err(api_err("DatabaseCluster status", &db.name_any()))?;
-    // An API server with an older CRD drops the field it does not know, silently.
-    let kept = patched.status.map(|s| s.incarnations).unwrap_or_default();
-    if changes
-        .iter()
-        .any(|(id, value)| value.is_some() && kept.get(id) != value.as_ref())
-    {
-        return Err(Error::Invalid(
-            "the DatabaseCluster CRD has no status.incarnations: apply charts/quartet/crds/ (helm upgrade does not update CRDs)".into(),
-        ));
-    }
-    Ok(())
+    merge_status(ctx, db, "incarnations", json!(changes), |s| {
+        changes
+            .iter()
+            .all(|(id, value)| value.is_none() || s.incarnations.get(id) == value.as_ref())
+    })
+    .await
 }
 
 async fn reconcile(db: &DatabaseCluster, ctx: &Ctx) -> Result<Action, Error> {

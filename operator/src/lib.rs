@@ -181,8 +181,16 @@ async fn control<K, W, F>(
         )
         .run(reconcile, reconcile::error_policy::<K>, ctx)
         .for_each(|outcome| async move {
-            if let Err(e) = outcome {
-                tracing::debug!(error = %e, "reconciliation not done");
+            match outcome {
+                Ok(_) => {}
+                // Already logged, with the backoff, by the error policy; or an object gone.
+                Err(
+                    kube::runtime::controller::Error::ReconcilerFailed(..)
+                    | kube::runtime::controller::Error::ObjectNotFound(..),
+                ) => {}
+                // A watch the cluster refuses (RBAC) or that fails: the operator is blind to
+                // some of what it should see — say so.
+                Err(e) => tracing::warn!(error = %e, "controller error"),
             }
         })
         .await;
