@@ -131,6 +131,17 @@ impl Operator {
     /// Role in the release's namespace) and runs the operator as the chart then does, on
     /// that namespace only.
     pub async fn start_with(tools: &Tools, tag: &str, namespaced: bool) -> anyhow::Result<Self> {
+        Self::start_with_values(tools, tag, namespaced, &[]).await
+    }
+
+    /// Like [`Operator::start_with`], the chart installed with `values` too (`key=value`, as
+    /// `helm install --set` takes them).
+    pub async fn start_with_values(
+        tools: &Tools,
+        tag: &str,
+        namespaced: bool,
+        values: &[&str],
+    ) -> anyhow::Result<Self> {
         let release = format!("op{tag}");
         let namespace = format!("quartet-{release}");
         let mut args = vec![
@@ -143,6 +154,9 @@ impl Operator {
         ];
         if namespaced {
             args.extend(["--set", "clusterWide=false"]);
+        }
+        for value in values {
+            args.extend(["--set", value]);
         }
         let (ok, out, err) = tools.run("helm", &args).await;
         if !ok {
