@@ -8,7 +8,7 @@ use quartet_kit::token::{Claims, require};
 use quartet_kit::{ErrorKind, Problem};
 
 use crate::permission::{Permission, PermissionSet};
-use crate::service::Auth;
+use crate::service::{Auth, MAX_PERMISSION_BYTES, MAX_RULES_BYTES};
 use crate::urls::{Decision, Request, Subject, UrlRules};
 
 /// The permission that lets a caller ask about someone else.
@@ -68,6 +68,28 @@ pub async fn subject(auth: &Auth, caller: &Claims, named: Option<&str>) -> Resul
     }
 }
 
+/// Parses a permission string from a client: at most [`MAX_PERMISSION_BYTES`] bytes, in
+/// Shiro's syntax; anything else is a 400 naming the problem.
+pub fn parse_permission(text: &str) -> Result<Permission, Problem> {
+    if text.len() > MAX_PERMISSION_BYTES {
+        return Err(Problem::new(
+            ErrorKind::InvalidArgument,
+            "invalid-permission",
+            format!(
+                "a permission of {} bytes is longer than the {MAX_PERMISSION_BYTES} allowed",
+                text.len()
+            ),
+        ));
+    }
+    Permission::parse(text).map_err(|e| {
+        Problem::new(
+            ErrorKind::InvalidArgument,
+            "invalid-permission",
+            e.to_string(),
+        )
+    })
+}
+
 /// The answers to a batch question.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answers {
@@ -90,14 +112,7 @@ pub async fn check(
 ) -> Result<Answers, Problem> {
     let mut wanted = Vec::with_capacity(permissions.len());
     for text in permissions {
-        let parsed = Permission::parse(text).map_err(|e| {
-            Problem::new(
-                ErrorKind::InvalidArgument,
-                "invalid-permission",
-                e.to_string(),
-            )
-        })?;
-        wanted.push((text.clone(), parsed));
+        wanted.push((text.clone(), parse_permission(text)?));
     }
     let who = subject(auth, caller, named).await?;
     Ok(Answers {
@@ -130,6 +145,16 @@ pub async fn check_url(
     who: UrlSubject<'_>,
 ) -> Result<Decision, Problem> {
     let rules = match rules.filter(|r| !r.trim().is_empty()) {
+        Some(text) if text.len() > MAX_RULES_BYTES => {
+            return Err(Problem::new(
+                ErrorKind::InvalidArgument,
+                "invalid-rules",
+                format!(
+                    "rules of {} bytes are longer than the {MAX_RULES_BYTES} allowed in one question",
+                    text.len()
+                ),
+            ));
+        }
         Some(text) => UrlRules::parse(text).map_err(|errors| {
             let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
             Problem::new(ErrorKind::InvalidArgument, "invalid-rules", list.join("; "))

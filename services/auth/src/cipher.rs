@@ -196,7 +196,10 @@ impl std::fmt::Debug for Cipher {
     }
 }
 
-fn parse_token(
+/// Splits a cipher token (`<prefix>.<version>.<base64url data>`, e.g. a ciphertext
+/// `q1.3.…` or a signature) into its key version and bytes; `what` names it in errors. Public
+/// as the entry point of fuzz targets: it reads untrusted input before any key is used.
+pub fn parse_token(
     what: &'static str,
     prefix: &str,
     token: &str,

@@ -191,6 +191,20 @@ impl KeyRing {
     }
 }
 
+/// Verifies `token` against the key set `set`, synchronously: the path every untrusted bearer
+/// token takes (header, algorithm, key id, signature, then the claims), with no store and no
+/// network. The entry point of fuzz targets and of tools that check a token offline.
+pub fn verify_token(
+    set: &JwkSet,
+    issuer: &str,
+    audience: &str,
+    token: &str,
+) -> Result<Claims, quartet_kit::token::TokenError> {
+    let verifier = quartet_kit::token::Verifier::from_jwks(set, issuer, audience);
+    // A verifier with fixed keys never waits on anything: its future is ready when polled.
+    futures::executor::block_on(verifier.verify(token))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

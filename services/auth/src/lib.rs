@@ -11,6 +11,7 @@
 //! | [`authz`] | has-role / is-permitted batches and `[urls]` checks, for both fronts | `service`, `urls` |
 //! | [`grpc`] | the gRPC front: `quartet.auth.v1.Authz` | `authz` |
 //! | [`rest`] | the REST front: OAuth2 endpoints, JWKS, `/v1/authz`, `/v1/admin` | `service` |
+//! | [`openapi`] | the REST front's OpenAPI document, completed with the responses every operation shares | utoipa |
 //! | [`sessions`] | server-side sessions with idle and absolute timeouts, in Redis or the store | `store`, redis |
 //! | [`store`] | users, roles, clients, refresh tokens, keys in SQLite or PostgreSQL (sqlx `Any`) | sqlx |
 //! | [`ini`] | the INI realm file (`[users]`, `[roles]`, `[urls]`) | `permission`, `urls` |
@@ -24,6 +25,7 @@ pub mod credentials;
 pub mod grpc;
 pub mod ini;
 pub mod keys;
+pub mod openapi;
 pub mod rest;
 pub mod service;
 pub mod sessions;
@@ -42,7 +44,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::credentials::{HashSettings, PasswordHasher};
-use crate::service::{Auth, LockoutSettings, SessionSettings, TokenSettings};
+use crate::service::{Auth, LimitSettings, LockoutSettings, SessionSettings, TokenSettings};
 use crate::store::Store;
 
 /// The binary's name, also its `service.name` in traces and its `QUARTET_*` prefix.
@@ -122,6 +124,8 @@ pub struct Config {
     pub cipher: CipherSettings,
     /// Server-side sessions.
     pub sessions: SessionSettings,
+    /// Bounds on what one request can make the service spend.
+    pub limits: LimitSettings,
 }
 
 /// The cipher service (encrypt, decrypt, re-wrap, sign, verify).
@@ -143,6 +147,7 @@ impl Default for Config {
             realm: RealmSettings::default(),
             cipher: CipherSettings::default(),
             sessions: SessionSettings::default(),
+            limits: LimitSettings::default(),
         }
     }
 }
@@ -153,8 +158,17 @@ impl ServiceConfig for Config {
     }
 }
 
-/// Reads an INI realm file.
+/// Reads an INI realm file (at most [`service::MAX_REALM_FILE_BYTES`]).
 fn load_realm(path: &str) -> anyhow::Result<crate::ini::IniRealm> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| anyhow::anyhow!("realm.ini_file {path}: {e}"))?
+        .len();
+    if size > service::MAX_REALM_FILE_BYTES {
+        anyhow::bail!(
+            "realm.ini_file {path}: {size} bytes is more than the {} a realm file may have",
+            service::MAX_REALM_FILE_BYTES
+        );
+    }
     let text =
         std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("realm.ini_file {path}: {e}"))?;
     crate::ini::IniRealm::parse(&text).map_err(|errors| {
@@ -200,7 +214,9 @@ async fn watch_realm(
 pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     let store = Store::connect(&config.store.url, config.store.max_connections).await?;
     let hasher = PasswordHasher::new(config.passwords)?;
-    let auth = Auth::open(store, hasher, config.tokens.clone(), config.lockout.clone()).await?;
+    let auth = Auth::open(store, hasher, config.tokens.clone(), config.lockout.clone())
+        .await?
+        .with_limits(config.limits.clone())?;
     if !config.cipher.master_key_file.is_empty() {
         let file = &config.cipher.master_key_file;
         let text = std::fs::read_to_string(file)

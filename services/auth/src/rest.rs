@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::authz;
-use crate::permission::Permission;
 use crate::service::{
     Auth, ClientAuth, GrantKind, Introspection, OAuthError, TokenRequest, TokenResponse,
     random_token,
@@ -40,6 +39,15 @@ impl Authenticator for Auth {
     }
 }
 
+/// An OAuth error (RFC 6749 §5.2), the body of the OAuth endpoints' 400 and 401 answers.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OAuthErrorBody {
+    /// The RFC 6749 code: `invalid_request`, `invalid_client`, `invalid_grant`, `unauthorized_client`, `unsupported_grant_type`, `invalid_scope` or `temporarily_unavailable`.
+    pub error: String,
+    /// What went wrong, for a person.
+    pub error_description: String,
+}
+
 /// An OAuth error as an HTTP response.
 fn oauth_error(error: &OAuthError) -> HttpResponse {
     let mut response = HttpResponse::build(
@@ -51,8 +59,10 @@ fn oauth_error(error: &OAuthError) -> HttpResponse {
     if let OAuthError::InvalidClient { basic: true } = error {
         response.insert_header(("WWW-Authenticate", "Basic realm=\"quartet\""));
     }
-    response
-        .json(serde_json::json!({"error": error.code(), "error_description": error.to_string()}))
+    response.json(OAuthErrorBody {
+        error: error.code().to_owned(),
+        error_description: error.to_string(),
+    })
 }
 
 fn percent_decode(text: &str) -> Option<String> {
@@ -79,6 +89,23 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The client id and secret of an HTTP Basic credential (what follows `Basic `): base64 of
+/// `id:secret`, each form-encoded (RFC 6749 §2.3.1). Anything else is `invalid_client`.
+/// Public as the entry point of fuzz targets: it reads untrusted bytes before anything else.
+pub fn parse_basic_credentials(encoded: &str) -> Result<(String, String), OAuthError> {
+    let invalid = || OAuthError::InvalidClient { basic: true };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|d| String::from_utf8(d).ok())
+        .ok_or_else(invalid)?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(invalid)?;
+    Ok((
+        percent_decode(id).ok_or_else(invalid)?,
+        percent_decode(secret).ok_or_else(invalid)?,
+    ))
+}
+
 /// Client authentication from HTTP Basic (RFC 6749 §2.3.1: form-encoded id and secret) or
 /// from the body; both at once is an error.
 fn client_auth(
@@ -101,16 +128,7 @@ fn client_auth(
                         .into(),
                 ));
             }
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(encoded.trim())
-                .ok()
-                .and_then(|d| String::from_utf8(d).ok())
-                .ok_or(OAuthError::InvalidClient { basic: true })?;
-            let (id, secret) = decoded
-                .split_once(':')
-                .ok_or(OAuthError::InvalidClient { basic: true })?;
-            let id = percent_decode(id).ok_or(OAuthError::InvalidClient { basic: true })?;
-            let secret = percent_decode(secret).ok_or(OAuthError::InvalidClient { basic: true })?;
+            let (id, secret) = parse_basic_credentials(encoded)?;
             if body_id.is_some_and(|b| b != id) {
                 return Err(OAuthError::InvalidRequest(
                     "client_id in the body differs from the Authorization header".into(),
@@ -171,8 +189,9 @@ fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, OAuthE
 #[utoipa::path(post, path = "/oauth2/token", tag = "oauth2",
     request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, description = "Tokens", body = TokenResponse),
-              (status = 400, description = "RFC 6749 error (invalid_request, invalid_grant, unauthorized_client, unsupported_grant_type, invalid_scope)"),
-              (status = 401, description = "invalid_client")))]
+              (status = 400, description = "RFC 6749 error (invalid_request, invalid_grant, unauthorized_client, unsupported_grant_type, invalid_scope)", body = OAuthErrorBody),
+              (status = 401, description = "invalid_client", body = OAuthErrorBody),
+              (status = 503, description = "temporarily_unavailable: the store is down or password checks are saturated; retry", body = OAuthErrorBody)))]
 async fn token(
     req: HttpRequest,
     state: web::Data<State>,
@@ -232,7 +251,10 @@ pub struct TokenOnlyForm {
 /// Token introspection (RFC 7662).
 #[utoipa::path(post, path = "/oauth2/introspect", tag = "oauth2",
     request_body(content = TokenOnlyForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, description = "Introspection", body = Introspection), (status = 401, description = "invalid_client")))]
+    responses((status = 200, description = "Introspection", body = Introspection),
+              (status = 400, description = "invalid_request", body = OAuthErrorBody),
+              (status = 401, description = "invalid_client", body = OAuthErrorBody),
+              (status = 503, description = "temporarily_unavailable: the answer could not be known; retry", body = OAuthErrorBody)))]
 async fn introspect(
     req: HttpRequest,
     state: web::Data<State>,
@@ -259,7 +281,10 @@ async fn introspect(
 /// Token revocation (RFC 7009); unknown tokens are not an error.
 #[utoipa::path(post, path = "/oauth2/revoke", tag = "oauth2",
     request_body(content = TokenOnlyForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, description = "Revoked (or unknown)"), (status = 401, description = "invalid_client")))]
+    responses((status = 200, description = "Revoked (or unknown)"),
+              (status = 400, description = "invalid_request, unauthorized_client (the token is another client's)", body = OAuthErrorBody),
+              (status = 401, description = "invalid_client", body = OAuthErrorBody),
+              (status = 503, description = "temporarily_unavailable", body = OAuthErrorBody)))]
 async fn revoke(
     req: HttpRequest,
     state: web::Data<State>,
@@ -283,8 +308,37 @@ async fn revoke(
     }
 }
 
+/// A JWK set (RFC 7517 §5), as published.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JwkSetDoc {
+    /// The public keys (EC P-256, `use` sig, `alg` ES256), each with its `kid`.
+    #[schema(value_type = Vec<Object>)]
+    pub keys: Vec<serde_json::Value>,
+}
+
+/// Authorization server metadata (RFC 8414 §2), the fields this server sets.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ServerMetadata {
+    /// The issuer, `tokens.issuer`.
+    pub issuer: String,
+    /// The token endpoint.
+    pub token_endpoint: String,
+    /// The JWKS.
+    pub jwks_uri: String,
+    /// The introspection endpoint.
+    pub introspection_endpoint: String,
+    /// The revocation endpoint.
+    pub revocation_endpoint: String,
+    /// `password`, `client_credentials`, `refresh_token`.
+    pub grant_types_supported: Vec<String>,
+    /// `client_secret_basic`, `client_secret_post`, `none`.
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+    /// Empty: no authorization endpoint.
+    pub response_types_supported: Vec<String>,
+}
+
 /// The public signing keys (RFC 7517).
-#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "oauth2", responses((status = 200, description = "JWK set")))]
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "oauth2", responses((status = 200, description = "JWK set", body = JwkSetDoc)))]
 async fn jwks(state: web::Data<State>) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(("Cache-Control", "max-age=60"))
@@ -292,7 +346,7 @@ async fn jwks(state: web::Data<State>) -> HttpResponse {
 }
 
 /// Authorization server metadata (RFC 8414).
-#[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "oauth2", responses((status = 200, description = "Metadata")))]
+#[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "oauth2", responses((status = 200, description = "Metadata", body = ServerMetadata)))]
 async fn metadata(state: web::Data<State>) -> HttpResponse {
     let issuer = state
         .auth
@@ -300,16 +354,21 @@ async fn metadata(state: web::Data<State>) -> HttpResponse {
         .issuer
         .trim_end_matches('/')
         .to_owned();
-    HttpResponse::Ok().json(serde_json::json!({
-        "issuer": issuer,
-        "token_endpoint": format!("{issuer}/oauth2/token"),
-        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
-        "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
-        "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
-        "grant_types_supported": ["password", "client_credentials", "refresh_token"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "response_types_supported": [],
-    }))
+    let words = |list: &[&str]| list.iter().map(|w| (*w).to_owned()).collect();
+    HttpResponse::Ok().json(ServerMetadata {
+        token_endpoint: format!("{issuer}/oauth2/token"),
+        jwks_uri: format!("{issuer}/.well-known/jwks.json"),
+        introspection_endpoint: format!("{issuer}/oauth2/introspect"),
+        revocation_endpoint: format!("{issuer}/oauth2/revoke"),
+        grant_types_supported: words(&["password", "client_credentials", "refresh_token"]),
+        token_endpoint_auth_methods_supported: words(&[
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+        ]),
+        response_types_supported: Vec::new(),
+        issuer,
+    })
 }
 
 /// An authorization question.
@@ -453,13 +512,25 @@ async fn check_url(
 
 fn validate_permissions(perms: &[String]) -> Result<(), Problem> {
     for p in perms {
-        Permission::parse(p).map_err(|e| {
-            Problem::new(
+        crate::authz::parse_permission(p)?;
+    }
+    Ok(())
+}
+
+fn validate_words(kind: &str, words: &[String]) -> Result<(), Problem> {
+    for word in words {
+        if word.is_empty()
+            || word.len() > 128
+            || word.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(Problem::new(
                 ErrorKind::InvalidArgument,
-                "invalid-permission",
-                e.to_string(),
-            )
-        })?;
+                "invalid-name",
+                format!(
+                    "{kind} {word:?} must be 1-128 characters without spaces or control characters"
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -536,7 +607,8 @@ async fn list_users(state: web::Data<State>, caller: Bearer) -> Result<HttpRespo
 }
 
 /// Shows one user (`auth:user:read`).
-#[utoipa::path(get, path = "/v1/admin/users/{name}", tag = "admin", responses((status = 200, description = "The user", body = UserView), (status = 404, description = "No such user", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/admin/users/{name}", tag = "admin",
+    params(("name" = String, Path, description = "The user's login name")), responses((status = 200, description = "The user", body = UserView), (status = 404, description = "No such user", body = Problem)), security(("bearer" = [])))]
 async fn get_user(
     state: web::Data<State>,
     caller: Bearer,
@@ -558,14 +630,17 @@ async fn create_user(
 ) -> Result<HttpResponse, Problem> {
     caller.require("auth:user:create")?;
     validate_name("user", &body.name)?;
-    validate_permissions(&body.permissions)?;
-    if body.password.chars().count() < 8 {
+    if body.name.starts_with("client:") {
         return Err(Problem::new(
             ErrorKind::InvalidArgument,
-            "weak-password",
-            "password must have at least 8 characters",
+            "invalid-name",
+            format!(
+                "user name {:?} must not start with \"client:\": tokens of clients acting as themselves have such subjects",
+                body.name
+            ),
         ));
     }
+    validate_permissions(&body.permissions)?;
     let store = state.auth.store();
     let known_roles = store.role_names().await?;
     if let Some(missing) = body.roles.iter().find(|r| !known_roles.contains(r)) {
@@ -575,23 +650,10 @@ async fn create_user(
             format!("role {missing:?} does not exist"),
         ));
     }
-    let hash = state.auth.hasher().hash(&body.password);
-    store.create_user(&body.name, &hash, now()).await?;
-    let assigned = async {
-        for role in &body.roles {
-            store.assign_role(&body.name, role).await?;
-        }
-        for permission in &body.permissions {
-            store.grant_user_permission(&body.name, permission).await?;
-        }
-        Ok::<(), crate::store::StoreError>(())
-    }
-    .await;
-    if let Err(e) = assigned {
-        // Nothing half-applied stays behind.
-        let _ = store.delete_user(&body.name).await;
-        return Err(e.into());
-    }
+    let hash = state.auth.hash_new_password(&body.password).await?;
+    store
+        .create_user_with(&body.name, &hash, now(), &body.roles, &body.permissions)
+        .await?;
     state
         .auth
         .audit(
@@ -607,7 +669,8 @@ async fn create_user(
 }
 
 /// Deletes a user (`auth:user:delete`).
-#[utoipa::path(delete, path = "/v1/admin/users/{name}", tag = "admin", responses((status = 204, description = "Deleted"), (status = 404, description = "No such user", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/v1/admin/users/{name}", tag = "admin",
+    params(("name" = String, Path, description = "The user's login name")), responses((status = 204, description = "Deleted"), (status = 404, description = "No such user", body = Problem)), security(("bearer" = [])))]
 async fn delete_user(
     req: HttpRequest,
     state: web::Data<State>,
@@ -615,7 +678,7 @@ async fn delete_user(
     name: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
     caller.require("auth:user:delete")?;
-    state.auth.store().delete_user(&name).await?;
+    state.auth.store().delete_user(&name, now()).await?;
     state.auth.revoke_sessions(&name, None).await?;
     state
         .auth
@@ -644,6 +707,15 @@ pub struct NewRole {
     permissions: Vec<String>,
 }
 
+/// A role and its permissions.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RoleView {
+    /// Role name.
+    name: String,
+    /// Its permissions (Shiro wildcard strings), sorted.
+    permissions: Vec<String>,
+}
+
 /// Lists roles (`auth:role:read`).
 #[utoipa::path(get, path = "/v1/admin/roles", tag = "admin", responses((status = 200, description = "Role names", body = Vec<String>)), security(("bearer" = [])))]
 async fn list_roles(state: web::Data<State>, caller: Bearer) -> Result<HttpResponse, Problem> {
@@ -653,7 +725,7 @@ async fn list_roles(state: web::Data<State>, caller: Bearer) -> Result<HttpRespo
 
 /// Creates a role with its permissions (`auth:role:create`).
 #[utoipa::path(post, path = "/v1/admin/roles", tag = "admin", request_body = NewRole,
-    responses((status = 201, description = "Created"), (status = 400, description = "Invalid input", body = Problem), (status = 409, description = "Exists", body = Problem)),
+    responses((status = 201, description = "Created", body = RoleView), (status = 400, description = "Invalid input", body = Problem), (status = 409, description = "Exists", body = Problem)),
     security(("bearer" = [])))]
 async fn create_role(
     req: HttpRequest,
@@ -680,12 +752,18 @@ async fn create_role(
             &format!("by {}", caller.0.sub),
         )
         .await;
-    Ok(HttpResponse::Created()
-        .json(serde_json::json!({"name": body.name, "permissions": body.permissions})))
+    let mut permissions = body.permissions.clone();
+    permissions.sort();
+    permissions.dedup();
+    Ok(HttpResponse::Created().json(RoleView {
+        name: body.name.clone(),
+        permissions,
+    }))
 }
 
 /// Deletes a role (`auth:role:delete`).
-#[utoipa::path(delete, path = "/v1/admin/roles/{name}", tag = "admin", responses((status = 204, description = "Deleted"), (status = 404, description = "No such role", body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/v1/admin/roles/{name}", tag = "admin",
+    params(("name" = String, Path, description = "The role's name")), responses((status = 204, description = "Deleted"), (status = 404, description = "No such role", body = Problem)), security(("bearer" = [])))]
 async fn delete_role(
     req: HttpRequest,
     state: web::Data<State>,
@@ -726,9 +804,18 @@ pub struct NewClient {
     permissions: Vec<String>,
 }
 
+/// A registered client.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClientCreated {
+    /// Client id.
+    client_id: String,
+    /// The secret of a confidential client, shown only in this answer; `null` for a public client.
+    client_secret: Option<String>,
+}
+
 /// Registers an OAuth client (`auth:client:create`); the response holds the secret, once.
 #[utoipa::path(post, path = "/v1/admin/clients", tag = "admin", request_body = NewClient,
-    responses((status = 201, description = "Created; `client_secret` is shown only now"), (status = 400, description = "Invalid input", body = Problem), (status = 409, description = "Exists", body = Problem)),
+    responses((status = 201, description = "Created; `client_secret` is shown only now", body = ClientCreated), (status = 400, description = "Invalid input", body = Problem), (status = 409, description = "Exists", body = Problem)),
     security(("bearer" = [])))]
 async fn create_client(
     req: HttpRequest,
@@ -739,6 +826,7 @@ async fn create_client(
     caller.require("auth:client:create")?;
     validate_name("client", &body.client_id)?;
     validate_permissions(&body.permissions)?;
+    validate_words("scope", &body.scopes)?;
     if let Some(bad) = body
         .grant_types
         .iter()
@@ -758,9 +846,19 @@ async fn create_client(
         ));
     }
     let secret = (!body.public).then(|| random_token(32));
+    let secret_hash = match secret.clone() {
+        Some(secret) => Some(
+            state
+                .auth
+                .with_hasher(move |h| h.hash(&secret))
+                .await
+                .map_err(|e| Problem::new(ErrorKind::Unavailable, "saturated", e.to_string()))?,
+        ),
+        None => None,
+    };
     let record = ClientRecord {
         client_id: body.client_id.clone(),
-        secret_hash: secret.as_deref().map(|s| state.auth.hasher().hash(s)),
+        secret_hash,
         grant_types: body.grant_types.clone(),
         scopes: body.scopes.clone(),
         permissions: body.permissions.clone(),
@@ -777,8 +875,10 @@ async fn create_client(
             &format!("by {}", caller.0.sub),
         )
         .await;
-    Ok(HttpResponse::Created()
-        .json(serde_json::json!({"client_id": body.client_id, "client_secret": secret})))
+    Ok(HttpResponse::Created().json(ClientCreated {
+        client_id: body.client_id.clone(),
+        client_secret: secret,
+    }))
 }
 
 /// A role or a permission to grant.
@@ -890,7 +990,8 @@ async fn apply(
 }
 
 /// Gives a user a role (`auth:user:update`).
-#[utoipa::path(post, path = "/v1/admin/users/{name}/roles", tag = "admin", request_body = Grant,
+#[utoipa::path(post, path = "/v1/admin/users/{name}/roles", tag = "admin",
+    params(("name" = String, Path, description = "The user's login name")), request_body = Grant,
     responses((status = 204, description = "Assigned"), (status = 404, description = "No such user or role", body = Problem), (status = 409, description = "Already assigned", body = Problem)), security(("bearer" = [])))]
 async fn assign_role(
     req: HttpRequest,
@@ -913,6 +1014,7 @@ async fn assign_role(
 
 /// Takes a role from a user (`auth:user:update`).
 #[utoipa::path(delete, path = "/v1/admin/users/{name}/roles/{role}", tag = "admin",
+    params(("name" = String, Path, description = "The user's login name"), ("role" = String, Path, description = "The role to take away")),
     responses((status = 204, description = "Unassigned"), (status = 404, description = "Not assigned", body = Problem)), security(("bearer" = [])))]
 async fn unassign_role(
     req: HttpRequest,
@@ -934,7 +1036,8 @@ async fn unassign_role(
 }
 
 /// Grants a user a permission directly (`auth:user:update`).
-#[utoipa::path(post, path = "/v1/admin/users/{name}/permissions", tag = "admin", request_body = Grant,
+#[utoipa::path(post, path = "/v1/admin/users/{name}/permissions", tag = "admin",
+    params(("name" = String, Path, description = "The user's login name")), request_body = Grant,
     responses((status = 204, description = "Granted"), (status = 400, description = "Invalid permission", body = Problem), (status = 404, description = "No such user", body = Problem)), security(("bearer" = [])))]
 async fn grant_user_permission(
     req: HttpRequest,
@@ -957,6 +1060,7 @@ async fn grant_user_permission(
 
 /// Takes a directly granted permission from a user (`auth:user:update`).
 #[utoipa::path(delete, path = "/v1/admin/users/{name}/permissions/{permission}", tag = "admin",
+    params(("name" = String, Path, description = "The user's login name"), ("permission" = String, Path, description = "The permission string, exactly as granted")),
     responses((status = 204, description = "Revoked"), (status = 404, description = "Not granted", body = Problem)), security(("bearer" = [])))]
 async fn revoke_user_permission(
     req: HttpRequest,
@@ -978,7 +1082,8 @@ async fn revoke_user_permission(
 }
 
 /// Adds a permission to a role (`auth:role:update`).
-#[utoipa::path(post, path = "/v1/admin/roles/{name}/permissions", tag = "admin", request_body = Grant,
+#[utoipa::path(post, path = "/v1/admin/roles/{name}/permissions", tag = "admin",
+    params(("name" = String, Path, description = "The role's name")), request_body = Grant,
     responses((status = 204, description = "Granted"), (status = 400, description = "Invalid permission", body = Problem), (status = 404, description = "No such role", body = Problem)), security(("bearer" = [])))]
 async fn grant_role_permission(
     req: HttpRequest,
@@ -1001,6 +1106,7 @@ async fn grant_role_permission(
 
 /// Takes a permission from a role (`auth:role:update`).
 #[utoipa::path(delete, path = "/v1/admin/roles/{name}/permissions/{permission}", tag = "admin",
+    params(("name" = String, Path, description = "The role's name"), ("permission" = String, Path, description = "The permission string, exactly as granted")),
     responses((status = 204, description = "Revoked"), (status = 404, description = "Not granted", body = Problem)), security(("bearer" = [])))]
 async fn revoke_role_permission(
     req: HttpRequest,
@@ -1023,7 +1129,8 @@ async fn revoke_role_permission(
 
 /// Shows a role's permissions (`auth:role:read`).
 #[utoipa::path(get, path = "/v1/admin/roles/{name}", tag = "admin",
-    responses((status = 200, description = "The role's permissions", body = Vec<String>), (status = 404, description = "No such role", body = Problem)), security(("bearer" = [])))]
+    params(("name" = String, Path, description = "The role's name")),
+    responses((status = 200, description = "The role and its permissions", body = RoleView), (status = 404, description = "No such role", body = Problem)), security(("bearer" = [])))]
 async fn get_role(
     state: web::Data<State>,
     caller: Bearer,
@@ -1042,8 +1149,10 @@ async fn get_role(
                 format!("role {:?} does not exist", name.as_str()),
             )
         })?;
-    Ok(HttpResponse::Ok()
-        .json(serde_json::json!({"name": name.as_str(), "permissions": permissions})))
+    Ok(HttpResponse::Ok().json(RoleView {
+        name: name.into_inner(),
+        permissions,
+    }))
 }
 
 /// Whether a user may log in.
@@ -1054,7 +1163,8 @@ pub struct Disabled {
 }
 
 /// Disables or enables a user (`auth:user:update`); disabling ends their sessions.
-#[utoipa::path(put, path = "/v1/admin/users/{name}/disabled", tag = "admin", request_body = Disabled,
+#[utoipa::path(put, path = "/v1/admin/users/{name}/disabled", tag = "admin",
+    params(("name" = String, Path, description = "The user's login name")), request_body = Disabled,
     responses((status = 204, description = "Changed"), (status = 404, description = "No such user", body = Problem)), security(("bearer" = [])))]
 async fn set_disabled(
     req: HttpRequest,
@@ -1214,6 +1324,7 @@ async fn close_session(req: HttpRequest, state: web::Data<State>) -> Result<Http
 
 /// A user's live sessions (`auth:session:read`).
 #[utoipa::path(get, path = "/v1/admin/users/{name}/sessions", tag = "admin",
+    params(("name" = String, Path, description = "The user's login name")),
     responses((status = 200, description = "Sessions, oldest first", body = Vec<crate::sessions::SessionInfo>)), security(("bearer" = [])))]
 async fn list_sessions(
     state: web::Data<State>,
@@ -1224,9 +1335,17 @@ async fn list_sessions(
     Ok(HttpResponse::Ok().json(state.auth.user_sessions(&name).await?))
 }
 
+/// How many sessions were ended.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Ended {
+    /// The count.
+    ended: usize,
+}
+
 /// Ends all of a user's sessions (`auth:session:delete`).
 #[utoipa::path(delete, path = "/v1/admin/users/{name}/sessions", tag = "admin",
-    responses((status = 200, description = "How many ended")), security(("bearer" = [])))]
+    params(("name" = String, Path, description = "The user's login name")),
+    responses((status = 200, description = "How many ended", body = Ended)), security(("bearer" = [])))]
 async fn revoke_sessions(
     req: HttpRequest,
     state: web::Data<State>,
@@ -1246,12 +1365,13 @@ async fn revoke_sessions(
             &format!("{ended} ended by {}", caller.0.sub),
         )
         .await;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"ended": ended})))
+    Ok(HttpResponse::Ok().json(Ended { ended }))
 }
 
 /// Ends one of a user's sessions by handle (`auth:session:delete`).
 #[utoipa::path(delete, path = "/v1/admin/users/{name}/sessions/{handle}", tag = "admin",
-    responses((status = 200, description = "Ended"), (status = 404, description = "No such live session", body = Problem)), security(("bearer" = [])))]
+    params(("name" = String, Path, description = "The user's login name"), ("handle" = String, Path, description = "The session's handle, from the list of its sessions")),
+    responses((status = 200, description = "Ended", body = Ended), (status = 404, description = "No such live session", body = Problem)), security(("bearer" = [])))]
 async fn revoke_session(
     req: HttpRequest,
     state: web::Data<State>,
@@ -1278,7 +1398,7 @@ async fn revoke_session(
             &format!("handle {handle} by {}", caller.0.sub),
         )
         .await;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"ended": 1})))
+    Ok(HttpResponse::Ok().json(Ended { ended: 1 }))
 }
 
 /// Bytes for the cipher service, base64 (standard alphabet).
@@ -1383,8 +1503,15 @@ async fn cipher(
     Ok(HttpResponse::Ok().json(CipherOutput { output, valid }))
 }
 
+/// The data key version now current.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Rotated {
+    /// The version.
+    version: u32,
+}
+
 /// Adds a cipher data key that becomes current (`auth:cipher:rotate`); older keys keep decrypting.
-#[utoipa::path(post, path = "/v1/admin/cipher/rotate", tag = "admin", responses((status = 200, description = "The new current version")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/admin/cipher/rotate", tag = "admin", responses((status = 200, description = "The new current version", body = Rotated), (status = 503, description = "Cipher service not configured", body = Problem)), security(("bearer" = [])))]
 async fn rotate_cipher(
     req: HttpRequest,
     state: web::Data<State>,
@@ -1410,7 +1537,7 @@ async fn rotate_cipher(
             &format!("version {version} by {}", caller.0.sub),
         )
         .await;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"version": version})))
+    Ok(HttpResponse::Ok().json(Rotated { version }))
 }
 
 /// Audit query parameters.
@@ -1452,13 +1579,18 @@ fn now() -> i64 {
 #[derive(OpenApi)]
 #[openapi(
     paths(token, introspect, revoke, jwks, metadata, check, check_url, list_users, get_user, create_user, delete_user, list_roles, create_role, delete_role, create_client, audit, cipher, rotate_cipher, open_session, current_session, close_session, list_sessions, revoke_sessions, revoke_session, assign_role, unassign_role, grant_user_permission, revoke_user_permission, set_disabled, get_role, grant_role_permission, revoke_role_permission),
-    components(schemas(TokenResponse, Introspection, CheckRequest, CheckResponse, UrlCheckRequest, UrlCheckResponse, NewUser, UserView, NewRole, NewClient, AuditEvent, CipherInput, CipherOutput, SessionLogin, OpenedSession, CurrentSession, crate::sessions::SessionInfo, Grant, Disabled)),
+    components(schemas(TokenResponse, Introspection, OAuthErrorBody, JwkSetDoc, ServerMetadata, CheckRequest, CheckResponse, UrlCheckRequest, UrlCheckResponse, NewUser, UserView, NewRole, RoleView, NewClient, ClientCreated, Ended, Rotated, AuditEvent, CipherInput, CipherOutput, SessionLogin, OpenedSession, CurrentSession, crate::sessions::SessionInfo, Grant, Disabled)),
     tags((name = "oauth2", description = "OAuth 2.0 token, introspection and revocation endpoints"),
          (name = "authz", description = "Authorization questions"),
          (name = "admin", description = "Users, roles and clients; guarded by auth:<entity>:<action>"),
          (name = "cipher", description = "Encryption and signatures under versioned keys"),
          (name = "sessions", description = "Server-side sessions with idle and absolute timeouts")))]
 struct AuthDoc;
+
+/// The REST API's OpenAPI document, as `/openapi.json` serves it (with the kit's routes).
+pub fn api_doc() -> utoipa::openapi::OpenApi {
+    crate::openapi::complete(AuthDoc::openapi())
+}
 
 /// The REST API of the auth service.
 pub fn api(state: State) -> RestApi {
@@ -1468,6 +1600,14 @@ pub fn api(state: State) -> RestApi {
         move |cfg| {
             cfg.app_data(state.clone())
                 .app_data(authenticator.clone())
+                .app_data(web::QueryConfig::default().error_handler(|err, _req| {
+                    Problem::new(
+                        ErrorKind::InvalidArgument,
+                        "bad-query",
+                        format!("query string: {err}"),
+                    )
+                    .into()
+                }))
                 .app_data(web::FormConfig::default().error_handler(|err, _req| {
                     let response = oauth_error(&OAuthError::InvalidRequest(format!(
                         "malformed form: {err}"
@@ -1537,6 +1677,6 @@ pub fn api(state: State) -> RestApi {
                     web::delete().to(revoke_session),
                 );
         },
-        AuthDoc::openapi(),
+        api_doc(),
     )
 }

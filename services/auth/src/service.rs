@@ -26,7 +26,7 @@ use sha2::Digest;
 use utoipa::ToSchema;
 
 use crate::cipher::{Cipher, CipherError, MasterKey};
-use crate::credentials::PasswordHasher;
+use crate::credentials::{CredentialError, PasswordHasher};
 use crate::ini::IniRealm;
 use crate::keys::{KeyRing, SigningKey};
 use crate::sessions::{SessionInfo, SessionStore, id_hash};
@@ -86,6 +86,8 @@ pub struct SessionSettings {
     pub absolute_timeout: Duration,
     /// Whether the session cookie is marked `Secure` (sent over HTTPS only); turn off only for local HTTP.
     pub cookie_secure: bool,
+    /// Most live sessions one user may have; opening one more ends the oldest.
+    pub max_per_user: usize,
 }
 
 impl Default for SessionSettings {
@@ -95,9 +97,44 @@ impl Default for SessionSettings {
             idle_timeout: Duration::from_secs(30 * 60),
             absolute_timeout: Duration::from_secs(12 * 3600),
             cookie_secure: true,
+            max_per_user: 100,
         }
     }
 }
+
+/// Bounds on what one request can make the service spend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LimitSettings {
+    /// Longest password or client secret accepted, in bytes; a longer one is refused before any hashing.
+    pub max_password_bytes: usize,
+    /// Password hashes computed at once, each holding `passwords.memory_kib` of memory; further logins wait their turn.
+    pub concurrent_hashes: usize,
+    /// How long a login waits for its turn before it is answered 503 (retry), e.g. `10s`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub hash_queue_timeout: Duration,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_password_bytes: 1024,
+            concurrent_hashes: 4,
+            hash_queue_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Longest permission string accepted in a grant, a role or a question, in bytes: every one a
+/// user holds travels in each of their tokens.
+pub const MAX_PERMISSION_BYTES: usize = 512;
+
+/// Largest `[urls]` rules text accepted in one `/v1/authz/urls` question, in bytes: it is
+/// parsed and evaluated for that one answer.
+pub const MAX_RULES_BYTES: usize = 64 * 1024;
+
+/// Largest INI realm file read, in bytes.
+pub const MAX_REALM_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Lockout after repeated login failures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -452,6 +489,9 @@ pub struct Auth {
     cipher: RwLock<Cipher>,
     sessions: SessionStore,
     session_settings: SessionSettings,
+    limits: LimitSettings,
+    /// Turns to compute a password hash: at most `limits.concurrent_hashes` at once.
+    hashing: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -459,6 +499,50 @@ impl std::fmt::Debug for Auth {
         f.debug_struct("Auth")
             .field("issuer", &self.tokens.issuer)
             .finish_non_exhaustive()
+    }
+}
+
+/// Every turn to compute a password hash was taken for `limits.hash_queue_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("password checks are saturated; retry shortly")]
+pub struct Saturated;
+
+impl From<Saturated> for OAuthError {
+    fn from(e: Saturated) -> Self {
+        OAuthError::TemporarilyUnavailable(e.to_string())
+    }
+}
+
+/// Why a new password was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordRefused {
+    /// Fewer than 8 characters.
+    #[error("password must have at least 8 characters")]
+    TooShort,
+    /// Longer than `limits.max_password_bytes`.
+    #[error("password must have at most {0} bytes (limits.max_password_bytes)")]
+    TooLong(usize),
+    /// No turn to hash it.
+    #[error("password checks are saturated; retry shortly")]
+    Saturated,
+}
+
+impl quartet_kit::ApiError for PasswordRefused {
+    fn kind(&self) -> quartet_kit::ErrorKind {
+        match self {
+            PasswordRefused::Saturated => quartet_kit::ErrorKind::Unavailable,
+            _ => quartet_kit::ErrorKind::InvalidArgument,
+        }
+    }
+    fn code(&self) -> &'static str {
+        match self {
+            PasswordRefused::TooShort => "weak-password",
+            PasswordRefused::TooLong(_) => "password-too-long",
+            PasswordRefused::Saturated => "saturated",
+        }
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        matches!(self, PasswordRefused::Saturated).then_some(Duration::from_secs(1))
     }
 }
 
@@ -535,6 +619,10 @@ impl Auth {
             cipher: RwLock::new(Cipher::default()),
             sessions: SessionStore::Sql(store_for_sessions),
             session_settings: SessionSettings::default(),
+            limits: LimitSettings::default(),
+            hashing: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                LimitSettings::default().concurrent_hashes,
+            )),
         };
         if !had_keys {
             auth.persist_keys().await?;
@@ -639,6 +727,76 @@ impl Auth {
         self
     }
 
+    /// Applies `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: LimitSettings) -> Result<Self, OpenError> {
+        if limits.concurrent_hashes == 0 {
+            return Err(OpenError::Settings(
+                "limits.concurrent_hashes must be at least 1".into(),
+            ));
+        }
+        self.hashing = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.concurrent_hashes));
+        self.limits = limits;
+        Ok(self)
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &LimitSettings {
+        &self.limits
+    }
+
+    /// Runs `work` on the password hasher in its turn (at most `limits.concurrent_hashes` at
+    /// once, each on a blocking thread so that no request worker stalls); a turn not had within
+    /// `limits.hash_queue_timeout` is [`Saturated`].
+    pub async fn with_hasher<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&PasswordHasher) -> T + Send + 'static,
+    ) -> Result<T, Saturated> {
+        let turn = tokio::time::timeout(
+            self.limits.hash_queue_timeout,
+            self.hashing.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| Saturated)?
+        .map_err(|_| Saturated)?;
+        let hasher = self.hasher.clone();
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            work(&hasher)
+        })
+        .await
+        .map_err(|_| Saturated)
+    }
+
+    /// Checks `password` against `stored` in its turn; a password longer than
+    /// `limits.max_password_bytes` is refused unchecked.
+    async fn check_password(
+        &self,
+        stored: &str,
+        password: &str,
+    ) -> Result<Result<Option<crate::credentials::Verified>, CredentialError>, Saturated> {
+        if password.len() > self.limits.max_password_bytes {
+            return Ok(Ok(None));
+        }
+        let (stored, password) = (stored.to_owned(), password.to_owned());
+        self.with_hasher(move |h| h.verify(&stored, &password))
+            .await
+    }
+
+    /// Hashes a new password in its turn, after checking its length (at least 8 characters,
+    /// at most `limits.max_password_bytes` bytes).
+    pub async fn hash_new_password(&self, password: &str) -> Result<String, PasswordRefused> {
+        if password.chars().count() < 8 {
+            return Err(PasswordRefused::TooShort);
+        }
+        if password.len() > self.limits.max_password_bytes {
+            return Err(PasswordRefused::TooLong(self.limits.max_password_bytes));
+        }
+        let password = password.to_owned();
+        self.with_hasher(move |h| h.hash(&password))
+            .await
+            .map_err(|_| PasswordRefused::Saturated)
+    }
+
     /// The session settings.
     pub fn session_settings(&self) -> &SessionSettings {
         &self.session_settings
@@ -657,6 +815,24 @@ impl Auth {
         source: &str,
     ) -> Result<(String, SessionInfo), OAuthError> {
         self.login(username, password, "session", source).await?;
+        // Oldest first: make room for the new one.
+        let live = self.sessions.list(username, now_s()).await?;
+        let surplus = (live.len() + 1).saturating_sub(self.session_settings.max_per_user.max(1));
+        for (hash, old) in live.iter().take(surplus) {
+            self.sessions.delete(hash, username).await?;
+            self.audit(
+                "session.close",
+                "success",
+                username,
+                "",
+                source,
+                &format!(
+                    "handle {}: sessions.max_per_user ({}) reached",
+                    old.handle, self.session_settings.max_per_user
+                ),
+            )
+            .await;
+        }
         let id = random_token(32);
         let (hash, handle) = id_hash(&id);
         let now = now_s();
@@ -836,15 +1012,17 @@ impl Auth {
         };
         let Some(record) = self.store.client(&client.client_id).await? else {
             // Spend the same time as a real check so that client ids cannot be probed.
-            let _ = self.hasher.verify(
-                &self.dummy_hash,
-                client.secret.as_deref().unwrap_or_default(),
-            );
+            let _ = self
+                .check_password(
+                    &self.dummy_hash,
+                    client.secret.as_deref().unwrap_or_default(),
+                )
+                .await?;
             return Err(invalid);
         };
         match (&record.secret_hash, &client.secret) {
             (None, None) => Ok(record),
-            (Some(hash), Some(secret)) => match self.hasher.verify(hash, secret) {
+            (Some(hash), Some(secret)) => match self.check_password(hash, secret).await? {
                 Ok(Some(_)) => Ok(record),
                 _ => Err(invalid),
             },
@@ -927,7 +1105,7 @@ impl Auth {
                 }
                 let scope = Self::granted_scope(&client, request.scope.as_deref())?;
                 let subject = format!("client:{}", client.client_id);
-                let response = self.sign(
+                let (response, _) = self.sign(
                     &subject,
                     &client.client_id,
                     &scope,
@@ -967,7 +1145,7 @@ impl Auth {
         let from_store = self.store.user(username).await?.is_some();
         if self.lockout.locked(&keys, now).await? {
             // Same answer as a wrong password; the hash still runs so timing says nothing.
-            let _ = self.hasher.verify(&self.dummy_hash, password);
+            let _ = self.check_password(&self.dummy_hash, password).await?;
             self.audit(
                 "login",
                 "failure",
@@ -980,12 +1158,12 @@ impl Auth {
             return Err(OAuthError::InvalidGrant(BAD_LOGIN.into()));
         }
         let verified = match &user {
-            Some((hash, _)) => self.hasher.verify(hash, password).unwrap_or_else(|e| {
+            Some((hash, _)) => self.check_password(hash, password).await?.unwrap_or_else(|e| {
                 tracing::error!(user = username, error = %e, "stored password hash cannot be checked");
                 None
             }),
             None => {
-                let _ = self.hasher.verify(&self.dummy_hash, password);
+                let _ = self.check_password(&self.dummy_hash, password).await?;
                 None
             }
         };
@@ -1058,7 +1236,7 @@ impl Auth {
         family: Option<String>,
     ) -> Result<TokenResponse, OAuthError> {
         let (roles, perms) = self.subject(username).await?;
-        let mut response = self.sign(username, &client.client_id, scope, roles, perms)?;
+        let (mut response, jti) = self.sign(username, &client.client_id, scope, roles, perms)?;
         if client.grant_types.iter().any(|g| g == "refresh_token") {
             let token = random_token(32);
             let record = RefreshRecord {
@@ -1070,13 +1248,14 @@ impl Auth {
                     + i64::try_from(self.tokens.refresh_ttl.as_secs()).unwrap_or(i64::MAX / 4),
             };
             self.store
-                .insert_refresh(&sha256_hex(&token), &record)
+                .insert_refresh(&sha256_hex(&token), &record, &jti)
                 .await?;
             response.refresh_token = Some(token);
         }
         Ok(response)
     }
 
+    /// Signs an access token; returns the response and the token's id.
     fn sign(
         &self,
         subject: &str,
@@ -1084,9 +1263,10 @@ impl Auth {
         scope: &str,
         roles: Vec<String>,
         perms: Vec<String>,
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<(TokenResponse, String), OAuthError> {
         let now = u64::try_from(now_s()).unwrap_or_default();
         let ttl = self.tokens.access_ttl.as_secs();
+        let jti = random_token(16);
         let claims = Claims {
             iss: self.tokens.issuer.clone(),
             sub: subject.into(),
@@ -1094,7 +1274,7 @@ impl Auth {
             exp: now + ttl,
             iat: now,
             nbf: now,
-            jti: random_token(16),
+            jti: jti.clone(),
             client_id: client_id.into(),
             scope: scope.into(),
             roles,
@@ -1107,13 +1287,14 @@ impl Auth {
             .current()
             .sign(&claims)
             .map_err(|e| OAuthError::TemporarilyUnavailable(e.to_string()))?;
-        Ok(TokenResponse {
+        let response = TokenResponse {
             access_token,
             token_type: "Bearer".into(),
             expires_in: ttl,
             refresh_token: None,
             scope: scope.into(),
-        })
+        };
+        Ok((response, jti))
     }
 
     async fn refresh(
@@ -1181,17 +1362,47 @@ impl Auth {
         }
     }
 
-    /// Verifies one of this service's access tokens, including revocation.
+    /// Verifies one of this service's access tokens exactly: signature, expiry, issuer and
+    /// audience, then what only the store knows — the token revoked by its id, its refresh
+    /// family revoked, its user disabled, deleted or replaced by a later user of the same
+    /// name, its client gone.
     pub async fn verify_access(&self, token: &str) -> Result<Claims, TokenError> {
         let claims = self.verifier.verify(token).await?;
-        match self.store.access_revoked(&claims.jti).await {
-            Ok(false) => Ok(claims),
-            Ok(true) => Err(TokenError::Invalid("token has been revoked".into())),
-            Err(e) => Err(TokenError::KeysUnavailable {
-                url: "store".into(),
-                reason: e.to_string(),
-            }),
+        let unavailable = |e: StoreError| TokenError::KeysUnavailable {
+            url: "store".into(),
+            reason: e.to_string(),
+        };
+        if self
+            .store
+            .access_revoked(&claims.jti)
+            .await
+            .map_err(unavailable)?
+        {
+            return Err(TokenError::Invalid("token has been revoked".into()));
         }
+        if let Some(why) = self.holder_gone(&claims).await.map_err(unavailable)? {
+            return Err(TokenError::Invalid(why));
+        }
+        Ok(claims)
+    }
+
+    /// Why the token's holder may no longer use it, if so.
+    async fn holder_gone(&self, claims: &Claims) -> Result<Option<String>, StoreError> {
+        if claims.sub == format!("client:{}", claims.client_id) {
+            let gone = self.store.client(&claims.client_id).await?.is_none();
+            return Ok(gone.then(|| format!("client {:?} no longer exists", claims.client_id)));
+        }
+        let issued = i64::try_from(claims.iat).unwrap_or(i64::MAX);
+        Ok(match self.store.user(&claims.sub).await? {
+            Some(user) if user.disabled => Some(format!("user {:?} is disabled", user.name)),
+            Some(user) if issued < user.created_at => Some(format!(
+                "the token was issued to an earlier user named {:?}",
+                user.name
+            )),
+            Some(_) => None,
+            None if self.active_user(&claims.sub).await? => None,
+            None => Some(format!("user {:?} no longer exists", claims.sub)),
+        })
     }
 
     /// RFC 7662 introspection of an access or refresh token, for an authenticated client.
@@ -1201,7 +1412,17 @@ impl Auth {
         token: &str,
     ) -> Result<Introspection, OAuthError> {
         self.authenticate_client(client).await?;
-        if let Ok(c) = self.verify_access(token).await {
+        let access = match self.verify_access(token).await {
+            Err(TokenError::KeysUnavailable { reason, .. }) => {
+                // Not knowing is not "inactive": the caller must retry, not act on a guess.
+                tracing::error!(error = %reason, "introspection could not consult the store");
+                return Err(OAuthError::TemporarilyUnavailable(
+                    "the credential store is unavailable; retry shortly".into(),
+                ));
+            }
+            other => other,
+        };
+        if let Ok(c) = access {
             return Ok(Introspection {
                 active: true,
                 scope: Some(c.scope),
@@ -1214,6 +1435,21 @@ impl Auth {
                 aud: Some(c.aud),
                 iss: Some(c.iss),
                 jti: Some(c.jti),
+            });
+        }
+        if let Some(record) = self.store.live_refresh(&sha256_hex(token), now_s()).await?
+            && self.active_user(&record.user_name).await?
+        {
+            return Ok(Introspection {
+                active: true,
+                scope: Some(record.scope),
+                client_id: Some(record.client_id),
+                username: Some(record.user_name.clone()),
+                token_type: Some("refresh_token".into()),
+                exp: u64::try_from(record.expires_at).ok(),
+                sub: Some(record.user_name),
+                iss: Some(self.tokens.issuer.clone()),
+                ..Introspection::default()
             });
         }
         Ok(Introspection::default())
@@ -1266,8 +1502,49 @@ impl Auth {
         Ok(())
     }
 
-    /// Creates the bootstrap administrator (role `admin` with permission `*`) if absent.
+    /// Creates the bootstrap administrator (role `admin` with permission `*`) if absent; and
+    /// when the store has no administrator at all (a store damaged before the last one was
+    /// protected, or edited by hand), makes that user one again (see [`Self::repair_administration`]).
+    /// Returns whether the user was created.
     pub async fn bootstrap_admin(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<bool, StoreError> {
+        let created = self.create_bootstrap_admin(username, password).await?;
+        if self.store.administrators().await?.is_empty() {
+            self.repair_administration(username).await?;
+        }
+        Ok(created)
+    }
+
+    /// Gives `username` administration back when nobody holds it: the permission `*`
+    /// directly (not through the role `admin`, whose other holders it would also reach), and
+    /// enabled.
+    pub async fn repair_administration(&self, username: &str) -> Result<(), StoreError> {
+        match self.store.grant_user_permission(username, "*").await {
+            Ok(()) | Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.store.set_disabled(username, false).await?;
+        tracing::warn!(
+            user = username,
+            "no enabled user held {}: the bootstrap administrator was given `*` and enabled",
+            crate::store::ADMINISTRATION
+        );
+        self.audit(
+            "admin.repair",
+            "success",
+            username,
+            "",
+            "bootstrap",
+            "no administrator was left: granted * and enabled",
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn create_bootstrap_admin(
         &self,
         username: &str,
         password: &str,
@@ -1284,9 +1561,12 @@ impl Auth {
                 )
                 .await?;
         }
-        self.store
-            .create_user(username, &self.hasher.hash(password), now_s())
-            .await?;
+        let password = password.to_owned();
+        let hash = self
+            .with_hasher(move |h| h.hash(&password))
+            .await
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        self.store.create_user(username, &hash, now_s()).await?;
         self.store.assign_role(username, "admin").await?;
         self.audit(
             "admin.user.create",

@@ -11,6 +11,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row, SqlSafeStr};
 
+use quartet_kit::permission::Permission;
 use quartet_kit::{ApiError, ErrorKind};
 
 /// Why a store operation failed.
@@ -22,6 +23,17 @@ pub enum StoreError {
     /// The named thing exists already.
     #[error("{0} already exists")]
     AlreadyExists(String),
+    /// The change would leave no enabled user able to administer the service.
+    #[error(
+        "refused: {change} would leave no enabled user holding {ADMINISTRATION} (administrators now: {}); give another user that permission first",
+        .administrators.join(", ")
+    )]
+    LastAdministrator {
+        /// What was asked, e.g. `deleting user "admin"`.
+        change: String,
+        /// The enabled users holding the permission before the change.
+        administrators: Vec<String>,
+    },
     /// The database could not be reached or failed.
     #[error("database error: {0}")]
     Database(String),
@@ -32,10 +44,25 @@ impl ApiError for StoreError {
         match self {
             StoreError::NotFound(_) => ErrorKind::NotFound,
             StoreError::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            // 409: a conflict with the current state that the caller can resolve (grant
+            // someone else administration) and then retry.
+            StoreError::LastAdministrator { .. } => ErrorKind::Aborted,
             StoreError::Database(_) => ErrorKind::Unavailable,
         }
     }
+
+    fn code(&self) -> &'static str {
+        match self {
+            StoreError::LastAdministrator { .. } => "last-administrator",
+            other => other.kind().slug(),
+        }
+    }
 }
+
+/// The permission administration needs: it implies every admin route's
+/// `auth:<entity>:<action>`. A change that would leave no enabled user of the store holding it
+/// is refused ([`StoreError::LastAdministrator`]).
+pub const ADMINISTRATION: &str = "auth:*";
 
 fn db(error: sqlx::Error) -> StoreError {
     StoreError::Database(error.to_string())
@@ -63,6 +90,9 @@ pub struct UserRecord {
     pub password_hash: String,
     /// Disabled users cannot log in.
     pub disabled: bool,
+    /// When the user was created, seconds since the epoch: a token issued before then was
+    /// issued to an earlier user of the same name.
+    pub created_at: i64,
 }
 
 /// An OAuth client as stored.
@@ -134,6 +164,16 @@ fn migrator() -> Migrator {
             4,
             "sessions",
             include_str!("../migrations/0004_sessions.sql"),
+        ),
+        migration(
+            5,
+            "access grants",
+            include_str!("../migrations/0005_access_grants.sql"),
+        ),
+        migration(
+            6,
+            "administration guard",
+            include_str!("../migrations/0006_administration_guard.sql"),
         ),
     ])
 }
@@ -222,29 +262,52 @@ impl Store {
         password_hash: &str,
         now: i64,
     ) -> Result<(), StoreError> {
+        self.create_user_with(name, password_hash, now, &[], &[])
+            .await
+    }
+
+    /// Creates a user with roles (each must exist) and direct permissions, all or nothing.
+    pub async fn create_user_with(
+        &self,
+        name: &str,
+        password_hash: &str,
+        now: i64,
+        roles: &[String],
+        permissions: &[String],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
         sqlx::query(
             "INSERT INTO users (name, password_hash, disabled, created_at) VALUES ($1, $2, 0, $3)",
         )
         .bind(name)
         .bind(password_hash)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
-        .map(drop)
-        .map_err(|e| constraint(e, || format!("user {name:?}"), || format!("user {name:?}")))
+        .map_err(|e| constraint(e, || format!("user {name:?}"), || format!("user {name:?}")))?;
+        for role in roles {
+            link(&mut tx, Link::UserRole, name, role).await?;
+        }
+        for permission in permissions {
+            link(&mut tx, Link::UserPermission, name, permission).await?;
+        }
+        tx.commit().await.map_err(db)
     }
 
     /// A user by name.
     pub async fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
-        let row = sqlx::query("SELECT name, password_hash, disabled FROM users WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
+        let row = sqlx::query(
+            "SELECT name, password_hash, disabled, created_at FROM users WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
         Ok(row.map(|r| UserRecord {
             name: r.get("name"),
             password_hash: r.get("password_hash"),
             disabled: r.get::<i64, _>("disabled") != 0,
+            created_at: r.get("created_at"),
         }))
     }
 
@@ -272,24 +335,80 @@ impl Store {
         .await
     }
 
-    /// Enables or disables a user.
+    /// Enables or disables a user; disabling the last administrator is refused.
     pub async fn set_disabled(&self, name: &str, disabled: bool) -> Result<(), StoreError> {
-        self.must_touch(
-            sqlx::query("UPDATE users SET disabled = $1 WHERE name = $2")
-                .bind(i64::from(disabled))
-                .bind(name),
+        let query = sqlx::query("UPDATE users SET disabled = $1 WHERE name = $2")
+            .bind(i64::from(disabled))
+            .bind(name);
+        if !disabled {
+            return self.must_touch(query, || format!("user {name:?}")).await;
+        }
+        self.keeping_an_administrator(
+            vec![query],
             || format!("user {name:?}"),
+            || format!("disabling user {name:?}"),
         )
         .await
     }
 
-    /// Deletes a user with their role assignments and direct permissions.
-    pub async fn delete_user(&self, name: &str) -> Result<(), StoreError> {
-        self.must_touch(
-            sqlx::query("DELETE FROM users WHERE name = $1").bind(name),
+    /// Deletes a user with their role assignments and direct permissions, and revokes their
+    /// refresh tokens (so that a later user of the same name inherits none); deleting the last
+    /// administrator is refused.
+    pub async fn delete_user(&self, name: &str, now: i64) -> Result<(), StoreError> {
+        self.keeping_an_administrator(
+            vec![
+                sqlx::query("DELETE FROM users WHERE name = $1").bind(name),
+                sqlx::query(
+                    "UPDATE refresh_tokens SET revoked_at = $1 WHERE user_name = $2 AND revoked_at IS NULL",
+                )
+                .bind(now)
+                .bind(name),
+            ],
             || format!("user {name:?}"),
+            || format!("deleting user {name:?}"),
         )
         .await
+    }
+
+    /// Runs `statements` in one transaction, the first of which must touch a row
+    /// (`NotFound(missing())` otherwise), unless they would leave no administrator where there
+    /// was one: then nothing is changed and the answer is [`StoreError::LastAdministrator`]
+    /// naming `change()`. Such changes run one at a time (`administration_guard`), so two
+    /// concurrent ones cannot each remove a different last-but-one administrator.
+    async fn keeping_an_administrator(
+        &self,
+        statements: Vec<sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>>,
+        missing: impl FnOnce() -> String,
+        change: impl FnOnce() -> String,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // A write first: it takes the lock that orders these transactions before anything
+        // is read.
+        sqlx::query("UPDATE administration_guard SET changes = changes + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let before = administrators(&mut tx).await?;
+        for (i, statement) in statements.into_iter().enumerate() {
+            let done = statement.execute(&mut *tx).await.map_err(db)?;
+            if i == 0 && done.rows_affected() == 0 {
+                return Err(StoreError::NotFound(missing()));
+            }
+        }
+        if !before.is_empty() && administrators(&mut tx).await?.is_empty() {
+            return Err(StoreError::LastAdministrator {
+                change: change(),
+                administrators: before,
+            });
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    /// The enabled users of the store who hold [`ADMINISTRATION`], through a role or directly,
+    /// sorted. Users of the INI realm are not counted: their file can change under us.
+    pub async fn administrators(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        administrators(&mut conn).await
     }
 
     /// Creates a role with its permissions, all or nothing.
@@ -307,27 +426,18 @@ impl Store {
             .await
             .map_err(|e| constraint(e, || format!("role {name:?}"), || format!("role {name:?}")))?;
         for permission in permissions {
-            sqlx::query("INSERT INTO role_permissions (role, permission) VALUES ($1, $2)")
-                .bind(name)
-                .bind(permission)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| {
-                    constraint(
-                        e,
-                        || format!("permission {permission:?} on role {name:?}"),
-                        || format!("role {name:?}"),
-                    )
-                })?;
+            link(&mut tx, Link::RolePermission, name, permission).await?;
         }
         tx.commit().await.map_err(db)
     }
 
-    /// Deletes a role; its assignments go with it.
+    /// Deletes a role; its assignments go with it. Refused when its holders are the last
+    /// administrators.
     pub async fn delete_role(&self, name: &str) -> Result<(), StoreError> {
-        self.must_touch(
-            sqlx::query("DELETE FROM roles WHERE name = $1").bind(name),
+        self.keeping_an_administrator(
+            vec![sqlx::query("DELETE FROM roles WHERE name = $1").bind(name)],
             || format!("role {name:?}"),
+            || format!("deleting role {name:?}"),
         )
         .await
     }
@@ -341,30 +451,37 @@ impl Store {
         Ok(rows.iter().map(|r| r.get("name")).collect())
     }
 
-    /// Takes the role `role` from `user`.
+    /// Takes the role `role` from `user`, unless that leaves no administrator.
     pub async fn unassign_role(&self, user: &str, role: &str) -> Result<(), StoreError> {
-        self.must_touch(
-            sqlx::query("DELETE FROM user_roles WHERE user_name = $1 AND role = $2")
-                .bind(user)
-                .bind(role),
+        self.keeping_an_administrator(
+            vec![
+                sqlx::query("DELETE FROM user_roles WHERE user_name = $1 AND role = $2")
+                    .bind(user)
+                    .bind(role),
+            ],
             || format!("role {role:?} of user {user:?}"),
+            || format!("taking role {role:?} from user {user:?}"),
         )
         .await
     }
 
-    /// Takes a directly granted permission from `user`.
+    /// Takes a directly granted permission from `user`, unless that leaves no administrator.
     pub async fn revoke_user_permission(
         &self,
         user: &str,
         permission: &str,
     ) -> Result<(), StoreError> {
-        let query =
-            sqlx::query("DELETE FROM user_permissions WHERE user_name = $1 AND permission = $2")
+        self.keeping_an_administrator(
+            vec![
+                sqlx::query(
+                    "DELETE FROM user_permissions WHERE user_name = $1 AND permission = $2",
+                )
                 .bind(user)
-                .bind(permission);
-        self.must_touch(query, || {
-            format!("permission {permission:?} of user {user:?}")
-        })
+                .bind(permission),
+            ],
+            || format!("permission {permission:?} of user {user:?}"),
+            || format!("taking permission {permission:?} from user {user:?}"),
+        )
         .await
     }
 
@@ -374,32 +491,24 @@ impl Store {
         role: &str,
         permission: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO role_permissions (role, permission) VALUES ($1, $2)")
-            .bind(role)
-            .bind(permission)
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(|e| {
-                constraint(
-                    e,
-                    || format!("permission {permission:?} on role {role:?}"),
-                    || format!("role {role:?}"),
-                )
-            })
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        link(&mut conn, Link::RolePermission, role, permission).await
     }
 
-    /// Takes a permission from a role.
+    /// Takes a permission from a role, unless that leaves no administrator.
     pub async fn revoke_role_permission(
         &self,
         role: &str,
         permission: &str,
     ) -> Result<(), StoreError> {
-        self.must_touch(
-            sqlx::query("DELETE FROM role_permissions WHERE role = $1 AND permission = $2")
-                .bind(role)
-                .bind(permission),
+        self.keeping_an_administrator(
+            vec![
+                sqlx::query("DELETE FROM role_permissions WHERE role = $1 AND permission = $2")
+                    .bind(role)
+                    .bind(permission),
+            ],
             || format!("permission {permission:?} on role {role:?}"),
+            || format!("taking permission {permission:?} from role {role:?}"),
         )
         .await
     }
@@ -427,19 +536,8 @@ impl Store {
 
     /// Gives `user` the role `role`.
     pub async fn assign_role(&self, user: &str, role: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO user_roles (user_name, role) VALUES ($1, $2)")
-            .bind(user)
-            .bind(role)
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(|e| {
-                constraint(
-                    e,
-                    || format!("role {role:?} of user {user:?}"),
-                    || format!("user {user:?} or role {role:?}"),
-                )
-            })
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        link(&mut conn, Link::UserRole, user, role).await
     }
 
     /// Grants `user` a permission directly.
@@ -448,19 +546,8 @@ impl Store {
         user: &str,
         permission: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO user_permissions (user_name, permission) VALUES ($1, $2)")
-            .bind(user)
-            .bind(permission)
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(|e| {
-                constraint(
-                    e,
-                    || format!("permission {permission:?} of user {user:?}"),
-                    || format!("user {user:?}"),
-                )
-            })
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        link(&mut conn, Link::UserPermission, user, permission).await
     }
 
     /// The user's roles, sorted.
@@ -519,14 +606,16 @@ impl Store {
         }))
     }
 
-    /// Stores a new refresh token (by hash).
+    /// Stores a new refresh token (by hash) with the id of the access token issued beside it,
+    /// which from then on lives and dies with the token's family.
     pub async fn insert_refresh(
         &self,
         token_hash: &str,
         record: &RefreshRecord,
+        access_jti: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, family, user_name, client_id, scope, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO refresh_tokens (token_hash, family, user_name, client_id, scope, expires_at, access_jti) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(token_hash)
         .bind(&record.family)
@@ -534,6 +623,7 @@ impl Store {
         .bind(&record.client_id)
         .bind(&record.scope)
         .bind(record.expires_at)
+        .bind(access_jti)
         .execute(&self.pool)
         .await
         .map(drop)
@@ -541,11 +631,14 @@ impl Store {
     }
 
     /// Spends a refresh token: the first use of a live token succeeds exactly once, even under
-    /// concurrent attempts; a second use revokes the whole family.
+    /// concurrent attempts; a second use revokes the whole family. A family with any revoked
+    /// token is revoked as a whole, also for a token inserted into it after the revocation (a
+    /// refresh that raced with it).
     pub async fn use_refresh(&self, token_hash: &str, now: i64) -> Result<RefreshUse, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         let spent = sqlx::query(
-            "UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $1",
+            "UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $1 \
+             AND NOT EXISTS (SELECT 1 FROM refresh_tokens f WHERE f.family = refresh_tokens.family AND f.revoked_at IS NOT NULL)",
         )
         .bind(now)
         .bind(token_hash)
@@ -590,6 +683,32 @@ impl Store {
         Ok(outcome)
     }
 
+    /// A refresh token that could be spent now: unused, unexpired, and of a family none of
+    /// whose tokens is revoked.
+    pub async fn live_refresh(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Option<RefreshRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT family, user_name, client_id, scope, expires_at FROM refresh_tokens t \
+             WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $2 \
+             AND NOT EXISTS (SELECT 1 FROM refresh_tokens f WHERE f.family = t.family AND f.revoked_at IS NOT NULL)",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(row.map(|r| RefreshRecord {
+            family: r.get("family"),
+            user_name: r.get("user_name"),
+            client_id: r.get("client_id"),
+            scope: r.get("scope"),
+            expires_at: r.get("expires_at"),
+        }))
+    }
+
     /// Revokes a refresh token's whole family. Returns whether the token was known.
     pub async fn revoke_refresh(&self, token_hash: &str, now: i64) -> Result<bool, StoreError> {
         let done = sqlx::query(
@@ -622,13 +741,19 @@ impl Store {
         Ok(())
     }
 
-    /// Whether an access token was revoked.
+    /// Whether an access token was revoked: by its id (RFC 7009), or with the family of the
+    /// refresh token issued beside it (reuse, revocation of the refresh token, deletion of the
+    /// user).
     pub async fn access_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 FROM revoked_access_tokens WHERE jti = $1")
-            .bind(jti)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
+        let row = sqlx::query(
+            "SELECT 1 FROM revoked_access_tokens WHERE jti = $1 \
+             UNION ALL SELECT 1 FROM refresh_tokens t JOIN refresh_tokens f ON f.family = t.family \
+             WHERE t.access_jti = $1 AND f.revoked_at IS NOT NULL",
+        )
+        .bind(jti)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
         Ok(row.is_some())
     }
 
@@ -757,4 +882,91 @@ impl Store {
                 )
             })
     }
+}
+
+/// The enabled users holding [`ADMINISTRATION`], seen from `conn` (inside a transaction, its
+/// uncommitted changes included). The permission strings are few next to the users, so the
+/// ones that imply it are picked here and the users holding one of them asked for.
+async fn administrators(conn: &mut sqlx::AnyConnection) -> Result<Vec<String>, StoreError> {
+    let needed =
+        Permission::parse(ADMINISTRATION).map_err(|e| StoreError::Database(e.to_string()))?;
+    let held = sqlx::query(
+        "SELECT permission FROM role_permissions UNION SELECT permission FROM user_permissions",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    let granting: Vec<String> = held
+        .iter()
+        .map(|r| r.get::<String, _>("permission"))
+        .filter(|p| Permission::parse(p).is_ok_and(|p| p.implies(&needed)))
+        .collect();
+    if granting.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = (1..=granting.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT name FROM users WHERE disabled = 0 AND (\
+         name IN (SELECT user_name FROM user_permissions WHERE permission IN ({list})) \
+         OR name IN (SELECT ur.user_name FROM user_roles ur JOIN role_permissions rp ON rp.role = ur.role WHERE rp.permission IN ({list}))) \
+         ORDER BY name"
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for permission in &granting {
+        query = query.bind(permission);
+    }
+    let rows = query.fetch_all(&mut *conn).await.map_err(db)?;
+    Ok(rows.iter().map(|r| r.get("name")).collect())
+}
+
+/// The tables that link a user or a role to a role or a permission.
+#[derive(Debug, Clone, Copy)]
+enum Link {
+    /// `user_roles`: a user holds a role.
+    UserRole,
+    /// `user_permissions`: a user holds a permission directly.
+    UserPermission,
+    /// `role_permissions`: a role carries a permission.
+    RolePermission,
+}
+
+/// Inserts the row linking `owner` to `item`; a repeat is `AlreadyExists` and a missing owner
+/// (or role) `NotFound`, each naming what.
+async fn link(
+    conn: &mut sqlx::AnyConnection,
+    kind: Link,
+    owner: &str,
+    item: &str,
+) -> Result<(), StoreError> {
+    let sql = match kind {
+        Link::UserRole => "INSERT INTO user_roles (user_name, role) VALUES ($1, $2)",
+        Link::UserPermission => {
+            "INSERT INTO user_permissions (user_name, permission) VALUES ($1, $2)"
+        }
+        Link::RolePermission => "INSERT INTO role_permissions (role, permission) VALUES ($1, $2)",
+    };
+    sqlx::query(sql)
+        .bind(owner)
+        .bind(item)
+        .execute(&mut *conn)
+        .await
+        .map(drop)
+        .map_err(|e| {
+            constraint(
+                e,
+                || match kind {
+                    Link::UserRole => format!("role {item:?} of user {owner:?}"),
+                    Link::UserPermission => format!("permission {item:?} of user {owner:?}"),
+                    Link::RolePermission => format!("permission {item:?} on role {owner:?}"),
+                },
+                || match kind {
+                    Link::UserRole => format!("user {owner:?} or role {item:?}"),
+                    Link::UserPermission => format!("user {owner:?}"),
+                    Link::RolePermission => format!("role {owner:?}"),
+                },
+            )
+        })
 }

@@ -435,3 +435,151 @@ async fn with_redis_every_replica_counts_the_same_failures() {
         "a replica with in-process counts saw nothing"
     );
 }
+
+#[tokio::test]
+async fn a_later_user_of_the_same_name_inherits_no_tokens() {
+    let f = fixture(LockoutSettings::default()).await;
+    let web = || client("web", Some("web-secret"));
+    let granted = f
+        .auth
+        .token(password("ada", "s3cret", web()))
+        .await
+        .expect("granted");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    f.auth
+        .store()
+        .delete_user("ada", now)
+        .await
+        .expect("delete");
+    assert!(f.auth.verify_access(&granted.access_token).await.is_err());
+    // Another "ada", created after the token was issued.
+    f.auth
+        .store()
+        .create_user("ada", &hasher().hash("other"), now + 5)
+        .await
+        .expect("recreate");
+    assert!(
+        f.auth.verify_access(&granted.access_token).await.is_err(),
+        "the old ada's access token is not the new ada's"
+    );
+    assert!(
+        !f.auth
+            .introspect(&web(), &granted.access_token)
+            .await
+            .expect("introspect")
+            .active
+    );
+    let refresh = TokenRequest {
+        grant: GrantKind::RefreshToken {
+            token: granted.refresh_token.expect("refresh token"),
+        },
+        client: web(),
+        scope: None,
+        source: String::new(),
+    };
+    assert!(
+        matches!(
+            f.auth.token(refresh).await,
+            Err(OAuthError::InvalidGrant(_))
+        ),
+        "nor is the old ada's refresh token"
+    );
+}
+
+#[tokio::test]
+async fn limits_bound_passwords_hashing_and_sessions() {
+    use quartet_auth::service::{LimitSettings, PasswordRefused, SessionSettings};
+    use quartet_auth::sessions::SessionStore;
+    let f = fixture(LockoutSettings::default()).await;
+    let store = f.auth.store().clone();
+    let limits = LimitSettings {
+        max_password_bytes: 16,
+        concurrent_hashes: 1,
+        hash_queue_timeout: Duration::from_millis(200),
+    };
+    let sessions = SessionSettings {
+        max_per_user: 2,
+        ..SessionSettings::default()
+    };
+    let auth = Auth::open(
+        store.clone(),
+        hasher(),
+        TokenSettings::default(),
+        LockoutSettings::default(),
+    )
+    .await
+    .expect("open")
+    .with_sessions(SessionStore::Sql(store.clone()), sessions)
+    .with_limits(limits)
+    .expect("valid limits");
+
+    // A password past the limit is refused before any hashing, whatever it is.
+    assert_eq!(
+        auth.hash_new_password(&"x".repeat(17)).await,
+        Err(PasswordRefused::TooLong(16))
+    );
+    assert_eq!(
+        auth.hash_new_password("short").await,
+        Err(PasswordRefused::TooShort)
+    );
+    let long = "y".repeat(10 * 1024 * 1024);
+    let started = std::time::Instant::now();
+    assert_eq!(
+        auth.login("ada", &long, "web", "10.0.0.9").await,
+        Err(OAuthError::InvalidGrant(
+            "invalid username or password".into()
+        ))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a 10 MB password is not hashed: {:?}",
+        started.elapsed()
+    );
+
+    // One hash at a time: while the only turn is held, a login waits, then is told to retry.
+    let auth = std::sync::Arc::new(auth);
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let holder = tokio::spawn({
+        let auth = auth.clone();
+        async move { auth.with_hasher(move |_| held.recv()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        matches!(
+            auth.login("ada", "s3cret", "web", "10.0.0.8").await,
+            Err(OAuthError::TemporarilyUnavailable(m)) if m.contains("saturated")
+        ),
+        "no turn within limits.hash_queue_timeout"
+    );
+    release.send(()).expect("release");
+    holder
+        .await
+        .expect("task")
+        .expect("the holder had its turn")
+        .expect("released");
+    auth.login("ada", "s3cret", "web", "10.0.0.8")
+        .await
+        .expect("a free turn again");
+
+    // Sessions: the oldest ends when a third opens.
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        let (_, info) = auth
+            .open_session("ada", "s3cret", "10.0.0.9")
+            .await
+            .expect("session");
+        handles.push(info.handle);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let live: Vec<String> = auth
+        .user_sessions("ada")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| s.handle)
+        .collect();
+    assert_eq!(live, handles[1..], "the oldest session made room");
+}

@@ -966,3 +966,300 @@ async fn roles_and_permissions_change_after_creation_and_disabling_ends_sessions
         "{kinds:?}"
     );
 }
+
+impl Server {
+    /// Sends `method path` with `token` and an optional JSON body; the status and the body.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        let response = match body {
+            Some(b) => request.json(&b),
+            None => request,
+        }
+        .send()
+        .await
+        .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The token endpoint's answer to `form` from the client `app`.
+    async fn grant(&self, form: &[(&str, &str)]) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/oauth2/token", self.base))
+            .basic_auth("app", Some("app%20secret%2F%2B"))
+            .form(form)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("json"))
+    }
+
+    /// RFC 7662 introspection of `token` by the client `app`.
+    async fn introspect(&self, token: &str) -> Value {
+        let response = self
+            .http
+            .post(format!("{}/oauth2/introspect", self.base))
+            .basic_auth("app", Some("app%20secret%2F%2B"))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("json")
+    }
+}
+
+#[tokio::test]
+async fn a_reused_refresh_token_makes_the_access_tokens_of_its_family_inactive() {
+    let s = start().await;
+    let (status, first) = s
+        .grant(&[
+            ("grant_type", "password"),
+            ("username", "ada"),
+            ("password", "ada-password"),
+        ])
+        .await;
+    assert_eq!(status, 200, "{first}");
+    let old_refresh = first["refresh_token"].as_str().expect("refresh token");
+    let (status, second) = s
+        .grant(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", old_refresh),
+        ])
+        .await;
+    assert_eq!(status, 200, "{second}");
+    let (first_access, second_access) = (
+        first["access_token"].as_str().expect("access token"),
+        second["access_token"].as_str().expect("access token"),
+    );
+    assert_eq!(s.introspect(first_access).await["active"], true);
+    assert_eq!(s.introspect(second_access).await["active"], true);
+    let live_refresh = second["refresh_token"].as_str().expect("refresh token");
+    let refresh = s.introspect(live_refresh).await;
+    assert_eq!(
+        (&refresh["active"], &refresh["token_type"]),
+        (&json!(true), &json!("refresh_token")),
+        "a live refresh token introspects as active: {refresh}"
+    );
+
+    // The old refresh token again: reuse, and the family is revoked.
+    let (status, reuse) = s
+        .grant(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", old_refresh),
+        ])
+        .await;
+    assert_eq!((status, &reuse["error"]), (400, &json!("invalid_grant")));
+    for (which, token) in [
+        ("first access token", first_access),
+        ("second access token", second_access),
+        ("newest refresh token", live_refresh),
+    ] {
+        assert_eq!(
+            s.introspect(token).await,
+            json!({"active": false}),
+            "the {which} of a revoked family must be inactive"
+        );
+    }
+    let (status, body) = s
+        .post("/v1/authz/check", second_access, json!({"roles": ["x"]}))
+        .await;
+    assert_eq!(status, 401, "quartet-auth's own APIs refuse it too: {body}");
+}
+
+#[tokio::test]
+async fn the_tokens_of_a_disabled_or_deleted_user_are_inactive() {
+    let s = start().await;
+    let root = s.token("root", "root-password").await;
+    let ada = s.token("ada", "ada-password").await;
+    assert_eq!(s.introspect(&ada).await["active"], true);
+    let (status, body) = s
+        .call(
+            reqwest::Method::PUT,
+            "/v1/admin/users/ada/disabled",
+            &root,
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(s.introspect(&ada).await, json!({"active": false}));
+    s.call(
+        reqwest::Method::PUT,
+        "/v1/admin/users/ada/disabled",
+        &root,
+        Some(json!({"disabled": false})),
+    )
+    .await;
+    assert_eq!(
+        s.introspect(&ada).await["active"],
+        true,
+        "enabled again, the user's unexpired tokens are good again"
+    );
+    let (status, body) = s
+        .call(reqwest::Method::DELETE, "/v1/admin/users/ada", &root, None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(s.introspect(&ada).await, json!({"active": false}));
+}
+
+#[tokio::test]
+async fn the_last_administrator_cannot_be_removed() {
+    use reqwest::Method;
+    let s = start().await;
+    let root = s.token("root", "root-password").await;
+    let refusals = [
+        (Method::DELETE, "/v1/admin/roles/admin", None),
+        (Method::DELETE, "/v1/admin/roles/admin/permissions/*", None),
+        (Method::DELETE, "/v1/admin/users/root/roles/admin", None),
+        (
+            Method::PUT,
+            "/v1/admin/users/root/disabled",
+            Some(json!({"disabled": true})),
+        ),
+        (Method::DELETE, "/v1/admin/users/root", None),
+    ];
+    for (method, path, body) in refusals.clone() {
+        let (status, problem) = s.call(method.clone(), path, &root, body).await;
+        assert_eq!(status, 409, "{method} {path}: {problem}");
+        assert!(
+            problem["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("last-administrator")),
+            "{problem}"
+        );
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("auth:*") && detail.contains("root"),
+            "the refusal says why and who: {detail}"
+        );
+    }
+    let fresh = s.token("root", "root-password").await;
+    let (status, users) = s.call(Method::GET, "/v1/admin/users", &fresh, None).await;
+    assert_eq!(
+        (status, users),
+        (200, json!(["ada", "root"])),
+        "nothing was changed"
+    );
+
+    // With a second administrator (a direct grant, in another case), the first may go.
+    let (status, body) = s
+        .call(
+            Method::POST,
+            "/v1/admin/users/ada/permissions",
+            &root,
+            Some(json!({"name": "AUTH:*"})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = s
+        .call(
+            Method::DELETE,
+            "/v1/admin/users/root/roles/admin",
+            &root,
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, problem) = s
+        .call(
+            Method::DELETE,
+            "/v1/admin/users/ada/permissions/AUTH:*",
+            &root,
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "ada is now the last one: {problem}");
+    // Changes that leave an administrator are not refused.
+    let (status, body) = s
+        .call(Method::DELETE, "/v1/admin/roles/admin", &root, None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+}
+
+#[tokio::test]
+async fn oversized_input_is_refused_with_the_limit_named() {
+    let s = start().await;
+    let root = s.token("root", "root-password").await;
+    let long_permission = format!("doc:{}", "a".repeat(600));
+    let (status, problem) = s
+        .post(
+            "/v1/authz/check",
+            &root,
+            json!({"permissions": [long_permission]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("512"))
+    );
+    let (status, problem) = s
+        .post(
+            "/v1/admin/roles",
+            &root,
+            json!({"name": "big", "permissions": [long_permission]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{problem}");
+
+    let rules = "/a/** = anon\n".repeat(6000);
+    let (status, problem) = s
+        .post(
+            "/v1/authz/urls",
+            &root,
+            json!({"method": "GET", "path": "/a", "rules": rules}),
+        )
+        .await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("65536"))
+    );
+
+    let (status, problem) = s
+        .post(
+            "/v1/admin/users",
+            &root,
+            json!({"name": "long", "password": "p".repeat(2000)}),
+        )
+        .await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(
+        problem["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("password-too-long")),
+        "{problem}"
+    );
+    let (status, problem) = s
+        .post(
+            "/v1/admin/users",
+            &root,
+            json!({"name": "client:app", "password": "long-enough"}),
+        )
+        .await;
+    assert_eq!(status, 400, "a user may not pose as a client: {problem}");
+    let (status, problem) = s
+        .post(
+            "/v1/admin/clients",
+            &root,
+            json!({"client_id": "spaced", "grant_types": ["password"], "scopes": ["a b"]}),
+        )
+        .await;
+    assert_eq!(
+        status, 400,
+        "a scope with a space would split in two: {problem}"
+    );
+}
