@@ -223,6 +223,19 @@ impl DbGroup {
         Ok(())
     }
 
+    /// Stops node `i` with SIGTERM (a clean shutdown) and waits for it to exit.
+    pub async fn stop(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.nodes[i].child.is_some() {
+            self.signal(i, "-TERM")?;
+        }
+        if let Some(mut child) = self.nodes[i].child.take() {
+            tokio::time::timeout(Duration::from_secs(30), child.wait())
+                .await
+                .with_context(|| format!("node {} did not stop within 30 s of SIGTERM", i + 1))??;
+        }
+        Ok(())
+    }
+
     /// Starts node `i` again on its data and ports.
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         self.kill(i).await?;

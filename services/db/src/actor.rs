@@ -102,6 +102,8 @@ enum Op {
     Restore(PathBuf, u64),
     Meta(&'static str),
     Checksum,
+    /// The session's reads may run at most this long (`SET max_execution_time`).
+    Limit(Duration),
 }
 
 impl Op {
@@ -192,8 +194,91 @@ impl Progress {
         }
     }
 
+    /// Records where the engine's data stands when it is opened: entries up to `next_index`
+    /// were applied by an earlier run, and Raft will not apply them again.
+    pub fn opened_at(&self, next_index: u64) {
+        self.applied_next.fetch_max(next_index, Ordering::AcqRel);
+        self.changed();
+    }
+
     fn changed(&self) {
         self.applied_changed.notify_waiters();
+    }
+}
+
+/// Stops a client's read that runs past its time limit or is named by `KILL QUERY`, through
+/// SQLite's progress handler (called every [`WATCH_EVERY`] virtual machine steps on the engine
+/// thread). Only reads are ever stopped: SQLite rolls back the whole enclosing transaction
+/// when a *write* is interrupted, and here that transaction holds other sessions' speculative
+/// writes. (MySQL's `max_execution_time` also applies to reads only.)
+#[derive(Debug)]
+struct Watch {
+    /// The session whose read is running; [`SYSTEM`] while none is.
+    running: AtomicU64,
+    /// When the running read must stop, in milliseconds since `epoch`.
+    deadline_ms: AtomicU64,
+    /// The session a `KILL QUERY` named, until its read stops.
+    killed: AtomicU64,
+    epoch: Instant,
+}
+
+/// Virtual machine steps between two looks at the clock: well under a millisecond.
+const WATCH_EVERY: i32 = 4000;
+
+impl Watch {
+    fn new() -> Self {
+        Self {
+            running: AtomicU64::new(SYSTEM),
+            deadline_ms: AtomicU64::new(u64::MAX),
+            killed: AtomicU64::new(SYSTEM),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the running read must stop now.
+    fn expired(&self) -> bool {
+        let running = self.running.load(Ordering::Acquire);
+        running != SYSTEM
+            && (self.killed.load(Ordering::Acquire) == running
+                || self.now_ms() >= self.deadline_ms.load(Ordering::Acquire))
+    }
+
+    /// Runs `read` for `session` under `limit`, and names why it stopped if it was stopped.
+    fn read<T>(
+        &self,
+        session: u64,
+        limit: Duration,
+        read: impl FnOnce() -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        let _ = self
+            .killed
+            .compare_exchange(session, SYSTEM, Ordering::AcqRel, Ordering::Acquire);
+        self.deadline_ms
+            .store(self.now_ms().saturating_add(limit_ms), Ordering::Release);
+        self.running.store(session, Ordering::Release);
+        let result = read();
+        self.running.store(SYSTEM, Ordering::Release);
+        let killed = self
+            .killed
+            .compare_exchange(session, SYSTEM, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        match result {
+            Err(EngineError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)))
+                if failure.code == rusqlite::ErrorCode::OperationInterrupted =>
+            {
+                Err(if killed {
+                    EngineError::Killed
+                } else {
+                    EngineError::TimedOut(limit)
+                })
+            }
+            other => other,
+        }
     }
 }
 
@@ -202,6 +287,7 @@ impl Progress {
 pub struct EngineHandle {
     requests: Sender<Request>,
     progress: Arc<Progress>,
+    watch: Arc<Watch>,
 }
 
 impl EngineHandle {
@@ -213,9 +299,33 @@ impl EngineHandle {
         progress: Arc<Progress>,
         lock_wait: Duration,
     ) -> (Self, mpsc::UnboundedReceiver<Proposal>) {
+        Self::spawn_with(
+            engine,
+            progress,
+            Limits {
+                lock_wait,
+                ..Limits::default()
+            },
+        )
+    }
+
+    /// [`EngineHandle::spawn`] with every limit named.
+    pub fn spawn_with(
+        engine: Engine,
+        progress: Arc<Progress>,
+        limits: Limits,
+    ) -> (Self, mpsc::UnboundedReceiver<Proposal>) {
+        let watch = Arc::new(Watch::new());
+        let watching = watch.clone();
+        engine
+            .connection()
+            .progress_handler(WATCH_EVERY, Some(move || watching.expired()))
+            .expect("the engine's connection is not in use yet");
+        let lock_wait = limits.lock_wait;
         let (requests, inbox) = std::sync::mpsc::channel();
         let (proposals, proposed) = mpsc::unbounded_channel();
         let shared = progress.clone();
+        let thread_watch = watch.clone();
         let mut instance = [0u8; 8];
         getrandom::fill(&mut instance).expect("the OS random source is available");
         std::thread::Builder::new()
@@ -223,9 +333,12 @@ impl EngineHandle {
             .spawn(move || {
                 Worker {
                     engine,
+                    watch: thread_watch,
                     st: State {
                         progress: shared,
                         lock_wait,
+                        limits,
+                        read_limits: HashMap::new(),
                         instance: u64::from_le_bytes(instance),
                         next_seq: 1,
                         spec: VecDeque::new(),
@@ -235,13 +348,20 @@ impl EngineHandle {
                         client: None,
                         proposals,
                         deferred: VecDeque::new(),
-                        aborted: HashSet::new(),
+                        aborted: HashMap::new(),
                     },
                 }
                 .serve(&inbox)
             })
             .expect("the engine thread starts");
-        (Self { requests, progress }, proposed)
+        (
+            Self {
+                requests,
+                progress,
+                watch,
+            },
+            proposed,
+        )
     }
 
     /// The positions this engine shares.
@@ -326,6 +446,20 @@ impl EngineHandle {
         self.ask(session, Op::Rollback).await.map(drop)
     }
 
+    /// Stops `session`'s read if one is running (`KILL QUERY`): it fails with 1317. Does not
+    /// wait. Writes are never stopped (see [`Watch`]).
+    pub fn kill_query(&self, session: u64) {
+        if session != SYSTEM {
+            self.watch.killed.store(session, Ordering::Release);
+        }
+    }
+
+    /// `session`'s reads may run at most `limit` (capped at the engine's own limit). Does
+    /// not wait.
+    pub fn set_read_limit(&self, session: u64, limit: Duration) {
+        self.tell(session, Op::Limit(limit));
+    }
+
     /// The session is gone: roll back whatever it left open. Does not wait.
     pub fn close(&self, session: u64) {
         self.tell(session, Op::Close);
@@ -388,10 +522,52 @@ impl EngineHandle {
     }
 }
 
+/// What the engine lets one session spend.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long a request waits behind another session's transaction or the write gate
+    /// before 1205.
+    pub lock_wait: Duration,
+    /// The longest a read may run (a session may lower it, never raise it).
+    pub max_read: Duration,
+    /// How long a transaction may sit with no statement from its session while another
+    /// request waits for it; then it is rolled back.
+    pub idle_transaction: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            lock_wait: Duration::from_secs(50),
+            max_read: Duration::from_secs(30),
+            idle_transaction: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a session's transaction was rolled back under it.
+#[derive(Debug, Clone, Copy)]
+enum Abort {
+    /// A change of leader discarded the state it began on.
+    LeaderChanged,
+    /// It sat idle past the limit while others waited.
+    Idle(Duration),
+}
+
+impl Abort {
+    fn error(self) -> EngineError {
+        match self {
+            Abort::LeaderChanged => EngineError::Aborted,
+            Abort::Idle(limit) => EngineError::IdleTransaction(limit),
+        }
+    }
+}
+
 /// The engine thread: the engine, and the state it keeps beside it (separate, so a client
 /// transaction's SQLite session can borrow the engine while the state changes).
 struct Worker {
     engine: Engine,
+    watch: Arc<Watch>,
     st: State,
 }
 
@@ -399,6 +575,9 @@ struct Worker {
 struct State {
     progress: Arc<Progress>,
     lock_wait: Duration,
+    limits: Limits,
+    /// Sessions that lowered their read limit.
+    read_limits: HashMap<u64, Duration>,
     /// This engine's identity in proposals.
     instance: u64,
     next_seq: u64,
@@ -417,8 +596,8 @@ struct State {
     proposals: mpsc::UnboundedSender<Proposal>,
     /// Requests waiting for the write gate, a quiet state or a transaction to end.
     deferred: VecDeque<Request>,
-    /// Sessions whose transaction was rolled back by a change of leader.
-    aborted: HashSet<u64>,
+    /// Sessions whose transaction was rolled back under them, and why.
+    aborted: HashMap<u64, Abort>,
 }
 
 /// A write result with nothing to replicate (yet): inside a transaction, or one that changed
@@ -467,31 +646,46 @@ impl Worker {
 
     /// Answers one request outside any transaction. Returns a BEGIN to serve.
     fn outside(&mut self, request: Request) -> Option<Request> {
-        if self.st.aborted.remove(&request.session) {
+        if let Some(abort) = self.st.aborted.remove(&request.session) {
             // The session's transaction was rolled back under it: say so once, before
             // anything else of the session runs outside a transaction.
             match request.op {
                 Op::Query { .. } | Op::Write { .. } | Op::Describe { .. } | Op::Commit => {
-                    let _ = request.reply.send(Err(EngineError::Aborted));
+                    let _ = request.reply.send(Err(abort.error()));
                     return None;
                 }
                 _ => {}
             }
         }
+        let read_limit = self.st.read_limit(request.session);
         let answer = match request.op {
             Op::Begin => return Some(request),
-            Op::Query { sql, params } => self.engine.query_bound(&sql, &params).map(|rows| {
-                Answer::Rows(Read {
-                    rows,
-                    seen: self.st.spec.back().copied(),
+            Op::Query { sql, params } => self
+                .watch
+                .read(request.session, read_limit, || {
+                    self.engine.query_bound(&sql, &params)
                 })
-            }),
+                .map(|rows| {
+                    Answer::Rows(Read {
+                        rows,
+                        seen: self.st.spec.back().copied(),
+                    })
+                }),
             Op::Write { statements, params } => self
                 .st
                 .speculate(&self.engine, &statements, &params)
                 .map(Answer::Written),
             Op::Describe { sql } => self.engine.describe(&sql).map(|(p, c)| Answer::Shape(p, c)),
-            Op::Commit | Op::Rollback | Op::Close => Ok(Answer::Done),
+            Op::Commit | Op::Rollback => Ok(Answer::Done),
+            Op::Close => {
+                self.st.read_limits.remove(&request.session);
+                self.st.aborted.remove(&request.session);
+                Ok(Answer::Done)
+            }
+            Op::Limit(limit) => {
+                self.st.read_limits.insert(request.session, limit);
+                Ok(Answer::Done)
+            }
             Op::Settle { seq, committed } => self
                 .st
                 .settle(&self.engine, seq, committed)
@@ -538,6 +732,7 @@ impl Worker {
         };
         let _ = begin.reply.send(Ok(Answer::Done));
         let (mut rows_affected, mut last_insert_id) = (0u64, 0i64);
+        let mut last_heard = Instant::now();
         let mut waiting: VecDeque<Request> = std::mem::take(&mut self.st.deferred);
         loop {
             // Requests of other sessions wait their turn, but never longer than the lock wait.
@@ -598,11 +793,25 @@ impl Worker {
                     session = owner,
                     "transaction rolled back: the speculative state it began on was discarded"
                 );
-                self.st.aborted.insert(owner);
+                self.st.aborted.insert(owner, Abort::LeaderChanged);
                 self.st.deferred = waiting;
                 return Some(request);
             }
             let position = waiting.iter().position(|r| r.session == owner);
+            let idle_limit = self.st.limits.idle_transaction;
+            if position.is_none() && !waiting.is_empty() && last_heard.elapsed() >= idle_limit {
+                // Others wait for a transaction its session has left idle: roll it back.
+                drop(session);
+                let _ = self.st.end_client(&self.engine);
+                tracing::warn!(
+                    session = owner,
+                    idle_ms = idle_limit.as_millis() as u64,
+                    "transaction rolled back: idle while other sessions waited"
+                );
+                self.st.aborted.insert(owner, Abort::Idle(idle_limit));
+                self.st.deferred = waiting;
+                return None;
+            }
             let request = match position.and_then(|i| waiting.remove(i)) {
                 Some(r) => r,
                 None => match inbox.recv_timeout(Duration::from_millis(50)) {
@@ -616,9 +825,12 @@ impl Worker {
                 },
             };
             let conn = self.engine.connection();
+            let read_limit = self.st.read_limit(owner);
             match request.op {
                 Op::Query { sql, params } => {
-                    let rows = Engine::query_on(conn, &sql, &params);
+                    let rows = self
+                        .watch
+                        .read(owner, read_limit, || Engine::query_on(conn, &sql, &params));
                     let _ = request
                         .reply
                         .send(rows.map(|rows| Answer::Rows(Read { rows, seen: None })));
@@ -631,6 +843,7 @@ impl Worker {
                 Op::Write { statements, params } => {
                     if statements.iter().any(|s| is_ddl(s)) {
                         let _ = request.reply.send(Err(EngineError::DdlInTransaction));
+                        last_heard = Instant::now();
                         continue;
                     }
                     let mut result = Ok(());
@@ -678,7 +891,14 @@ impl Worker {
                         "BEGIN inside an open transaction".into(),
                     )));
                 }
+                Op::Limit(limit) => {
+                    self.st.read_limits.insert(owner, limit);
+                    let _ = request.reply.send(Ok(Answer::Done));
+                }
                 Op::Rollback | Op::Close => {
+                    if matches!(request.op, Op::Close) {
+                        self.st.read_limits.remove(&owner);
+                    }
                     drop(session);
                     let rolled = self.st.end_client(&self.engine).map(|()| Answer::Done);
                     let _ = request.reply.send(rolled);
@@ -694,11 +914,19 @@ impl Worker {
                     unreachable!("system requests are never the owner's")
                 }
             }
+            last_heard = Instant::now();
         }
     }
 }
 
 impl State {
+    /// How long `session`'s reads may run.
+    fn read_limit(&self, session: u64) -> Duration {
+        self.read_limits
+            .get(&session)
+            .map_or(self.limits.max_read, |l| (*l).min(self.limits.max_read))
+    }
+
     fn gate_open(&self) -> bool {
         if !self.spec.is_empty() {
             // Steady leadership: write on top of the speculative ones, unless something

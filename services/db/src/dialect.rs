@@ -9,7 +9,8 @@
 //! | `CREATE TABLE` with MySQL types, `AUTO_INCREMENT`, `KEY`/`INDEX`, `CHARSET`, `COLLATE`, `COMMENT`, `ENGINE` | the same columns with their MySQL type names as declared types (SQLite derives affinity from them), the auto-increment column as the `INTEGER PRIMARY KEY` rowid alias, inline indexes as `CREATE INDEX`; storage options dropped |
 //! | `INSERT … ON DUPLICATE KEY UPDATE c = VALUES(c)` | `INSERT … ON CONFLICT DO UPDATE SET c = excluded.c` |
 //! | `INSERT IGNORE` | `INSERT OR IGNORE` |
-//! | `@@version`, `@@session.x`, `DATABASE()`, `LAST_INSERT_ID()`, `VERSION()` | literals from the session |
+//! | `@@version`, `@@session.x`, `DATABASE()`, `LAST_INSERT_ID()`, `VERSION()`, `CONNECTION_ID()` | literals from the session |
+//! | `"text"` (a string in MySQL's default mode) | `'text'` (SQLite would take a matching column name) |
 //!
 //! Anything else MySQL-only is refused with MySQL error 1235 naming the construct, and a
 //! statement that does not parse gets 1064 with the parser's message: never a guess.
@@ -31,7 +32,9 @@ use sqlparser::ast::{
     Statement, TableConstraint, Value, ValueWithSpan, VisitMut, VisitorMut,
 };
 use sqlparser::dialect::MySqlDialect;
+use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer};
 
 /// A MySQL error: number, SQLSTATE and message, as the wire protocol sends them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -169,6 +172,13 @@ pub enum Plan {
     },
     /// Transaction control.
     Transaction(Transaction),
+    /// `KILL [QUERY | CONNECTION] id`: stop a session's running read, or end the session.
+    Kill {
+        /// The connection id (`CONNECTION_ID()`, the handshake's thread id).
+        id: u64,
+        /// `KILL QUERY`: only the running read.
+        query_only: bool,
+    },
 }
 
 /// Translates one MySQL statement text (possibly several statements separated by `;`).
@@ -190,9 +200,115 @@ pub fn translate(sql: &str, context: &Context) -> Result<Vec<Plan>, MysqlError> 
     {
         return parse_set(rest).map(|s| vec![Plan::Set(s)]);
     }
+    check_nesting(trimmed)?;
     let statements = Parser::parse_sql(&MySqlDialect {}, trimmed)
         .map_err(|e| MysqlError::syntax(e.to_string()))?;
     statements.into_iter().map(|s| plan(s, context)).collect()
+}
+
+/// The deepest expression a statement may nest, by [`check_nesting`]'s count. Parsing,
+/// rewriting and printing a statement recurse once per level, so without a bound one statement
+/// of `1+1+…` (60 KB) overflows a thread's stack and takes the replica down. SQLite refuses
+/// expressions deeper than 1000 anyway; the count errs on the high side, hence the margin.
+pub const MAX_NESTING: usize = 2000;
+
+/// Whether `token` may add a level to the expression around it: operators, and the keywords
+/// that act as operators. Names, literals and punctuation do not.
+fn nests(token: &Token) -> bool {
+    match token {
+        Token::Word(word) => matches!(
+            word.keyword,
+            Keyword::AND
+                | Keyword::OR
+                | Keyword::XOR
+                | Keyword::NOT
+                | Keyword::IS
+                | Keyword::LIKE
+                | Keyword::BETWEEN
+                | Keyword::DIV
+                | Keyword::MOD
+                | Keyword::CASE
+                | Keyword::REGEXP
+                | Keyword::RLIKE
+                | Keyword::IN
+        ),
+        Token::DoubleEq
+        | Token::Eq
+        | Token::Neq
+        | Token::Lt
+        | Token::Gt
+        | Token::LtEq
+        | Token::GtEq
+        | Token::Spaceship
+        | Token::Plus
+        | Token::Minus
+        | Token::Mul
+        | Token::Div
+        | Token::DuckIntDiv
+        | Token::Mod
+        | Token::StringConcat
+        | Token::Ampersand
+        | Token::Pipe
+        | Token::Caret
+        | Token::ShiftLeft
+        | Token::ShiftRight
+        | Token::Tilde
+        | Token::ExclamationMark
+        | Token::Assignment
+        | Token::Arrow
+        | Token::LongArrow
+        | Token::DoubleColon => true,
+        _ => false,
+    }
+}
+
+/// Refuses a statement whose expressions nest deeper than [`MAX_NESTING`], before it is
+/// parsed. The count is an upper bound computed over tokens without recursion: at each open
+/// parenthesis, the operators of the comma-separated item in progress, plus one per
+/// parenthesis. A statement shorter than the limit cannot reach it and is not counted.
+fn check_nesting(sql: &str) -> Result<(), MysqlError> {
+    if sql.len() <= MAX_NESTING {
+        return Ok(());
+    }
+    let tokens = Tokenizer::new(&MySqlDialect {}, sql)
+        .tokenize()
+        .map_err(|e| MysqlError::syntax(e.to_string()))?;
+    let mut levels: Vec<usize> = vec![0];
+    let mut depth = 0usize;
+    for token in &tokens {
+        match token {
+            Token::LParen => {
+                levels.push(0);
+                depth += 1;
+            }
+            Token::RParen if levels.len() > 1 => {
+                depth -= levels.pop().unwrap_or(0) + 1;
+            }
+            Token::Comma | Token::SemiColon => {
+                if let Some(top) = levels.last_mut() {
+                    depth -= *top;
+                    *top = 0;
+                }
+            }
+            other if nests(other) => {
+                if let Some(top) = levels.last_mut() {
+                    *top += 1;
+                    depth += 1;
+                }
+            }
+            _ => {}
+        }
+        if depth > MAX_NESTING {
+            return Err(MysqlError {
+                code: 1436,
+                sqlstate: "HY000",
+                message: format!(
+                    "Thread stack overrun: the statement nests expressions more than {MAX_NESTING} levels deep (operators in one chain, or parentheses); split it, or use IN (...) for long lists"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Names a substituted select item after its original text, as MySQL does
@@ -208,9 +324,16 @@ fn keep_column_names(statement: &mut Statement) {
         if let SelectItem::UnnamedExpr(expr) = item {
             let text = expr.to_string();
             let upper = text.to_uppercase();
-            if ["@@", "DATABASE(", "SCHEMA(", "LAST_INSERT_ID(", "VERSION("]
-                .iter()
-                .any(|marker| upper.contains(marker))
+            if [
+                "@@",
+                "DATABASE(",
+                "SCHEMA(",
+                "LAST_INSERT_ID(",
+                "VERSION(",
+                "CONNECTION_ID(",
+            ]
+            .iter()
+            .any(|marker| upper.contains(marker))
             {
                 *item = SelectItem::ExprWithAlias {
                     expr: expr.clone(),
@@ -535,6 +658,17 @@ fn plan(mut statement: Statement, context: &Context) -> Result<Plan, MysqlError>
             let (database, table) = split_name(&obj_name);
             Ok(Plan::Show(Show::CreateTable { database, table }))
         }
+        Statement::Kill { modifier, id } => match modifier {
+            None | Some(sqlparser::ast::KillType::Connection) => Ok(Plan::Kill {
+                id,
+                query_only: false,
+            }),
+            Some(sqlparser::ast::KillType::Query) => Ok(Plan::Kill {
+                id,
+                query_only: true,
+            }),
+            Some(other) => Err(MysqlError::unsupported(format!("KILL {other}"))),
+        },
         Statement::ShowVariables { filter, .. } => Ok(Plan::Show(Show::Variables {
             like: match filter {
                 None => None,
@@ -616,6 +750,15 @@ impl Substitute<'_> {
 impl VisitorMut for Substitute<'_> {
     type Break = ();
 
+    /// In MySQL's default mode `"text"` is a string, as `'text'` is (only `ANSI_QUOTES`
+    /// makes it a name); SQLite would read it as a column name when one matches.
+    fn post_visit_value(&mut self, value: &mut ValueWithSpan) -> ControlFlow<()> {
+        if let Value::DoubleQuotedString(text) = &mut value.value {
+            value.value = Value::SingleQuotedString(std::mem::take(text));
+        }
+        ControlFlow::Continue(())
+    }
+
     fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
         let replacement = match expr {
             Expr::Identifier(Ident { value, .. }) if value.starts_with("@@") => {
@@ -673,6 +816,7 @@ impl VisitorMut for Substitute<'_> {
                         Value::Number(self.context.last_insert_id.to_string(), false),
                     ))),
                     "VERSION" if no_args => self.variable("version"),
+                    "CONNECTION_ID" if no_args => self.variable("pseudo_thread_id"),
                     // MySQL's VALUES(col) inside ON DUPLICATE KEY UPDATE is SQLite's excluded.col.
                     "VALUES" => match &f.args {
                         FunctionArguments::List(list) if list.args.len() == 1 => {

@@ -34,6 +34,21 @@ pub enum EngineError {
         "Deadlock found when trying to get lock; try restarting transaction (the transaction was rolled back: the group's leader changed while it was open)"
     )]
     Aborted,
+    /// A read ran past its time limit and was stopped.
+    #[error(
+        "Query execution was interrupted, maximum statement execution time exceeded ({} ms: max_execution_time)",
+        .0.as_millis()
+    )]
+    TimedOut(std::time::Duration),
+    /// `KILL QUERY` stopped the session's read.
+    #[error("Query execution was interrupted")]
+    Killed,
+    /// The session's transaction sat idle while others waited, and was rolled back.
+    #[error(
+        "Lock wait timeout exceeded; try restarting transaction (this session's transaction was rolled back after {} ms without a statement while other sessions waited: mysql.idle_transaction_timeout_ms)",
+        .0.as_millis()
+    )]
+    IdleTransaction(std::time::Duration),
     /// The engine thread has stopped.
     #[error("the storage engine has stopped")]
     Stopped,
@@ -64,6 +79,9 @@ impl EngineError {
             EngineError::LockWait => return error(1205, "HY000", self.to_string()),
             EngineError::DdlInTransaction => return error(1179, "25000", self.to_string()),
             EngineError::Aborted => return error(1213, "40001", self.to_string()),
+            EngineError::TimedOut(_) => return error(3024, "HY000", self.to_string()),
+            EngineError::Killed => return error(1317, "70100", self.to_string()),
+            EngineError::IdleTransaction(_) => return error(1205, "HY000", self.to_string()),
             other => return error(1105, "HY000", other.to_string()),
         };
         // What follows the first ": " in SQLite's message names the table, column or constraint.

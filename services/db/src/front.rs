@@ -19,6 +19,23 @@ use crate::engine::Rows;
 use crate::replica::{Consistency, Replica};
 use crate::wire::{self, Conn, Reader, WireError, capability};
 
+/// What a client may make the front spend (docs/SECURITY.md lists them).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time from accepting a connection to the end of its login.
+    pub connect_timeout: Duration,
+    /// The longest packet accepted after login.
+    pub max_allowed_packet: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        crate::MysqlSettings::default().limits()
+    }
+}
+
 /// What the front serves.
 pub struct Front {
     engine: Arc<Replica>,
@@ -26,6 +43,11 @@ pub struct Front {
     users: HashMap<String, String>,
     version: String,
     next_connection: std::sync::atomic::AtomicU32,
+    limits: Limits,
+    /// One permit per connection being served.
+    connections: Arc<tokio::sync::Semaphore>,
+    /// The sessions logged in, by connection id: cancelling one ends it (`KILL`).
+    sessions: std::sync::Mutex<HashMap<u64, tokio_util::sync::CancellationToken>>,
 }
 
 impl std::fmt::Debug for Front {
@@ -55,6 +77,15 @@ struct Client {
     in_transaction: bool,
     /// `SET quartet_read_staleness_ms`: zero means linearizable reads.
     staleness: Duration,
+    /// Whether a `COM_QUERY` may hold several statements: the client asked for
+    /// `CLIENT_MULTI_STATEMENTS` at login or turned it on with `COM_SET_OPTION`. Without it a
+    /// second statement is a syntax error, as in MySQL, so that an injected `; DROP TABLE`
+    /// never runs.
+    multi_statements: bool,
+    /// The client asked for OK packets in place of EOF packets.
+    deprecate_eof: bool,
+    /// Cancelled by `KILL CONNECTION` from another session.
+    ended: tokio_util::sync::CancellationToken,
 }
 
 impl Client {
@@ -105,13 +136,24 @@ const SERVER_CAPABILITIES: u32 = capability::LONG_PASSWORD
 impl Front {
     /// A front for `database` on `replica`, accepting `users` (name → password).
     pub fn new(replica: Arc<Replica>, database: &str, users: HashMap<String, String>) -> Self {
+        let limits = Limits::default();
         Self {
             engine: replica,
             database: database.to_owned(),
             users,
             version: "8.0.36-quartet".into(),
             next_connection: std::sync::atomic::AtomicU32::new(1),
+            connections: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            limits,
+            sessions: std::sync::Mutex::default(),
         }
+    }
+
+    /// The same front with other limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        self.limits = limits;
+        self
     }
 
     /// Accepts clients until the token is cancelled.
@@ -130,10 +172,15 @@ impl Front {
                     // Answers are flushed whole; waiting for more (Nagle) only adds latency.
                     let _ = stream.set_nodelay(true);
                     let front = self.clone();
+                    let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                        tokio::spawn(async move { front.refuse(stream).await });
+                        continue;
+                    };
                     tokio::spawn(async move {
                         if let Err(e) = front.session(stream).await {
                             tracing::debug!(%peer, error = %e, "MySQL connection ended");
                         }
+                        drop(permit);
                     });
                 }
                 Err(e) => tracing::warn!(error = %e, "accepting a MySQL connection failed"),
@@ -142,12 +189,14 @@ impl Front {
     }
 
     fn variables(&self) -> Vec<(String, String)> {
+        let max_execution_time = self.engine.limits().max_read.as_millis().to_string();
+        let max_allowed_packet = self.limits.max_allowed_packet.to_string();
         [
             ("version", self.version.as_str()),
             ("version_comment", "Quartet"),
             ("auto_increment_increment", "1"),
             ("autocommit", "1"),
-            ("max_allowed_packet", "67108864"),
+            ("max_allowed_packet", &max_allowed_packet),
             ("sql_mode", "STRICT_TRANS_TABLES"),
             ("transaction_isolation", "SERIALIZABLE"),
             ("character_set_client", "utf8mb4"),
@@ -158,6 +207,8 @@ impl Front {
             ("system_time_zone", "UTC"),
             ("lower_case_table_names", "0"),
             ("wait_timeout", "28800"),
+            ("max_execution_time", &max_execution_time),
+            ("pseudo_thread_id", "0"),
             ("interactive_timeout", "28800"),
             ("net_write_timeout", "60"),
             ("license", "Apache-2.0"),
@@ -168,8 +219,78 @@ impl Front {
         .collect()
     }
 
+    /// Answers a connection past `max_connections` with MySQL's error 1040 in place of the
+    /// greeting, as MySQL does, and closes it.
+    async fn refuse(&self, stream: tokio::net::TcpStream) {
+        let mut conn = Conn::new(stream);
+        let message = format!(
+            "Too many connections: this replica serves at most {} (mysql.max_connections)",
+            self.limits.max_connections
+        );
+        let answered = async {
+            conn.write(&wire::err(1040, "08004", &message)).await?;
+            conn.flush().await
+        };
+        let _ = tokio::time::timeout(self.limits.connect_timeout, answered).await;
+    }
+
     async fn session<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S) -> Result<(), WireError> {
         let mut conn = Conn::new(stream);
+        let login = tokio::time::timeout(self.limits.connect_timeout, self.login(&mut conn));
+        let Ok(logged_in) = login.await else {
+            tracing::debug!("a MySQL client did not log in within mysql.connect_timeout_ms");
+            return Ok(());
+        };
+        let Some(mut client) = logged_in? else {
+            return Ok(());
+        };
+        conn.set_packet_limit(self.limits.max_allowed_packet);
+        let deprecate_eof = client.deprecate_eof;
+        self.sessions_lock().insert(client.id, client.ended.clone());
+        let served = self.commands(&mut conn, &mut client, deprecate_eof).await;
+        self.sessions_lock().remove(&client.id);
+        // Whatever the client left open is rolled back.
+        self.engine.close(client.id);
+        match served {
+            Err(WireError::TooLarge { limit }) => {
+                let message =
+                    format!("Got a packet bigger than 'max_allowed_packet' bytes ({limit})");
+                conn.write(&wire::err(1153, "08S01", &message)).await?;
+                conn.flush().await
+            }
+            other => other,
+        }
+    }
+
+    fn sessions_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, tokio_util::sync::CancellationToken>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `KILL [QUERY | CONNECTION] id`: stops the session's running read; unless `query_only`,
+    /// also ends the session (its transaction is rolled back).
+    fn kill(&self, id: u64, query_only: bool) -> Result<(), MysqlError> {
+        let sessions = self.sessions_lock();
+        let Some(ended) = sessions.get(&id) else {
+            return Err(MysqlError {
+                code: 1094,
+                sqlstate: "HY000",
+                message: format!("Unknown thread id: {id}"),
+            });
+        };
+        self.engine.kill_query(id);
+        if !query_only {
+            ended.cancel();
+        }
+        Ok(())
+    }
+
+    /// The greeting and the login; `None` when the client was refused (and told so).
+    async fn login<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        conn: &mut Conn<S>,
+    ) -> Result<Option<Client>, WireError> {
         let mut scramble = [0u8; 20];
         getrandom::fill(&mut scramble).expect("the OS random source is available");
         // The scramble must not contain NUL (it is sent NUL-terminated).
@@ -236,29 +357,36 @@ impl Front {
                 }
             );
             conn.write(&wire::err(1045, "28000", &message)).await?;
-            return conn.flush().await;
+            conn.flush().await?;
+            return Ok(None);
         }
         if let Some(db) = &response.database
             && let Err(e) = self.known_database(u64::from(id), db).await
         {
             conn.write(&mysql_err(&e)).await?;
-            return conn.flush().await;
+            conn.flush().await?;
+            return Ok(None);
         }
-        let mut client = Client {
+        let mut variables = self.variables();
+        for (name, value) in &mut variables {
+            if name == "pseudo_thread_id" {
+                *value = id.to_string();
+            }
+        }
+        Ok(Some(Client {
             id: u64::from(id),
             context: Context {
                 database: response.database.clone(),
                 last_insert_id: 0,
-                variables: self.variables(),
+                variables,
             },
             autocommit: true,
             in_transaction: false,
             staleness: Duration::ZERO,
-        };
-        let served = self.commands(&mut conn, &mut client, deprecate_eof).await;
-        // Whatever the client left open is rolled back.
-        self.engine.close(client.id);
-        served
+            multi_statements: response.capabilities & capability::MULTI_STATEMENTS != 0,
+            deprecate_eof,
+            ended: tokio_util::sync::CancellationToken::new(),
+        }))
     }
 
     async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
@@ -275,7 +403,12 @@ impl Front {
 
         loop {
             conn.reset_sequence();
-            let packet = match conn.read().await {
+            let read = tokio::select! {
+                read = conn.read() => read,
+                // KILL CONNECTION from another session (or this one).
+                () = client.ended.cancelled() => return Ok(()),
+            };
+            let packet = match read {
                 Ok(p) => p,
                 Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     return Ok(());
@@ -301,6 +434,13 @@ impl Front {
                     let sql = String::from_utf8_lossy(r.rest()).into_owned();
                     match dialect::translate(&sql, &client.context) {
                         Err(e) => conn.write(&mysql_err(&e)).await?,
+                        Ok(plans) if plans.len() > 1 && !client.multi_statements => {
+                            conn.write(&mysql_err(&MysqlError::syntax(format!(
+                                "{} statements in one query, but this connection did not enable multi-statements (CLIENT_MULTI_STATEMENTS at connect, or COM_SET_OPTION): send one statement at a time",
+                                plans.len()
+                            ))))
+                            .await?
+                        }
                         Ok(plans) => {
                             let count = plans.len();
                             for (i, plan) in plans.into_iter().enumerate() {
@@ -374,6 +514,22 @@ impl Front {
                     continue;
                 }
                 0x1A => conn.write(&wire::ok(0, 0, client.status(), "")).await?,
+                // COM_SET_OPTION: 0 turns multi-statements on, 1 off; answered with EOF.
+                0x1B => match r.u16()? {
+                    option @ (0 | 1) => {
+                        client.multi_statements = option == 0;
+                        conn.write(&wire::end_of_rows(deprecate_eof, client.status()))
+                            .await?
+                    }
+                    other => {
+                        conn.write(&wire::err(
+                            1047,
+                            "08S01",
+                            &format!("Unknown COM_SET_OPTION option {other}"),
+                        ))
+                        .await?
+                    }
+                },
                 other => {
                     conn.write(&wire::err(
                         1047,
@@ -556,6 +712,33 @@ impl Front {
                         client.autocommit = on;
                         client.set_variable("autocommit", if on { "1" } else { "0" });
                     } else if let Setting::Variable { name, value } = &setting
+                        && name == "max_execution_time"
+                    {
+                        match value.trim_matches(['\'', '"']).parse::<u64>() {
+                            Ok(ms) => {
+                                let most = self.engine.limits().max_read;
+                                let limit = if ms == 0 {
+                                    most
+                                } else {
+                                    Duration::from_millis(ms).min(most)
+                                };
+                                self.engine.set_read_limit(client.id, limit);
+                                client.set_variable(
+                                    "max_execution_time",
+                                    &limit.as_millis().to_string(),
+                                );
+                            }
+                            Err(_) => {
+                                result = Err(MysqlError {
+                                    code: 1232,
+                                    sqlstate: "42000",
+                                    message: format!(
+                                        "Incorrect argument type to variable 'max_execution_time': {value} is not a whole number of milliseconds"
+                                    ),
+                                });
+                            }
+                        }
+                    } else if let Setting::Variable { name, value } = &setting
                         && name == STALENESS_VARIABLE
                     {
                         match value.trim_matches(['\'', '"']).parse::<u64>() {
@@ -601,6 +784,7 @@ impl Front {
             Plan::Transaction(Transaction::Rollback) => {
                 self.end_transaction(client, false).await.map(|()| None)
             }
+            Plan::Kill { id, query_only } => self.kill(id, query_only).map(|()| None),
             Plan::Show(show) => {
                 let consistency = client.consistency();
                 self.show(client.id, consistency, &show, &database)
@@ -608,6 +792,14 @@ impl Front {
                     .map(Some)
             }
         };
+        if let Err(e) = &outcome
+            && matches!(e.code, 1213 | 1205)
+            && client.in_transaction
+        {
+            // The engine rolled the session's transaction back (a change of leader, or
+            // idle while others waited): the session is outside one now.
+            client.in_transaction = false;
+        }
         let status = client.status() | more;
         match outcome {
             Ok(None) => conn.write(&wire::ok(0, 0, status, "")).await?,

@@ -52,6 +52,16 @@ pub struct MysqlSettings {
     pub user: String,
     /// File holding that user's password (e.g. a mounted Secret); empty allows an empty password, for local use only.
     pub password_file: String,
+    /// Client connections served at once; one more is answered with error 1040 (Too many connections) and closed.
+    pub max_connections: u32,
+    /// Time a new connection has to complete its login, in milliseconds (MySQL's `connect_timeout`); then it is closed.
+    pub connect_timeout_ms: u64,
+    /// The longest statement packet accepted after login, in bytes (MySQL's `max_allowed_packet`); a longer one gets error 1153 and the connection is closed.
+    pub max_allowed_packet: u64,
+    /// The longest a statement may run, in milliseconds; then it stops with error 3024. A session may lower it with `SET max_execution_time = N`, never raise it past this.
+    pub max_execution_time_ms: u64,
+    /// How long a transaction may stay open with no statement from its session, in milliseconds; then it is rolled back (its session's next statement gets error 1205), so an idle client cannot hold everyone else's writes.
+    pub idle_transaction_timeout_ms: u64,
 }
 
 impl Default for MysqlSettings {
@@ -61,6 +71,22 @@ impl Default for MysqlSettings {
             database: "quartet".into(),
             user: "root".into(),
             password_file: String::new(),
+            max_connections: 512,
+            connect_timeout_ms: 10_000,
+            max_allowed_packet: 64 * 1024 * 1024,
+            max_execution_time_ms: 30_000,
+            idle_transaction_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl MysqlSettings {
+    /// The front's limits.
+    pub fn limits(&self) -> front::Limits {
+        front::Limits {
+            max_connections: self.max_connections as usize,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            max_allowed_packet: usize::try_from(self.max_allowed_packet).unwrap_or(usize::MAX),
         }
     }
 }
@@ -321,6 +347,13 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         // In a StatefulSet a replica's volume may be lost and the pod come back empty under
         // the same id; elsewhere the one who starts it with new storage knows it is new.
         abstain_until_admitted: !settings.pod_name.is_empty(),
+        limits: actor::Limits {
+            lock_wait: replica::LOCK_WAIT,
+            max_read: Duration::from_millis(config.mysql.max_execution_time_ms.max(1)),
+            idle_transaction: Duration::from_millis(
+                config.mysql.idle_transaction_timeout_ms.max(1),
+            ),
+        },
     };
     let replica =
         replica::Replica::start(std::path::Path::new(&config.storage.path), options).await?;
@@ -328,11 +361,10 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     observe(&replica, &ctx)?;
 
     let users = HashMap::from([(config.mysql.user.clone(), password)]);
-    let front = Arc::new(front::Front::new(
-        replica.clone(),
-        &config.mysql.database,
-        users,
-    ));
+    let front = Arc::new(
+        front::Front::new(replica.clone(), &config.mysql.database, users)
+            .with_limits(config.mysql.limits()),
+    );
     tracing::info!(listener = "mysql", addr = %mysql_addr, "listening");
     ctx.shutdown
         .spawn(front.serve(listener, ctx.shutdown.token()));

@@ -136,6 +136,8 @@ pub struct GroupOptions {
     /// (`admit`, or `initialize`): a replica whose data was lost has forgotten the votes it
     /// cast, and must not cast them again before it has been removed and added afresh.
     pub abstain_until_admitted: bool,
+    /// What one session may make the engine spend (lock wait, read time, idle transactions).
+    pub limits: crate::actor::Limits,
 }
 
 impl GroupOptions {
@@ -154,12 +156,15 @@ impl GroupOptions {
             secret: String::new(),
             database: database.to_owned(),
             abstain_until_admitted: false,
+            limits: crate::actor::Limits::default(),
         }
     }
 }
 
 /// One replica.
 pub struct Replica {
+    /// What one session may make the engine spend.
+    limits: crate::actor::Limits,
     id: NodeId,
     raft: Arc<Raft>,
     engine: EngineHandle,
@@ -234,7 +239,7 @@ impl Replica {
             .map_err(|e| anyhow::anyhow!("storage.path {}: {e}", dir.display()))?;
         let log = LogStore::open(&dir.join("raft-log.sqlite"), progress.clone())
             .map_err(|e| anyhow::anyhow!("storage.path {}: raft log: {e}", dir.display()))?;
-        let (engine, proposals) = EngineHandle::spawn(engine, progress, LOCK_WAIT);
+        let (engine, proposals) = EngineHandle::spawn_with(engine, progress, options.limits);
         let state_machine = StateMachine::new(engine.clone(), dir.to_path_buf());
         let heartbeat = options.heartbeat.as_millis() as u64;
         let election = options.election_timeout.as_millis() as u64;
@@ -295,6 +300,7 @@ impl Replica {
             );
         }
         Ok(Arc::new(Self {
+            limits: options.limits,
             id: options.node_id,
             raft,
             engine,
@@ -385,6 +391,21 @@ impl Replica {
             &self.secret,
             self.abstaining.clone(),
         )
+    }
+
+    /// Stops `session`'s running read, if any (`KILL QUERY`).
+    pub fn kill_query(&self, session: u64) {
+        self.engine.kill_query(session);
+    }
+
+    /// What one session may make the engine spend.
+    pub fn limits(&self) -> crate::actor::Limits {
+        self.limits
+    }
+
+    /// Caps how long `session`'s reads may run (`SET max_execution_time`).
+    pub fn set_read_limit(&self, session: u64, limit: Duration) {
+        self.engine.set_read_limit(session, limit);
     }
 
     /// The leader as this replica knows it.

@@ -58,7 +58,19 @@ pub enum WireError {
     /// The client sent something that is not the protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// A logical packet longer than the connection's limit (`max_allowed_packet` once logged
+    /// in, [`PRE_AUTH_PACKET_LIMIT`] before): nothing past the limit is read or kept.
+    #[error("a packet longer than {limit} bytes")]
+    TooLarge {
+        /// The limit in force.
+        limit: usize,
+    },
 }
+
+/// The longest packet read before a client has logged in. A handshake response carries a
+/// user name, a scramble, a database and connection attributes: a few hundred bytes, at most
+/// a few kilobytes. A larger one is refused before it is buffered.
+pub const PRE_AUTH_PACKET_LIMIT: usize = 64 * 1024;
 
 /// Packet reader and writer over one connection, tracking sequence ids. Written packets are
 /// buffered until [`Conn::flush`], so a whole answer leaves in as few segments as possible.
@@ -66,19 +78,31 @@ pub struct Conn<S> {
     stream: S,
     seq: u8,
     out: Vec<u8>,
+    /// The longest logical packet [`Conn::read`] accepts.
+    limit: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Wraps a connected stream.
+    /// Wraps a connected stream, reading packets of at most [`PRE_AUTH_PACKET_LIMIT`] bytes
+    /// until [`Conn::set_packet_limit`] raises it.
     pub fn new(stream: S) -> Self {
         Self {
             stream,
             seq: 0,
             out: Vec::new(),
+            limit: PRE_AUTH_PACKET_LIMIT,
         }
     }
 
-    /// Reads one logical packet (joining continuation packets).
+    /// Sets the longest logical packet accepted from now on (`max_allowed_packet`).
+    pub fn set_packet_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
+    /// Reads one logical packet (joining continuation packets). Memory grows with the bytes
+    /// that actually arrive, never with what a header announces, and a packet whose length
+    /// passes the limit is refused before its body is read.
     pub async fn read(&mut self) -> Result<Vec<u8>, WireError> {
         let mut payload = Vec::new();
         loop {
@@ -93,9 +117,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 )));
             }
             self.seq = self.seq.wrapping_add(1);
-            let start = payload.len();
-            payload.resize(start + len, 0);
-            self.stream.read_exact(&mut payload[start..]).await?;
+            if payload.len() + len > self.limit {
+                return Err(WireError::TooLarge { limit: self.limit });
+            }
+            let got = (&mut self.stream)
+                .take(len as u64)
+                .read_to_end(&mut payload)
+                .await?;
+            if got < len {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
             if len < MAX_PAYLOAD {
                 return Ok(payload);
             }
@@ -191,6 +222,12 @@ impl<'a> Reader<'a> {
     /// One byte.
     pub fn u8(&mut self) -> Result<u8, WireError> {
         Ok(self.take(1)?[0])
+    }
+
+    /// A little-endian u16.
+    pub fn u16(&mut self) -> Result<u16, WireError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
     }
 
     /// A little-endian u32.
@@ -774,6 +811,7 @@ mod tests {
     async fn long_packets_split_and_join() {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let (mut writer, mut reader) = (Conn::new(a), Conn::new(b));
+        reader.set_packet_limit(64 << 20);
         let payload = vec![7u8; MAX_PAYLOAD + 10];
         let sent = payload.clone();
         let writing = tokio::spawn(async move {
@@ -782,6 +820,35 @@ mod tests {
         });
         assert_eq!(reader.read().await.expect("read"), payload);
         writing.await.expect("join");
+    }
+
+    #[tokio::test]
+    async fn a_packet_past_the_limit_is_refused_from_its_header_alone() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut reader = Conn::new(b);
+        // A 16 MB packet announced before login, and a continuation chain past the limit
+        // after it: refused without waiting for (or buffering) the body.
+        a.write_all(&[0xff, 0xff, 0xff, 0x00])
+            .await
+            .expect("header");
+        assert!(matches!(
+            reader.read().await,
+            Err(WireError::TooLarge { limit }) if limit == PRE_AUTH_PACKET_LIMIT
+        ));
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        let mut reader = Conn::new(b);
+        reader.set_packet_limit(100_000);
+        let writing = tokio::spawn(async move {
+            let mut writer = Conn::new(&mut a);
+            let _ = writer.write(&vec![1u8; 200_000]).await;
+            let _ = writer.flush().await;
+        });
+        assert!(matches!(
+            reader.read().await,
+            Err(WireError::TooLarge { limit: 100_000 })
+        ));
+        drop(reader);
+        let _ = writing.await;
     }
 
     #[test]

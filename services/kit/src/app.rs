@@ -355,6 +355,11 @@ impl Context {
     }
 }
 
+/// Stack of each runtime thread. Every decoder of client input bounds its nesting (SQL
+/// expressions, MessagePack, JSON); this is the margin behind those limits, generous so that a
+/// debug build holds them too. Only the pages a thread touches are ever committed.
+const RUNTIME_THREAD_STACK: usize = 16 * 1024 * 1024;
+
 /// The whole `main` of a service binary: configuration, telemetry, runtime, `run`, exit code.
 ///
 /// Exit codes: 0 after a clean stop (including a drain cut short by its deadline), 1 when the
@@ -389,6 +394,7 @@ where
     let config = loaded.config;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(RUNTIME_THREAD_STACK)
         .build()
     {
         Ok(runtime) => runtime,

@@ -132,10 +132,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
-        position(
+        let (applied, membership) = position(
             self.engine.meta(APPLIED).await.map_err(sm_err)?,
             self.engine.meta(MEMBERSHIP).await.map_err(sm_err)?,
-        )
+        )?;
+        // After a restart Raft resumes after this position without applying anything again;
+        // readers and the write gate must know the data is already there. (A leader that
+        // keeps its term across a restart appends no new entry that would tell them.)
+        if let Some(id) = applied {
+            self.engine.progress().opened_at(id.index + 1);
+        }
+        Ok((applied, membership))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
