@@ -624,6 +624,36 @@ async fn membership_follows_the_admin_api_learner_promotion_transfer_and_removal
         "{body}"
     );
 
+    // A learner at an address where nothing listens is not added: the call fails once it
+    // has not caught up, naming why, and leaves no member behind.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let dead_addr = dead.local_addr().expect("addr");
+    drop(dead);
+    let (code, body) = admin(
+        &group,
+        leader,
+        &token,
+        Method::POST,
+        "/v1/cluster/learners",
+        Some(serde_json::json!({"id": 99, "addr": dead_addr.to_string(), "mysql": ""})),
+    )
+    .await;
+    assert_eq!(code, 504, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("did not catch up"),
+        "{body}"
+    );
+    let (_, status) = admin(&group, leader, &token, Method::GET, "/v1/cluster", None).await;
+    assert!(
+        !status["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["id"] == 99)),
+        "nothing left behind: {status}"
+    );
+
     // Add learner: returns once it has caught up; it holds the data but does not vote.
     let (code, status) = admin(
         &group,

@@ -45,6 +45,9 @@ pub const CAUGHT_UP: u64 = 1000;
 /// How long a queued statement waits behind another session's transaction (InnoDB's default).
 pub const LOCK_WAIT: Duration = Duration::from_secs(50);
 
+/// How long adding a learner waits for it to hold the whole log before undoing the addition.
+pub const LEARNER_CATCH_UP: Duration = Duration::from_secs(10);
+
 /// Why a replica could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
@@ -693,13 +696,16 @@ impl Replica {
                 "the new node's addr is required".into(),
             ));
         }
+        let was_member = self.status().members.iter().any(|m| m.id == id);
+        let addr = member.addr.clone();
         self.membership_call(self.raft.add_learner(id, member, true))
             .await?;
-        // openraft returns once the learner holds the log; let the reported progress catch
-        // up too, so the status the caller sees next says so.
+        // openraft may return before the learner holds the log (it does for one it cannot
+        // reach); wait until its reported progress reaches the log's end, as promised.
         let target = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
         let mut metrics = self.raft.metrics();
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let wait = LEARNER_CATCH_UP.max(self.commit_timeout);
+        let caught_up = tokio::time::timeout(wait, async {
             loop {
                 let matched = metrics
                     .borrow()
@@ -707,13 +713,36 @@ impl Replica {
                     .as_ref()
                     .and_then(|r| r.get(&id).cloned().flatten())
                     .map(|l| l.index);
-                if matched.is_some_and(|m| m >= target) || metrics.changed().await.is_err() {
-                    return;
+                if matched.is_some_and(|m| m >= target) {
+                    return true;
+                }
+                if metrics.changed().await.is_err() {
+                    return false;
                 }
             }
         })
-        .await;
-        Ok(())
+        .await
+        .unwrap_or(false);
+        if caught_up {
+            return Ok(());
+        }
+        // Leave nothing behind: a learner that never catches up would stay in every
+        // membership and every status.
+        if !was_member {
+            let removed = self
+                .membership_call(
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false),
+                )
+                .await;
+            if let Err(e) = removed {
+                tracing::warn!(node = id, error = %e, "removing a learner that did not catch up failed");
+            }
+        }
+        Err(ReplicaError::Unconfirmed(format!(
+            "node {id} at {addr} did not catch up within {} ms (is it running, and is the address right?); it was not added",
+            wait.as_millis()
+        )))
     }
 
     /// Makes learners voters.
