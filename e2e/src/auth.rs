@@ -18,27 +18,54 @@ pub const CLI_CLIENT: &str = "quartet-cli";
 
 /// Starts quartet-auth with the bootstrap administrator.
 pub async fn start() -> anyhow::Result<Server> {
+    start_with(&[]).await
+}
+
+/// Starts quartet-auth with the bootstrap administrator and the cipher service on (a fresh
+/// master key in `master-key`): every REST operation it documents can answer.
+pub async fn start_with_cipher() -> anyhow::Result<Server> {
+    let key = std::process::Command::new("openssl")
+        .args(["rand", "-base64", "32"])
+        .output()
+        .context("openssl runs")?;
+    anyhow::ensure!(key.status.success(), "openssl made no key");
+    start_with_files(
+        &[("master-key", &String::from_utf8(key.stdout)?)],
+        &[("QUARTET_AUTH_CIPHER_MASTER_KEY_FILE", "master-key")],
+    )
+    .await
+}
+
+/// Starts quartet-auth with the bootstrap administrator plus `extra_env` settings.
+pub async fn start_with(extra_env: &[(&str, &str)]) -> anyhow::Result<Server> {
+    start_with_files(&[], extra_env).await
+}
+
+/// Like [`start_with`], with `files` (name, content) written into its working directory first.
+async fn start_with_files(
+    files: &[(&str, &str)],
+    extra_env: &[(&str, &str)],
+) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
     std::fs::write(
         dir.path().join("admin-password"),
         format!("{ADMIN_PASSWORD}\n"),
     )?;
-    Server::start_in(
-        dir,
-        "quartet-auth",
-        true,
-        &[
-            ("QUARTET_AUTH_TOKENS_ISSUER", ISSUER),
-            ("QUARTET_AUTH_BOOTSTRAP_ADMIN_USER", ADMIN),
-            (
-                "QUARTET_AUTH_BOOTSTRAP_ADMIN_PASSWORD_FILE",
-                "admin-password",
-            ),
-            ("QUARTET_AUTH_BOOTSTRAP_CLI_CLIENT", CLI_CLIENT),
-            ("QUARTET_AUTH_PASSWORDS_MEMORY_KIB", "4096"),
-        ],
-    )
-    .await
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content)?;
+    }
+    let mut env = vec![
+        ("QUARTET_AUTH_TOKENS_ISSUER", ISSUER),
+        ("QUARTET_AUTH_BOOTSTRAP_ADMIN_USER", ADMIN),
+        (
+            "QUARTET_AUTH_BOOTSTRAP_ADMIN_PASSWORD_FILE",
+            "admin-password",
+        ),
+        ("QUARTET_AUTH_BOOTSTRAP_CLI_CLIENT", CLI_CLIENT),
+        ("QUARTET_AUTH_PASSWORDS_MEMORY_KIB", "4096"),
+    ];
+    env.extend_from_slice(extra_env);
+    Server::start_in(dir, "quartet-auth", true, &env).await
 }
 
 /// An access token for `user` (password grant through the CLI client).

@@ -9,6 +9,7 @@
 //! | [`auth`] | quartet-auth with a bootstrap administrator, and tokens from it |
 //! | [`db`] | a quartet-db group as processes, with kill, restart, pause and resume |
 //! | [`history`] | recorded client histories and their checks: linearizability, lost writes |
+//! | [`openapi`] | schemathesis against a running REST API and its own OpenAPI document |
 //!
 //! Each harness cleans up on drop and, when the test is failing, prints what it collected
 //! (process output, container logs) first.
@@ -18,6 +19,7 @@ pub mod db;
 pub mod docker;
 pub mod history;
 pub mod kube;
+pub mod openapi;
 pub mod otlp;
 pub mod process;
 

@@ -1,0 +1,117 @@
+//! Schemathesis (from the test venv, `scripts/python.sh`) against a running REST API and the
+//! OpenAPI document it serves at `/openapi.json`: requests generated from the document, valid
+//! and invalid, sent with a bearer token to every operation, and every answer checked for
+//!
+//! - no server error (5xx),
+//! - a status the document lists for that operation,
+//! - the content type the document gives for that status,
+//! - a body that matches the document's schema.
+//!
+//! Any service's REST API can be run through it: [`schemathesis`] takes a base URL and a token.
+//! The seed is printed, and `QUARTET_SCHEMATHESIS_SEED=<n>` replays a run.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+/// Every answer as documented: no 5xx, a listed status, the listed content type, a body that
+/// matches the schema.
+pub const CONFORMANCE: &str = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance";
+
+/// Only: no 5xx.
+pub const NO_SERVER_ERROR: &str = "not_a_server_error";
+
+/// How one run is bounded.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    /// Generated requests per operation and phase (schemathesis `--max-examples`).
+    pub max_examples: u32,
+    /// The whole run is stopped, and fails, after this long.
+    pub timeout: Duration,
+    /// The schemathesis checks every answer must pass: [`CONFORMANCE`] or [`NO_SERVER_ERROR`].
+    pub checks: &'static str,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            max_examples: 10,
+            timeout: Duration::from_secs(150),
+            checks: CONFORMANCE,
+        }
+    }
+}
+
+/// The `st` command of the test venv.
+async fn st() -> PathBuf {
+    PathBuf::from(crate::python().await).with_file_name("st")
+}
+
+/// Runs schemathesis against the REST API at `base_url` (its document at
+/// `{base_url}/openapi.json`), every request carrying `Authorization: Bearer {token}`, skipping
+/// the operations whose path matches `exclude_path_regex` (e.g. ones that would end the
+/// token's own session). Returns schemathesis' report when every check passed; fails with it
+/// otherwise.
+pub async fn schemathesis(
+    base_url: &str,
+    token: &str,
+    exclude_path_regex: Option<&str>,
+    budget: &Budget,
+) -> anyhow::Result<String> {
+    let seed = std::env::var("QUARTET_SCHEMATHESIS_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs())
+        });
+    let reports = tempfile::tempdir()?;
+    let mut cmd = tokio::process::Command::new(st().await);
+    cmd.args(["--no-color", "run"])
+        .arg(format!("{base_url}/openapi.json"))
+        .args(["--url", base_url])
+        .args(["--checks", budget.checks])
+        .args(["--max-examples", &budget.max_examples.to_string()])
+        .args(["--seed", &seed.to_string()])
+        // One worker: with two threads hypothesis sometimes fails inside Python's `ast` module
+        // ("AST constructor recursion depth mismatch"), an error of the tool, not a finding.
+        .args(["--workers", "1", "--request-timeout", "10"])
+        .args([
+            "--suppress-health-check",
+            "all",
+            "--generation-database",
+            "none",
+        ])
+        .args(["--header", &format!("Authorization: Bearer {token}")])
+        .arg("--report-dir")
+        .arg(reports.path());
+    if let Some(regex) = exclude_path_regex {
+        cmd.args(["--exclude-path-regex", regex]);
+    }
+    // Its own files (hypothesis database, reports) stay out of the repository.
+    cmd.current_dir(reports.path())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let started = std::time::Instant::now();
+    let out = tokio::time::timeout(budget.timeout, cmd.output())
+        .await
+        .with_context(|| {
+            format!(
+                "schemathesis did not finish within {:?} (seed {seed})",
+                budget.timeout
+            )
+        })?
+        .context("schemathesis runs (is it in e2e/requirements.txt?)")?;
+    let report = format!(
+        "schemathesis against {base_url}, seed {seed} (QUARTET_SCHEMATHESIS_SEED={seed} replays it), {:.0?}:\n{}{}",
+        started.elapsed(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!("{report}");
+    }
+    Ok(report)
+}
