@@ -10,6 +10,12 @@
 //! empty strings: `a:b:` equals `a:b`, while `a::b` has an empty middle part. By default the
 //! whole string is lower-cased (case-insensitive); [`Permission::parse_case_sensitive`] keeps it.
 //! Sub-parts are not trimmed: `file: read` differs from `file:read`, as in Shiro.
+//!
+//! A service that builds a permission from a name a client chose (a queue in
+//! `task:submit:<queue>`) checks the name with [`check_name`] first: a name that carried `:`,
+//! `,` or `*`, blank space, or letters that lower-casing changes would become other parts,
+//! other sub-parts, or another name, and so widen or cross a grant (`q1:x` is implied by
+//! `task:submit:q1`; `Q1` by the grant for `q1`).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -34,6 +40,80 @@ pub enum PermissionError {
         /// The 1-based position of the offending part.
         part: usize,
     },
+}
+
+/// The longest name [`check_name`] accepts, in bytes.
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// Why a name cannot go into a permission (see [`check_name`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// The empty string.
+    #[error("the {kind} name is empty")]
+    Empty {
+        /// What the name names (`queue`, `service`, …).
+        kind: String,
+    },
+    /// Longer than [`MAX_NAME_BYTES`].
+    #[error("the {kind} name is {bytes} bytes long; the limit is {MAX_NAME_BYTES}")]
+    TooLong {
+        /// What the name names.
+        kind: String,
+        /// Its length in bytes.
+        bytes: usize,
+    },
+    /// A character with a meaning in permissions, or one lower-casing changes.
+    #[error("the {kind} name {name:?} contains {character:?}, {why}")]
+    Character {
+        /// What the name names.
+        kind: String,
+        /// The name as given (at most the first 64 characters).
+        name: String,
+        /// The first offending character.
+        character: char,
+        /// Why it cannot be in a name, and what to use instead.
+        why: &'static str,
+    },
+}
+
+/// Checks that `name` can stand as one part of a permission and mean only itself: 1 to
+/// [`MAX_NAME_BYTES`] bytes, none of `:` (divides parts), `,` (divides sub-parts), `*` (the
+/// wildcard), no white space or control characters (a permission is trimmed, and such names
+/// are hard to see), and no character that lower-casing changes (permissions compare
+/// lower-cased, so `Q1` would be granted by `…:q1`). `kind` names what the name is for the
+/// error (`queue`, `service`, …). Names such as `celery`, `tasks.email`, `high-priority`,
+/// `emails_v2` or `reports/daily` pass.
+pub fn check_name(kind: &str, name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty { kind: kind.into() });
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(NameError::TooLong {
+            kind: kind.into(),
+            bytes: name.len(),
+        });
+    }
+    let refuse = |character: char, why: &'static str| NameError::Character {
+        kind: kind.into(),
+        name: name.chars().take(64).collect(),
+        character,
+        why,
+    };
+    for c in name.chars() {
+        let why = match c {
+            ':' => "which divides permission parts",
+            ',' => "which divides permission sub-parts",
+            '*' => "the permission wildcard",
+            c if c.is_whitespace() => "white space, which permissions trim or keep unseen",
+            c if c.is_control() => "a control character",
+            c if c.to_lowercase().ne(std::iter::once(c)) => {
+                "which permissions compare lower-cased: use lower case"
+            }
+            _ => continue,
+        };
+        return Err(refuse(c, why));
+    }
+    Ok(())
 }
 
 /// One part: a set of sub-parts, or the wildcard.
@@ -293,6 +373,54 @@ mod tests {
         assert!(set.permits_str("::").is_err());
     }
 
+    #[test]
+    fn names_that_would_change_a_permission_are_refused_by_character() {
+        for name in [
+            "celery",
+            "tasks.email",
+            "high-priority",
+            "emails_v2",
+            "reports/daily",
+            "q1",
+            "é",
+        ] {
+            assert_eq!(check_name("queue", name), Ok(()), "{name}");
+        }
+        let refused = |name: &str| match check_name("queue", name) {
+            Err(NameError::Character { character, .. }) => character,
+            other => panic!("{name:?}: {other:?}"),
+        };
+        for (name, character) in [
+            ("q1:anything", ':'),
+            ("q1:*", ':'),
+            ("q1:", ':'),
+            ("Q1", 'Q'),
+            (",", ','),
+            ("*", '*'),
+            ("q1 ", ' '),
+            ("q1\t", '\t'),
+            ("q\x06\x163", '\x06'),
+            ("\u{212A}1", '\u{212A}'),
+            ("\u{01C5}", '\u{01C5}'),
+        ] {
+            assert_eq!(refused(name), character, "{name:?}");
+        }
+        assert_eq!(
+            check_name("queue", ""),
+            Err(NameError::Empty {
+                kind: "queue".into()
+            })
+        );
+        assert!(matches!(
+            check_name("queue", &"q".repeat(MAX_NAME_BYTES + 1)),
+            Err(NameError::TooLong { bytes: 201, .. })
+        ));
+        assert_eq!(
+            check_name("queue", "q1:*").map_err(|e| e.to_string()),
+            Err("the queue name \"q1:*\" contains ':', which divides permission parts".into())
+        );
+    }
+
     fn permission_text() -> impl Strategy<Value = String> {
         // Small alphabets so that overlaps (and therefore implications) are common.
         let sub = prop_oneof![Just("*".to_owned()), "[ab]{1,2}"];
@@ -305,6 +433,18 @@ mod tests {
         fn parsing_never_panics(s in "\\PC{0,40}") {
             let _ = Permission::parse(&s);
             let _ = Permission::parse_case_sensitive(&s);
+        }
+
+        #[test]
+        fn a_checked_name_is_one_part_that_only_its_own_grant_implies(
+            name in "[ab.-]{0,3}[aQ:,* é\\PC]?[ab_]{0,3}",
+            other in "[ab.-]{0,3}[aQ:,* é]?[ab_]{0,3}",
+        ) {
+            prop_assume!(check_name("queue", &name).is_ok() && check_name("queue", &other).is_ok());
+            let wanted = p(&format!("task:submit:{name}"));
+            prop_assert_eq!(wanted.len(), 3);
+            prop_assert_eq!(wanted.to_string(), format!("task:submit:{name}"));
+            prop_assert_eq!(p(&format!("task:submit:{other}")).implies(&wanted), name == other);
         }
 
         #[test]

@@ -4,6 +4,15 @@
 //! `task:<submit|read|revoke|stats|schedule>:<queue>` (the queue a task
 //! went to is remembered next to its result; tasks submitted by other Celery clients need
 //! `task:read:*` and `task:revoke:*`).
+//!
+//! A queue name goes into a permission only after [`quartet_kit::permission::check_name`]
+//! accepts it (no `:`, `,`, `*`, white space, control characters or upper case), so a name can
+//! never widen or cross a grant; a refused name is a 400 / INVALID_ARGUMENT naming the
+//! character. What a client can make the gateway spend is bounded: body size
+//! (`tasks.max_payload_bytes`, reading stops there), tasks per workflow
+//! ([`MAX_WORKFLOW_TASKS`]), argument nesting ([`crate::celery::MAX_JSON_DEPTH`]), the wait
+//! for a result ([`MAX_WAIT_SECONDS`]) and the number of requests waiting at once
+//! (`tasks.max_waiters`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +27,12 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use crate::broker::{Broker, BrokerError};
 use crate::celery::{RawJson, TaskMessage};
 
+/// The longest a request waits for a result (`?wait=`, gRPC `wait`), in seconds.
+pub const MAX_WAIT_SECONDS: f64 = 60.0;
+
+/// The longest task name accepted, in bytes.
+pub const MAX_TASK_NAME_BYTES: usize = 200;
+
 /// What the API needs.
 #[derive(Debug, Clone)]
 pub struct Api {
@@ -27,6 +42,9 @@ pub struct Api {
     pub default_queue: String,
     /// The largest accepted submission body.
     pub max_payload_bytes: usize,
+    /// Permits for requests waiting for results (`tasks.max_waiters`): each holds a Redis
+    /// subscription while it waits.
+    pub waiters: Arc<tokio::sync::Semaphore>,
     /// How long an idempotency key dedupes submissions.
     pub idempotency_window: Duration,
     /// Celery's `task-sent` events, when on (`tasks.sent_events`).
@@ -99,9 +117,10 @@ pub struct TaskStatus {
     pub id: String,
     /// PENDING (unknown or not started), STARTED, RETRY, SUCCESS, FAILURE, REVOKED.
     pub state: String,
-    /// The return value, or the exception `{exc_type, exc_message, exc_module}`.
+    /// The return value, or the exception `{exc_type, exc_message, exc_module}`, as the
+    /// worker wrote it (integers beyond 64 bits keep their digits).
     #[schema(value_type = Object)]
-    pub result: Value,
+    pub result: RawJson,
     /// The failure's traceback.
     pub traceback: Option<String>,
     /// When it finished.
@@ -119,7 +138,7 @@ pub struct Terminate {
 /// How long to wait for a result.
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct Wait {
-    /// Seconds to wait for the task to finish (at most 60); 0 answers at once.
+    /// Seconds to wait for the task to finish (more than 60 waits 60); 0 answers at once.
     #[serde(default)]
     pub wait: f64,
 }
@@ -140,6 +159,38 @@ fn queue_key(id: &str) -> String {
     format!("quartet-task-queue-{id}")
 }
 
+/// `task:<action>:<queue>` for a queue a client names, once the name is one that cannot change
+/// the permission; otherwise a 400 naming the character.
+pub fn queue_permission(action: &str, queue: &str) -> Result<String, Problem> {
+    quartet_kit::permission::check_name("queue", queue).map_err(|e| {
+        invalid(
+            "invalid-queue",
+            format!(
+                "{e}; queue names go into permissions (task:{action}:<queue>), so they take no ':', ',', '*', white space, control characters or upper case"
+            ),
+        )
+    })?;
+    Ok(format!("task:{action}:{queue}"))
+}
+
+/// `task:<action>:<queue>` for a queue name found in storage (remembered with a task, or a
+/// schedule's): one that the name rule refuses (stored before the rule) asks for the wildcard.
+fn stored_queue_permission(action: &str, queue: &str) -> String {
+    queue_permission(action, queue).unwrap_or_else(|_| format!("task:{action}:*"))
+}
+
+/// How long a request may wait: `wait` seconds, at most [`MAX_WAIT_SECONDS`]; a negative or
+/// non-finite value is refused.
+fn wait_for(wait: f64) -> Result<Duration, Problem> {
+    if !(wait.is_finite() && wait >= 0.0) {
+        return Err(invalid(
+            "invalid-wait",
+            format!("wait must be 0 to {MAX_WAIT_SECONDS} seconds, not {wait}"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(wait.min(MAX_WAIT_SECONDS)))
+}
+
 /// Checks `task:<action>:<queue>` for the queue task `id` went to (`*` when unknown: submitted
 /// by another Celery client).
 async fn allow(api: &Api, caller: &Claims, action: &str, id: &str) -> Result<(), Problem> {
@@ -149,7 +200,24 @@ async fn allow(api: &Api, caller: &Claims, action: &str, id: &str) -> Result<(),
         .await
         .map_err(|e| unavailable(&e))?
         .unwrap_or_else(|| "*".into());
-    require(caller, &format!("task:{action}:{queue}"))
+    require(caller, &stored_queue_permission(action, &queue))
+}
+
+/// Reads a request body, stopping as soon as it passes `tasks.max_payload_bytes`.
+async fn read_body(api: &Api, mut payload: web::Payload) -> Result<web::Bytes, Problem> {
+    use futures::StreamExt as _;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            invalid(
+                "unreadable-body",
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        api.check_size(body.len() + chunk.len())?;
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// Submits a task.
@@ -163,9 +231,9 @@ async fn allow(api: &Api, caller: &Claims, action: &str, id: &str) -> Result<(),
 async fn submit(
     api: web::Data<Arc<Api>>,
     caller: Bearer,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, Problem> {
-    api.check_size(body.len())?;
+    let body = read_body(&api, payload).await?;
     let request: Submit = serde_json::from_slice(&body).map_err(|e| {
         invalid(
             "invalid-submission",
@@ -189,7 +257,7 @@ impl Api {
         Err(invalid(
             "payload-too-large",
             format!(
-                "the submission is {bytes} bytes; the limit is {} (tasks.max_payload_bytes): pass large data by reference",
+                "the submission is {bytes} bytes or more; the limit is {} (tasks.max_payload_bytes): pass large data by reference",
                 self.max_payload_bytes
             ),
         ))
@@ -286,17 +354,27 @@ impl Api {
         if request.name.trim().is_empty() {
             return Err(invalid("invalid-submission", "name is required"));
         }
+        if request.name.len() > MAX_TASK_NAME_BYTES || request.name.chars().any(char::is_control) {
+            return Err(invalid(
+                "invalid-submission",
+                format!(
+                    "name must be at most {MAX_TASK_NAME_BYTES} bytes without control characters"
+                ),
+            ));
+        }
         let queue = request
             .queue
             .clone()
             .unwrap_or_else(|| self.default_queue.clone());
-        if queue.is_empty() || queue.contains(crate::celery::PRIORITY_SEP) {
-            return Err(invalid(
-                "invalid-submission",
-                format!("invalid queue name {queue:?}"),
-            ));
+        require(caller, &queue_permission("submit", &queue)?)?;
+        // Arguments a worker could not read are refused here, naming the problem, rather than
+        // failing (or worse) where they run.
+        for (what, raw) in [("args", &request.args), ("kwargs", &request.kwargs)] {
+            if let Some(raw) = raw {
+                crate::celery::check_json(raw.get())
+                    .map_err(|e| invalid("invalid-submission", format!("{what}: {e}")))?;
+            }
         }
-        require(caller, &format!("task:submit:{queue}"))?;
         let args = match &request.args {
             Some(raw) if raw.get().trim_start().starts_with('[') => RawJson(raw.clone()),
             Some(_) => return Err(invalid("invalid-submission", "args must be a JSON array")),
@@ -430,9 +508,10 @@ impl Api {
         id: String,
         wait: f64,
     ) -> Result<TaskStatus, Problem> {
+        let wait = wait_for(wait)?;
         allow(self, caller, "read", &id).await?;
-        let meta = if wait > 0.0 {
-            let wait = Duration::from_secs_f64(wait.min(60.0));
+        let meta = if wait > Duration::ZERO {
+            let _permit = self.waiter()?;
             self.broker.wait_result(&id, wait).await
         } else {
             self.broker.result(&id).await
@@ -449,10 +528,21 @@ impl Api {
             None => TaskStatus {
                 id,
                 state: "PENDING".into(),
-                result: Value::Null,
+                result: RawJson::null(),
                 traceback: None,
                 date_done: None,
             },
+        })
+    }
+
+    /// A permit to wait for a result, or 429 when `tasks.max_waiters` requests already wait.
+    fn waiter(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Problem> {
+        self.waiters.clone().try_acquire_owned().map_err(|_| {
+            Problem::new(
+                ErrorKind::ResourceExhausted,
+                "too-many-waiters",
+                "too many requests are waiting for results (tasks.max_waiters): retry shortly, or read without wait",
+            )
         })
     }
 
@@ -474,7 +564,7 @@ impl Api {
         caller: &Claims,
         queue: &str,
     ) -> Result<crate::broker::QueueStats, Problem> {
-        require(caller, &format!("task:stats:{queue}"))?;
+        require(caller, &queue_permission("stats", queue)?)?;
         self.broker.stats(queue).await.map_err(|e| unavailable(&e))
     }
 }
@@ -710,6 +800,7 @@ impl Api {
         group_id: &str,
         wait: f64,
     ) -> Result<GroupStatus, Problem> {
+        let wait = wait_for(wait)?;
         let ids = self
             .broker
             .group(group_id)
@@ -722,7 +813,12 @@ impl Api {
                     format!("no group {group_id:?} (never saved, or expired with its results)"),
                 )
             })?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait.clamp(0.0, 60.0));
+        let _permit = if wait > Duration::ZERO {
+            Some(self.waiter()?)
+        } else {
+            None
+        };
+        let deadline = tokio::time::Instant::now() + wait;
         let mut tasks = Vec::with_capacity(ids.len());
         for id in ids {
             let left = deadline
@@ -741,11 +837,11 @@ impl Api {
 
 async fn read_workflow<T: serde::de::DeserializeOwned>(
     api: &Api,
-    body: &web::Bytes,
+    payload: web::Payload,
     what: &str,
 ) -> Result<T, Problem> {
-    api.check_size(body.len())?;
-    serde_json::from_slice(body)
+    let body = read_body(api, payload).await?;
+    serde_json::from_slice(&body)
         .map_err(|e| invalid("invalid-workflow", format!("the body is not a {what}: {e}")))
 }
 
@@ -758,9 +854,9 @@ async fn read_workflow<T: serde::de::DeserializeOwned>(
 async fn submit_chain(
     api: web::Data<Arc<Api>>,
     caller: Bearer,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, Problem> {
-    let request = read_workflow(&api, &body, "chain {tasks: [...]}").await?;
+    let request = read_workflow(&api, payload, "chain {tasks: [...]}").await?;
     Ok(HttpResponse::Accepted().json(api.chain(&caller.0, request).await?))
 }
 
@@ -773,9 +869,9 @@ async fn submit_chain(
 async fn submit_group(
     api: web::Data<Arc<Api>>,
     caller: Bearer,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, Problem> {
-    let request = read_workflow(&api, &body, "group {tasks: [...]}").await?;
+    let request = read_workflow(&api, payload, "group {tasks: [...]}").await?;
     Ok(HttpResponse::Accepted().json(api.group(&caller.0, request).await?))
 }
 
@@ -788,9 +884,9 @@ async fn submit_group(
 async fn submit_chord(
     api: web::Data<Arc<Api>>,
     caller: Bearer,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, Problem> {
-    let request = read_workflow(&api, &body, "chord {header: [...], body: {...}}").await?;
+    let request = read_workflow(&api, payload, "chord {header: [...], body: {...}}").await?;
     Ok(HttpResponse::Accepted().json(api.chord(&caller.0, request).await?))
 }
 
@@ -854,18 +950,12 @@ impl Api {
             .validate()
             .map_err(|e| invalid("invalid-schedule", format!("schedule {name:?}: {e}")))?;
         let queue = self.schedule_queue(&schedule);
-        if queue.is_empty() || queue.contains(crate::celery::PRIORITY_SEP) {
-            return Err(invalid(
-                "invalid-schedule",
-                format!("invalid queue name {queue:?}"),
-            ));
-        }
-        require(caller, &format!("task:schedule:{queue}"))?;
+        require(caller, &queue_permission("schedule", &queue)?)?;
         // Replacing a schedule on another queue needs that queue's permission too.
         if let Some(old) = self.find_schedule(name).await? {
             require(
                 caller,
-                &format!("task:schedule:{}", self.schedule_queue(&old.schedule)),
+                &stored_queue_permission("schedule", &self.schedule_queue(&old.schedule)),
             )?;
         }
         schedule.queue = Some(queue);
@@ -899,7 +989,7 @@ impl Api {
             .filter(|s| {
                 require(
                     caller,
-                    &format!("task:schedule:{}", self.schedule_queue(&s.schedule)),
+                    &stored_queue_permission("schedule", &self.schedule_queue(&s.schedule)),
                 )
                 .is_ok()
             })
@@ -922,7 +1012,7 @@ impl Api {
             .ok_or_else(|| no_schedule(name))?;
         require(
             caller,
-            &format!("task:schedule:{}", self.schedule_queue(&found.schedule)),
+            &stored_queue_permission("schedule", &self.schedule_queue(&found.schedule)),
         )?;
         Ok(found)
     }
@@ -949,9 +1039,9 @@ async fn put_schedule(
     api: web::Data<Arc<Api>>,
     caller: Bearer,
     name: web::Path<String>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, Problem> {
-    api.check_size(body.len())?;
+    let body = read_body(&api, payload).await?;
     let schedule = serde_json::from_slice(&body).map_err(|e| {
         invalid(
             "invalid-schedule",
@@ -1018,9 +1108,8 @@ pub fn rest(api: Arc<Api>) -> quartet_kit::RestApi {
     let data = web::Data::new(api);
     quartet_kit::RestApi::new(
         move |cfg| {
+            // Bodies are read by `read_body`, which stops at `tasks.max_payload_bytes`.
             cfg.app_data(data.clone())
-                // The size check is ours (a clear error naming the limit), not actix's.
-                .app_data(web::PayloadConfig::new(64 << 20))
                 .route("/v1/tasks", web::post().to(submit))
                 .route("/v1/tasks/{id}", web::get().to(status))
                 .route("/v1/tasks/{id}", web::delete().to(revoke))

@@ -123,8 +123,8 @@ pub struct QueueStats {
 pub struct Delivery {
     /// The list it came from.
     pub list: String,
-    /// The raw list element.
-    pub raw: String,
+    /// The list element's bytes, as popped (not necessarily UTF-8, nor JSON).
+    pub raw: Vec<u8>,
     /// The decoded message, or why it is unusable.
     pub message: Result<TaskMessage, ProtocolError>,
     /// Whether the task was revoked before it was taken (read in the same round trip).
@@ -365,11 +365,11 @@ impl Broker {
         // The next message to be taken sits at the tail of the highest-priority bucket.
         let mut oldest_ms = None;
         for step in crate::celery::PRIORITY_STEPS {
-            let tail: redis::RedisResult<Option<String>> = conn
+            let tail: redis::RedisResult<Option<Vec<u8>>> = conn
                 .lindex(crate::celery::queue_list(queue, u32::from(step)), -1)
                 .await;
             if let Some(raw) = self.broker.check(tail).await? {
-                oldest_ms = TaskMessage::decode(raw.as_bytes())
+                oldest_ms = TaskMessage::decode(&raw)
                     .ok()
                     .and_then(|m| {
                         m.headers
@@ -439,16 +439,18 @@ impl Broker {
     }
 
     /// Moves an unusable message to the quarantine list ([`crate::worker::QUARANTINE`]) with
-    /// the list it came from and the reason: never dropped silently.
-    pub async fn quarantine(&self, list: &str, raw: &str, reason: &str) -> Result<(), BrokerError> {
-        let record = serde_json::json!({
-            "list": list,
-            "reason": reason,
-            "at": crate::celery::iso_now(),
-            "message": raw,
-        });
-        self.push(crate::worker::QUARANTINE, &record.to_string())
-            .await
+    /// the list it came from and the reason ([`quarantine_record`]): never dropped silently.
+    pub async fn quarantine(
+        &self,
+        list: &str,
+        raw: &[u8],
+        reason: &str,
+    ) -> Result<(), BrokerError> {
+        self.push(
+            crate::worker::QUARANTINE,
+            &quarantine_record(list, raw, reason),
+        )
+        .await
     }
 
     /// A connection for one consumer's blocking reads.
@@ -492,7 +494,7 @@ impl Broker {
         let script = redis::Script::new(REDELIVER);
         let mut moved = 0;
         for tag in self.broker.check(expired).await? {
-            let entry: redis::RedisResult<Option<String>> = conn.hget("unacked", &tag).await;
+            let entry: redis::RedisResult<Option<Vec<u8>>> = conn.hget("unacked", &tag).await;
             let Some(entry) = self.broker.check(entry).await? else {
                 let _: redis::RedisResult<()> = redis::pipe()
                     .zrem(LEASES, &tag)
@@ -501,18 +503,25 @@ impl Broker {
                     .await;
                 continue;
             };
-            // kombu's entry: [envelope, exchange, routing_key].
-            let Ok(serde_json::Value::Array(parts)) = serde_json::from_str(&entry) else {
+            let Some((raw, list)) = redelivery(&entry) else {
+                // Not kombu's entry around a usable message (only a hand-made one can be):
+                // kept in quarantine rather than retried, and out of the way of the others.
+                self.quarantine(
+                    "unacked",
+                    &entry,
+                    "an unacknowledged entry that is not [envelope, exchange, routing_key] around a usable message",
+                )
+                .await?;
+                let removed: redis::RedisResult<()> = redis::pipe()
+                    .atomic()
+                    .hdel("unacked", &tag)
+                    .zrem("unacked_index", &tag)
+                    .zrem(LEASES, &tag)
+                    .hdel(LEASE_OWNERS, &tag)
+                    .query_async(&mut conn)
+                    .await;
+                self.broker.check(removed).await?;
                 continue;
-            };
-            let Some(mut envelope) = parts.into_iter().next() else {
-                continue;
-            };
-            envelope["properties"]["delivery_info"]["redelivered"] = true.into();
-            let raw = envelope.to_string();
-            let list = match TaskMessage::decode(raw.as_bytes()) {
-                Ok(m) => m.list(),
-                Err(_) => continue,
             };
             let result: redis::RedisResult<i64> = script
                 .key("unacked")
@@ -678,6 +687,38 @@ impl Broker {
     }
 }
 
+/// kombu's `unacked` entry `[envelope, exchange, routing_key]` as the envelope marked
+/// redelivered and the list it goes back to, when it holds a usable message.
+fn redelivery(entry: &[u8]) -> Option<(String, String)> {
+    let entry: serde_json::Value = serde_json::from_slice(entry).ok()?;
+    let mut envelope = entry.get(0)?.clone();
+    if !envelope["properties"]["delivery_info"].is_object() {
+        return None;
+    }
+    envelope["properties"]["delivery_info"]["redelivered"] = true.into();
+    let raw = envelope.to_string();
+    let list = TaskMessage::decode(raw.as_bytes()).ok()?.list();
+    Some((raw, list))
+}
+
+/// A quarantine record: JSON `{list, reason, at, message}` with the element as text, or, when
+/// its bytes are not UTF-8, `message_base64` instead of `message`, so every byte is kept.
+pub fn quarantine_record(list: &str, raw: &[u8], reason: &str) -> String {
+    let mut record = serde_json::json!({
+        "list": list,
+        "reason": reason,
+        "at": crate::celery::iso_now(),
+    });
+    match std::str::from_utf8(raw) {
+        Ok(text) => record["message"] = text.into(),
+        Err(_) => {
+            use base64::Engine as _;
+            record["message_base64"] = base64::engine::general_purpose::STANDARD.encode(raw).into();
+        }
+    }
+    record.to_string()
+}
+
 /// A stored result record, decoded.
 pub(crate) fn read_record(
     task_id: &str,
@@ -735,7 +776,9 @@ impl Consumer {
         };
         let lists = consume_order(queues);
         let seconds = timeout.as_secs().max(1);
-        let popped: Option<(String, String)> = tokio::time::timeout(
+        // The element as bytes: a list may hold anything, and an element that is not UTF-8
+        // must reach quarantine, not fail the read after Redis has popped it.
+        let popped: Option<(String, Vec<u8>)> = tokio::time::timeout(
             Duration::from_secs(seconds + 10),
             redis::cmd("BRPOP")
                 .arg(&lists)
@@ -752,11 +795,11 @@ impl Consumer {
         let Some((list, raw)) = popped else {
             return Ok(None);
         };
-        let message = TaskMessage::decode(raw.as_bytes());
+        let message = TaskMessage::decode(&raw);
         let mut revoked = false;
         if let Ok(m) = &message {
             let envelope: serde_json::Value =
-                serde_json::from_str(&raw).unwrap_or(serde_json::Value::Null);
+                serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null);
             let entry = serde_json::json!([
                 envelope,
                 m.properties.delivery_info.exchange,

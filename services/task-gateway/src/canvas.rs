@@ -120,9 +120,15 @@ impl Broker {
         task_id: &str,
         index: Option<u64>,
         state: State,
-        result: &Value,
-    ) -> Result<Option<Vec<Value>>, BrokerError> {
-        let part = serde_json::json!([1, task_id, state.as_str(), result]).to_string();
+        result: &RawJson,
+    ) -> Result<Option<Vec<String>>, BrokerError> {
+        // Written as text, so the result keeps its digits.
+        let part = format!(
+            "[1,{},{},{}]",
+            Value::from(task_id),
+            Value::from(state.as_str()),
+            result.text()
+        );
         let score = index.map_or_else(|| "+inf".to_owned(), |i| i.to_string());
         let index_text = index.map_or_else(|| "None".to_owned(), |i| i.to_string());
         if let Some(embedded) = &self.embedded {
@@ -149,13 +155,7 @@ impl Broker {
             .arg(CLAIM_SECONDS)
             .invoke_async(&mut conn)
             .await;
-        let claimed = self.results_conn.check(claimed).await?;
-        Ok(claimed.map(|parts| {
-            parts
-                .iter()
-                .map(|p| serde_json::from_str(p).unwrap_or(Value::Null))
-                .collect()
-        }))
+        self.results_conn.check(claimed).await
     }
 
     /// Marks a chord whose body went out as done.
@@ -212,41 +212,55 @@ pub fn make_chain(steps: &mut [TaskMessage]) {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChordError(pub String);
 
-/// The results of a chord's parts (`[1, id, state, result]` each) in header order, or the
-/// first part that did not succeed, described as Celery's `ChordError` describes it.
-pub fn chord_results(parts: &[Value]) -> Result<Vec<Value>, ChordError> {
-    parts
-        .iter()
-        .map(|part| {
-            let state = part[2].as_str().unwrap_or("");
-            if state == State::Success.as_str() {
-                return Ok(part[3].clone());
-            }
-            let error = &part[3];
-            let message = error["exc_message"]
-                .as_array()
-                .and_then(|m| m.first())
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            Err(ChordError(format!(
-                "Dependency {} raised {}('{}')",
-                part[1].as_str().unwrap_or("?"),
-                error["exc_type"].as_str().unwrap_or(state),
-                message
-            )))
-        })
-        .collect()
+/// The results of a chord's parts (`[1, id, state, result]` each, as stored) in header order,
+/// as one JSON list kept as written, or the first part that did not succeed, described as
+/// Celery's `ChordError` describes it.
+pub fn chord_results(parts: &[String]) -> Result<RawJson, ChordError> {
+    let mut results = Vec::with_capacity(parts.len());
+    for part in parts {
+        let (_, id, state, result): (Value, Value, String, RawJson) = serde_json::from_str(part)
+            .map_err(|e| ChordError(format!("a chord part is not [1, id, state, result]: {e}")))?;
+        if state == State::Success.as_str() {
+            results.push(result);
+            continue;
+        }
+        let error = result.value();
+        let message = error["exc_message"]
+            .as_array()
+            .and_then(|m| m.first())
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        return Err(ChordError(format!(
+            "Dependency {} raised {}('{}')",
+            id.as_str().unwrap_or("?"),
+            error["exc_type"].as_str().unwrap_or(&state),
+            message
+        )));
+    }
+    let texts: Vec<&str> = results.iter().map(RawJson::text).collect();
+    RawJson::parse(&format!("[{}]", texts.join(",")))
+        .map_err(|e| ChordError(format!("the chord's results do not form a list: {e}")))
 }
 
 /// The message for a signature `{task, args, kwargs, options, immutable}` called with
 /// `previous` prepended to its arguments (unless immutable): a chain's next step, or a chord's
 /// body with the list of the header's results. `options` may carry `task_id`, `queue`,
-/// `priority`, `time_limit`, `soft_time_limit` and `countdown`.
-pub fn chain_step(signature: &Value, previous: &Value, default_queue: &str) -> Option<TaskMessage> {
+/// `priority`, `time_limit`, `soft_time_limit` and `countdown`. `previous` goes in as written,
+/// so a result's digits carry on.
+pub fn chain_step(
+    signature: &Value,
+    previous: &RawJson,
+    default_queue: &str,
+) -> Option<TaskMessage> {
     let task = signature["task"].as_str()?;
-    let mut args: Vec<Value> = signature["args"].as_array().cloned().unwrap_or_default();
+    let mut args: Vec<String> = signature["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(Value::to_string)
+        .collect();
     if !signature["immutable"].as_bool().unwrap_or(false) {
-        args.insert(0, previous.clone());
+        args.insert(0, previous.text().to_owned());
     }
     let kwargs = match &signature["kwargs"] {
         Value::Object(map) => Value::Object(map.clone()),
@@ -257,7 +271,7 @@ pub fn chain_step(signature: &Value, previous: &Value, default_queue: &str) -> O
     let priority = options["priority"].as_u64().unwrap_or(0) as u32;
     let mut message = TaskMessage::new(
         task,
-        RawJson::parse(&Value::Array(args).to_string()).ok()?,
+        RawJson::parse(&format!("[{}]", args.join(","))).ok()?,
         RawJson::parse(&kwargs.to_string()).ok()?,
         queue,
         priority,
@@ -286,16 +300,17 @@ mod tests {
     #[test]
     fn results_come_in_header_order_and_a_failed_part_names_itself() {
         let parts = vec![
-            serde_json::json!([1, "a", "SUCCESS", 1]),
-            serde_json::json!([1, "b", "SUCCESS", [2, 3]]),
+            serde_json::json!([1, "a", "SUCCESS", 1]).to_string(),
+            serde_json::json!([1, "b", "SUCCESS", [2, 3]]).to_string(),
+            r#"[1, "c", "SUCCESS", 123456789012345678901234567890]"#.to_owned(),
         ];
         assert_eq!(
-            chord_results(&parts),
-            Ok(vec![serde_json::json!(1), serde_json::json!([2, 3])])
+            chord_results(&parts).map(|r| r.text().to_owned()),
+            Ok("[1,[2,3],123456789012345678901234567890]".to_owned())
         );
         let failed = vec![
-            serde_json::json!([1, "a", "SUCCESS", 1]),
-            serde_json::json!([1, "b", "FAILURE", {"exc_type": "ValueError", "exc_message": ["boom"], "exc_module": "builtins"}]),
+            serde_json::json!([1, "a", "SUCCESS", 1]).to_string(),
+            serde_json::json!([1, "b", "FAILURE", {"exc_type": "ValueError", "exc_message": ["boom"], "exc_module": "builtins"}]).to_string(),
         ];
         assert_eq!(
             chord_results(&failed),
@@ -306,14 +321,19 @@ mod tests {
     #[test]
     fn a_step_gets_the_previous_result_first_unless_immutable() {
         let sig = serde_json::json!({"task": "t", "args": [10], "kwargs": {}, "options": {"task_id": "x", "queue": "q", "time_limit": 5.0}, "immutable": false});
-        let m = chain_step(&sig, &serde_json::json!(5), "celery").expect("a signature");
+        let m =
+            chain_step(&sig, &RawJson::from(serde_json::json!(5)), "celery").expect("a signature");
         assert_eq!(m.args.value(), serde_json::json!([5, 10]));
+        let wide = RawJson::parse("123456789012345678901234567890").expect("json");
+        let m = chain_step(&sig, &wide, "celery").expect("a signature");
+        assert_eq!(m.args.text(), "[123456789012345678901234567890,10]");
         assert_eq!(m.headers.id, "x");
         assert_eq!(m.properties.delivery_info.routing_key, "q");
         assert_eq!(m.headers.timelimit, (Some(5.0), None));
         let mut frozen = sig.clone();
         frozen["immutable"] = true.into();
-        let m = chain_step(&frozen, &serde_json::json!(5), "celery").expect("a signature");
+        let m = chain_step(&frozen, &RawJson::from(serde_json::json!(5)), "celery")
+            .expect("a signature");
         assert_eq!(m.args.value(), serde_json::json!([10]));
     }
 
@@ -327,7 +347,7 @@ mod tests {
             3,
         );
         m.headers.timelimit = (Some(9.0), Some(4.0));
-        let again = chain_step(&m.signature(), &Value::Null, "celery").expect("a signature");
+        let again = chain_step(&m.signature(), &RawJson::null(), "celery").expect("a signature");
         assert_eq!(again.headers.id, m.headers.id);
         assert_eq!(again.headers.timelimit, m.headers.timelimit);
         assert_eq!(again.properties.priority, 3);

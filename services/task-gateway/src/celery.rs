@@ -15,6 +15,12 @@
 //!
 //! Only the JSON serializer is accepted; pickle, YAML and msgpack messages are refused with an
 //! error naming the content type.
+//!
+//! [`TaskMessage::decode`] is the one parser of popped bytes: any input gives a message or a
+//! [`ProtocolError`], never a panic (the fuzz target calls it). Task arguments and results stay
+//! JSON text ([`RawJson`]); [`check_json`] says whether a worker can read them: at most
+//! [`MAX_JSON_DEPTH`] levels of nesting, numbers a 64-bit float holds (integers of any width
+//! are kept as written), no lone UTF-16 surrogate escapes.
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -38,10 +44,162 @@ impl RawJson {
         self.0.get()
     }
 
-    /// The value, parsed (large integers become floats).
+    /// The value, parsed (large integers become floats; unreadable text becomes null): for
+    /// looking at fields, never for passing a value on — see [`read_value`].
     pub fn value(&self) -> Value {
         serde_json::from_str(self.text()).unwrap_or(Value::Null)
     }
+
+    /// JSON `null`.
+    pub fn null() -> Self {
+        Self(RawValue::NULL.to_owned())
+    }
+}
+
+impl From<Value> for RawJson {
+    fn from(value: Value) -> Self {
+        // A Value always serializes (its map keys are strings), and its text is JSON.
+        Self(serde_json::value::to_raw_value(&value).unwrap_or_else(|_| RawValue::NULL.to_owned()))
+    }
+}
+
+/// The deepest nesting of arrays and objects in task arguments, keyword arguments and results
+/// that the gateway accepts and its workers read (each counted on its own: `[[1]]` is 2).
+/// serde_json, which our workers parse with, stops at 128 levels for a whole document; a
+/// result is wrapped once more in its record, a chain step's result once more in the next
+/// step's arguments, a chord's part results twice in the body's, and a chain's later steps
+/// four times in the first message's body, so 64 leaves room for all of them. Celery's
+/// Python peers read deeper.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Why JSON text (task arguments, a result) cannot be handed to a worker as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JsonError {
+    /// Nested deeper than [`MAX_JSON_DEPTH`].
+    #[error(
+        "it nests {depth} levels of arrays and objects; the limit is {MAX_JSON_DEPTH}: flatten the data or pass it by reference"
+    )]
+    TooDeep {
+        /// The depth found.
+        depth: usize,
+    },
+    /// A UTF-16 surrogate escape without its pair (`"\ud800"`): no character, so no reader
+    /// that wants text (serde_json, Rust strings) takes it.
+    #[error(
+        "it holds the escape {0}, half of a UTF-16 surrogate pair without the other half, which is no character"
+    )]
+    LoneSurrogate(String),
+    /// Other syntax a JSON reader refuses, such as a number beyond a 64-bit float
+    /// (`1e999999`): serde_json's words, with the position.
+    #[error("{0}")]
+    Unreadable(String),
+    /// An integer beyond 64 bits where the reader would round it to a float.
+    #[error(
+        "it holds the integer {0}, beyond 64 bits, which a handler taking JSON values would receive rounded: register the task with Worker::task_raw to get the text as written"
+    )]
+    WideInteger(String),
+}
+
+/// What one pass over JSON text finds.
+#[derive(Default)]
+struct Shape<'a> {
+    /// The deepest nesting of arrays and objects.
+    depth: usize,
+    /// The first integer beyond 64 bits.
+    wide: Option<&'a str>,
+    /// The first `\uXXXX` escape that is half a surrogate pair alone.
+    lone_surrogate: Option<&'a str>,
+}
+
+/// The UTF-16 code unit of the escape `\uXXXX` at `at`, if there is one.
+fn escaped_unit(text: &str, at: usize) -> Option<u16> {
+    let escape = text.get(at..at + 6)?;
+    let hex = escape.strip_prefix("\\u")?;
+    u16::from_str_radix(hex, 16).ok()
+}
+
+/// One pass over the bytes of text that is already JSON, no recursion: how deep it nests, its
+/// first integer beyond 64 bits, its first lone surrogate escape.
+fn shape(text: &str) -> Shape<'_> {
+    let bytes = text.as_bytes();
+    let mut found = Shape::default();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        if let Some(unit) = escaped_unit(text, i) {
+                            let paired = (0xD800..0xDC00).contains(&unit)
+                                && escaped_unit(text, i + 6)
+                                    .is_some_and(|low| (0xDC00..0xE000).contains(&low));
+                            if paired {
+                                i += 6;
+                            } else if (0xD800..0xE000).contains(&unit) {
+                                found.lone_surrogate =
+                                    found.lone_surrogate.or_else(|| text.get(i..i + 6));
+                            }
+                        }
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                found.depth = found.depth.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i + 1 < bytes.len()
+                    && matches!(bytes[i + 1], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                {
+                    i += 1;
+                }
+                // ASCII only between `start` and `i`: the slice is on character boundaries.
+                let number = text.get(start..=i).unwrap_or_default();
+                if found.wide.is_none()
+                    && !number.contains(['.', 'e', 'E'])
+                    && number.parse::<i64>().is_err()
+                    && number.parse::<u64>().is_err()
+                {
+                    found.wide = Some(number);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    found
+}
+
+/// Whether a worker can read `text` (JSON, as [`RawJson`] holds it): nested at most
+/// [`MAX_JSON_DEPTH`] levels, every number within a 64-bit float's range (integers wider than
+/// 64 bits are fine: they travel as written), no lone surrogate escapes.
+pub fn check_json(text: &str) -> Result<(), JsonError> {
+    let found = shape(text);
+    if found.depth > MAX_JSON_DEPTH {
+        return Err(JsonError::TooDeep { depth: found.depth });
+    }
+    if let Some(escape) = found.lone_surrogate {
+        return Err(JsonError::LoneSurrogate(escape.to_owned()));
+    }
+    serde_json::from_str::<Value>(text)
+        .map(drop)
+        .map_err(|e| JsonError::Unreadable(e.to_string()))
+}
+
+/// `text` as a JSON value, for handlers that take values: [`check_json`], and also refused when
+/// an integer is wider than 64 bits (a value would hold it rounded).
+pub fn read_value(text: &str) -> Result<Value, JsonError> {
+    check_json(text)?;
+    if let Some(wide) = shape(text).wide {
+        return Err(JsonError::WideInteger(wide.to_owned()));
+    }
+    serde_json::from_str(text).map_err(|e| JsonError::Unreadable(e.to_string()))
 }
 
 impl PartialEq for RawJson {
@@ -92,6 +250,12 @@ pub fn result_key(task_id: &str) -> String {
 /// Why a message cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
+    /// The list element is not UTF-8 text, so not JSON.
+    #[error("not a kombu message envelope: not UTF-8 text (invalid byte at offset {offset})")]
+    NotUtf8 {
+        /// Where the first invalid byte is.
+        offset: usize,
+    },
     /// The list element is not a kombu JSON envelope.
     #[error("not a kombu message envelope: {0}")]
     Envelope(String),
@@ -268,8 +432,14 @@ struct Envelope {
 }
 
 impl TaskMessage {
-    /// Decodes one list element.
+    /// Decodes one list element, whatever its bytes: a message, or why it is not one (never a
+    /// panic). The fuzz target calls this.
     pub fn decode(raw: &[u8]) -> Result<Self, ProtocolError> {
+        if let Err(e) = std::str::from_utf8(raw) {
+            return Err(ProtocolError::NotUtf8 {
+                offset: e.valid_up_to(),
+            });
+        }
         let envelope: Envelope =
             serde_json::from_slice(raw).map_err(|e| ProtocolError::Envelope(e.to_string()))?;
         if envelope.content_type != "application/json" {
@@ -473,8 +643,9 @@ impl State {
 pub struct ResultMeta {
     /// The state.
     pub status: State,
-    /// The return value, or for FAILURE/RETRY `{exc_type, exc_message: [args…], exc_module}`.
-    pub result: Value,
+    /// The return value, or for FAILURE/RETRY `{exc_type, exc_message: [args…], exc_module}`:
+    /// JSON text as written (an integer beyond 64 bits keeps its digits).
+    pub result: RawJson,
     /// The formatted traceback of a failure.
     #[serde(default)]
     pub traceback: Option<String>,
@@ -511,12 +682,12 @@ impl ResultMeta {
     pub fn finished(
         task_id: &str,
         status: State,
-        result: Value,
+        result: impl Into<RawJson>,
         traceback: Option<String>,
     ) -> Self {
         Self {
             status,
-            result,
+            result: result.into(),
             traceback,
             children: Vec::new(),
             date_done: Some(iso_now()),
@@ -695,6 +866,91 @@ mod tests {
             TaskMessage::decode(b"not json"),
             Err(ProtocolError::Envelope(_))
         ));
+    }
+
+    #[test]
+    fn json_a_worker_cannot_read_is_named() {
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        assert_eq!(check_json(&deep(MAX_JSON_DEPTH)), Ok(()));
+        assert_eq!(
+            check_json(&deep(MAX_JSON_DEPTH + 1)),
+            Err(JsonError::TooDeep { depth: 65 })
+        );
+        assert_eq!(
+            check_json(&deep(100_000)),
+            Err(JsonError::TooDeep { depth: 100_000 })
+        );
+        // Brackets inside strings, escaped quotes included, are not nesting.
+        assert_eq!(check_json(r#"["[[[[\"[[[[", {"a]": "}}}"}]"#), Ok(()));
+        for (text, escape) in [
+            (r#"["\ud800"]"#, r"\ud800"),
+            (r#"{"k": "a\uDFFFb"}"#, r"\uDFFF"),
+            (r#"["\ud800\ud800"]"#, r"\ud800"),
+            (r#"["\\ud800", "\ud83d\ude00", "\udbff"]"#, r"\udbff"),
+        ] {
+            assert_eq!(
+                check_json(text),
+                Err(JsonError::LoneSurrogate(escape.into())),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            check_json(r#"["\ud83d\ude00 \\ud800"]"#),
+            Ok(()),
+            "a pair, and an escaped backslash"
+        );
+        for (text, words) in [
+            ("[1e999999]", "number out of range"),
+            ("[-1e400]", "number out of range"),
+        ] {
+            match check_json(text) {
+                Err(JsonError::Unreadable(why)) => assert!(why.contains(words), "{text}: {why}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        let wide = "[123456789012345678901234567890, -99999999999999999999, 1.5e3]";
+        assert_eq!(check_json(wide), Ok(()), "wide integers travel as text");
+        assert_eq!(
+            read_value(wide),
+            Err(JsonError::WideInteger(
+                "123456789012345678901234567890".into()
+            ))
+        );
+        assert_eq!(
+            read_value("[18446744073709551615, -9223372036854775808, 2.5]"),
+            Ok(serde_json::json!([18446744073709551615u64, i64::MIN, 2.5]))
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_named_not_a_panic() {
+        assert_eq!(
+            TaskMessage::decode(b"{\"body\":\"\xff\xfe\"}"),
+            Err(ProtocolError::NotUtf8 { offset: 9 })
+        );
+        for raw in [&b""[..], b"\xff", b"{", b"[1,", b"null", b"{\"body\": 1}"] {
+            assert!(TaskMessage::decode(raw).is_err(), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn a_result_keeps_its_digits_through_its_record() {
+        let raw = r#"{"status": "SUCCESS", "result": [123456789012345678901234567890], "traceback": null, "children": [], "date_done": "2026-01-01T00:00:00.000000+00:00", "task_id": "x", "name": "t"}"#;
+        let meta: ResultMeta = serde_json::from_str(raw).expect("a record");
+        assert_eq!(meta.result.text(), "[123456789012345678901234567890]");
+        assert_eq!(meta.extended["name"], "t");
+        let again = serde_json::to_string(&meta).expect("encode");
+        assert!(
+            again.contains("[123456789012345678901234567890]"),
+            "{again}"
+        );
+        let meta = ResultMeta::finished(
+            "y",
+            State::Success,
+            RawJson::parse("2e0").expect("json"),
+            None,
+        );
+        assert_eq!(meta.result.text(), "2e0");
     }
 
     #[test]

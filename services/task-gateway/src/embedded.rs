@@ -19,7 +19,7 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use serde_json::Value;
 
 use crate::broker::{BrokerError, Delivery, QueueStats, now_millis};
-use crate::celery::{ResultMeta, TaskMessage, priority_bucket, queue_list};
+use crate::celery::{ProtocolError, ResultMeta, TaskMessage, priority_bucket, queue_list};
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
@@ -46,6 +46,29 @@ CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, definition TEXT NOT
 
 /// A schedule as stored: name, definition (JSON), due time (ms), runs (JSON).
 pub type StoredSchedule = (String, String, u64, Option<String>);
+
+/// Column `index` as bytes, whether SQLite holds text (of any encoding) or a blob there.
+fn bytes_at(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Vec<u8>> {
+    let value = row.get_ref(index)?;
+    value
+        .as_bytes_or_null()
+        .map(|b| b.unwrap_or_default().to_vec())
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(index, value.data_type(), Box::new(e))
+        })
+}
+
+/// The envelope with `redelivered` set, or as it was when it is not a JSON object (it is then
+/// quarantined as it was).
+fn mark_redelivered(envelope: Vec<u8>) -> Vec<u8> {
+    match serde_json::from_slice::<Value>(&envelope) {
+        Ok(mut value @ Value::Object(_)) if value["properties"]["delivery_info"].is_object() => {
+            value["properties"]["delivery_info"]["redelivered"] = true.into();
+            value.to_string().into_bytes()
+        }
+        _ => envelope,
+    }
+}
 
 /// One SQLite broker file, shared by every handle in the process.
 pub struct Embedded {
@@ -132,6 +155,10 @@ impl Embedded {
         self.insert(&parked, due)
     }
 
+    /// Takes the next ready message, leased to `owner`. A row that is not a usable message
+    /// (only a hand-made one can be: the broker writes what it encoded) goes to the quarantine
+    /// list with the reason in the same transaction, and the next row is taken: never lost,
+    /// never handed out again.
     fn take(
         &self,
         queues: &[&str],
@@ -144,32 +171,63 @@ impl Embedded {
             "UPDATE messages SET owner = ?1, lease_until = ?2 WHERE seq = (
                SELECT seq FROM messages WHERE owner IS NULL AND due_ms <= ?3 AND queue IN ({marks})
                ORDER BY bucket, seq LIMIT 1)
-             RETURNING queue, bucket, envelope, redelivered"
+             RETURNING seq, queue, bucket, envelope, redelivered"
         );
-        let taken: Option<(String, u32, String, bool)> = self.with(|c| {
-            let mut values: Vec<rusqlite::types::Value> =
-                vec![owner.to_owned().into(), expiry(lease).into(), now.into()];
-            values.extend(queues.iter().map(|q| (*q).to_owned().into()));
-            c.query_row(&sql, rusqlite::params_from_iter(values), |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .optional()
-        })?;
-        Ok(taken.map(|(queue, bucket, envelope, redelivered)| {
-            let raw = if redelivered {
-                let mut value: Value = serde_json::from_str(&envelope).unwrap_or(Value::Null);
-                value["properties"]["delivery_info"]["redelivered"] = true.into();
-                value.to_string()
-            } else {
-                envelope
-            };
-            let message = TaskMessage::decode(raw.as_bytes());
+        let taken: Option<(String, Vec<u8>, Result<TaskMessage, ProtocolError>)> =
+            self.with(|c| {
+                let tx = c.transaction()?;
+                let mut taken = None;
+                loop {
+                    let mut values: Vec<rusqlite::types::Value> =
+                        vec![owner.to_owned().into(), expiry(lease).into(), now.into()];
+                    values.extend(queues.iter().map(|q| (*q).to_owned().into()));
+                    // The envelope as bytes, whatever the column holds (text or a blob).
+                    let row: Option<(i64, String, u32, Vec<u8>, bool)> = tx
+                        .query_row(&sql, rusqlite::params_from_iter(values), |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, bytes_at(r, 3)?, r.get(4)?))
+                        })
+                        .optional()?;
+                    let Some((seq, queue, bucket, envelope, redelivered)) = row else {
+                        break;
+                    };
+                    let list = queue_list(&queue, bucket);
+                    let raw = if redelivered {
+                        mark_redelivered(envelope)
+                    } else {
+                        envelope
+                    };
+                    match TaskMessage::decode(&raw) {
+                        Ok(message) => {
+                            taken = Some((list, raw, Ok(message)));
+                            break;
+                        }
+                        Err(reason) => {
+                            tracing::warn!(%list, %reason, "quarantined an unusable message");
+                            tx.execute("DELETE FROM messages WHERE seq = ?1", params![seq])?;
+                            tx.execute(
+                                "INSERT INTO lists (name, value) VALUES (?1, ?2)",
+                                params![
+                                    crate::worker::QUARANTINE,
+                                    crate::broker::quarantine_record(
+                                        &list,
+                                        &raw,
+                                        &reason.to_string()
+                                    )
+                                ],
+                            )?;
+                        }
+                    }
+                }
+                tx.commit()?;
+                Ok(taken)
+            })?;
+        Ok(taken.map(|(list, raw, message)| {
             let revoked = message.as_ref().is_ok_and(|m| {
                 self.recall(&crate::broker::revoked_key(&m.headers.id))
                     .is_ok_and(|r| r.is_some())
             });
             Delivery {
-                list: queue_list(&queue, bucket),
+                list,
                 message,
                 raw,
                 revoked,
@@ -286,11 +344,11 @@ impl Embedded {
             )?;
             let consumers: Vec<String> =
                 stmt.query_map(params![queue], |r| r.get(0))?.collect::<Result<_, _>>()?;
-            let next: Option<String> = c
+            let next: Option<Vec<u8>> = c
                 .query_row(
                     "SELECT envelope FROM messages WHERE queue = ?1 AND owner IS NULL AND due_ms <= ?2 ORDER BY bucket, seq LIMIT 1",
                     params![queue, now],
-                    |r| r.get(0),
+                    |r| bytes_at(r, 0),
                 )
                 .optional()?;
             let dead: u64 = c.query_row(
@@ -301,7 +359,7 @@ impl Embedded {
             Ok((delayed, in_flight, consumers, next, dead))
         })?;
         let oldest_waiting_ms = next
-            .and_then(|raw| TaskMessage::decode(raw.as_bytes()).ok())
+            .and_then(|raw| TaskMessage::decode(&raw).ok())
             .and_then(|m| {
                 m.headers
                     .extra
@@ -476,7 +534,7 @@ impl Embedded {
         index: f64,
         part: &str,
         claim_for: Duration,
-    ) -> Result<Option<Vec<Value>>, BrokerError> {
+    ) -> Result<Option<Vec<String>>, BrokerError> {
         let size_key = format!("chord:{group_id}:size");
         let claim_key = format!("chord:{group_id}:claim");
         let now = now_millis() as i64;
@@ -523,11 +581,7 @@ impl Embedded {
                     .query_map(params![group_id], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
                 drop(stmt);
-                parts = Some(
-                    rows.iter()
-                        .map(|p| serde_json::from_str(p).unwrap_or(Value::Null))
-                        .collect(),
-                );
+                parts = Some(rows);
             }
             tx.commit()?;
             Ok(parts)

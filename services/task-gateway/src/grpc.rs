@@ -80,7 +80,7 @@ fn task_status(status: TaskStatus) -> pb::TaskStatus {
     pb::TaskStatus {
         id: status.id,
         state: status.state,
-        result_json: status.result.to_string(),
+        result_json: status.result.text().to_owned(),
         traceback: status.traceback,
         date_done: status.date_done,
     }

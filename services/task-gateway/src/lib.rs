@@ -55,8 +55,10 @@ impl Default for RedisSettings {
 pub struct TaskSettings {
     /// The queue of a submission that names none (Celery's default queue is `celery`).
     pub default_queue: String,
-    /// The largest submission accepted, in bytes; larger ones are refused with an error naming the limit.
+    /// The largest request body (a submission, a workflow, a schedule) accepted, in bytes; reading stops there and the request is refused with an error naming the limit.
     pub max_payload_bytes: usize,
+    /// Requests waiting for results at once (`?wait=`, gRPC `wait`), each holding a Redis subscription for up to 60 s; more are refused with 429 / RESOURCE_EXHAUSTED until some finish.
+    pub max_waiters: usize,
     /// Seconds an idempotency key dedupes submissions on its queue.
     pub idempotency_seconds: u64,
     /// Send Celery's `task-sent` event for each submission (Celery's `task_send_sent_event`).
@@ -70,6 +72,7 @@ impl Default for TaskSettings {
         Self {
             default_queue: "celery".into(),
             max_payload_bytes: 1 << 20,
+            max_waiters: 1000,
             idempotency_seconds: 86_400,
             sent_events: false,
             scheduler: true,
@@ -145,26 +148,63 @@ impl ServiceConfig for Config {
     }
 }
 
+/// `quartet.add`: the sum of its arguments, read as written — integers exactly (up to 38
+/// digits, i128), anything with a fraction or exponent as 64-bit floats.
+fn add(args: &celery::RawJson) -> Result<celery::RawJson, worker::TaskError> {
+    use worker::TaskError;
+    let not_numbers = || TaskError::new("TypeError", "quartet.add takes a list of numbers");
+    let items: Vec<celery::RawJson> =
+        serde_json::from_str(args.text()).map_err(|_| not_numbers())?;
+    let (mut integer, mut float, mut floats) = (0i128, 0f64, false);
+    for item in &items {
+        let text = item.text();
+        let is_integer = text
+            .strip_prefix('-')
+            .unwrap_or(text)
+            .bytes()
+            .all(|b| b.is_ascii_digit());
+        if is_integer && !text.is_empty() {
+            let n: i128 = text.parse().map_err(|_| {
+                TaskError::new(
+                    "OverflowError",
+                    format!("quartet.add takes integers of up to 38 digits, not {text}"),
+                )
+            })?;
+            integer = integer.checked_add(n).ok_or_else(|| {
+                TaskError::new("OverflowError", "the sum is beyond 128-bit integers")
+            })?;
+        } else {
+            float += serde_json::from_str::<f64>(text).map_err(|_| not_numbers())?;
+            floats = true;
+        }
+    }
+    let text = if floats {
+        let sum = float + integer as f64;
+        if !sum.is_finite() {
+            return Err(TaskError::new(
+                "OverflowError",
+                "the sum is beyond a 64-bit float",
+            ));
+        }
+        if sum.fract() == 0.0 && sum.abs() < 9e15 {
+            (sum as i64).to_string()
+        } else {
+            serde_json::Value::from(sum).to_string()
+        }
+    } else {
+        integer.to_string()
+    };
+    celery::RawJson::parse(&text).map_err(|e| TaskError::new("ValueError", e.to_string()))
+}
+
 /// The built-in tasks the gateway's own worker runs.
 pub fn builtin_worker(worker: worker::Worker) -> worker::Worker {
     use serde_json::Value;
     use worker::TaskError;
     worker
-        .task("quartet.echo", |args, _| async move { Ok(args) })
-        .task("quartet.add", |args, _| async move {
-            let numbers: Option<Vec<f64>> = args
-                .as_array()
-                .map(|a| a.iter().map(Value::as_f64).collect())
-                .unwrap_or(None);
-            let numbers =
-                numbers.ok_or_else(|| TaskError::new("TypeError", "quartet.add takes numbers"))?;
-            let sum: f64 = numbers.iter().sum();
-            Ok(if sum.fract() == 0.0 && sum.abs() < 9e15 {
-                Value::from(sum as i64)
-            } else {
-                Value::from(sum)
-            })
-        })
+        // Raw: the arguments come back exactly as written, wide integers included.
+        .task_raw("quartet.echo", |args, _| async move { Ok(args) })
+        .task_raw("quartet.add", |args, _| async move { add(&args) })
         .task("quartet.flaky", |args, _| async move {
             // Always fails, asking for a retry after args[0] seconds: shows retries and
             // dead letters.
@@ -193,6 +233,9 @@ pub fn builtin_worker(worker: worker::Worker) -> worker::Worker {
 
 /// Serves `quartet-task-gateway` until a stop signal, then drains.
 pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
+    // The default queue goes into permissions like any queue a client names.
+    quartet_kit::permission::check_name("queue", &config.tasks.default_queue)
+        .map_err(|e| anyhow::anyhow!("tasks.default_queue: {e}"))?;
     let broker = broker::Broker::open(&config.redis.broker_url, &config.redis.result_url)
         .map_err(|e| anyhow::anyhow!("redis.broker_url / redis.result_url: {e}"))?;
     let probe = broker.clone();
@@ -256,6 +299,12 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         broker,
         default_queue: config.tasks.default_queue.clone(),
         max_payload_bytes: config.tasks.max_payload_bytes,
+        waiters: std::sync::Arc::new(tokio::sync::Semaphore::new(
+            config
+                .tasks
+                .max_waiters
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        )),
         idempotency_window: std::time::Duration::from_secs(config.tasks.idempotency_seconds),
     });
     let authenticator = quartet_kit::token::authenticator(&config.auth);

@@ -164,6 +164,11 @@ impl Schedule {
         if !self.kwargs.is_object() {
             return Err(Invalid("kwargs must be a JSON object".into()));
         }
+        // The same rule as for submissions: what a worker can read.
+        for (what, value) in [("args", &self.args), ("kwargs", &self.kwargs)] {
+            crate::celery::check_json(&value.to_string())
+                .map_err(|e| Invalid(format!("{what}: {e}")))?;
+        }
         match (&self.cron, self.every) {
             (Some(_), Some(_)) | (None, None) => {
                 return Err(Invalid("give exactly one of cron and every".into()));

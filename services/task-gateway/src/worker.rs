@@ -20,9 +20,13 @@
 //! not Celery's one-hour visibility timeout) while a live worker's long task is never handed
 //! out again; any worker puts expired leases back, atomically and only if still unacknowledged.
 //! At most `concurrency` tasks run at once, each consumer taking one message at a time
-//! (prefetch 1); a message that is not a
-//! usable Celery protocol v2 JSON message is moved to the quarantine list with the reason,
-//! never dropped and never crashing the worker; an unknown task name is a FAILURE
+//! (prefetch 1); anything popped that is not a usable Celery protocol v2 JSON message (not
+//! UTF-8, not JSON, the wrong shape, …) is moved to the quarantine list with the reason — the
+//! push retried until it succeeds, so nothing popped is lost while the process lives — and
+//! the consumer goes on; arguments a handler cannot read (nested deeper than
+//! [`crate::celery::MAX_JSON_DEPTH`], numbers beyond a float, lone surrogates, integers beyond
+//! 64 bits for a handler taking values) fail the task with `ValueError` naming the problem;
+//! an unknown task name is a FAILURE
 //! (`NotRegistered`), as Celery reports it; on stop, consumers stop taking work and the tasks
 //! in hand finish.
 
@@ -38,7 +42,7 @@ use tracing::Instrument as _;
 
 use crate::broker::{Broker, BrokerError, Consumer, Delivery};
 use crate::canvas::chain_step;
-use crate::celery::{ResultMeta, State, TaskMessage, exception};
+use crate::celery::{RawJson, ResultMeta, State, TaskMessage, exception};
 
 /// The list where unusable messages go, each wrapped with the reason and the time.
 pub const QUARANTINE: &str = "quartet.quarantine";
@@ -102,11 +106,28 @@ impl Worker {
     /// and body (a 503 or 429 asks for a retry in 5 s, within the retry budget). Any language
     /// with an HTTP server can be a worker this way.
     pub fn webhook(self, name: &str, url: &str, client: reqwest::Client) -> Self {
+        /// The call, arguments as written.
+        #[derive(serde::Serialize)]
+        struct Call<'a> {
+            task: &'a str,
+            args: &'a RawJson,
+            kwargs: &'a RawJson,
+        }
+        /// The answer; its result as written.
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            result: Option<RawJson>,
+        }
         let (task, url) = (name.to_owned(), url.to_owned());
-        self.task(name, move |args, kwargs| {
+        self.task_raw(name, move |args, kwargs| {
             let (client, task, url) = (client.clone(), task.clone(), url.clone());
             async move {
-                let body = serde_json::json!({"task": task, "args": args, "kwargs": kwargs});
+                let body = Call {
+                    task: &task,
+                    args: &args,
+                    kwargs: &kwargs,
+                };
                 let response = client.post(&url).json(&body).send().await.map_err(|e| {
                     TaskError::retry(
                         "WebhookUnreachable",
@@ -117,10 +138,15 @@ impl Worker {
                 let status = response.status();
                 let text = response.text().await.unwrap_or_default();
                 if status.is_success() {
-                    let answer: Value = serde_json::from_str(&text).map_err(|e| {
-                        TaskError::new("WebhookError", format!("{url} answered non-JSON: {e}"))
+                    let answer: Answer = serde_json::from_str(&text).map_err(|e| {
+                        TaskError::new(
+                            "WebhookError",
+                            format!(
+                                "{url} answered other than a JSON object {{\"result\": …}}: {e}"
+                            ),
+                        )
                     })?;
-                    return Ok(answer.get("result").cloned().unwrap_or(Value::Null));
+                    return Ok(answer.result.unwrap_or_else(RawJson::null));
                 }
                 let message = format!(
                     "{url} answered {status}: {}",
@@ -144,10 +170,14 @@ impl Worker {
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
 
 type BoxedHandler = Arc<
-    dyn Fn(Value, Value) -> Pin<Box<dyn Future<Output = Result<Value, TaskError>> + Send>>
+    dyn Fn(RawJson, RawJson) -> Pin<Box<dyn Future<Output = Result<RawJson, TaskError>> + Send>>
         + Send
         + Sync,
 >;
+
+/// The label metrics use for task names no handler serves: a client may send any name, and
+/// each name would otherwise be a new time series.
+pub const UNREGISTERED_LABEL: &str = "(unregistered)";
 
 /// A worker: handlers by task name, the queues it consumes, how many tasks run at once.
 #[derive(Clone)]
@@ -200,6 +230,16 @@ tokio::task_local! {
 /// The running task's context, inside a handler (None elsewhere).
 pub fn context() -> Option<TaskContext> {
     CONTEXT.try_with(Clone::clone).ok()
+}
+
+/// `text` as a value for a handler that takes values, or the `ValueError` naming why not.
+fn readable(what: &str, text: &RawJson) -> Result<Value, TaskError> {
+    crate::celery::read_value(text.text()).map_err(|e| {
+        TaskError::new(
+            "ValueError",
+            format!("the task's {what} cannot be read: {e}"),
+        )
+    })
 }
 
 /// When the gateway published a task, if it did (ms since the epoch).
@@ -404,7 +444,9 @@ impl Worker {
 
     fn count(&self, task: &str, state: State) {
         if let Some(m) = &self.metrics {
-            m.finished.with_label_values(&[task, state.as_str()]).inc();
+            m.finished
+                .with_label_values(&[self.label(task), state.as_str()])
+                .inc();
         }
     }
 
@@ -427,16 +469,48 @@ impl Worker {
 
     /// Registers `handler` for task `name`: it gets the positional arguments (a JSON array)
     /// and the keyword arguments (a JSON object) and returns the result or a [`TaskError`].
-    pub fn task<F, Fut>(mut self, name: &str, handler: F) -> Self
+    /// Arguments holding an integer beyond 64 bits fail the task with `ValueError` rather than
+    /// reach the handler rounded; [`Worker::task_raw`] takes them as written.
+    pub fn task<F, Fut>(self, name: &str, handler: F) -> Self
     where
         F: Fn(Value, Value) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Value, TaskError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        self.task_raw(name, move |args, kwargs| {
+            let handler = handler.clone();
+            async move {
+                let args = readable("args", &args)?;
+                let kwargs = readable("kwargs", &kwargs)?;
+                handler(args, kwargs).await.map(RawJson::from)
+            }
+        })
+    }
+
+    /// Registers `handler` for task `name` taking and returning JSON text as written: the
+    /// form for handlers that pass values on, or need integers beyond 64 bits exactly. The
+    /// worker has checked the text is readable ([`crate::celery::check_json`]); the result
+    /// must be too, or the task fails with `ValueError`.
+    pub fn task_raw<F, Fut>(mut self, name: &str, handler: F) -> Self
+    where
+        F: Fn(RawJson, RawJson) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<RawJson, TaskError>> + Send + 'static,
     {
         self.handlers.insert(
             name.to_owned(),
             Arc::new(move |args, kwargs| Box::pin(handler(args, kwargs))),
         );
         self
+    }
+
+    /// The metric label for task `name`: itself when served here, [`UNREGISTERED_LABEL`]
+    /// otherwise.
+    fn label<'a>(&self, name: &'a str) -> &'a str {
+        if self.handlers.contains_key(name) {
+            name
+        } else {
+            UNREGISTERED_LABEL
+        }
     }
 
     /// The task names it serves.
@@ -585,7 +659,7 @@ impl Worker {
             match fetched {
                 Ok(None) => {}
                 Ok(Some(delivery)) => {
-                    if let Err(e) = self.handle(conn, delivery).await {
+                    if let Err(e) = self.handle(conn, delivery, &stop).await {
                         tracing::warn!(error = %e, "a delivery could not be completed; it stays unacked for redelivery");
                         consumer = None;
                     }
@@ -600,15 +674,18 @@ impl Worker {
         }
     }
 
-    async fn handle(&self, conn: &mut Consumer, delivery: Delivery) -> Result<(), BrokerError> {
+    async fn handle(
+        &self,
+        conn: &mut Consumer,
+        delivery: Delivery,
+        stop: &CancellationToken,
+    ) -> Result<(), BrokerError> {
         let message = match delivery.message {
             Ok(message) => message,
             Err(reason) => {
-                tracing::warn!(list = %delivery.list, %reason, "quarantined an unusable message");
-                return self
-                    .broker
-                    .quarantine(&delivery.list, &delivery.raw, &reason.to_string())
+                self.quarantine(&delivery.list, &delivery.raw, &reason.to_string(), stop)
                     .await;
+                return Ok(());
             }
         };
         let tag = message.properties.delivery_tag.clone();
@@ -622,6 +699,33 @@ impl Worker {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&tag);
         done
+    }
+
+    /// Moves a popped element that is not a usable message to the quarantine list. It exists
+    /// nowhere else once popped, so the push is retried (backing off to 5 s) until it succeeds;
+    /// only a stop while the broker stays unreachable ends the tries, and then the element is
+    /// logged whole (base64) at error level rather than lost without a trace.
+    async fn quarantine(&self, list: &str, raw: &[u8], reason: &str, stop: &CancellationToken) {
+        tracing::warn!(%list, %reason, "quarantined an unusable message");
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.broker.quarantine(list, raw, reason).await {
+                Ok(()) => return,
+                Err(e) if stop.is_cancelled() => {
+                    use base64::Engine as _;
+                    tracing::error!(%list, %reason, error = %e, message_base64 = %base64::engine::general_purpose::STANDARD.encode(raw), "stopping before an unusable message could be quarantined: it is in this log only");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(%list, error = %e, "could not quarantine an unusable message yet; retrying");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// Runs a taken message to its end; `revoked` says whether it was revoked before it was
@@ -682,10 +786,24 @@ impl Worker {
         }
         if let (Some(m), Some(sent)) = (&self.metrics, sent_at(&message)) {
             m.wait_seconds
-                .with_label_values(&[&message.headers.task])
+                .with_label_values(&[self.label(&message.headers.task)])
                 .observe(now.saturating_sub(sent) as f64 / 1000.0);
         }
         let started = std::time::Instant::now();
+        // Arguments no reader can take fail the task with the reason, before any handler.
+        let unreadable = [("args", &message.args), ("kwargs", &message.kwargs)]
+            .into_iter()
+            .find_map(|(what, text)| {
+                crate::celery::check_json(text.text())
+                    .err()
+                    .map(|e| format!("the task's {what} cannot be read: {e}"))
+            });
+        if let Some(why) = unreadable {
+            tracing::warn!(id = %id, reason = %why, "task refused");
+            return self
+                .failed(conn, &message, TaskError::new("ValueError", why))
+                .await;
+        }
         let meta = match self.handlers.get(&message.headers.task) {
             None => ResultMeta::finished(
                 &id,
@@ -744,7 +862,7 @@ impl Worker {
                 let run = CONTEXT
                     .scope(
                         context,
-                        handler(message.args.value(), message.kwargs.value()),
+                        handler(message.args.clone(), message.kwargs.clone()),
                     )
                     .instrument(span);
                 let limited = async {
@@ -793,11 +911,25 @@ impl Worker {
                             None,
                         )
                     }
-                    Some(Ok(value)) => ResultMeta::finished(&id, State::Success, value, None),
+                    Some(Ok(value)) => {
+                        if let Err(e) = crate::celery::check_json(value.text()) {
+                            return self
+                                .failed(
+                                    conn,
+                                    &message,
+                                    TaskError::new(
+                                        "ValueError",
+                                        format!("the task's result cannot be stored: {e}"),
+                                    ),
+                                )
+                                .await;
+                        }
+                        ResultMeta::finished(&id, State::Success, value, None)
+                    }
                     Some(Err(e)) => {
                         if let Some(m) = &self.metrics {
                             m.run_seconds
-                                .with_label_values(&[&message.headers.task])
+                                .with_label_values(&[self.label(&message.headers.task)])
                                 .observe(started.elapsed().as_secs_f64());
                         }
                         return self.failed(conn, &message, e).await;
@@ -809,7 +941,7 @@ impl Worker {
             && meta.status == State::Success
         {
             m.run_seconds
-                .with_label_values(&[&message.headers.task])
+                .with_label_values(&[self.label(&message.headers.task)])
                 .observe(started.elapsed().as_secs_f64());
         }
         self.settle(&message, meta).await?;
@@ -826,7 +958,7 @@ impl Worker {
         if let (Some(m), Some(sent)) = (&self.metrics, sent_at(message)) {
             let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
             m.latency_seconds
-                .with_label_values(&[&message.headers.task])
+                .with_label_values(&[self.label(&message.headers.task)])
                 .observe(now.saturating_sub(sent) as f64 / 1000.0);
         }
         self.processed
@@ -836,16 +968,19 @@ impl Worker {
             let event = match meta.status {
                 State::Success => Some((
                     "task-succeeded",
-                    serde_json::json!({"uuid": id, "result": meta.result.to_string()}),
+                    serde_json::json!({"uuid": id, "result": meta.result.text()}),
                 )),
                 State::Failure => Some((
                     "task-failed",
-                    serde_json::json!({"uuid": id, "exception": describe(&meta.result), "traceback": meta.traceback}),
+                    serde_json::json!({"uuid": id, "exception": describe(&meta.result.value()), "traceback": meta.traceback}),
                 )),
-                State::Revoked => Some((
-                    "task-revoked",
-                    serde_json::json!({"uuid": id, "terminated": meta.result["exc_message"][0] == "terminated", "signum": null, "expired": meta.result["exc_message"][0] == "expired"}),
-                )),
+                State::Revoked => {
+                    let why = meta.result.value()["exc_message"][0].clone();
+                    Some((
+                        "task-revoked",
+                        serde_json::json!({"uuid": id, "terminated": why == "terminated", "signum": null, "expired": why == "expired"}),
+                    ))
+                }
                 _ => None,
             };
             if let Some((kind, body)) = event {
@@ -889,7 +1024,7 @@ impl Worker {
         };
         let queue = &message.properties.delivery_info.routing_key;
         match crate::canvas::chord_results(&parts) {
-            Ok(results) => match chain_step(body, &Value::Array(results), queue) {
+            Ok(results) => match chain_step(body, &results, queue) {
                 Some(mut next) => {
                     next.headers.root_id = message.headers.root_id.clone();
                     next.headers.parent_id = Some(message.headers.id.clone());
@@ -923,7 +1058,7 @@ impl Worker {
     async fn continue_chain(
         &self,
         message: &TaskMessage,
-        result: &Value,
+        result: &RawJson,
     ) -> Result<(), BrokerError> {
         let Some(mut remaining) = message.embed.chain.clone() else {
             return Ok(());

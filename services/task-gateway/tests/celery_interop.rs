@@ -60,7 +60,7 @@ async fn our_messages_run_on_a_real_celery_worker_and_we_read_its_results() {
         .expect("wait")
         .expect("Celery ran it within a minute");
     assert_eq!(meta.status, State::Success);
-    assert_eq!(meta.result, 5);
+    assert_eq!(meta.result.value(), 5);
 
     let fail = TaskMessage::new("peers.fail", raw(r#"["boom"]"#), raw("{}"), &queue, 0);
     broker.publish(&fail).await.expect("publish");
@@ -70,8 +70,11 @@ async fn our_messages_run_on_a_real_celery_worker_and_we_read_its_results() {
         .expect("wait")
         .expect("a result");
     assert_eq!(meta.status, State::Failure);
-    assert_eq!(meta.result["exc_type"], "ValueError");
-    assert_eq!(meta.result["exc_message"], serde_json::json!(["boom"]));
+    assert_eq!(meta.result.value()["exc_type"], "ValueError");
+    assert_eq!(
+        meta.result.value()["exc_message"],
+        serde_json::json!(["boom"])
+    );
     assert!(
         meta.traceback
             .unwrap_or_default()
@@ -114,7 +117,7 @@ async fn celery_clients_tasks_run_on_our_consumer_and_get_reads_our_results() {
             "rust.add" => {
                 let args = message.args.value();
                 let sum = args[0].as_i64().unwrap_or(0) + args[1].as_i64().unwrap_or(0);
-                ResultMeta::finished(&id, State::Success, sum.into(), None)
+                ResultMeta::finished(&id, State::Success, serde_json::Value::from(sum), None)
             }
             other => ResultMeta::finished(
                 &id,
@@ -192,7 +195,7 @@ async fn a_chain_runs_across_our_worker_and_celerys_both_ways() {
         .await
         .expect("wait")
         .expect("the chain's last step ran on Celery");
-    assert_eq!(meta.result, 50);
+    assert_eq!(meta.result.value(), 50);
 
     // Celery's chain: peers.add(2, 3) on Celery, then rust.add(<5>, 10) here.
     let done = peers(
@@ -296,7 +299,7 @@ async fn a_chord_counts_parts_finished_by_celery_and_by_us_together() {
     let body = TaskMessage::new("rust.sum", raw("[]"), raw("{}"), &rust_queue, 0);
     let meta = run_chord(&broker, header, &body).await;
     assert_eq!(meta.status, State::Success);
-    assert_eq!(meta.result, 12, "results in header order, summed");
+    assert_eq!(meta.result.value(), 12, "results in header order, summed");
 
     // Header here, body on Celery: [rust.add(1,2), rust.add(3,4)] then peers.tsum.
     let header = vec![
@@ -305,7 +308,7 @@ async fn a_chord_counts_parts_finished_by_celery_and_by_us_together() {
     ];
     let body = TaskMessage::new("peers.tsum", raw("[]"), raw("{}"), &celery_queue, 0);
     let meta = run_chord(&broker, header, &body).await;
-    assert_eq!(meta.result, 10);
+    assert_eq!(meta.result.value(), 10);
 
     // A failed part: the body does not run and is recorded FAILURE with Celery's ChordError.
     let header = vec![
@@ -321,8 +324,9 @@ async fn a_chord_counts_parts_finished_by_celery_and_by_us_together() {
     let body = TaskMessage::new("rust.sum", raw("[]"), raw("{}"), &rust_queue, 0);
     let meta = run_chord(&broker, header, &body).await;
     assert_eq!(meta.status, State::Failure);
-    assert_eq!(meta.result["exc_type"], "ChordError");
-    let why = meta.result["exc_message"][0].as_str().unwrap_or_default();
+    assert_eq!(meta.result.value()["exc_type"], "ChordError");
+    let error = meta.result.value();
+    let why = error["exc_message"][0].as_str().unwrap_or_default();
     assert!(why.contains("ValueError") && why.contains("boom"), "{why}");
 
     // Celery's own client: chord(rust.add ×3 here)(peers.tsum on Celery).get().
@@ -394,7 +398,10 @@ async fn revocations_reach_every_worker_both_ways() {
         .expect("wait")
         .expect("a record");
     assert_eq!(meta.status, State::Revoked);
-    assert_eq!(meta.result["exc_message"], serde_json::json!(["revoked"]));
+    assert_eq!(
+        meta.result.value()["exc_message"],
+        serde_json::json!(["revoked"])
+    );
 
     // …and with terminate, a running one is stopped.
     let long = TaskMessage::new("rust.sleep", raw("[60]"), raw("{}"), &rust_queue, 0);
@@ -414,7 +421,7 @@ async fn revocations_reach_every_worker_both_ways() {
         .expect("a record");
     assert_eq!(meta.status, State::Revoked);
     assert_eq!(
-        meta.result["exc_message"],
+        meta.result.value()["exc_message"],
         serde_json::json!(["terminated"])
     );
     assert!(started.elapsed() < Duration::from_secs(20));

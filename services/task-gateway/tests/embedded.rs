@@ -79,7 +79,10 @@ async fn tasks_delays_chords_revokes_and_dead_letters_work_as_on_redis() {
     let add = task("add", json!([2, 40]));
     broker.publish(&add).await.expect("publish");
     let meta = finished(&broker, &add).await;
-    assert_eq!((meta.status, meta.result), (State::Success, json!(42)));
+    assert_eq!(
+        (meta.status, meta.result.value()),
+        (State::Success, json!(42))
+    );
 
     // A delayed task waits for its time.
     let mut later = task("add", json!([1, 1]));
@@ -107,7 +110,7 @@ async fn tasks_delays_chords_revokes_and_dead_letters_work_as_on_redis() {
         broker.publish(part).await.expect("publish");
     }
     let meta = finished(&broker, &body).await;
-    assert_eq!(meta.result, 8, "2 + null + 6");
+    assert_eq!(meta.result.value(), 8, "2 + null + 6");
 
     // A revoke with terminate stops a running task.
     let long = task("sleep", json!([30]));
@@ -120,7 +123,7 @@ async fn tasks_delays_chords_revokes_and_dead_letters_work_as_on_redis() {
         .expect("broadcast");
     let meta = finished(&broker, &long).await;
     assert_eq!(meta.status, State::Revoked);
-    assert_eq!(meta.result["exc_message"], json!(["terminated"]));
+    assert_eq!(meta.result.value()["exc_message"], json!(["terminated"]));
 
     // A task out of retries goes to the dead letters.
     let flaky = task("flaky", json!([]));
@@ -174,7 +177,7 @@ async fn a_dead_consumers_task_survives_a_restart_and_comes_back_after_its_lease
     let stop = CancellationToken::new();
     let running = tokio::spawn(worker(&broker).run(stop.clone()));
     let meta = finished(&broker, &message).await;
-    assert_eq!(meta.result, 3);
+    assert_eq!(meta.result.value(), 3);
     stop.cancel();
     running.await.expect("drains");
 }
