@@ -141,3 +141,45 @@ async fn five_replicas_all_stopped_and_restarted_serve_every_row() {
 async fn three_replicas_killed_after_a_snapshot_serve_every_row() {
     whole_group_restart(3, Halt::Kill, 120, &["--raft-snapshot-every", "30"]).await;
 }
+
+/// A write too large for one replicated entry is refused whole (8025), before it reaches the
+/// log; before the limit, a 20 MB statement held the followers' heartbeats up long enough to
+/// cost the group its leader, and the statement failed anyway. One under the limit commits
+/// with the same leader in the same term.
+#[tokio::test]
+async fn a_write_too_large_for_one_entry_is_refused_and_costs_no_election() {
+    let _serial = SERIAL.lock().await;
+    let group = DbGroup::start(3, &[]).await.expect("group");
+    let mut c = leader_answering(&group, "SELECT 1", Duration::from_secs(20)).await;
+    let leader = group.leader().await.expect("a leader");
+    let term = group.gauge(leader, "quartet_db_raft_term").await;
+    sqlx::query("CREATE TABLE blobs (id BIGINT PRIMARY KEY, v LONGTEXT)")
+        .execute(&mut c)
+        .await
+        .expect("create");
+    let big = sqlx::query("INSERT INTO blobs VALUES (1, ?)")
+        .bind("x".repeat(20 << 20))
+        .execute(&mut c)
+        .await
+        .expect_err("20 MB of changes in one entry");
+    assert!(big.to_string().contains("8025"), "{big}");
+    sqlx::query("INSERT INTO blobs VALUES (2, ?)")
+        .bind("y".repeat(6 << 20))
+        .execute(&mut c)
+        .await
+        .expect("6 MB commits");
+    let ids: Vec<i64> = sqlx::query("SELECT id FROM blobs")
+        .fetch_all(&mut c)
+        .await
+        .expect("ids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![2], "nothing of the refused write is left");
+    assert_eq!(group.leader().await, Some(leader), "the same leader");
+    assert_eq!(
+        group.gauge(leader, "quartet_db_raft_term").await,
+        term,
+        "the same term: no election"
+    );
+}

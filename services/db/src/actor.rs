@@ -533,6 +533,10 @@ pub struct Limits {
     /// How long a transaction may sit with no statement from its session while another
     /// request waits for it; then it is rolled back.
     pub idle_transaction: Duration,
+    /// The most bytes one write (a statement, or a transaction at COMMIT) may replicate.
+    /// Followers take an entry whole, heartbeats wait behind it, and one that takes longer
+    /// to ship and store than the election timeout costs the group its leader.
+    pub max_entry: usize,
 }
 
 impl Default for Limits {
@@ -541,6 +545,7 @@ impl Default for Limits {
             lock_wait: Duration::from_secs(50),
             max_read: Duration::from_secs(30),
             idle_transaction: Duration::from_secs(10),
+            max_entry: 8 << 20,
         }
     }
 }
@@ -880,6 +885,15 @@ impl Worker {
                                 Answer::Written(unreplicated(rows_affected, last_insert_id, seen))
                             })
                         }
+                        Ok(()) if bytes.len() > self.st.limits.max_entry => {
+                            let size = bytes.len();
+                            self.st
+                                .end_client(&self.engine)
+                                .and(Err(EngineError::EntryTooLarge {
+                                    size,
+                                    limit: self.st.limits.max_entry,
+                                }))
+                        }
                         Ok(()) => self.st.keep_client(bytes, rows_affected, last_insert_id),
                     };
                     let _ = request.reply.send(answer);
@@ -1022,6 +1036,14 @@ impl State {
             statements.iter().map(|s| (s.as_str(), params)).collect();
         let executed = engine.execute_kept(&bound);
         match executed {
+            Ok(outcome) if outcome.entry.size() > self.limits.max_entry => {
+                engine.exec(&format!("ROLLBACK TO {name}; RELEASE {name}"))?;
+                self.close_outer_if_settled(engine)?;
+                Err(EngineError::EntryTooLarge {
+                    size: outcome.entry.size(),
+                    limit: self.limits.max_entry,
+                })
+            }
             Ok(outcome) if !outcome.entry.steps.is_empty() => Ok(self.propose(seq, outcome)),
             other => {
                 engine.exec(&format!("RELEASE {name}"))?;

@@ -49,6 +49,16 @@ pub enum EngineError {
         .0.as_millis()
     )]
     IdleTransaction(std::time::Duration),
+    /// A write's changes are too large for one replicated entry.
+    #[error(
+        "entry too large: the statement's changes are {size} bytes, one replicated entry holds at most {limit} (mysql.max_write_bytes); split the write"
+    )]
+    EntryTooLarge {
+        /// The changes' size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The engine thread has stopped.
     #[error("the storage engine has stopped")]
     Stopped,
@@ -81,6 +91,8 @@ impl EngineError {
             EngineError::Aborted => return error(1213, "40001", self.to_string()),
             EngineError::TimedOut(_) => return error(3024, "HY000", self.to_string()),
             EngineError::Killed => return error(1317, "70100", self.to_string()),
+            // TiDB's number for the same refusal (txn-entry-size-limit).
+            EngineError::EntryTooLarge { .. } => return error(8025, "HY000", self.to_string()),
             EngineError::IdleTransaction(_) => return error(1205, "HY000", self.to_string()),
             other => return error(1105, "HY000", other.to_string()),
         };
@@ -220,6 +232,19 @@ pub enum Step {
 pub struct Entry {
     /// The steps, in execution order.
     pub steps: Vec<Step>,
+}
+
+impl Entry {
+    /// Bytes the entry carries (its SQL and changesets).
+    pub fn size(&self) -> usize {
+        self.steps
+            .iter()
+            .map(|step| match step {
+                Step::Ddl(sql) => sql.len(),
+                Step::Changes(bytes) => bytes.len(),
+            })
+            .sum()
+    }
 }
 
 /// What a write did on the leader.

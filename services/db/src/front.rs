@@ -432,7 +432,7 @@ impl Front {
                 }
                 0x03 => {
                     let sql = String::from_utf8_lossy(r.rest()).into_owned();
-                    match dialect::translate(&sql, &client.context) {
+                    match translate_off_runtime(sql, &client.context).await {
                         Err(e) => conn.write(&mysql_err(&e)).await?,
                         Ok(plans) if plans.len() > 1 && !client.multi_statements => {
                             conn.write(&mysql_err(&MysqlError::syntax(format!(
@@ -1195,4 +1195,25 @@ mod tests {
         assert!(!like_match(b"a_c", b"abbc"));
         assert!(like_match(b"%", b""));
     }
+}
+
+/// Statements longer than this are parsed on a blocking thread: parsing megabytes takes long
+/// enough to hold up the runtime thread that also carries Raft's heartbeats.
+const PARSE_OFF_RUNTIME: usize = 256 * 1024;
+
+async fn translate_off_runtime(
+    sql: String,
+    context: &dialect::Context,
+) -> Result<Vec<Plan>, MysqlError> {
+    if sql.len() < PARSE_OFF_RUNTIME {
+        return dialect::translate(&sql, context);
+    }
+    let context = context.clone();
+    tokio::task::spawn_blocking(move || dialect::translate(&sql, &context))
+        .await
+        .unwrap_or_else(|e| {
+            Err(MysqlError::syntax(format!(
+                "the statement could not be parsed: {e}"
+            )))
+        })
 }

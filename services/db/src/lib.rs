@@ -60,6 +60,8 @@ pub struct MysqlSettings {
     pub max_allowed_packet: u64,
     /// The longest a statement may run, in milliseconds; then it stops with error 3024. A session may lower it with `SET max_execution_time = N`, never raise it past this.
     pub max_execution_time_ms: u64,
+    /// The most bytes of row changes one write (a statement, or a transaction at COMMIT) may replicate; a larger one is rolled back with error 8025. An entry that takes longer to ship and store than the election timeout would cost the group its leader.
+    pub max_write_bytes: u64,
     /// How long a transaction may stay open with no statement from its session, in milliseconds; then it is rolled back (its session's next statement gets error 1205), so an idle client cannot hold everyone else's writes.
     pub idle_transaction_timeout_ms: u64,
 }
@@ -76,6 +78,7 @@ impl Default for MysqlSettings {
             max_allowed_packet: 64 * 1024 * 1024,
             max_execution_time_ms: 30_000,
             idle_transaction_timeout_ms: 10_000,
+            max_write_bytes: 8 << 20,
         }
     }
 }
@@ -353,6 +356,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
             idle_transaction: Duration::from_millis(
                 config.mysql.idle_transaction_timeout_ms.max(1),
             ),
+            max_entry: usize::try_from(config.mysql.max_write_bytes).unwrap_or(usize::MAX),
         },
     };
     let replica =
