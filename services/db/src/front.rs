@@ -1183,20 +1183,6 @@ async fn write_rows<S: AsyncRead + AsyncWrite + Unpin>(
     conn.write(&wire::end_of_rows(deprecate_eof, status)).await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::like_match;
-
-    #[test]
-    fn like_patterns() {
-        assert!(like_match(b"version%", b"version_comment"));
-        assert!(like_match(b"%comment", b"version_comment"));
-        assert!(like_match(b"a_c", b"abc"));
-        assert!(!like_match(b"a_c", b"abbc"));
-        assert!(like_match(b"%", b""));
-    }
-}
-
 /// Statements longer than this are parsed on a blocking thread: parsing megabytes takes long
 /// enough to hold up the runtime thread that also carries Raft's heartbeats.
 const PARSE_OFF_RUNTIME: usize = 256 * 1024;
@@ -1216,4 +1202,18 @@ async fn translate_off_runtime(
                 "the statement could not be parsed: {e}"
             )))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like_match;
+
+    #[test]
+    fn like_patterns() {
+        assert!(like_match(b"version%", b"version_comment"));
+        assert!(like_match(b"%comment", b"version_comment"));
+        assert!(like_match(b"a_c", b"abc"));
+        assert!(!like_match(b"a_c", b"abbc"));
+        assert!(like_match(b"%", b""));
+    }
 }
