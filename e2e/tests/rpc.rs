@@ -58,6 +58,54 @@ fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     request
 }
 
+/// A zerorpc request `name(args)` carrying `token` in its header, as zerorpc-python's
+/// `client_before_request` middleware adds it.
+fn bearer_request(
+    name: &str,
+    args: Vec<rmpv::Value>,
+    token: &str,
+) -> quartet_rpc_gateway::zerorpc::event::Event {
+    let mut request =
+        quartet_rpc_gateway::zerorpc::event::Event::request(name, rmpv::Value::Array(args));
+    request
+        .header
+        .extra
+        .push(("authorization".into(), format!("Bearer {token}").into()));
+    request
+}
+
+/// A token of a new user `name` whose one role holds `permissions` (made with `admin`'s token).
+async fn user_token(auth: &Server, admin: &str, name: &str, permissions: &[&str]) -> String {
+    let http = http_client(Duration::from_secs(10));
+    let role = format!("{name}-role");
+    for (path, body) in [
+        (
+            "roles",
+            json!({"name": role, "description": "for a test", "permissions": permissions}),
+        ),
+        (
+            "users",
+            json!({"name": name, "password": format!("{name}-e2e-password"), "roles": [role]}),
+        ),
+    ] {
+        let made = http
+            .post(format!("{}/v1/admin/{path}", auth.url("http")))
+            .bearer_auth(admin)
+            .json(&body)
+            .send()
+            .await
+            .expect("admin API");
+        assert!(
+            made.status().is_success(),
+            "{}",
+            made.text().await.unwrap_or_default()
+        );
+    }
+    quartet_e2e::auth::token(auth, name, &format!("{name}-e2e-password"))
+        .await
+        .expect("the user's token")
+}
+
 /// A gateway in front of `backends` (`rpc.backends`) with 1 s heartbeats, trusting `auth`.
 async fn gateway(auth: &Server, backends: &str, extra: &[(&str, &str)]) -> Server {
     let jwks = format!("{}/.well-known/jwks.json", auth.url("http"));
@@ -128,29 +176,13 @@ async fn rest_calls_reach_a_python_zerorpc_backend_with_tokens_and_permissions()
     // No token: 401. A token without rpc:call:demo.add: 403 naming it.
     let (status, _) = call("add", json!([1, 2]), None).await;
     assert_eq!(status, 401);
-    let users = http
-        .post(format!("{}/v1/admin/roles", auth.url("http")))
-        .bearer_auth(admin.clone().expect("token"))
-        .json(&json!({"name": "reader", "description": "reads", "permissions": ["rpc:call:demo.count"]}))
-        .send()
-        .await
-        .expect("role");
-    assert!(
-        users.status().is_success(),
-        "{}",
-        users.text().await.unwrap_or_default()
-    );
-    let user = http
-        .post(format!("{}/v1/admin/users", auth.url("http")))
-        .bearer_auth(admin.clone().expect("token"))
-        .json(&json!({"name": "rita", "password": "rita-e2e-password", "roles": ["reader"]}))
-        .send()
-        .await
-        .expect("user");
-    assert!(user.status().is_success());
-    let rita = quartet_e2e::auth::token(&auth, "rita", "rita-e2e-password")
-        .await
-        .expect("rita's token");
+    let rita = user_token(
+        &auth,
+        admin.as_deref().expect("token"),
+        "rita",
+        &["rpc:call:demo.count"],
+    )
+    .await;
     let (status, body) = call("add", json!([1, 2]), Some(rita.clone())).await;
     assert_eq!(status, 403, "{body}");
     assert!(
@@ -624,7 +656,6 @@ async fn backends_lost_mid_stream_fail_fast_and_calls_move_to_the_replicas_left(
 #[tokio::test]
 async fn the_zerorpc_front_answers_bad_input_limits_callers_and_drains_on_sigterm() {
     use quartet_rpc_gateway::zerorpc::client::{CallError, Client, Reply};
-    use quartet_rpc_gateway::zerorpc::event::Event;
     use quartet_rpc_gateway::zerorpc::socket::{Kind, Socket};
     use rmpv::Value as Msg;
     let (auth, admin) = quartet_e2e::auth::start_with_admin_token()
@@ -646,14 +677,7 @@ async fn the_zerorpc_front_answers_bad_input_limits_callers_and_drains_on_sigter
     let client = Client::connect(&front, None)
         .expect("connect")
         .heartbeat(Duration::from_secs(1));
-    let request = |method: &str, args: Vec<Msg>| {
-        let mut request = Event::request(method, Msg::Array(args));
-        request
-            .header
-            .extra
-            .push(("authorization".into(), format!("Bearer {admin}").into()));
-        request
-    };
+    let request = |method: &str, args: Vec<Msg>| bearer_request(method, args, &admin);
     let ten = Duration::from_secs(10);
     let refused = |outcome: Result<Reply, CallError>| match outcome {
         Err(CallError::Remote(e)) => (e.name, e.message),
@@ -762,7 +786,6 @@ async fn the_zerorpc_front_answers_bad_input_limits_callers_and_drains_on_sigter
 #[tokio::test]
 async fn the_zerorpc_front_admits_only_allowed_curve_clients() {
     use quartet_rpc_gateway::zerorpc::client::{Client, Reply};
-    use quartet_rpc_gateway::zerorpc::event::Event;
     use quartet_rpc_gateway::zerorpc::socket::{Curve, curve_keypair};
     use rmpv::Value as Msg;
     let (auth, admin) = quartet_e2e::auth::start_with_admin_token()
@@ -804,11 +827,7 @@ async fn the_zerorpc_front_admits_only_allowed_curve_clients() {
         let client = Client::connect(&front, Some(curve))
             .expect("connect")
             .heartbeat(Duration::from_secs(1));
-        let mut request = Event::request("demo.add", Msg::Array(vec![1.into(), 2.into()]));
-        request
-            .header
-            .extra
-            .push(("authorization".into(), format!("Bearer {admin}").into()));
+        let request = bearer_request("demo.add", vec![1.into(), 2.into()], &admin);
         async move { client.call_with(request, Duration::from_secs(5)).await }
     };
     match add(&rust_public, &rust_secret).await {
@@ -898,4 +917,343 @@ async fn the_rest_and_grpc_fronts_serve_tls_when_given_a_certificate() {
         .into_inner()
         .services;
     assert_eq!(services, ["demo"]);
+}
+
+/// MessagePack: `levels` one-item arrays, one inside the other, around nil.
+fn nested_msgpack(levels: usize) -> Vec<u8> {
+    let mut bytes = vec![0x91; levels];
+    bytes.push(0xc0);
+    bytes
+}
+
+/// JSON: `levels` arrays, one inside the other.
+fn nested_json(levels: usize) -> String {
+    format!("{}{}", "[".repeat(levels), "]".repeat(levels))
+}
+
+/// Input meant to hurt, on every front (issue 14): nothing a caller sends crashes the
+/// gateway, widens or crosses a grant, or takes a backend down for the other callers.
+#[tokio::test]
+async fn hostile_input_neither_crashes_the_gateway_nor_crosses_a_grant_nor_downs_a_backend() {
+    use quartet_proto::rpc::v1 as pb;
+    use quartet_rpc_gateway::zerorpc::client::{CallError, Client, Reply};
+    use quartet_rpc_gateway::zerorpc::socket::{Kind, Socket};
+    use rmpv::Value as Msg;
+    let (auth, admin) = quartet_e2e::auth::start_with_admin_token()
+        .await
+        .expect("quartet-auth and a token");
+    let (_backend, endpoint) = quartet_e2e::zerorpc_server().await;
+    let gateway = gateway(&auth, &format!("demo={endpoint}"), &[]).await;
+    let front = front_endpoint(&gateway);
+    let api = gateway.url("http");
+    let http = http_client(Duration::from_secs(30));
+    let client = Client::connect(&front, None)
+        .expect("connect")
+        .heartbeat(Duration::from_secs(1));
+    let through_front = |name: &str, args: Vec<Msg>, token: &str| {
+        let request = bearer_request(name, args, token);
+        let client = client.clone();
+        async move { client.call_with(request, Duration::from_secs(10)).await }
+    };
+    let add: Vec<Msg> = vec![1.into(), 2.into()];
+    let front_adds = || async {
+        match through_front("demo.add", add.clone(), &admin).await {
+            Ok(Reply::Value(sum)) => assert_eq!(sum, Msg::from(3)),
+            other => panic!("the front stopped serving: {other:?}"),
+        }
+    };
+    let refused_on_front = |outcome: Result<Reply, CallError>| match outcome {
+        Err(CallError::Remote(e)) => (e.name, e.message),
+        other => panic!("not refused: {other:?}"),
+    };
+    // POST /v1/services/{service}/{method_and_query} with a raw body: status and problem.
+    let post = |path: String, token: String, body: String| {
+        let request = http
+            .post(format!("{api}/v1/services/{path}"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let response = request.send().await.expect("request");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let detail = |body: &Value| body["detail"].as_str().unwrap_or_default().to_owned();
+    let mut grpc = rpc_client(&gateway).await;
+    let invoke =
+        |method: &str, args: pb::invoke_request::Args, timeout: Option<f64>| pb::InvokeRequest {
+            service: "demo".into(),
+            method: method.into(),
+            args: Some(args),
+            timeout_seconds: timeout,
+        };
+    let json_add = || pb::invoke_request::Args::ArgsJson("[1, 2]".into());
+
+    // 1. One frame of nested arrays, before any token: the issue's ~800 bytes (a "header"
+    // 1000 deep) and 100 000 deep, on a raw DEALER. Dropped and counted; the front serves on.
+    let raw = Socket::connect(Kind::DEALER, &front, None).expect("a raw socket");
+    for levels in [1000, 100_000] {
+        let mut frame = vec![0x93];
+        frame.extend(nested_msgpack(levels));
+        raw.send(vec![Vec::new(), frame]).expect("send");
+    }
+    front_adds().await;
+    // A request whose arguments nest 101 deep is answered on its channel, naming the limit.
+    let deep = (0..100).fold(Msg::Nil, |inner, _| Msg::Array(vec![inner]));
+    let (name, message) = refused_on_front(through_front("demo.add", vec![deep], &admin).await);
+    assert_eq!(name, "ProtocolError", "{message}");
+    assert!(message.contains("deeper than 100 levels"), "{message}");
+    let metrics = gateway.metrics().await;
+    let line = "quartet_rpc_front_refused_total{reason=\"too-deep\"} 3";
+    assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    // The same depths as JSON on REST and gRPC, and as MessagePack on gRPC: refused by name.
+    for body in [nested_json(101), nested_json(100_000)] {
+        let (status, problem) = post("demo/add".into(), admin.clone(), body).await;
+        assert_eq!(status, 400, "{problem}");
+        assert!(detail(&problem).contains("100 levels"), "{problem}");
+    }
+    let (status, problem) = post("demo/add".into(), admin.clone(), nested_json(100)).await;
+    assert_eq!(
+        status, 422,
+        "100 levels reach the backend (add fails on them): {problem}"
+    );
+    for args in [
+        pb::invoke_request::Args::ArgsJson(nested_json(101)),
+        pb::invoke_request::Args::ArgsMsgpack(nested_msgpack(101)),
+        pb::invoke_request::Args::ArgsMsgpack(nested_msgpack(3000)),
+    ] {
+        let refused = grpc
+            .invoke(with_token(invoke("add", args, None), &admin))
+            .await
+            .expect_err("too deep");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains("100 levels"), "{refused:?}");
+    }
+    // Larger than rpc.max_message_bytes (1 MiB) on REST and gRPC: refused, named.
+    let big = format!("[\"{}\"]", "x".repeat(1 << 20));
+    let (status, problem) = post("demo/add".into(), admin.clone(), big.clone()).await;
+    assert_eq!(status, 413, "{problem}");
+    assert!(detail(&problem).contains("at most 1048576"), "{problem}");
+    let refused = grpc
+        .invoke(with_token(
+            invoke("add", pb::invoke_request::Args::ArgsJson(big), None),
+            &admin,
+        ))
+        .await
+        .expect_err("too large");
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    assert!(refused.message().contains("1048576"), "{refused:?}");
+
+    // 2. Deadlines: a huge one is the gateway's maximum; one that is no number of seconds
+    // above 0 is refused naming `timeout` (REST once panicked a worker on 1e308).
+    for timeout in ["1e308", "1e20", "2.5"] {
+        let (status, body) = post(
+            format!("demo/add?timeout={timeout}"),
+            admin.clone(),
+            "[1, 2]".into(),
+        )
+        .await;
+        assert_eq!(
+            (status, &body["result"]),
+            (200, &json!(3)),
+            "{timeout}: {body}"
+        );
+    }
+    for timeout in ["NaN", "inf", "-inf", "-1", "-0", "0", "1e-400", "soon"] {
+        let (status, problem) = post(
+            format!("demo/add?timeout={timeout}"),
+            admin.clone(),
+            "[1, 2]".into(),
+        )
+        .await;
+        assert_eq!(status, 400, "{timeout}: {problem}");
+        assert!(
+            detail(&problem).starts_with("timeout "),
+            "{timeout}: {problem}"
+        );
+    }
+    grpc.invoke(with_token(invoke("add", json_add(), Some(1e308)), &admin))
+        .await
+        .expect("a huge deadline is the maximum");
+    for timeout in [f64::NAN, f64::INFINITY, -1.0, 0.0] {
+        let refused = grpc
+            .invoke(with_token(invoke("add", json_add(), Some(timeout)), &admin))
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().starts_with("timeout "), "{refused:?}");
+    }
+
+    // 3. zerorpc's own protocol events are no methods, on any front, however often asked;
+    // the backend stays up for everyone.
+    for _ in 0..3 {
+        for internal in ["_zpc_hb", "_zpc_more", "_zpc_err"] {
+            let (status, problem) = post(
+                format!("demo/{internal}?timeout=3"),
+                admin.clone(),
+                "[]".into(),
+            )
+            .await;
+            assert_eq!(status, 404, "{internal}: {problem}");
+            assert!(detail(&problem).contains("protocol traffic"), "{problem}");
+        }
+    }
+    let refused = grpc
+        .invoke(with_token(
+            invoke("_zpc_more", json_add(), Some(3.0)),
+            &admin,
+        ))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    let (name, _) = refused_on_front(through_front("demo._zpc_hb", Vec::new(), &admin).await);
+    assert_eq!(name, "NameError");
+    let described: Value = http
+        .get(format!("{api}/v1/services/demo"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("describe")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(described["backends"][0]["health"], "up", "{described}");
+    let (status, body) = post("demo/add".into(), admin.clone(), "[1, 2]".into()).await;
+    assert_eq!(status, 200, "{body}");
+
+    // 4. Names never widen or cross a grant: a user holding only rpc:call:demo.add is
+    // refused every spelling that Shiro would read as something else, on every front,
+    // before any permission is looked up — naming the character and the rule.
+    let adder = user_token(&auth, &admin, "adder", &["rpc:call:demo.add"]).await;
+    let (status, _) = post("demo/add".into(), adder.clone(), "[1, 2]".into()).await;
+    assert_eq!(status, 200);
+    let (status, _) = post("demo/pid".into(), adder.clone(), "[]".into()).await;
+    assert_eq!(status, 403);
+    for (method, shown) in [
+        ("*", "'*'"),
+        ("add,pid", "','"),
+        ("ADD", "'A'"),
+        ("Add", "'A'"),
+        ("add:x", "':'"),
+        ("add.x", "'.'"),
+        ("add%20x", "' '"),
+        ("add%09x", "'\\t'"),
+    ] {
+        let (status, problem) =
+            post(format!("demo/{method}"), adder.clone(), "[1, 2]".into()).await;
+        assert_eq!(status, 400, "{method}: {problem}");
+        let text = detail(&problem);
+        assert!(
+            text.contains(shown) && text.contains("lower-case ASCII letters"),
+            "{method}: {text}"
+        );
+    }
+    for method in ["*", "add,pid", "ADD", "add:x", "add x"] {
+        let refused = grpc
+            .invoke(with_token(invoke(method, json_add(), None), &adder))
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::InvalidArgument,
+            "{method}: {refused:?}"
+        );
+        let (name, message) =
+            refused_on_front(through_front(&format!("demo.{method}"), add.clone(), &adder).await);
+        assert_eq!(name, "InvalidArgument", "{method}: {message}");
+    }
+    let (name, _) = refused_on_front(through_front("demo.add.x", add.clone(), &adder).await);
+    assert_eq!(name, "InvalidArgument");
+    for service in ["DEMO", "demo:x", "*"] {
+        let (status, problem) =
+            post(format!("{service}/add"), adder.clone(), "[1, 2]".into()).await;
+        assert_eq!(status, 400, "{service}: {problem}");
+        let described = http
+            .get(format!("{api}/v1/services/{service}"))
+            .bearer_auth(&adder)
+            .send()
+            .await
+            .expect("describe");
+        assert_eq!(described.status().as_u16(), 400, "{service}");
+    }
+
+    // After all that, every front still serves.
+    front_adds().await;
+}
+
+/// Per-connection bounds of the zerorpc front: open calls (`rpc.max_calls_per_connection`)
+/// and frames per message.
+#[tokio::test]
+async fn the_zerorpc_front_bounds_calls_per_connection_and_frames_per_message() {
+    use quartet_rpc_gateway::zerorpc::client::{CallError, Client, Reply};
+    use quartet_rpc_gateway::zerorpc::socket::{Kind, Socket};
+    use rmpv::Value as Msg;
+    let (auth, admin) = quartet_e2e::auth::start_with_admin_token()
+        .await
+        .expect("quartet-auth and a token");
+    let (_backend, endpoint) = quartet_e2e::zerorpc_server().await;
+    let gateway = gateway(
+        &auth,
+        &format!("demo={endpoint}"),
+        &[("QUARTET_RPC_GATEWAY_RPC_MAX_CALLS_PER_CONNECTION", "2")],
+    )
+    .await;
+    let front = front_endpoint(&gateway);
+    let connect = || {
+        Client::connect(&front, None)
+            .expect("connect")
+            .heartbeat(Duration::from_secs(1))
+    };
+    let call = |client: &Client, method: &str, args: Vec<Msg>| {
+        let request = bearer_request(method, args, &admin);
+        let client = client.clone();
+        async move { client.call_with(request, Duration::from_secs(10)).await }
+    };
+    let (one, other) = (connect(), connect());
+    // Two slow calls fill the first connection: a third is refused by name, while another
+    // connection is served.
+    let slow = [
+        tokio::spawn(call(&one, "demo.slow", vec![2.into()])),
+        tokio::spawn(call(&one, "demo.slow", vec![2.into()])),
+    ];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    match call(&one, "demo.add", vec![1.into(), 2.into()]).await {
+        Err(CallError::Remote(e)) => {
+            assert_eq!(e.name, "TooManyCalls", "{}", e.message);
+            assert!(
+                e.message.contains("rpc.max_calls_per_connection"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("not refused: {other:?}"),
+    }
+    assert!(matches!(
+        call(&other, "demo.add", vec![1.into(), 2.into()]).await,
+        Ok(Reply::Value(_))
+    ));
+    for done in slow {
+        assert!(matches!(done.await.expect("joined"), Ok(Reply::Value(_))));
+    }
+    // Its calls over, the connection is served again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(matches!(
+        call(&one, "demo.add", vec![1.into(), 2.into()]).await,
+        Ok(Reply::Value(_))
+    ));
+    // A message of 100 frames is no zerorpc request: dropped and counted.
+    let raw = Socket::connect(Kind::DEALER, &front, None).expect("a raw socket");
+    raw.send(vec![Vec::new(); 100]).expect("send");
+    let counted = "quartet_rpc_front_refused_total{reason=\"frames\"} 1";
+    quartet_e2e::eventually("the frames counted", Duration::from_secs(5), || async {
+        gateway.metrics().await.contains(counted).then_some(())
+    })
+    .await
+    .expect(counted);
+    let counted = "quartet_rpc_front_refused_total{reason=\"busy\"} 1";
+    assert!(gateway.metrics().await.contains(counted), "{counted}");
 }

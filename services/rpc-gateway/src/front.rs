@@ -2,7 +2,9 @@
 //! goes through the router to that service's backends, so existing zerorpc clients only
 //! change the address they connect to. The caller's token rides in the event header
 //! (`authorization: Bearer <token>`, which zerorpc-python's middleware hooks can add); a call
-//! needs `rpc:call:<service>.<method>`. Refusals are zerorpc errors naming the reason.
+//! needs `rpc:call:<service>.<method>`. Refusals are zerorpc errors naming the reason: a name
+//! outside [`crate::input`]'s rule is `InvalidArgument` (a zerorpc protocol event's name,
+//! `_zpc_…`, is `NameError`), checked before the token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +43,9 @@ async fn forward(
             format!("{}: call service.method through the gateway", request.name),
         ));
     };
+    // The names first, before any token: the same rule as every front (`input::callable`).
+    crate::input::callable(service, method)
+        .map_err(|e| RemoteError::new(e.zerorpc_name(), e.to_string()))?;
     let token = request
         .header_str(AUTHORIZATION)
         .and_then(|v| v.strip_prefix("Bearer "))
@@ -55,8 +60,11 @@ async fn forward(
         .await
         .map_err(|e| RemoteError::new("Unauthenticated", e.to_string()))?;
     router.admit(&caller, service, method).map_err(|p| {
+        use quartet_kit::error::ErrorKind;
         let name = match p.kind() {
-            quartet_kit::error::ErrorKind::ResourceExhausted => "RateLimited",
+            ErrorKind::ResourceExhausted => "RateLimited",
+            ErrorKind::InvalidArgument => "InvalidArgument",
+            ErrorKind::NotFound => "NameError",
             _ => "PermissionDenied",
         };
         RemoteError::new(name, p.detail)

@@ -9,14 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use quartet_kit::error::{ErrorKind, Problem};
 use quartet_kit::token::{Authenticator, authenticate_grpc};
 use quartet_proto::rpc::v1 as pb;
 use quartet_proto::rpc::v1::rpc_server::{Rpc, RpcServer};
 use rmpv::Value;
 use tonic::{Code, Request, Response, Status};
 
-use crate::router::{RouteError, Router, from_json, to_json};
+use crate::router::{RouteError, Router, to_json};
 use crate::zerorpc::client::{CallError, Reply};
 
 /// The gRPC service.
@@ -27,17 +26,20 @@ pub struct RpcService {
 }
 
 impl RpcService {
-    /// The service as a tonic server.
+    /// The service as a tonic server; request messages above `max_message_bytes` are refused
+    /// before they are decoded (tonic answers `OUT_OF_RANGE` naming the limit).
     pub fn server(
         router: Arc<Router>,
         authenticator: Arc<dyn Authenticator>,
         max_timeout: Duration,
+        max_message_bytes: usize,
     ) -> RpcServer<Self> {
         RpcServer::new(Self {
             router,
             authenticator,
             max_timeout,
         })
+        .max_decoding_message_size(max_message_bytes)
     }
 }
 
@@ -47,31 +49,18 @@ enum Encoding {
     Msgpack,
 }
 
-fn invalid(detail: String) -> Status {
-    Problem::new(ErrorKind::InvalidArgument, "invalid-arguments", detail).into()
-}
-
 /// The request's arguments and which encoding the reply uses.
-fn arguments(args: Option<pb::invoke_request::Args>) -> Result<(Vec<Value>, Encoding), Status> {
+fn arguments(
+    args: Option<pb::invoke_request::Args>,
+) -> Result<(Vec<Value>, Encoding), crate::input::InputError> {
     match args {
         None => Ok((Vec::new(), Encoding::Json)),
-        Some(pb::invoke_request::Args::ArgsJson(text)) => {
-            let value: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| invalid(format!("args_json is not JSON: {e}")))?;
-            match value {
-                serde_json::Value::Array(items) => {
-                    Ok((items.iter().map(from_json).collect(), Encoding::Json))
-                }
-                _ => Err(invalid("args_json must be a JSON array".into())),
-            }
-        }
+        Some(pb::invoke_request::Args::ArgsJson(text)) => Ok((
+            crate::input::json_arguments(text.as_bytes())?,
+            Encoding::Json,
+        )),
         Some(pb::invoke_request::Args::ArgsMsgpack(bytes)) => {
-            let mut reader = bytes.as_slice();
-            match rmpv::decode::read_value(&mut reader) {
-                Ok(Value::Array(items)) if reader.is_empty() => Ok((items, Encoding::Msgpack)),
-                Ok(_) => Err(invalid("args_msgpack must be one MessagePack array".into())),
-                Err(e) => Err(invalid(format!("args_msgpack is not MessagePack: {e}"))),
-            }
+            Ok((crate::input::msgpack_arguments(&bytes)?, Encoding::Msgpack))
         }
     }
 }
@@ -123,9 +112,13 @@ impl RpcService {
     ) -> Result<(String, String, Reply, Encoding), Status> {
         let caller = authenticate_grpc(self.authenticator.as_ref(), &request).await?;
         let q = request.into_inner();
+        let timeout = crate::input::timeout(
+            q.timeout_seconds.map(|t| t.to_string()).as_deref(),
+            self.max_timeout,
+        )
+        .map_err(|e| Status::from(e.problem()))?;
         self.router.admit(&caller, &q.service, &q.method)?;
-        let (args, encoding) = arguments(q.args)?;
-        let timeout = crate::router::timeout(q.timeout_seconds, self.max_timeout);
+        let (args, encoding) = arguments(q.args).map_err(|e| Status::from(e.problem()))?;
         let reply = self
             .router
             .call(&q.service, &q.method, args, timeout)

@@ -10,6 +10,7 @@
 
 pub mod front;
 pub mod grpc;
+pub mod input;
 pub mod limit;
 pub mod openapi;
 pub mod rest;
@@ -60,8 +61,10 @@ pub struct RpcSettings {
     pub rate_limit_per_second: f64,
     /// Calls a caller may make at once above its rate (at least 1).
     pub rate_limit_burst: u32,
-    /// The largest request the zerorpc front accepts, in bytes; larger ones are answered `MessageTooLarge`.
+    /// The largest request accepted, in bytes, on every front: a zerorpc event (larger ones are answered `MessageTooLarge`), a REST body (413), a gRPC message (`OUT_OF_RANGE`).
     pub max_message_bytes: usize,
+    /// Calls one zerorpc front connection may have open at once; more are answered `TooManyCalls`.
+    pub max_calls_per_connection: usize,
     /// The zerorpc front's CURVE secret key (Z85); set, the front only speaks CURVE (encrypted, clients need the public key).
     pub curve_secret_key: String,
     /// The CURVE public key that goes with `curve_secret_key` (Z85), logged for clients.
@@ -82,6 +85,7 @@ impl Default for RpcSettings {
             rate_limit_per_second: 0.0,
             rate_limit_burst: 20,
             max_message_bytes: 1 << 20,
+            max_calls_per_connection: 1000,
             curve_secret_key: String::new(),
             curve_public_key: String::new(),
             curve_clients: String::new(),
@@ -108,10 +112,21 @@ impl ServiceConfig for Config {
 /// Serves `quartet-rpc-gateway` until a stop signal, then drains.
 pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     let rpc = &config.rpc;
-    if !(rpc.timeout_seconds > 0.0 && rpc.resolve_seconds > 0.0) || rpc.heartbeat_ms == 0 {
-        anyhow::bail!(
-            "rpc.timeout_seconds, rpc.resolve_seconds and rpc.heartbeat_ms must be above 0"
-        );
+    let seconds = |key: &str, value: f64| {
+        std::time::Duration::try_from_secs_f64(value)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                anyhow::anyhow!("{key} must be a number of seconds above 0, not {value}")
+            })
+    };
+    let max_timeout = seconds("rpc.timeout_seconds", rpc.timeout_seconds)?;
+    let resolve = seconds("rpc.resolve_seconds", rpc.resolve_seconds)?;
+    if rpc.heartbeat_ms == 0 {
+        anyhow::bail!("rpc.heartbeat_ms must be above 0");
+    }
+    if rpc.max_message_bytes == 0 || rpc.max_calls_per_connection == 0 {
+        anyhow::bail!("rpc.max_message_bytes and rpc.max_calls_per_connection must be above 0");
     }
     let heartbeat = std::time::Duration::from_millis(rpc.heartbeat_ms);
     let mut router = router::Router::new(heartbeat);
@@ -144,10 +159,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
             .metrics(ctx.metrics.registry())
             .map_err(|e| anyhow::anyhow!("rpc metrics: {e}"))?,
     );
-    tokio::spawn(router.clone().watch(
-        std::time::Duration::from_secs_f64(rpc.resolve_seconds),
-        ctx.shutdown.token(),
-    ));
+    tokio::spawn(router.clone().watch(resolve, ctx.shutdown.token()));
     // On a stop: no new calls, and those in flight get the shutdown's grace to finish.
     {
         let (router, stop) = (router.clone(), ctx.shutdown.token());
@@ -158,7 +170,6 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
             tracing::info!(left, "router drained");
         });
     }
-    let max_timeout = std::time::Duration::from_secs_f64(config.rpc.timeout_seconds);
     let authenticator = quartet_kit::token::authenticator(&config.auth);
     if !config.rpc.zerorpc_listen.is_empty() {
         let curve = front_curve(&config.rpc, &ctx).await?;
@@ -192,6 +203,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         let service = front::service(router.clone(), authenticator.clone(), max_timeout)
             .heartbeat(heartbeat)
             .max_message_bytes(config.rpc.max_message_bytes)
+            .max_calls_per_peer(config.rpc.max_calls_per_connection)
             .count_refusals(refused);
         let stop = ctx.shutdown.token();
         ctx.shutdown.spawn(async move {
@@ -208,11 +220,13 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         router.clone(),
         authenticator.clone(),
         max_timeout,
+        config.rpc.max_message_bytes,
     ));
     let grpc = grpc.routes();
     let front = std::sync::Arc::new(rest::Front {
         router,
         max_timeout,
+        max_body_bytes: config.rpc.max_message_bytes,
     });
     let rest = rest::rest(front).with_bearer(authenticator);
     quartet_kit::app::serve_server(ctx, &config.server, grpc, rest).await

@@ -7,19 +7,21 @@
 //! `rpc:call:<service>.<method>` (Shiro wildcards, so `rpc:call:reports.*` grants a service).
 //!
 //! Answers: 200 `{"result": …}`, or `{"items": […]}` for a streamed reply; 422 with the remote
-//! `{name, message, traceback}` when the method raised; 404 for an unknown service; 503 when
-//! the backend is lost or unreachable, every backend is down, or the gateway is draining; 429
-//! over the caller's rate limit; 504 past the deadline.
+//! `{name, message, traceback}` when the method raised; 400 for a name, `timeout` or arguments
+//! that [`crate::input`] refuses; 404 for an unknown service or a zerorpc protocol event's
+//! name; 413 for a body above `rpc.max_message_bytes`; 503 when the backend is lost or
+//! unreachable, every backend is down, or the gateway is draining; 429 over the caller's rate
+//! limit; 504 past the deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpResponse, ResponseError as _, web};
 use quartet_kit::error::{ErrorKind, Problem};
 use quartet_kit::token::Bearer;
 use serde::Deserialize;
 
-use crate::router::{RouteError, Router, from_json, to_json};
+use crate::router::{RouteError, Router, to_json};
 use crate::zerorpc::client::{CallError, Reply};
 
 /// What the REST front needs.
@@ -29,17 +31,61 @@ pub struct Front {
     pub router: Arc<Router>,
     /// The longest a call may take.
     pub max_timeout: Duration,
+    /// The largest request body accepted, in bytes (`rpc.max_message_bytes`).
+    pub max_body_bytes: usize,
 }
 
 /// Query of a call.
 #[derive(Debug, Deserialize)]
 struct CallQuery {
-    /// Seconds the call may take (at most the gateway's maximum).
-    timeout: Option<f64>,
+    /// Seconds the call may take (at most the gateway's maximum); checked by
+    /// [`crate::input::timeout`], so taken as text.
+    timeout: Option<String>,
 }
 
 fn problem(kind: ErrorKind, code: &str, detail: impl Into<String>) -> Problem {
     Problem::new(kind, code, detail)
+}
+
+/// The body, refused with 413 past `max` bytes (announced or sent) without reading the rest.
+async fn read_body(
+    mut payload: web::Payload,
+    announced: Option<u64>,
+    max: usize,
+) -> Result<Vec<u8>, HttpResponse> {
+    use futures::StreamExt as _;
+    let too_large = |size: String| {
+        let mut problem = problem(
+            ErrorKind::InvalidArgument,
+            "request-too-large",
+            format!(
+                "the request body is {size} bytes; at most {max} are accepted (rpc.max_message_bytes)"
+            ),
+        );
+        problem.status = 413;
+        HttpResponse::PayloadTooLarge()
+            .content_type(quartet_kit::error::PROBLEM_JSON)
+            .json(problem)
+    };
+    if let Some(length) = announced.filter(|n| *n > max as u64) {
+        return Err(too_large(length.to_string()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            problem(
+                ErrorKind::InvalidArgument,
+                "invalid-body",
+                format!("reading the request body: {e}"),
+            )
+            .error_response()
+        })?;
+        if body.len() + chunk.len() > max {
+            return Err(too_large(format!("more than {max}")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 async fn call(
@@ -47,38 +93,23 @@ async fn call(
     caller: Bearer,
     path: web::Path<(String, String)>,
     query: web::Query<CallQuery>,
-    body: web::Bytes,
+    request: actix_web::HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, Problem> {
     let (service, method) = path.into_inner();
+    let timeout = crate::input::timeout(query.timeout.as_deref(), front.max_timeout)
+        .map_err(|e| e.problem())?;
     front.router.admit(&caller.0, &service, &method)?;
-    let args: serde_json::Value = if body.is_empty() {
-        serde_json::Value::Array(Vec::new())
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            problem(
-                ErrorKind::InvalidArgument,
-                "invalid-arguments",
-                format!("the body is not JSON: {e}"),
-            )
-        })?
+    let announced = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let body = match read_body(payload, announced, front.max_body_bytes).await {
+        Ok(body) => body,
+        Err(refusal) => return Ok(refusal),
     };
-    let serde_json::Value::Array(args) = args else {
-        return Err(problem(
-            ErrorKind::InvalidArgument,
-            "invalid-arguments",
-            "the body must be a JSON array of positional arguments (zerorpc has no keyword arguments)",
-        ));
-    };
-    let timeout = crate::router::timeout(query.timeout, front.max_timeout);
-    let reply = front
-        .router
-        .call(
-            &service,
-            &method,
-            args.iter().map(from_json).collect(),
-            timeout,
-        )
-        .await;
+    let args = crate::input::json_arguments(&body).map_err(|e| e.problem())?;
+    let reply = front.router.call(&service, &method, args, timeout).await;
     match reply {
         Ok(Reply::Value(value)) => {
             Ok(HttpResponse::Ok().json(serde_json::json!({"result": to_json(&value)})))

@@ -212,7 +212,9 @@ pub fn parse_backends(spec: &str) -> Result<Vec<(String, Vec<String>)>, String> 
         if endpoints.is_empty() {
             return Err(format!("rpc.backends: service {name:?} has no endpoint"));
         }
-        services.push((name.trim().to_owned(), endpoints));
+        let name = name.trim();
+        crate::input::name("service", name).map_err(|e| format!("rpc.backends: {e}"))?;
+        services.push((name.to_owned(), endpoints));
     }
     Ok(services)
 }
@@ -387,6 +389,7 @@ impl Router {
         caller: &quartet_kit::token::Claims,
         service: &str,
     ) -> Result<(), Problem> {
+        crate::input::name("service", service).map_err(|e| e.problem())?;
         quartet_kit::token::require(caller, &format!("rpc:call:{service}.*"))
             .or_else(|_| quartet_kit::token::require(caller, &format!("rpc:describe:{service}")))
     }
@@ -840,7 +843,12 @@ fn observe(
     outcome: &Result<(), CallError>,
 ) {
     let health = match outcome {
+        // An answer, even an error or a malformed one, says the backend is there: what a
+        // caller sends can fail its own call, never close the circuit for everyone.
         Ok(()) | Err(CallError::Remote(_) | CallError::Protocol(_)) => Health::Up,
+        // One call went silent while the backend answers on others (pings, other calls'
+        // heartbeats): that call's channel is lost, not the backend.
+        Err(CallError::LostRemote(_)) if backend.client.is_heard() => return,
         Err(CallError::LostRemote(_) | CallError::Disconnected | CallError::Closed) => Health::Down,
         // Slow, not gone: it kept beating (a silent one is lost before its deadline).
         Err(CallError::Timeout(_)) => return,
@@ -864,21 +872,19 @@ fn observe(
 /// `rpc:call:<service>.*` for the whole service. (In Shiro's permission syntax `.` does not
 /// separate parts, so `reports.*` is not a wildcard there; the gateway accepts the service-wide
 /// grant explicitly.) The refusal names the method's permission.
+///
+/// The names are checked first ([`crate::input::callable`]), so no name can widen or cross a
+/// grant: a refusal there is `InvalidArgument` (or `NotFound` for a zerorpc protocol event's
+/// name), never a permission looked up.
 pub fn authorize(
     caller: &quartet_kit::token::Claims,
     service: &str,
     method: &str,
 ) -> Result<(), quartet_kit::error::Problem> {
+    crate::input::callable(service, method).map_err(|e| e.problem())?;
     let exact = format!("rpc:call:{service}.{method}");
     quartet_kit::token::require(caller, &format!("rpc:call:{service}.*"))
         .or_else(|_| quartet_kit::token::require(caller, &exact))
-}
-
-/// The time a call may take: what the caller asked for (seconds, above 0), at most `max`.
-pub fn timeout(requested: Option<f64>, max: Duration) -> Duration {
-    requested
-        .filter(|t| *t > 0.0 && t.is_finite())
-        .map_or(max, |t| Duration::from_secs_f64(t).min(max))
 }
 
 /// A MessagePack value as JSON: binary as base64 text, map keys as text.

@@ -11,7 +11,7 @@ use rmpv::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::event::{ERR, Event, HEARTBEAT, MORE, OK, STREAM, STREAM_DONE};
+use super::event::{ERR, Event, EventError, HEARTBEAT, MORE, OK, STREAM, STREAM_DONE};
 use super::server::{HEARTBEAT_PERIOD, RemoteError};
 use super::socket::{Curve, Socket, SocketError};
 
@@ -93,6 +93,9 @@ pub struct Client {
     socket: Arc<Socket>,
     pending: Pending,
     period: Duration,
+    /// When anything last arrived from the server, on any channel: tells a server that went
+    /// silent from one call it stopped answering.
+    heard: Arc<Mutex<Instant>>,
 }
 
 /// Credit granted to a streaming server at a time, as zerorpc-python grants it.
@@ -103,7 +106,8 @@ impl Client {
     pub fn connect(endpoint: &str, curve: Option<Curve>) -> Result<Self, SocketError> {
         let socket = Arc::new(Socket::connect(zmq::DEALER, endpoint, curve)?);
         let pending: Pending = Arc::default();
-        let (reader, routes) = (socket.clone(), pending.clone());
+        let heard = Arc::new(Mutex::new(Instant::now()));
+        let (reader, routes, last) = (socket.clone(), pending.clone(), heard.clone());
         tokio::spawn(async move {
             loop {
                 let mut frames = tokio::select! {
@@ -127,20 +131,35 @@ impl Client {
                         continue;
                     }
                 };
+                *last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
                 let Some(payload) = frames.pop() else {
                     continue;
                 };
-                let Ok(event) = Event::decode(&payload) else {
-                    tracing::warn!("dropped a malformed zerorpc reply");
-                    continue;
+                // A reply nesting too deep fails its call, naming the limit; one that is no
+                // event at all names no call to fail.
+                let (channel, inbound) = match Event::decode(&payload) {
+                    Ok(event) => (event.channel().to_vec(), Ok(event)),
+                    Err(e) => match &e {
+                        EventError::TooDeep {
+                            origin: Some(origin),
+                            ..
+                        } => (
+                            origin.channel().to_vec(),
+                            Err(CallError::Protocol(e.to_string())),
+                        ),
+                        _ => {
+                            tracing::warn!(error = %e, "dropped a malformed zerorpc reply");
+                            continue;
+                        }
+                    },
                 };
                 let route = routes
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .get(event.channel())
+                    .get(&channel)
                     .cloned();
                 if let Some(tx) = route {
-                    let _ = tx.send(Ok(event));
+                    let _ = tx.send(inbound);
                 }
             }
         });
@@ -148,7 +167,20 @@ impl Client {
             socket,
             pending,
             period: HEARTBEAT_PERIOD,
+            heard,
         })
+    }
+
+    /// Whether the server was heard from, on any channel, within one and a half heartbeat
+    /// periods. A live server answers something at least every period (heartbeats on every
+    /// open call, and the gateway pings it each period), so a call lost while this holds lost
+    /// its own channel — the server stopped answering that call — not the server.
+    pub fn is_heard(&self) -> bool {
+        self.heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+            <= self.period * 3 / 2
     }
 
     /// Sets the heartbeat period (zerorpc's default is 5 s; both sides should agree).

@@ -8,6 +8,12 @@
 //!   [`HEARTBEAT`], [`MORE`].
 //! - `args` is kept as a MessagePack value: its exact wire types (bin vs str, integer widths)
 //!   survive a decode and re-encode, so the gateway passes arguments through unchanged.
+//!
+//! Decoding takes bytes from anyone who can reach a socket, before any token is checked, so
+//! [`Event::decode`] never panics and its recursion is bounded: header values and arguments
+//! may nest arrays and maps at most [`MAX_DEPTH`] levels deep (the argument list itself is
+//! one). An event whose arguments nest deeper is refused as [`EventError::TooDeep`], which
+//! still carries its ids, so the peer can be answered on its channel.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,6 +35,11 @@ pub const MORE: &str = "_zpc_more";
 /// The protocol version we speak (zerorpc 0.6.3 always writes 3).
 pub const VERSION: u64 = 3;
 
+/// The deepest nesting of arrays and maps accepted in an event's arguments (the argument list
+/// counts as one level) and in each header value. Decoding recurses once per level, so this
+/// bounds the stack a peer can make us use; 100 levels is far beyond what real calls carry.
+pub const MAX_DEPTH: usize = 100;
+
 /// Why bytes are not an event; each names what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {
@@ -38,6 +49,69 @@ pub enum EventError {
     /// MessagePack, but not `[header, name, args]`.
     #[error("not a zerorpc event: {0}")]
     Shape(String),
+    /// Arrays and maps nested deeper than [`MAX_DEPTH`] levels, in the header or in the
+    /// arguments; with the event's ids when its header could be read, so that the peer can be
+    /// answered on its channel.
+    #[error(
+        "the {part} of the event nest arrays and maps deeper than {limit} levels: send flatter data"
+    )]
+    TooDeep {
+        /// What nests too deep: `header` or `arguments`.
+        part: &'static str,
+        /// The limit, [`MAX_DEPTH`].
+        limit: usize,
+        /// Whose event it was, when the header was read.
+        origin: Option<Origin>,
+    },
+}
+
+/// The ids and name of an event whose arguments could not be read: where to answer it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The event's own id.
+    pub message_id: Vec<u8>,
+    /// The channel it belongs to, when it is not the first event of one.
+    pub response_to: Option<Vec<u8>>,
+    /// The event's name.
+    pub name: String,
+}
+
+impl Origin {
+    /// The channel the event belongs to: its `response_to`, or its own id when it opens one.
+    pub fn channel(&self) -> &[u8] {
+        self.response_to.as_deref().unwrap_or(&self.message_id)
+    }
+}
+
+/// Reads one MessagePack value nesting arrays and maps at most `levels` deep; a value that
+/// nests deeper is refused with `None` in the error slot, other faults with their reason.
+///
+/// rmpv bounds its recursion in steps, not levels: two per array or map and up to three for
+/// a string, binary or extension leaf, so `2 * levels + 3` steps admit every value of
+/// `levels` levels and some of one more; [`depth`] then draws the line exactly.
+pub(crate) fn read_nested(reader: &mut &[u8], levels: usize) -> Result<Value, Option<String>> {
+    match rmpv::decode::read_value_with_max_depth(reader, 2 * levels + 3) {
+        Ok(value) if depth(&value) <= levels => Ok(value),
+        Ok(_) | Err(rmpv::decode::Error::DepthLimitExceeded) => Err(None),
+        Err(e) => Err(Some(e.to_string())),
+    }
+}
+
+/// How many levels of arrays and maps `value` nests (a scalar: 0, `[1]`: 1, `[[]]`: 2),
+/// counted without recursion, so any value may be measured.
+pub fn depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(value, 0usize)];
+    while let Some((value, above)) = pending.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Map(entries) => Box::new(entries.iter().flat_map(|(k, v)| [k, v])),
+            _ => continue,
+        };
+        deepest = deepest.max(above + 1);
+        pending.extend(children.map(|child| (child, above + 1)));
+    }
+    deepest
 }
 
 /// The header map.
@@ -169,37 +243,69 @@ impl Event {
         out
     }
 
-    /// Decodes one event; the error names what is wrong.
+    /// Decodes one event; the error names what is wrong. Safe on any bytes: it never panics,
+    /// and nesting is bounded by [`MAX_DEPTH`] (the entry point for fuzzing the decoder).
     pub fn decode(bytes: &[u8]) -> Result<Self, EventError> {
         let mut reader = bytes;
-        let value = rmpv::decode::read_value(&mut reader)
-            .map_err(|e| EventError::Msgpack(e.to_string()))?;
+        let (header, name) = Self::read_head(&mut reader)?;
+        let args = read_nested(&mut reader, MAX_DEPTH).map_err(|fault| match fault {
+            None => EventError::TooDeep {
+                part: "arguments",
+                limit: MAX_DEPTH,
+                origin: Some(Origin {
+                    message_id: header.message_id.clone(),
+                    response_to: header.response_to.clone(),
+                    name: name.clone(),
+                }),
+            },
+            Some(reason) => EventError::Msgpack(reason),
+        })?;
         if !reader.is_empty() {
             return Err(EventError::Msgpack(format!(
                 "{} bytes after the event",
                 reader.len()
             )));
         }
-        let Value::Array(mut parts) = value else {
-            return Err(EventError::Shape("the event is not an array".into()));
-        };
-        if parts.len() != 3 {
+        Ok(Self { header, name, args })
+    }
+
+    /// Decodes an event's header and name only, leaving its arguments unread: enough to
+    /// answer a request that is refused for its size without building its arguments.
+    pub fn decode_head(bytes: &[u8]) -> Result<(Header, String), EventError> {
+        Self::read_head(&mut &bytes[..])
+    }
+
+    /// Reads the event's array marker, its header and its name, leaving `reader` at `args`.
+    fn read_head(reader: &mut &[u8]) -> Result<(Header, String), EventError> {
+        let parts = array_len(reader)?;
+        if parts != 3 {
             return Err(EventError::Shape(format!(
-                "the event has {} parts, not 3 (header, name, args)",
-                parts.len()
+                "the event has {parts} parts, not 3 (header, name, args)"
             )));
         }
-        let args = parts.pop().unwrap_or(Value::Nil);
-        let name = match parts.pop() {
-            Some(Value::String(s)) => s
+        let Value::Map(entries) =
+            read_nested(reader, MAX_DEPTH + 1).map_err(|fault| match fault {
+                None => EventError::TooDeep {
+                    part: "header",
+                    limit: MAX_DEPTH,
+                    origin: None,
+                },
+                Some(reason) => EventError::Msgpack(reason),
+            })?
+        else {
+            return Err(EventError::Shape("the header is not a map".into()));
+        };
+        let not_a_name = || EventError::Shape("the event name is not a string".into());
+        let name = match read_nested(reader, 0).map_err(|fault| match fault {
+            None => not_a_name(),
+            Some(reason) => EventError::Msgpack(reason),
+        })? {
+            Value::String(s) => s
                 .into_str()
                 .ok_or_else(|| EventError::Shape("the event name is not UTF-8".into()))?,
-            Some(Value::Binary(b)) => String::from_utf8(b)
+            Value::Binary(b) => String::from_utf8(b)
                 .map_err(|_| EventError::Shape("the event name is not UTF-8".into()))?,
-            _ => return Err(EventError::Shape("the event name is not a string".into())),
-        };
-        let Some(Value::Map(entries)) = parts.pop() else {
-            return Err(EventError::Shape("the header is not a map".into()));
+            _ => return Err(not_a_name()),
         };
         let mut header = Header {
             message_id: Vec::new(),
@@ -230,8 +336,34 @@ impl Event {
         if header.message_id.is_empty() {
             return Err(EventError::Shape("the header has no message_id".into()));
         }
-        Ok(Self { header, name, args })
+        Ok((header, name))
     }
+}
+
+/// Reads a MessagePack array marker and its length (fixarray, array 16 or array 32). Any
+/// other value is refused: as not an array when it is MessagePack, else with the reason.
+fn array_len(reader: &mut &[u8]) -> Result<usize, EventError> {
+    let truncated = || EventError::Msgpack("the event is cut short".into());
+    let (len, marker) = match reader.first() {
+        Some(&b) if b & 0xf0 == 0x90 => (usize::from(b & 0x0f), 1),
+        Some(0xdc) => {
+            let n = reader.get(1..3).ok_or_else(truncated)?;
+            (usize::from(u16::from_be_bytes([n[0], n[1]])), 3)
+        }
+        Some(0xdd) => {
+            let n = reader.get(1..5).ok_or_else(truncated)?;
+            let len = u32::from_be_bytes([n[0], n[1], n[2], n[3]]);
+            (usize::try_from(len).unwrap_or(usize::MAX), 5)
+        }
+        _ => {
+            return Err(match read_nested(&mut &reader[..], MAX_DEPTH) {
+                Ok(_) | Err(None) => EventError::Shape("the event is not an array".into()),
+                Err(Some(reason)) => EventError::Msgpack(reason),
+            });
+        }
+    };
+    *reader = &reader[marker..];
+    Ok(len)
 }
 
 #[cfg(test)]
@@ -303,6 +435,72 @@ mod tests {
         assert_eq!((n(&a) + 1) & 0xffff_ffff, n(&b));
     }
 
+    /// `levels` arrays, one inside the other, around `leaf`.
+    fn nested(levels: usize, leaf: Value) -> Value {
+        (0..levels).fold(leaf, |inner, _| Value::Array(vec![inner]))
+    }
+
+    #[test]
+    fn nesting_is_bounded_and_a_request_too_deep_keeps_its_ids() {
+        // The frame of issue 14, which overflowed the stack before any token was looked at: a
+        // "header" of a thousand nested arrays. No header, so no id to answer: refused whole.
+        for levels in [1000, 100_000] {
+            let mut frame = vec![0x93];
+            frame.extend(std::iter::repeat_n(0x91, levels));
+            frame.push(0xc0);
+            let refused = Event::decode(&frame).expect_err("too deep");
+            assert_eq!(
+                refused,
+                EventError::TooDeep {
+                    part: "header",
+                    limit: MAX_DEPTH,
+                    origin: None
+                }
+            );
+            assert!(
+                refused.to_string().contains("deeper than 100 levels"),
+                "{refused}"
+            );
+        }
+        // Arguments: the list and MAX_DEPTH - 1 levels inside it pass, whatever the leaf.
+        for leaf in [
+            Value::Nil,
+            Value::from("x"),
+            Value::Binary(vec![1]),
+            Value::Array(vec![]),
+        ] {
+            let inside = if leaf.is_array() {
+                MAX_DEPTH - 2
+            } else {
+                MAX_DEPTH - 1
+            };
+            let fits = Event::request("add", Value::Array(vec![nested(inside, leaf.clone())]));
+            assert_eq!(Event::decode(&fits.encode()).as_ref(), Ok(&fits));
+            let deeper = Event::request("add", Value::Array(vec![nested(inside + 1, leaf)]));
+            let Err(EventError::TooDeep {
+                part: "arguments",
+                origin: Some(origin),
+                ..
+            }) = Event::decode(&deeper.encode())
+            else {
+                panic!("arguments {} deep were not refused", MAX_DEPTH + 1);
+            };
+            assert_eq!(origin.message_id, deeper.header.message_id);
+            assert_eq!((origin.name.as_str(), origin.response_to), ("add", None));
+        }
+        // A reply too deep names its channel, so its call can be failed.
+        let reply = Event::reply(b"channel", OK, nested(MAX_DEPTH + 1, Value::Nil));
+        match Event::decode(&reply.encode()) {
+            Err(EventError::TooDeep {
+                origin: Some(o), ..
+            }) => assert_eq!(o.channel(), b"channel"),
+            other => panic!("{other:?}"),
+        }
+        // The head alone reads without the arguments.
+        let (header, name) = Event::decode_head(&reply.encode()).expect("head");
+        assert_eq!((header, name.as_str()), (reply.header.clone(), OK));
+    }
+
     #[test]
     fn malformed_events_are_refused_with_the_reason() {
         let refuse = |bytes: &[u8]| Event::decode(bytes).expect_err("refused").to_string();
@@ -314,5 +512,10 @@ mod tests {
         let mut trailing = Event::request("x", Value::Nil).encode();
         trailing.push(0);
         assert!(refuse(&trailing).contains("after the event"));
+        assert!(refuse(&[0xdc, 0x00]).contains("cut short"));
+        assert!(refuse(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x80]).contains("4294967295 parts"));
+        assert!(refuse(&[0x93, 0x90]).contains("header is not a map"));
+        assert!(refuse(&[0x93, 0x80, 0x91, 0xa1, b'x', 0xc0]).contains("name is not a string"));
+        assert!(refuse(&[]).contains("MessagePack"));
     }
 }

@@ -18,7 +18,7 @@ use rmpv::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::event::{ERR, Event, HEARTBEAT, MORE, OK, STREAM, STREAM_DONE, VERSION};
+use super::event::{ERR, Event, EventError, HEARTBEAT, MORE, OK, STREAM, STREAM_DONE, VERSION};
 use super::socket::{Frames, Socket};
 
 /// zerorpc's default heartbeat period.
@@ -86,6 +86,8 @@ pub struct Service {
     fallback: Option<Fallback>,
     /// Requests larger than this are answered with an error, not run.
     max_message_bytes: Option<usize>,
+    /// Calls one peer (connection) may have open at once; more are answered `TooManyCalls`.
+    max_calls_per_peer: Option<usize>,
     /// Counts messages refused or dropped, by reason.
     refused: Option<prometheus::IntCounterVec>,
 }
@@ -124,9 +126,18 @@ impl Service {
         self
     }
 
+    /// Answers a peer's requests beyond `calls` open at once with `TooManyCalls`.
+    pub fn max_calls_per_peer(mut self, calls: usize) -> Self {
+        self.max_calls_per_peer = Some(calls);
+        self
+    }
+
     /// Counts refused and dropped messages in `counter`, labelled by reason: `malformed`
-    /// (not a zerorpc event: dropped, there is no id to answer), `oversized`, `version`
-    /// (a protocol version above 3), `shutting-down`.
+    /// (not a zerorpc event: dropped, there is no id to answer), `frames` (more than
+    /// [`MAX_FRAMES`]: dropped), `oversized`, `too-deep` (arguments nested deeper than
+    /// [`super::event::MAX_DEPTH`]), `version` (a protocol version above 3), `busy` (the
+    /// peer's open calls at their limit), `duplicate` (a request on an id already open),
+    /// `shutting-down`.
     pub fn count_refusals(mut self, counter: prometheus::IntCounterVec) -> Self {
         self.refused = Some(counter);
         self
@@ -274,8 +285,74 @@ impl Service {
     }
 }
 
-/// Open calls: channel id → the sender of events arriving on it.
-type Channels = Arc<Mutex<HashMap<Vec<u8>, mpsc::UnboundedSender<Event>>>>;
+/// The frames a request may have: the routing envelope (a peer's identity, any proxies'),
+/// the delimiter and the event. More is no zerorpc client: dropped and counted (`frames`).
+pub const MAX_FRAMES: usize = 16;
+
+/// A peer's routing envelope: its identity frames, as the ROUTER gave them.
+type Envelope = Vec<Vec<u8>>;
+
+/// Open calls, keyed by peer and channel id, so that one peer can neither reach nor replace
+/// another's call; and how many each peer has open.
+#[derive(Default)]
+struct Open {
+    calls: HashMap<(Envelope, Vec<u8>), mpsc::UnboundedSender<Event>>,
+    per_peer: HashMap<Envelope, usize>,
+}
+
+type Channels = Arc<Mutex<Open>>;
+
+impl Open {
+    /// Opens a call unless the peer has `max` open, or one on the same id; why not, if not.
+    fn open(
+        &mut self,
+        peer: &Envelope,
+        id: &[u8],
+        tx: mpsc::UnboundedSender<Event>,
+        max: usize,
+    ) -> Result<(), (&'static str, RemoteError)> {
+        let key = (peer.clone(), id.to_vec());
+        if self.calls.contains_key(&key) {
+            return Err((
+                "duplicate",
+                RemoteError::new(
+                    "ProtocolError",
+                    "a call with this message_id is already open on this connection: use a fresh id",
+                ),
+            ));
+        }
+        let count = self.per_peer.entry(peer.clone()).or_default();
+        if *count >= max {
+            return Err((
+                "busy",
+                RemoteError::new(
+                    "TooManyCalls",
+                    format!(
+                        "{max} calls are open on this connection (rpc.max_calls_per_connection): wait for one to end"
+                    ),
+                ),
+            ));
+        }
+        *count += 1;
+        self.calls.insert(key, tx);
+        Ok(())
+    }
+
+    fn close(&mut self, peer: &Envelope, id: &[u8]) {
+        if self.calls.remove(&(peer.clone(), id.to_vec())).is_some()
+            && let Some(count) = self.per_peer.get_mut(peer)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.per_peer.remove(peer);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.calls.len()
+    }
+}
 
 /// What to send back on a ROUTER: the routing envelope and the empty delimiter.
 fn frames(envelope: &[Vec<u8>], event: &Event) -> Frames {
@@ -285,14 +362,41 @@ fn frames(envelope: &[Vec<u8>], event: &Event) -> Frames {
     frames
 }
 
+/// Refuses request `message_id` (`call`) for `reason`: counted, logged, and answered
+/// `ERR [name, message, ""]` on its channel.
+fn refuse(
+    (service, socket, envelope): (&Service, &Socket, &[Vec<u8>]),
+    (message_id, call): (&[u8], &str),
+    reason: &str,
+    error: RemoteError,
+) {
+    service.refused(reason);
+    tracing::warn!(reason, call, "refused a zerorpc request");
+    let reply = Event::reply(
+        message_id,
+        ERR,
+        Value::Array(vec![error.name.into(), error.message.into(), "".into()]),
+    );
+    let _ = socket.send(frames(envelope, &reply));
+}
+
+/// Drops a message there is no request to answer on: counted (in `dropped` too) and logged.
+fn drop_message(service: &Service, dropped: &mut u64, reason: &str, why: &dyn std::fmt::Display) {
+    *dropped += 1;
+    service.refused(reason);
+    tracing::warn!(reason, error = %why, "dropped a zerorpc message");
+}
+
 /// Serves `service` on `socket` (a bound ROUTER) until `stop`, then drains: calls in flight
 /// run to their end (their heartbeats and flow control still flow) while new requests are
 /// answered `Unavailable`. Malformed messages are dropped and counted in the returned total
-/// (there is no id to answer them on); oversized requests and unknown protocol versions are
-/// answered with an error naming the problem.
+/// (there is no id to answer them on); oversized requests (refused before their arguments
+/// are decoded), arguments nested deeper than [`super::event::MAX_DEPTH`], unknown protocol
+/// versions and a peer over its open calls are answered with an error naming the problem.
 pub async fn serve(service: Arc<Service>, socket: Arc<Socket>, stop: CancellationToken) -> u64 {
     let channels: Channels = Arc::default();
     let open = |channels: &Channels| channels.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let max_calls = service.max_calls_per_peer.unwrap_or(usize::MAX);
     let mut dropped = 0;
     let mut stopping = false;
     loop {
@@ -312,6 +416,14 @@ pub async fn serve(service: Arc<Service>, socket: Arc<Socket>, stop: Cancellatio
         let Some(mut message) = message else {
             return dropped;
         };
+        if message.len() > MAX_FRAMES {
+            let why = format!(
+                "{} frames; a request has at most {MAX_FRAMES}",
+                message.len()
+            );
+            drop_message(&service, &mut dropped, "frames", &why);
+            continue;
+        }
         let Some(payload) = message.pop() else {
             continue;
         };
@@ -321,12 +433,44 @@ pub async fn serve(service: Arc<Service>, socket: Arc<Socket>, stop: Cancellatio
             message.pop();
         }
         let envelope = message;
+        let to = (&*service, &*socket, &envelope[..]);
+        // An oversized request is answered from its header alone: its arguments are never
+        // built in memory.
+        if let Some(max) = service.max_message_bytes.filter(|m| payload.len() > *m) {
+            let error = RemoteError::new(
+                "MessageTooLarge",
+                format!(
+                    "the request is {} bytes; at most {max} are accepted",
+                    payload.len()
+                ),
+            );
+            match Event::decode_head(&payload) {
+                Ok((header, name)) if header.response_to.is_none() => {
+                    refuse(to, (&header.message_id, &name), "oversized", error);
+                }
+                _ => drop_message(&service, &mut dropped, "oversized", &error.message),
+            }
+            continue;
+        }
         let event = match Event::decode(&payload) {
             Ok(event) => event,
+            // Too deep to read, but with a header: a request is told why, on its channel.
+            Err(
+                ref e @ EventError::TooDeep {
+                    origin: Some(ref origin),
+                    ..
+                },
+            ) if origin.response_to.is_none() => {
+                let error = RemoteError::new("ProtocolError", e.to_string());
+                refuse(to, (&origin.message_id, &origin.name), "too-deep", error);
+                continue;
+            }
             Err(e) => {
-                dropped += 1;
-                service.refused("malformed");
-                tracing::warn!(error = %e, "dropped a malformed zerorpc message");
+                let reason = match e {
+                    EventError::TooDeep { .. } => "too-deep",
+                    _ => "malformed",
+                };
+                drop_message(&service, &mut dropped, reason, &e);
                 continue;
             }
         };
@@ -334,7 +478,8 @@ pub async fn serve(service: Arc<Service>, socket: Arc<Socket>, stop: Cancellatio
             let open = channels
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .get(channel)
+                .calls
+                .get(&(envelope.clone(), channel.clone()))
                 .cloned();
             match open {
                 Some(tx) => {
@@ -357,17 +502,6 @@ pub async fn serve(service: Arc<Service>, socket: Arc<Socket>, stop: Cancellatio
                     ),
                 ),
             ))
-        } else if let Some(max) = service.max_message_bytes.filter(|m| payload.len() > *m) {
-            Some((
-                "oversized",
-                RemoteError::new(
-                    "MessageTooLarge",
-                    format!(
-                        "the request is {} bytes; at most {max} are accepted",
-                        payload.len()
-                    ),
-                ),
-            ))
         } else if stopping {
             Some((
                 "shutting-down",
@@ -379,30 +513,29 @@ pub async fn serve(service: Arc<Service>, socket: Arc<Socket>, stop: Cancellatio
         } else {
             None
         };
-        if let Some((reason, error)) = refusal {
-            service.refused(reason);
-            tracing::warn!(reason, call = %event.name, "refused a zerorpc request");
-            let reply = Event::reply(
-                &event.header.message_id,
-                ERR,
-                Value::Array(vec![error.name.into(), error.message.into(), "".into()]),
-            );
-            let _ = socket.send(frames(&envelope, &reply));
-            continue;
-        }
         let (tx, rx) = mpsc::unbounded_channel();
         let id = event.header.message_id.clone();
-        channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), tx);
+        let refusal = refusal.map_or_else(
+            || {
+                channels
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .open(&envelope, &id, tx, max_calls)
+                    .err()
+            },
+            Some,
+        );
+        if let Some((reason, error)) = refusal {
+            refuse(to, (&id, &event.name), reason, error);
+            continue;
+        }
         let (service, socket, channels) = (service.clone(), socket.clone(), channels.clone());
         tokio::spawn(async move {
             call(&service, &socket, &envelope, event, rx).await;
             channels
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+                .close(&envelope, &id);
         });
     }
 }
@@ -512,7 +645,7 @@ async fn call(
                 last_heard = Some(tokio::time::Instant::now());
                 // v2 peers grant credit with heartbeats' name.
                 if event.name == MORE || (v1 && event.name == HEARTBEAT) {
-                    credit += event.args[0].as_u64().unwrap_or(0);
+                    credit = credit.saturating_add(event.args[0].as_u64().unwrap_or(0));
                 }
             }
         }

@@ -2,8 +2,11 @@
 //! between threads, so each socket lives on a thread of its own, which polls it together with
 //! an in-process queue of outgoing messages: received messages go to a channel, messages to
 //! send come in over `inproc`. Sending never blocks the caller beyond handing the frames over.
+//! Received messages wait at most [`INBOX_BYTES`] (or [`INBOX_MESSAGES`]) for their reader;
+//! past that the thread stops taking more from libzmq, whose own queue limit then pushes
+//! back on the peers, so a flood cannot grow memory faster than the reader takes it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -170,10 +173,42 @@ pub async fn curve_pair_matches(public: &str, secret: &str) -> Result<bool, Sock
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
+/// Bytes of received messages waiting for their reader, at most (then reading pauses).
+pub const INBOX_BYTES: usize = 16 << 20;
+/// Received messages waiting for their reader, at most (then reading pauses).
+pub const INBOX_MESSAGES: usize = 1024;
+
+/// Received messages not yet taken by the reader: their count and bytes.
+#[derive(Debug, Default)]
+struct Waiting {
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Waiting {
+    fn full(&self) -> bool {
+        self.messages.load(Ordering::Acquire) >= INBOX_MESSAGES
+            || self.bytes.load(Ordering::Acquire) >= INBOX_BYTES
+    }
+
+    fn arrived(&self, frames: &Frames) {
+        self.messages.fetch_add(1, Ordering::AcqRel);
+        self.bytes
+            .fetch_add(frames.iter().map(Vec::len).sum(), Ordering::AcqRel);
+    }
+
+    fn taken(&self, frames: &Frames) {
+        self.messages.fetch_sub(1, Ordering::AcqRel);
+        self.bytes
+            .fetch_sub(frames.iter().map(Vec::len).sum(), Ordering::AcqRel);
+    }
+}
+
 /// A socket on its own thread.
 pub struct Socket {
     outbox: Mutex<zmq::Socket>,
     inbox: tokio::sync::Mutex<mpsc::UnboundedReceiver<Frames>>,
+    waiting: Arc<Waiting>,
     /// A connecting socket's dropped connections (the peer closed or died).
     drops: tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>,
     stop: Arc<AtomicBool>,
@@ -308,13 +343,14 @@ impl Socket {
         let (tx, rx) = mpsc::unbounded_channel();
         let (dropped, drops) = mpsc::unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
+        let waiting = Arc::new(Waiting::default());
         let thread = {
-            let stop = stop.clone();
+            let (stop, waiting) = (stop.clone(), waiting.clone());
             std::thread::Builder::new()
                 .name("zmq-socket".into())
                 .spawn(move || {
                     let watched = monitor.as_ref().map(|m| (m, &dropped));
-                    pump(&main, &pull, watched, &tx, &stop);
+                    pump(&main, &pull, watched, (&tx, &waiting), &stop);
                 })
                 .map_err(|_| SocketError {
                     what: "spawn the socket's thread".into(),
@@ -324,6 +360,7 @@ impl Socket {
         Ok(Self {
             outbox: Mutex::new(outbox),
             inbox: tokio::sync::Mutex::new(rx),
+            waiting,
             drops: tokio::sync::Mutex::new(drops),
             stop,
             thread: Some(thread),
@@ -375,7 +412,9 @@ impl Socket {
 
     /// The next message received; `None` once the socket is closed.
     pub async fn recv(&self) -> Option<Frames> {
-        self.inbox.lock().await.recv().await
+        let frames = self.inbox.lock().await.recv().await?;
+        self.waiting.taken(&frames);
+        Some(frames)
     }
 }
 
@@ -389,23 +428,31 @@ impl Drop for Socket {
 }
 
 /// The socket's thread: moves received messages to `inbox` and queued ones to the socket
-/// until `stop`. Polls with a short timeout so a stop is seen promptly.
+/// until `stop`. Polls with a short timeout so a stop is seen promptly. While the reader is
+/// behind (see [`Waiting`]) it takes nothing from `main`, looking again every few
+/// milliseconds.
 fn pump(
     main: &zmq::Socket,
     relay: &zmq::Socket,
     monitor: Option<(&zmq::Socket, &mpsc::UnboundedSender<()>)>,
-    inbox: &mpsc::UnboundedSender<Frames>,
+    (inbox, waiting): (&mpsc::UnboundedSender<Frames>, &Waiting),
     stop: &AtomicBool,
 ) {
     while !stop.load(Ordering::Relaxed) {
+        let full = waiting.full();
         let mut items = vec![
-            main.as_poll_item(zmq::POLLIN),
+            // Asked for nothing while the reader is behind: libzmq keeps (and bounds) the rest.
+            main.as_poll_item(if full {
+                zmq::PollEvents::empty()
+            } else {
+                zmq::POLLIN
+            }),
             relay.as_poll_item(zmq::POLLIN),
         ];
         if let Some((m, _)) = monitor {
             items.push(m.as_poll_item(zmq::POLLIN));
         }
-        if zmq::poll(&mut items, 50).is_err() {
+        if zmq::poll(&mut items, if full { 5 } else { 50 }).is_err() {
             continue;
         }
         let (incoming, outgoing) = (items[0].is_readable(), items[1].is_readable());
@@ -418,7 +465,10 @@ fn pump(
             }
         }
         if incoming {
-            while let Ok(frames) = main.recv_multipart(zmq::DONTWAIT) {
+            while !waiting.full()
+                && let Ok(frames) = main.recv_multipart(zmq::DONTWAIT)
+            {
+                waiting.arrived(&frames);
                 if inbox.send(frames).is_err() {
                     return;
                 }
