@@ -449,14 +449,6 @@ async fn a_task_submitted_over_rest_runs_on_the_rust_worker_and_its_result_comes
             .await
             .expect("grpc");
         let mut client = pb::tasks_client::TasksClient::new(channel);
-        fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
-            let mut request = tonic::Request::new(message);
-            request.metadata_mut().insert(
-                "authorization",
-                format!("Bearer {token}").parse().expect("header"),
-            );
-            request
-        }
         let submit = pb::SubmitRequest {
             name: "quartet.add".into(),
             args_json: "[40, 2]".into(),
@@ -1122,5 +1114,301 @@ async fn a_worker_cut_off_from_redis_says_so_in_readyz_and_resumes_when_it_retur
         .expect("wait")
         .expect("the worker took it after reconnecting");
     assert_eq!(meta.status, State::Success);
-    assert_eq!(meta.result, 42);
+    assert_eq!(meta.result.value(), 42);
+}
+
+/// `message` as a gRPC request carrying `token`.
+fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    request
+}
+
+/// A user holding `perms` only (a role of the same name): their token.
+async fn user_with(auth: &Server, admin: &str, name: &str, perms: &[&str]) -> String {
+    let http = http_client(Duration::from_secs(10));
+    let role = http
+        .post(format!("{}/v1/admin/roles", auth.url("http")))
+        .bearer_auth(admin)
+        .json(&json!({"name": name, "description": "test", "permissions": perms}))
+        .send()
+        .await
+        .expect("role");
+    assert!(role.status().is_success(), "{:?}", role.text().await);
+    let password = format!("{name}-e2e-password");
+    let user = http
+        .post(format!("{}/v1/admin/users", auth.url("http")))
+        .bearer_auth(admin)
+        .json(&json!({"name": name, "password": password, "roles": [name]}))
+        .send()
+        .await
+        .expect("user");
+    assert!(user.status().is_success(), "{:?}", user.text().await);
+    quartet_e2e::auth::token(auth, name, &password)
+        .await
+        .expect("token")
+}
+
+/// Issue 14: queue names that would become other permission parts, arguments no worker can
+/// read, integers beyond 64 bits, and what one client can make the gateway spend — over REST
+/// (problem+json) and gRPC (codes), against a real quartet-auth.
+#[tokio::test]
+async fn names_arguments_and_waits_that_would_escape_their_bounds_are_refused_over_rest_and_grpc() {
+    use quartet_proto::tasks::v1 as pb;
+    let (auth, admin) = quartet_e2e::auth::start_with_admin_token()
+        .await
+        .expect("quartet-auth and a token");
+    let redis = quartet_e2e::redis_url().await;
+    let (broker_url, result_url) = (format!("{redis}/30"), format!("{redis}/31"));
+    let gateway = rest_gateway(
+        &auth,
+        (&broker_url, &result_url),
+        "q1",
+        &[
+            ("QUARTET_TASK_GATEWAY_TASKS_MAX_PAYLOAD_BYTES", "300000"),
+            ("QUARTET_TASK_GATEWAY_TASKS_MAX_WAITERS", "1"),
+        ],
+    )
+    .await;
+    let api = gateway.url("http");
+    let ursula = user_with(
+        &auth,
+        &admin,
+        "ursula",
+        &["task:submit:q1", "task:stats:q1"],
+    )
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(gateway.url("grpc"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("grpc");
+    let mut grpc = pb::tasks_client::TasksClient::new(channel);
+
+    // Queue names: refused with a 400 naming the character, never a 500 or a grant.
+    for (queue, character) in [
+        ("q1:anything", "':'"),
+        ("q1:*", "':'"),
+        ("q1:", "':'"),
+        ("Q1", "'Q'"),
+        (",", "','"),
+    ] {
+        let (status, problem) = post(
+            format!("{api}/v1/tasks"),
+            &ursula,
+            json!({"name": "quartet.echo", "queue": queue}),
+        )
+        .await;
+        assert_eq!(status, 400, "submit to {queue:?}: {problem}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(character), "{queue:?}: {detail}");
+        let stats = http_client(Duration::from_secs(10))
+            .get(format!("{api}/v1/queues/{queue}"))
+            .bearer_auth(&ursula)
+            .send()
+            .await
+            .expect("stats");
+        assert_eq!(stats.status(), 400, "stats of {queue:?}");
+        let refused = grpc
+            .submit(with_token(
+                &ursula,
+                pb::SubmitRequest {
+                    name: "quartet.echo".into(),
+                    queue: queue.into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err(queue);
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{queue:?}");
+        assert!(
+            refused.message().contains(character),
+            "{}",
+            refused.message()
+        );
+        let refused = grpc
+            .queue_stats(with_token(
+                &ursula,
+                pb::QueueStatsRequest {
+                    queue: queue.into(),
+                },
+            ))
+            .await
+            .expect_err(queue);
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{queue:?}");
+    }
+    let (status, _) = post(
+        format!("{api}/v1/tasks"),
+        &ursula,
+        json!({"name": "quartet.echo", "queue": "q1"}),
+    )
+    .await;
+    assert_eq!(status, 202, "her own queue");
+    let stats = get(format!("{api}/v1/queues/q1"), &ursula).await;
+    assert_eq!(stats["queue"], "q1", "{stats}");
+
+    // Arguments no worker could read: refused at submission, naming the problem.
+    let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    for (args, reason) in [
+        ("[1e999999]".to_owned(), "number out of range"),
+        (r#"["\ud800"]"#.to_owned(), "surrogate"),
+        (deep(129), "nests 129 levels"),
+        (deep(100_000), "nests 100000 levels"),
+    ] {
+        let response = http_client(Duration::from_secs(10))
+            .post(format!("{api}/v1/tasks"))
+            .bearer_auth(&admin)
+            .header("content-type", "application/json")
+            .body(format!(
+                r#"{{"name": "quartet.echo", "queue": "q1", "args": {args}}}"#
+            ))
+            .send()
+            .await
+            .expect("submit");
+        assert_eq!(response.status(), 400);
+        let problem: Value = response.json().await.expect("problem");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(reason), "{detail}");
+        let refused = grpc
+            .submit(with_token(
+                &admin,
+                pb::SubmitRequest {
+                    name: "quartet.echo".into(),
+                    queue: "q1".into(),
+                    args_json: args.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("unreadable args");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().contains(reason), "{}", refused.message());
+    }
+
+    // Integers beyond 64 bits keep their digits through the worker and back, both fronts.
+    let wide = "123456789012345678901234567890";
+    let response = http_client(Duration::from_secs(10))
+        .post(format!("{api}/v1/tasks"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"name": "quartet.add", "queue": "q1", "args": [{wide}, 1]}}"#
+        ))
+        .send()
+        .await
+        .expect("submit");
+    let submitted: Value = response.json().await.expect("json");
+    let id = submitted["id"].as_str().expect("id");
+    // Read as text: a JSON value here would round it again.
+    let text = http_client(Duration::from_secs(30))
+        .get(format!("{api}/v1/tasks/{id}?wait=20"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("status")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains("\"result\":123456789012345678901234567891"),
+        "{text}"
+    );
+    let submitted = grpc
+        .submit(with_token(
+            &admin,
+            pb::SubmitRequest {
+                name: "quartet.echo".into(),
+                queue: "q1".into(),
+                args_json: format!("[{wide}]"),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("submit")
+        .into_inner();
+    let status = grpc
+        .get(with_token(
+            &admin,
+            pb::GetRequest {
+                id: submitted.id,
+                wait: 20.0,
+            },
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(status.result_json, format!("[{wide}]"));
+
+    // Waits: a bad one is refused; one request waits at a time here (tasks.max_waiters = 1).
+    let (_, group) = post(
+        format!("{api}/v1/groups"),
+        &admin,
+        json!({"tasks": [{"name": "quartet.echo", "queue": "q1"}]}),
+    )
+    .await;
+    let group_id = group["id"].as_str().expect("group id");
+    for wait in ["NaN", "inf", "-1"] {
+        let refused = http_client(Duration::from_secs(10))
+            .get(format!("{api}/v1/groups/{group_id}?wait={wait}"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("a response, not a dropped connection");
+        assert_eq!(refused.status(), 400, "wait={wait}");
+    }
+    let never = quartet_task_gateway::celery::uuid4();
+    let waiting = {
+        let (api, admin, never) = (api.clone(), admin.clone(), never.clone());
+        tokio::spawn(async move {
+            http_client(Duration::from_secs(30))
+                .get(format!("{api}/v1/tasks/{never}?wait=3"))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .expect("wait")
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = http_client(Duration::from_secs(10))
+        .get(format!("{api}/v1/tasks/{never}?wait=3"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("second wait");
+    assert_eq!(second.status(), 429);
+    let problem: Value = second.json().await.expect("problem");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("tasks.max_waiters"),
+        "{problem}"
+    );
+    assert_eq!(waiting.await.expect("first wait"), 200);
+    let third = get(format!("{api}/v1/tasks/{never}?wait=0.1"), &admin).await;
+    assert_eq!(third["state"], "PENDING", "the permit came back");
+
+    // A body past the limit is refused naming it, without reading all of it.
+    let huge = vec![b' '; 65 << 20];
+    let refused = http_client(Duration::from_secs(30))
+        .post(format!("{api}/v1/tasks"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await;
+    let refused = refused.expect("an answer before the whole body was read");
+    assert_eq!(refused.status(), 400);
+    let problem: Value = refused.json().await.expect("problem+json");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the limit is 300000"),
+        "{problem}"
+    );
 }

@@ -118,8 +118,9 @@ pub struct TaskStatus {
     /// PENDING (unknown or not started), STARTED, RETRY, SUCCESS, FAILURE, REVOKED.
     pub state: String,
     /// The return value, or the exception `{exc_type, exc_message, exc_module}`, as the
-    /// worker wrote it (integers beyond 64 bits keep their digits).
-    #[schema(value_type = Object)]
+    /// worker wrote it (integers beyond 64 bits keep their digits); any JSON value, `null`
+    /// while pending.
+    #[schema(value_type = Value)]
     pub result: RawJson,
     /// The failure's traceback.
     pub traceback: Option<String>,
@@ -487,8 +488,10 @@ impl Api {
 /// A task's state and result.
 #[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "Task id"), Wait),
     responses((status = 200, description = "State and result", body = TaskStatus),
+              (status = 400, description = "A negative or non-finite wait", body = Problem),
               (status = 401, description = "No valid token", body = Problem),
-              (status = 403, description = "Lacks task:read:<queue>", body = Problem)),
+              (status = 403, description = "Lacks task:read:<queue>", body = Problem),
+              (status = 429, description = "tasks.max_waiters requests already wait", body = Problem)),
     security(("bearer" = [])))]
 async fn status(
     api: web::Data<Arc<Api>>,
@@ -589,6 +592,7 @@ async fn revoke(
 /// A queue's statistics.
 #[utoipa::path(get, path = "/v1/queues/{queue}", tag = "tasks", params(("queue" = String, Path, description = "Queue name")),
     responses((status = 200, description = "Depth per priority, delayed, in flight, consumers, oldest age, dead letters", body = crate::broker::QueueStats),
+              (status = 400, description = "A queue name that cannot go into a permission (':', ',', '*', white space, control characters, upper case)", body = Problem),
               (status = 401, description = "No valid token", body = Problem),
               (status = 403, description = "Lacks task:stats:<queue>", body = Problem)),
     security(("bearer" = [])))]
@@ -893,8 +897,10 @@ async fn submit_chord(
 /// A group's progress and its tasks' results.
 #[utoipa::path(get, path = "/v1/groups/{id}", tag = "workflows", params(("id" = String, Path, description = "Group id"), Wait),
     responses((status = 200, description = "Progress and results", body = GroupStatus),
+              (status = 400, description = "A negative or non-finite wait", body = Problem),
               (status = 403, description = "Lacks task:read:<queue> for a task's queue", body = Problem),
-              (status = 404, description = "No such group", body = Problem)),
+              (status = 404, description = "No such group", body = Problem),
+              (status = 429, description = "tasks.max_waiters requests already wait", body = Problem)),
     security(("bearer" = [])))]
 async fn group_status(
     api: web::Data<Arc<Api>>,
