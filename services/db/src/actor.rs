@@ -102,8 +102,6 @@ enum Op {
     Restore(PathBuf, u64),
     Meta(&'static str),
     Checksum,
-    /// The session's reads may run at most this long (`SET max_execution_time`).
-    Limit(Duration),
 }
 
 impl Op {
@@ -168,6 +166,10 @@ pub struct Progress {
     pub applied_next: AtomicU64,
     /// The highest write number of this engine's own writes applied.
     pub applied_seq: AtomicU64,
+    /// One past the last index whose data is committed to the file, where the readers see
+    /// it (the applied position lags here while speculative writes hold the file's
+    /// transaction open).
+    pub durable_next: AtomicU64,
     applied_changed: tokio::sync::Notify,
 }
 
@@ -198,6 +200,7 @@ impl Progress {
     /// were applied by an earlier run, and Raft will not apply them again.
     pub fn opened_at(&self, next_index: u64) {
         self.applied_next.fetch_max(next_index, Ordering::AcqRel);
+        self.durable_next.fetch_max(next_index, Ordering::AcqRel);
         self.changed();
     }
 
@@ -282,12 +285,128 @@ impl Watch {
     }
 }
 
+/// Reads served beside the engine thread, on read-only connections to the same file (SQLite's
+/// WAL lets them read while the engine writes). They see what is committed to the file
+/// ([`Progress::durable_next`]), so a read goes to them only when that covers the position it
+/// must observe; reads inside a transaction, and reads that must see more, stay on the engine
+/// thread. A reader never holds up a write, an open transaction, or the state machine.
+#[derive(Debug)]
+pub struct Readers {
+    requests: Sender<ReadRequest>,
+    watches: Vec<Arc<Watch>>,
+}
+
+struct ReadRequest {
+    session: u64,
+    sql: String,
+    params: Vec<Value>,
+    reply: oneshot::Sender<Result<Rows, EngineError>>,
+}
+
+impl Readers {
+    /// Opens `count` readers on the database file at `path`, with the catalog views of
+    /// `database`; their reads run under `engine`'s time limits.
+    pub fn spawn(
+        path: &std::path::Path,
+        database: &str,
+        count: usize,
+        engine: &EngineHandle,
+    ) -> Result<Self, EngineError> {
+        let (requests, inbox) = std::sync::mpsc::channel::<ReadRequest>();
+        let inbox = Arc::new(std::sync::Mutex::new(inbox));
+        let mut watches = Vec::with_capacity(count);
+        for i in 0..count {
+            let reader = Engine::open_reader(path)?.with_catalog(database)?;
+            let watch = Arc::new(Watch::new());
+            let watching = watch.clone();
+            reader
+                .connection()
+                .progress_handler(WATCH_EVERY, Some(move || watching.expired()))?;
+            let (inbox, watch_here, limits) =
+                (inbox.clone(), watch.clone(), engine.read_limits.clone());
+            std::thread::Builder::new()
+                .name(format!("quartet-db-reader-{i}"))
+                .spawn(move || {
+                    loop {
+                        let next = inbox.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok(request) = next else { return };
+                        let limit = limits.of(request.session);
+                        let rows = watch_here.read(request.session, limit, || {
+                            reader.query_snapshot(&request.sql, &request.params)
+                        });
+                        let _ = request.reply.send(rows);
+                    }
+                })
+                .map_err(|e| EngineError::Unexpected(format!("starting a reader: {e}")))?;
+            watches.push(watch);
+        }
+        Ok(Self { requests, watches })
+    }
+
+    /// Runs a read-only query for `session` on the next free reader.
+    pub async fn query(
+        &self,
+        session: u64,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Rows, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(ReadRequest {
+                session,
+                sql: sql.to_owned(),
+                params: params.to_vec(),
+                reply,
+            })
+            .map_err(|_| EngineError::Stopped)?;
+        answer.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Stops `session`'s read on whichever reader runs it (`KILL QUERY`).
+    pub fn kill_query(&self, session: u64) {
+        if session != SYSTEM {
+            for watch in &self.watches {
+                watch.killed.store(session, Ordering::Release);
+            }
+        }
+    }
+}
+
 /// A cloneable handle on the engine thread.
 #[derive(Clone, Debug)]
 pub struct EngineHandle {
     requests: Sender<Request>,
     progress: Arc<Progress>,
     watch: Arc<Watch>,
+    read_limits: ReadLimits,
+}
+
+/// Each session's read time limit: the engine's, or lower where the session asked
+/// (`SET max_execution_time`). Shared by the engine thread and the readers.
+#[derive(Debug, Clone)]
+pub struct ReadLimits {
+    most: Duration,
+    lowered: Arc<std::sync::Mutex<HashMap<u64, Duration>>>,
+}
+
+impl ReadLimits {
+    fn new(most: Duration) -> Self {
+        Self {
+            most,
+            lowered: Arc::default(),
+        }
+    }
+
+    fn lowered(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Duration>> {
+        self.lowered.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long `session`'s reads may run.
+    pub fn of(&self, session: u64) -> Duration {
+        self.lowered()
+            .get(&session)
+            .map_or(self.most, |l| (*l).min(self.most))
+    }
 }
 
 impl EngineHandle {
@@ -326,6 +445,8 @@ impl EngineHandle {
         let (proposals, proposed) = mpsc::unbounded_channel();
         let shared = progress.clone();
         let thread_watch = watch.clone();
+        let read_limits = ReadLimits::new(limits.max_read);
+        let thread_limits = read_limits.clone();
         let mut instance = [0u8; 8];
         getrandom::fill(&mut instance).expect("the OS random source is available");
         std::thread::Builder::new()
@@ -338,7 +459,7 @@ impl EngineHandle {
                         progress: shared,
                         lock_wait,
                         limits,
-                        read_limits: HashMap::new(),
+                        read_limits: thread_limits,
                         instance: u64::from_le_bytes(instance),
                         next_seq: 1,
                         spec: VecDeque::new(),
@@ -359,6 +480,7 @@ impl EngineHandle {
                 requests,
                 progress,
                 watch,
+                read_limits,
             },
             proposed,
         )
@@ -454,14 +576,19 @@ impl EngineHandle {
         }
     }
 
-    /// `session`'s reads may run at most `limit` (capped at the engine's own limit). Does
-    /// not wait.
+    /// `session`'s reads may run at most `limit` (capped at the engine's own limit).
     pub fn set_read_limit(&self, session: u64, limit: Duration) {
-        self.tell(session, Op::Limit(limit));
+        self.read_limits.lowered().insert(session, limit);
+    }
+
+    /// How long `session`'s reads may run.
+    pub fn read_limit(&self, session: u64) -> Duration {
+        self.read_limits.of(session)
     }
 
     /// The session is gone: roll back whatever it left open. Does not wait.
     pub fn close(&self, session: u64) {
+        self.read_limits.lowered().remove(&session);
         self.tell(session, Op::Close);
     }
 
@@ -581,8 +708,8 @@ struct State {
     progress: Arc<Progress>,
     lock_wait: Duration,
     limits: Limits,
-    /// Sessions that lowered their read limit.
-    read_limits: HashMap<u64, Duration>,
+    /// Sessions' read limits.
+    read_limits: ReadLimits,
     /// This engine's identity in proposals.
     instance: u64,
     next_seq: u64,
@@ -646,6 +773,14 @@ impl Worker {
                 // A state machine request that ended the transaction, never a BEGIN.
                 let _ = self.outside(system);
             }
+            if !self.st.outer_open {
+                // Everything applied is in the file now: readers may serve it.
+                let applied = self.st.progress.applied_next.load(Ordering::Acquire);
+                self.st
+                    .progress
+                    .durable_next
+                    .store(applied, Ordering::Release);
+            }
         }
     }
 
@@ -683,12 +818,7 @@ impl Worker {
             Op::Describe { sql } => self.engine.describe(&sql).map(|(p, c)| Answer::Shape(p, c)),
             Op::Commit | Op::Rollback => Ok(Answer::Done),
             Op::Close => {
-                self.st.read_limits.remove(&request.session);
                 self.st.aborted.remove(&request.session);
-                Ok(Answer::Done)
-            }
-            Op::Limit(limit) => {
-                self.st.read_limits.insert(request.session, limit);
                 Ok(Answer::Done)
             }
             Op::Settle { seq, committed } => self
@@ -905,14 +1035,7 @@ impl Worker {
                         "BEGIN inside an open transaction".into(),
                     )));
                 }
-                Op::Limit(limit) => {
-                    self.st.read_limits.insert(owner, limit);
-                    let _ = request.reply.send(Ok(Answer::Done));
-                }
                 Op::Rollback | Op::Close => {
-                    if matches!(request.op, Op::Close) {
-                        self.st.read_limits.remove(&owner);
-                    }
                     drop(session);
                     let rolled = self.st.end_client(&self.engine).map(|()| Answer::Done);
                     let _ = request.reply.send(rolled);
@@ -936,9 +1059,7 @@ impl Worker {
 impl State {
     /// How long `session`'s reads may run.
     fn read_limit(&self, session: u64) -> Duration {
-        self.read_limits
-            .get(&session)
-            .map_or(self.limits.max_read, |l| (*l).min(self.limits.max_read))
+        self.read_limits.of(session)
     }
 
     fn gate_open(&self) -> bool {

@@ -327,6 +327,16 @@ impl Engine {
         Self::prepared(conn)
     }
 
+    /// A read-only connection to the database at `path` (which [`Engine::open`] made), for
+    /// reads served beside the engine's own connection.
+    pub fn open_reader(path: &std::path::Path) -> Result<Self, EngineError> {
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        Ok(Self { conn })
+    }
+
     fn prepared(conn: rusqlite::Connection) -> Result<Self, EngineError> {
         conn.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -615,6 +625,21 @@ impl Engine {
     /// Runs a read-only query with its `?` parameters.
     pub fn query_bound(&self, sql: &str, params: &[Value]) -> Result<Rows, EngineError> {
         Self::query_on(&self.conn, sql, params)
+    }
+
+    /// Runs a read-only query in a read transaction of its own, the schema read inside it
+    /// first: on a connection other than the one that changes the schema, a statement
+    /// prepared on a stale schema would report the old columns (`SELECT *` after `ALTER`).
+    pub fn query_snapshot(&self, sql: &str, params: &[Value]) -> Result<Rows, EngineError> {
+        self.conn.execute_batch("BEGIN")?;
+        let rows = self
+            .conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+            .map_err(EngineError::from)
+            .and_then(|()| Self::query_on(&self.conn, sql, params));
+        // Nothing was written: ending the read transaction cannot lose anything.
+        let _ = self.conn.execute_batch("ROLLBACK");
+        rows
     }
 
     /// The connection, for the engine thread's interactive transactions.

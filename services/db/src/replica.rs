@@ -31,7 +31,7 @@ use openraft::{ChangeMembers, ServerState};
 use rusqlite::types::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::actor::{Decision, EngineHandle, Progress, Proposal, Written};
+use crate::actor::{Decision, EngineHandle, Progress, Proposal, Readers, Written};
 use crate::dialect::MysqlError;
 use crate::engine::{Columns, Engine, EngineError, Outcome, Rows};
 use crate::raft::log_store::LogStore;
@@ -44,6 +44,9 @@ pub const CAUGHT_UP: u64 = 1000;
 
 /// How long a queued statement waits behind another session's transaction (InnoDB's default).
 pub const LOCK_WAIT: Duration = Duration::from_secs(50);
+
+/// Read-only connections per replica serving reads beside the engine thread.
+const READERS: usize = 2;
 
 /// How long adding a learner waits for it to hold the whole log before undoing the addition.
 pub const LEARNER_CATCH_UP: Duration = Duration::from_secs(10);
@@ -166,6 +169,8 @@ impl GroupOptions {
 
 /// One replica.
 pub struct Replica {
+    /// Read-only connections serving reads the file already answers.
+    readers: Readers,
     /// What one session may make the engine spend.
     limits: crate::actor::Limits,
     id: NodeId,
@@ -243,6 +248,13 @@ impl Replica {
         let log = LogStore::open(&dir.join("raft-log.sqlite"), progress.clone())
             .map_err(|e| anyhow::anyhow!("storage.path {}: raft log: {e}", dir.display()))?;
         let (engine, proposals) = EngineHandle::spawn_with(engine, progress, options.limits);
+        let readers = Readers::spawn(
+            &dir.join("data.sqlite"),
+            &options.database,
+            READERS,
+            &engine,
+        )
+        .map_err(|e| anyhow::anyhow!("storage.path {}: readers: {e}", dir.display()))?;
         let state_machine = StateMachine::new(engine.clone(), dir.to_path_buf());
         let heartbeat = options.heartbeat.as_millis() as u64;
         let election = options.election_timeout.as_millis() as u64;
@@ -303,6 +315,7 @@ impl Replica {
             );
         }
         Ok(Arc::new(Self {
+            readers,
             limits: options.limits,
             id: options.node_id,
             raft,
@@ -399,6 +412,7 @@ impl Replica {
     /// Stops `session`'s running read, if any (`KILL QUERY`).
     pub fn kill_query(&self, session: u64) {
         self.engine.kill_query(session);
+        self.readers.kill_query(session);
     }
 
     /// What one session may make the engine spend.
@@ -431,13 +445,16 @@ impl Replica {
         }
     }
 
-    /// Waits until reads here may observe everything committed before the call.
-    async fn read_barrier(&self, consistency: Consistency) -> Result<(), ReplicaError> {
+    /// Waits until reads here may observe everything committed before the call. Returns the
+    /// log position a read must observe (none inside a transaction: its own state).
+    async fn read_barrier(&self, consistency: Consistency) -> Result<Option<u64>, ReplicaError> {
         match consistency {
-            Consistency::Transaction => Ok(()),
+            Consistency::Transaction => Ok(None),
             Consistency::Stale(bound) => {
                 if self.leader().is_some_and(|(id, _)| id == self.id) {
-                    return Ok(()); // the leader's applied data is never older than the bound
+                    // The leader's applied data is never older than the bound.
+                    let applied = self.engine.progress().applied_next.load(Ordering::Acquire);
+                    return Ok(Some(applied.saturating_sub(1)));
                 }
                 let contact = *self.contact.lock().unwrap_or_else(|p| p.into_inner());
                 match contact {
@@ -447,6 +464,7 @@ impl Replica {
                             self.engine.progress().wait_applied(commit),
                         )
                         .await
+                        .map(|()| Some(commit))
                         .map_err(|_| {
                             ReplicaError::Unconfirmed(format!(
                                 "this replica is more than {} ms behind its leader; read from the leader or allow more staleness",
@@ -480,6 +498,7 @@ impl Replica {
                         self.engine.progress().wait_applied(index),
                     )
                     .await
+                    .map(|()| Some(index))
                     .map_err(|_| {
                         ReplicaError::Unconfirmed(
                             "the leader could not apply its log in time".into(),
@@ -499,6 +518,7 @@ impl Replica {
                     self.engine.progress().wait_applied(index),
                 )
                 .await
+                .map(|()| Some(index))
                 .map_err(|_| {
                     ReplicaError::Unconfirmed("the leader could not apply its log in time".into())
                 })
@@ -514,7 +534,14 @@ impl Replica {
         params: &[Value],
         consistency: Consistency,
     ) -> Result<Rows, ReplicaError> {
-        self.read_barrier(consistency).await?;
+        let must_see = self.read_barrier(consistency).await?;
+        // The file holds everything the read must observe: a reader serves it, so it waits
+        // neither behind another session's transaction nor behind the state machine.
+        if let Some(index) = must_see
+            && self.engine.progress().durable_next.load(Ordering::Acquire) > index
+        {
+            return Ok(self.readers.query(session, sql, params).await?);
+        }
         let read = self.engine.query(session, sql, params).await?;
         self.committed(read.seen).await?;
         Ok(read.rows)

@@ -441,3 +441,60 @@ async fn packets_past_max_allowed_packet_and_connections_past_the_limit_are_refu
     tokio::time::sleep(Duration::from_millis(200)).await;
     connect(&server).await;
 }
+
+#[tokio::test]
+async fn reads_of_other_sessions_do_not_wait_for_a_transaction_in_progress() {
+    let server = start(
+        Limits {
+            idle_transaction: Duration::from_secs(60),
+            ..Limits::default()
+        },
+        front::Limits::default(),
+    )
+    .await;
+    let mut setup = connect(&server).await;
+    for sql in [
+        "CREATE TABLE t (id INT PRIMARY KEY)",
+        "CREATE TABLE other (id INT PRIMARY KEY)",
+        "INSERT INTO t VALUES (1)",
+        "INSERT INTO other VALUES (1)",
+    ] {
+        sqlx::raw_sql(sql).execute(&mut setup).await.expect(sql);
+    }
+    // A busy writer: a transaction that keeps issuing statements for three seconds.
+    let mut writer = connect(&server).await;
+    let busy = tokio::spawn(async move {
+        sqlx::raw_sql("BEGIN")
+            .execute(&mut writer)
+            .await
+            .expect("begin");
+        for id in 2..17 {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("INSERT INTO t VALUES ({id})")))
+                .execute(&mut writer)
+                .await
+                .expect("insert");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        sqlx::raw_sql("COMMIT")
+            .execute(&mut writer)
+            .await
+            .expect("commit");
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut reader = connect(&server).await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let started = Instant::now();
+        // Only what is committed: the writer's rows are not seen before its COMMIT.
+        assert_eq!(one_i64(&mut reader, "SELECT COUNT(*) FROM t").await, 1);
+        assert_eq!(one_i64(&mut reader, "SELECT COUNT(*) FROM other").await, 1);
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        slowest < Duration::from_millis(1000),
+        "reads waited for the transaction: {slowest:?}"
+    );
+    busy.await.expect("writer");
+    assert_eq!(one_i64(&mut reader, "SELECT COUNT(*) FROM t").await, 16);
+}
