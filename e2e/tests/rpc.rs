@@ -1181,6 +1181,34 @@ async fn hostile_input_neither_crashes_the_gateway_nor_crosses_a_grant_nor_downs
         assert_eq!(described.status().as_u16(), 400, "{service}");
     }
 
+    // 5. A stream on REST is collected in memory, so within the call's deadline and up to
+    // 10 000 items: more is refused (read it over gRPC or zerorpc), slower fails at the
+    // deadline instead of holding the request open.
+    let (status, problem) = post("demo/ticks".into(), admin.clone(), "[20000, 0]".into()).await;
+    assert_eq!(status, 412, "{}", detail(&problem));
+    assert!(
+        detail(&problem).contains("more than 10000 items"),
+        "{problem}"
+    );
+    let started = std::time::Instant::now();
+    let (status, problem) = post(
+        "demo/ticks?timeout=1".into(),
+        admin.clone(),
+        "[1000, 0.05]".into(),
+    )
+    .await;
+    assert_eq!(status, 504, "{problem}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, body) = post("demo/ticks".into(), admin.clone(), "[3, 0]".into()).await;
+    assert_eq!(
+        (status, body["items"].as_array().map(Vec::len)),
+        (200, Some(3))
+    );
+
     // After all that, every front still serves.
     front_adds().await;
 }

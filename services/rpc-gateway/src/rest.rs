@@ -9,9 +9,10 @@
 //! Answers: 200 `{"result": …}`, or `{"items": […]}` for a streamed reply; 422 with the remote
 //! `{name, message, traceback}` when the method raised; 400 for a name, `timeout` or arguments
 //! that [`crate::input`] refuses; 404 for an unknown service or a zerorpc protocol event's
-//! name; 413 for a body above `rpc.max_message_bytes`; 503 when the backend is lost or
-//! unreachable, every backend is down, or the gateway is draining; 429 over the caller's rate
-//! limit; 504 past the deadline.
+//! name; 413 for a body above `rpc.max_message_bytes`; 412 for a stream longer than
+//! [`MAX_STREAM_ITEMS`] (collected in memory: longer ones are for gRPC or zerorpc); 503 when
+//! the backend is lost or unreachable, every backend is down, or the gateway is draining; 429
+//! over the caller's rate limit; 504 past the deadline, which covers a whole stream.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,6 +97,7 @@ async fn call(
     request: actix_web::HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, Problem> {
+    let started = tokio::time::Instant::now();
     let (service, method) = path.into_inner();
     let timeout = crate::input::timeout(query.timeout.as_deref(), front.max_timeout)
         .map_err(|e| e.problem())?;
@@ -115,10 +117,18 @@ async fn call(
             Ok(HttpResponse::Ok().json(serde_json::json!({"result": to_json(&value)})))
         }
         Ok(Reply::Stream(items)) => {
-            let items = items
-                .collect()
+            let items = collect(items, started, timeout)
                 .await
-                .map_err(|e| failure(&service, &method, e))?;
+                .map_err(|e| match e {
+                    Collected::Call(e) => failure(&service, &method, e),
+                    Collected::TooMany => problem(
+                        ErrorKind::FailedPrecondition,
+                        "stream-too-long",
+                        format!(
+                            "{service}.{method} streamed more than {MAX_STREAM_ITEMS} items, all a REST answer holds: read it with gRPC InvokeStream or zerorpc"
+                        ),
+                    ),
+                })?;
             Ok(HttpResponse::Ok()
                 .json(serde_json::json!({"items": items.iter().map(to_json).collect::<Vec<_>>()})))
         }
@@ -141,6 +151,38 @@ async fn call(
                 "error": {"name": e.name, "message": e.message, "traceback": e.traceback},
             }))),
         Err(RouteError::Call(e)) => Err(failure(&service, &method, e)),
+    }
+}
+
+/// The most items of a streamed reply one REST answer holds (it is collected in memory).
+pub const MAX_STREAM_ITEMS: usize = 10_000;
+
+/// Why a stream could not be collected.
+enum Collected {
+    /// The stream failed, or did not end by the call's deadline.
+    Call(CallError),
+    /// It had more than [`MAX_STREAM_ITEMS`] items.
+    TooMany,
+}
+
+/// A stream's items, all of them within `timeout` of `started` (the call's deadline covers
+/// the whole stream here) and at most [`MAX_STREAM_ITEMS`].
+async fn collect(
+    mut items: crate::zerorpc::client::Items,
+    started: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<Vec<rmpv::Value>, Collected> {
+    let mut collected = Vec::new();
+    loop {
+        let next = tokio::time::timeout_at(started + timeout, items.next())
+            .await
+            .map_err(|_| Collected::Call(CallError::Timeout(timeout)))?;
+        match next {
+            None => return Ok(collected),
+            Some(Err(e)) => return Err(Collected::Call(e)),
+            Some(Ok(_)) if collected.len() == MAX_STREAM_ITEMS => return Err(Collected::TooMany),
+            Some(Ok(item)) => collected.push(item),
+        }
     }
 }
 
