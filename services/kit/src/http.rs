@@ -2,8 +2,9 @@
 //! metrics) and the REST API listener (the service's `/v1` routes, `/v1/info`, `/openapi.json`).
 //!
 //! Both wrap every request in a span (a child of the caller's `traceparent`, when sent) and
-//! count it in `quartet_http_requests_total`; both answer unknown routes and malformed JSON
-//! bodies with problem+json.
+//! count it in `quartet_http_requests_total`; both answer unknown routes with a 404 problem,
+//! and a JSON body, query string or path parameter that does not parse with a 400 problem
+//! (`bad-json`, `bad-query`, `bad-path`), as the OpenAPI document says ([`crate::openapi`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -181,10 +182,12 @@ pub fn admin_openapi(service: &str) -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// The REST listener's OpenAPI document: the service's paths plus the kit's.
+/// The REST listener's OpenAPI document: the service's paths plus the kit's, completed with
+/// what every operation shares ([`crate::openapi::complete`]).
 pub fn rest_openapi(service: &str, api: &RestApi) -> utoipa::openapi::OpenApi {
     let mut doc = KitRestDoc::openapi();
     doc.merge(api.openapi.clone());
+    let mut doc = crate::openapi::complete(doc);
     doc.info.title = format!("{service} REST API");
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     doc
@@ -235,15 +238,21 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, Problem> {
     ))
 }
 
+/// The 400 problem for input that does not parse: `code`, and `what` with the parser's words.
+fn unparsable(code: &str, what: &str, err: impl std::fmt::Display) -> actix_web::Error {
+    Problem::new(ErrorKind::InvalidArgument, code, format!("{what}: {err}")).into()
+}
+
 fn json_config() -> web::JsonConfig {
-    web::JsonConfig::default().error_handler(|err, _req| {
-        Problem::new(
-            ErrorKind::InvalidArgument,
-            "bad-json",
-            format!("request body: {err}"),
-        )
-        .into()
-    })
+    web::JsonConfig::default().error_handler(|e, _| unparsable("bad-json", "request body", e))
+}
+
+fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|e, _| unparsable("bad-query", "query string", e))
+}
+
+fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|e, _| unparsable("bad-path", "path", e))
 }
 
 /// Starts an actix server on an already-bound listener, with the kit's middleware; over TLS
@@ -264,6 +273,8 @@ pub(crate) fn serve(
             .app_data(data.clone())
             .app_data(Listener(name))
             .app_data(json_config())
+            .app_data(query_config())
+            .app_data(path_config())
             .wrap(from_fn(observe))
             .configure(move |cfg| routes(cfg))
             .default_service(web::to(not_found))

@@ -7,6 +7,7 @@
 //! | [`telemetry`] | `tracing` logs, OTLP trace export, W3C trace context in and out of every carrier |
 //! | [`health`] | readiness checks and the Prometheus registry |
 //! | [`http`] | the admin listener and the REST listener (actix-web), `/openapi.json` |
+//! | [`openapi`] | what every REST API's OpenAPI document shares: problem+json, 400, 401, 403, the bearer scheme |
 //! | [`grpc`] | the gRPC listener (tonic) with health checking, reflection and `Info` |
 //! | [`permission`] | Shiro's wildcard permissions, the suite's authorization language |
 //! | [`token`] | verifying `quartet-auth` bearer tokens locally against its JWKS; REST and gRPC guards |
@@ -23,6 +24,7 @@ pub mod error;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod openapi;
 pub mod permission;
 pub mod settings;
 pub mod shutdown;

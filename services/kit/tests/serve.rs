@@ -31,8 +31,31 @@ async fn greet(body: web::Json<Greeting>) -> Result<HttpResponse, Problem> {
     Ok(HttpResponse::Ok().body(format!("hello {}", body.name)))
 }
 
+/// How many items to show.
+#[derive(Deserialize, utoipa::IntoParams)]
+struct Page {
+    /// At most this many.
+    limit: u32,
+}
+
+/// An item, by number: a path and a query that must parse.
+#[utoipa::path(get, path = "/v1/items/{id}", params(("id" = u64, Path, description = "Item"), Page),
+    responses((status = 200, description = "The item"),
+              (status = 404, description = "No such item", body = Problem)),
+    security(("bearer" = [])))]
+async fn item(id: web::Path<u64>, page: web::Query<Page>) -> Result<HttpResponse, Problem> {
+    if *id > 10 {
+        return Err(Problem::new(
+            ErrorKind::NotFound,
+            "no-item",
+            format!("no item {id}"),
+        ));
+    }
+    Ok(HttpResponse::Ok().body(format!("item {id}, limit {}", page.limit)))
+}
+
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(greet))]
+#[openapi(paths(greet, item))]
 struct SampleDoc;
 
 /// A REST API with a handler that takes `work` and tells `started` when it begins.
@@ -41,17 +64,19 @@ fn sample_api(work: Duration, started: Arc<Notify>) -> RestApi {
     RestApi::new(
         move |cfg| {
             let started = started.clone();
-            cfg.route("/v1/greet", web::post().to(greet)).route(
-                "/v1/slow",
-                web::get().to(move || {
-                    let started = started.clone();
-                    async move {
-                        started.notify_one();
-                        tokio::time::sleep(work).await;
-                        HttpResponse::Ok().body("finished")
-                    }
-                }),
-            );
+            cfg.route("/v1/greet", web::post().to(greet))
+                .route("/v1/items/{id}", web::get().to(item))
+                .route(
+                    "/v1/slow",
+                    web::get().to(move || {
+                        let started = started.clone();
+                        async move {
+                            started.notify_one();
+                            tokio::time::sleep(work).await;
+                            HttpResponse::Ok().body("finished")
+                        }
+                    }),
+                );
         },
         SampleDoc::openapi(),
     )
@@ -226,6 +251,30 @@ async fn errors_are_problem_documents_and_the_api_describes_itself() {
     let body: serde_json::Value = empty.json().await.expect("json");
     assert_eq!(body["detail"], "name must not be empty");
 
+    // A path or query that does not parse is a 400 problem naming it, as documented.
+    for (url, kind) in [
+        (format!("{base}/v1/items/-1?limit=2"), "bad-path"),
+        (format!("{base}/v1/items/x?limit=2"), "bad-path"),
+        (format!("{base}/v1/items/1?limit=-2"), "bad-query"),
+        (format!("{base}/v1/items/1"), "bad-query"),
+    ] {
+        let refused = http.get(&url).send().await.expect("request");
+        assert_eq!(refused.status(), 400, "{url}");
+        assert_eq!(
+            refused.headers()["content-type"],
+            "application/problem+json",
+            "{url}"
+        );
+        let body: serde_json::Value = refused.json().await.expect("json");
+        assert_eq!(body["type"], format!("urn:quartet:problem:{kind}"), "{url}");
+    }
+    let found = http
+        .get(format!("{base}/v1/items/1?limit=2"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(found.text().await.expect("body"), "item 1, limit 2");
+
     let ok = http
         .post(format!("{base}/v1/greet"))
         .json(&serde_json::json!({"name": "ada"}))
@@ -246,6 +295,18 @@ async fn errors_are_problem_documents_and_the_api_describes_itself() {
     assert!(doc["paths"]["/v1/greet"]["post"].is_object(), "{doc}");
     assert!(doc["paths"]["/v1/info"]["get"].is_object(), "{doc}");
     assert!(doc["components"]["schemas"]["Problem"].is_object(), "{doc}");
+    // Completed by the kit: problems as problem+json, the refusals a guard and parsing add.
+    let responses = &doc["paths"]["/v1/items/{id}"]["get"]["responses"];
+    for status in ["400", "401", "403", "404"] {
+        assert!(
+            responses[status]["content"]["application/problem+json"].is_object(),
+            "{status}: {responses}"
+        );
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
 
     let info: serde_json::Value = http
         .get(format!("{base}/v1/info"))
