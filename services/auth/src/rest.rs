@@ -399,7 +399,8 @@ pub struct CheckResponse {
 /// Has-role and is-permitted, for one or a batch.
 #[utoipa::path(post, path = "/v1/authz/check", tag = "authz", request_body = CheckRequest,
     responses((status = 200, description = "Answers", body = CheckResponse), (status = 400, description = "An invalid permission string", body = Problem),
-              (status = 401, description = "No valid token", body = Problem), (status = 403, description = "Asking about another user without auth:subject:read", body = Problem)),
+              (status = 401, description = "No valid token", body = Problem), (status = 403, description = "Asking about another user without auth:subject:read", body = Problem),
+              (status = 404, description = "The named subject is no active user", body = Problem)),
     security(("bearer" = [])))]
 async fn check(
     state: web::Data<State>,
@@ -487,7 +488,8 @@ impl From<Decision> for UrlCheckResponse {
 
 /// Evaluates a method and path against `[urls]` filter chains, first match wins.
 #[utoipa::path(post, path = "/v1/authz/urls", tag = "authz", request_body = UrlCheckRequest,
-    responses((status = 200, description = "Verdict", body = UrlCheckResponse), (status = 400, description = "Invalid rules or an ambiguous path", body = Problem)),
+    responses((status = 200, description = "Verdict", body = UrlCheckResponse), (status = 400, description = "Invalid rules or an ambiguous path", body = Problem),
+              (status = 404, description = "The named subject is no active user", body = Problem)),
     security(("bearer" = [])))]
 async fn check_url(
     state: web::Data<State>,
