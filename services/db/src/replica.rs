@@ -400,6 +400,7 @@ impl Replica {
     pub fn raft_service(&self) -> quartet_proto::db::v1::raft_server::RaftServer<RaftService> {
         let contact = self.contact.clone();
         RaftService::server(
+            self.id,
             self.raft.clone(),
             Arc::new(move |commit| {
                 *contact.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), commit));
@@ -535,10 +536,16 @@ impl Replica {
         consistency: Consistency,
     ) -> Result<Rows, ReplicaError> {
         let must_see = self.read_barrier(consistency).await?;
-        // The file holds everything the read must observe: a reader serves it, so it waits
-        // neither behind another session's transaction nor behind the state machine.
+        // When the file holds everything applied here, a reader serves the read, so it waits
+        // neither behind another session's transaction nor behind the state machine. Not
+        // merely the position the barrier named: a lease's read index may predate writes
+        // acknowledged since, which the read must see too (the engine thread's connection
+        // always does).
+        let progress = self.engine.progress();
+        let applied = progress.applied_next.load(Ordering::Acquire);
         if let Some(index) = must_see
-            && self.engine.progress().durable_next.load(Ordering::Acquire) > index
+            && applied > index
+            && progress.durable_next.load(Ordering::Acquire) >= applied
         {
             return Ok(self.readers.query(session, sql, params).await?);
         }
@@ -723,7 +730,25 @@ impl Replica {
                 "the new node's addr is required".into(),
             ));
         }
-        let was_member = self.status().members.iter().any(|m| m.id == id);
+        check_address("addr", &member.addr)?;
+        if !member.mysql.is_empty() {
+            check_address("mysql", &member.mysql)?;
+        }
+        let status = self.status();
+        // Another replica's address would make that replica answer for the new node: for the
+        // leader's own, openraft's core panicked. (Each RPC names its node too, so a replica
+        // refuses one meant for another whatever the spelling of its address.)
+        if let Some(other) = status
+            .members
+            .iter()
+            .find(|m| m.id != id && m.addr == member.addr)
+        {
+            return Err(ReplicaError::Invalid(format!(
+                "{} is the address of node {}: a learner needs a replica of its own",
+                member.addr, other.id
+            )));
+        }
+        let was_member = status.members.iter().any(|m| m.id == id);
         let addr = member.addr.clone();
         self.membership_call(self.raft.add_learner(id, member, true))
             .await?;
@@ -957,6 +982,32 @@ impl Replica {
             .load(Ordering::Acquire)
             .saturating_sub(1);
         Ok((applied, sum))
+    }
+}
+
+/// Checks that `addr` (the `field` of a new member) is `host:port`: a host of letters, digits,
+/// '.', '-', '_' or a bracketed IPv6 address, and a port from 1 to 65535.
+fn check_address(field: &str, addr: &str) -> Result<(), ReplicaError> {
+    let invalid = || {
+        ReplicaError::Invalid(format!(
+            "{field} {addr:?} is not host:port (a host name or IP address, and a port from 1 to 65535)"
+        ))
+    };
+    let (host, port) = addr.rsplit_once(':').ok_or_else(invalid)?;
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    };
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0) && !port.starts_with('+');
+    if host_ok && port_ok {
+        Ok(())
+    } else {
+        Err(invalid())
     }
 }
 
