@@ -856,3 +856,65 @@ async fn a_statefulset_replica_waits_and_forms_a_group_only_when_asked_once() {
     assert_eq!(code, 503);
     assert!(body.contains("not configured"), "{body}");
 }
+
+/// A learner needs a replica of its own: the address of a member is refused (400), and so is
+/// one that is not host:port, while the same replica reached under another name refuses the
+/// Raft messages meant for the new node, which so never catches up (504, nothing left
+/// behind). The group keeps its leader and takes writes. Adding node 5 at the leader's own
+/// address made openraft's core panic (the leader took its own appends as a follower's), and
+/// the replica answered every write and membership change with 503 until restarted.
+#[tokio::test]
+async fn a_learner_at_another_replicas_address_is_refused_and_the_leader_survives() {
+    use reqwest::Method;
+    let _one = SERIAL.lock().await;
+    let group = DbGroup::start(1, &[]).await.expect("a replica");
+    group
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("it leads its group");
+    let secret = "e2e-raft-secret";
+    let add = |learner: serde_json::Value| {
+        admin(
+            &group,
+            0,
+            secret,
+            Method::POST,
+            "/v1/cluster/learners",
+            Some(learner),
+        )
+    };
+    let detail = |body: &serde_json::Value| body["detail"].as_str().unwrap_or_default().to_owned();
+    let port = group.ports(0).grpc;
+    let (code, body) = add(serde_json::json!({"id": 5, "addr": format!("127.0.0.1:{port}")})).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(detail(&body).contains("the address of node 1"), "{body}");
+    for addr in [
+        "127.0.0.1",
+        "x y:1",
+        "127.0.0.1:0",
+        "127.0.0.1:99999",
+        "\u{0}:1",
+        ":1",
+    ] {
+        let (code, body) = add(serde_json::json!({"id": 6, "addr": addr})).await;
+        assert_eq!(code, 400, "{addr:?}: {body}");
+        assert!(detail(&body).contains("is not host:port"), "{body}");
+    }
+    let (code, body) = add(serde_json::json!({"id": 7, "addr": format!("localhost:{port}")})).await;
+    assert_eq!(code, 504, "{body}");
+    assert!(detail(&body).contains("did not catch up"), "{body}");
+
+    let (_, status) = admin(&group, 0, secret, Method::GET, "/v1/cluster", None).await;
+    assert_eq!(status["role"], "leader", "{status}");
+    assert_eq!(voters(&status), vec![1], "{status}");
+    assert_eq!(
+        status["members"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
+    let mut c = connect(group.mysql_addr(0)).await.expect("connect");
+    sqlx::query("CREATE TABLE after_refusals (id INT PRIMARY KEY)")
+        .execute(&mut c)
+        .await
+        .expect("the group still takes writes");
+}

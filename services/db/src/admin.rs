@@ -180,7 +180,9 @@ async fn admit(replica: web::Data<Arc<Replica>>, caller: Bearer) -> Result<HttpR
 /// Adds a learner and waits until it has caught up.
 #[utoipa::path(post, path = "/v1/cluster/learners", tag = "cluster", request_body = AddLearner,
     responses((status = 200, description = "Added and caught up", body = GroupStatus),
-              (status = 400, description = "Invalid node", body = Problem), (status = 412, description = "Not the leader", body = Problem)),
+              (status = 400, description = "Invalid node: id 0, an address that is not host:port, or another member's address", body = Problem),
+              (status = 412, description = "Not the leader", body = Problem),
+              (status = 504, description = "It did not catch up in time (nothing there, or another replica there); it was removed again", body = Problem)),
     security(("bearer" = [])))]
 async fn add_learner(
     replica: web::Data<Arc<Replica>>,

@@ -9,6 +9,12 @@
 //! Replicas prove membership of the cluster with a shared secret (`raft.secret_file`, a
 //! mounted Secret) in the `x-quartet-raft-secret` metadata, compared in constant time; without
 //! one configured (local use) any caller is accepted and the server says so at start.
+//!
+//! Each of openraft's RPCs also names the node it is meant for (`x-quartet-raft-target`), and a
+//! replica refuses one meant for another node: a learner added at an address where another
+//! replica listens (a typo, a reused address, the leader's own) would otherwise take that
+//! replica's place in the protocol — sent to the leader itself, openraft's core panicked and the
+//! group lost its leader. A request without the header (an older replica) is served.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +38,9 @@ use tonic::{Request, Response, Status};
 use super::{Member, NodeId, Raft, TypeConfig, decode, encode};
 
 const SECRET_HEADER: &str = "x-quartet-raft-secret";
+
+/// The metadata naming the node an RPC is meant for.
+const TARGET_HEADER: &str = "x-quartet-raft-target";
 
 /// When each peer last answered an RPC from this replica.
 pub type Contacts = Arc<std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>>;
@@ -118,6 +127,10 @@ impl Peer {
         };
         let body = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut message = with_secret(&self.secret, RaftMessage { body });
+        message.metadata_mut().insert(
+            TARGET_HEADER,
+            tonic::metadata::MetadataValue::from(self.target),
+        );
         message.set_timeout(option.hard_ttl());
         let reply = match method {
             "append_entries" => client.append_entries(message).await,
@@ -197,6 +210,8 @@ pub async fn request_election(member: &Member, secret: &str) -> Result<(), Strin
 #[derive(Clone)]
 pub struct RaftService {
     raft: Arc<Raft>,
+    /// This replica's node id: RPCs meant for another node are refused.
+    id: NodeId,
     /// Called when this replica accepts a leader's append (bounded-staleness reads use it).
     on_append: Arc<dyn Fn(u64) + Send + Sync>,
     secret: Arc<str>,
@@ -206,10 +221,11 @@ pub struct RaftService {
 }
 
 impl RaftService {
-    /// The service as a tonic server, ready for `Routes::add_service`. `on_append` gets the
-    /// leader's commit index after each accepted append; callers must present `secret`
-    /// unless it is empty.
+    /// The service as a tonic server for node `id`, ready for `Routes::add_service`.
+    /// `on_append` gets the leader's commit index after each accepted append; callers must
+    /// present `secret` unless it is empty.
     pub fn server(
+        id: NodeId,
         raft: Arc<Raft>,
         on_append: Arc<dyn Fn(u64) + Send + Sync>,
         secret: &str,
@@ -217,6 +233,7 @@ impl RaftService {
     ) -> RaftServer<Self> {
         RaftServer::new(Self {
             raft,
+            id,
             on_append,
             secret: secret.into(),
             abstaining,
@@ -244,6 +261,33 @@ impl RaftService {
             ))
         }
     }
+
+    /// Refuses an RPC meant for another node (see the module documentation).
+    fn addressed_here<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(value) = request.metadata().get(TARGET_HEADER) else {
+            return Ok(());
+        };
+        let target: NodeId = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                Status::invalid_argument(format!("{TARGET_HEADER} must be a node id"))
+            })?;
+        if target == self.id {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "this is node {}, not node {target}: the address given for node {target} is another replica's",
+            self.id
+        )))
+    }
+
+    /// Admits a peer's openraft RPC: the group's secret, and meant for this node.
+    fn admit_rpc<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.admit(request)?;
+        self.addressed_here(request)
+    }
 }
 
 fn decode_request<T: DeserializeOwned>(request: Request<RaftMessage>) -> Result<T, Status> {
@@ -263,7 +307,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        self.admit(&request)?;
+        self.admit_rpc(&request)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode_request(request)?;
         let leader_commit = rpc.leader_commit.map(|c| c.index);
         let result = self.raft.append_entries(rpc).await;
@@ -274,7 +318,7 @@ impl RaftRpc for RaftService {
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        self.admit(&request)?;
+        self.admit_rpc(&request)?;
         if self.abstaining.load(std::sync::atomic::Ordering::Acquire) {
             return Err(Status::unavailable(
                 "this replica's storage is new and it has not been admitted: it grants no votes",
@@ -288,7 +332,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        self.admit(&request)?;
+        self.admit_rpc(&request)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(request)?;
         reply(&self.raft.install_snapshot(rpc).await)
     }
