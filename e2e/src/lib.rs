@@ -81,6 +81,17 @@ pub async fn python() -> String {
     script("scripts/python.sh", &[]).await
 }
 
+/// `GET url` with `bearer`, its JSON body (whatever the status).
+pub async fn get_json(url: &str, bearer: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(http_client(Duration::from_secs(10))
+        .get(url)
+        .bearer_auth(bearer)
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
 /// A plain HTTP client with a short timeout, for health probes.
 pub fn http_client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()

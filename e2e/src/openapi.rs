@@ -1,14 +1,15 @@
 //! Schemathesis (from the test venv, `scripts/python.sh`) against a running REST API and the
-//! OpenAPI document it serves at `/openapi.json`: requests generated from the document, valid
-//! and invalid, sent with a bearer token to every operation, and every answer checked for
+//! OpenAPI document it serves (at `/openapi.json` on every kit server): requests generated
+//! from the document, valid and invalid, sent with a bearer token to every operation, and
+//! every answer checked for
 //!
 //! - no server error (5xx),
 //! - a status the document lists for that operation,
 //! - the content type the document gives for that status,
 //! - a body that matches the document's schema.
 //!
-//! Any service's REST API can be run through it: [`schemathesis`] takes a base URL and a token.
-//! The seed is printed, and `QUARTET_SCHEMATHESIS_SEED=<n>` replays a run.
+//! Any service's REST API can be run through it: [`schemathesis`] takes a [`Target`] (base
+//! URL, document, token). The seed is printed, and `QUARTET_SCHEMATHESIS_SEED=<n>` replays a run.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,17 +49,64 @@ async fn st() -> PathBuf {
     PathBuf::from(crate::python().await).with_file_name("st")
 }
 
-/// Runs schemathesis against the REST API at `base_url` (its document at
-/// `{base_url}/openapi.json`), every request carrying `Authorization: Bearer {token}`, skipping
-/// the operations whose path matches `exclude_path_regex` (e.g. ones that would end the
-/// token's own session). Returns schemathesis' report when every check passed; fails with it
-/// otherwise.
-pub async fn schemathesis(
-    base_url: &str,
-    token: &str,
-    exclude_path_regex: Option<&str>,
-    budget: &Budget,
-) -> anyhow::Result<String> {
+/// What a run is pointed at.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The REST API's base URL, e.g. `http://127.0.0.1:7121`.
+    pub base_url: &'a str,
+    /// The path of its OpenAPI document under `base_url`: [`KIT_DOCUMENT`] for every kit
+    /// server; fetched with the token too.
+    pub document: &'a str,
+    /// The bearer token every request carries.
+    pub token: &'a str,
+    /// Operations whose path matches this are skipped (schemathesis `--exclude-path-regex`),
+    /// e.g. ones that would end the token's own session; say why where it is set.
+    pub exclude_path_regex: Option<&'a str>,
+    /// Operations, as regular expressions over `METHOD /path`, whose 504 is not a server
+    /// error: they wait for what the request names (an index applied, a learner caught up, a
+    /// deadline the caller set) and a 504 says it did not happen within the wait. Each must
+    /// document the 504; every other 5xx still fails the run.
+    pub waits: &'a [&'a str],
+}
+
+/// Where every kit server serves its REST API's document.
+pub const KIT_DOCUMENT: &str = "/openapi.json";
+
+impl<'a> Target<'a> {
+    /// The kit document of the REST API at `base_url`, every operation, with `token`.
+    pub fn new(base_url: &'a str, token: &'a str) -> Self {
+        Self {
+            base_url,
+            document: KIT_DOCUMENT,
+            token,
+            exclude_path_regex: None,
+            waits: &[],
+        }
+    }
+}
+
+/// schemathesis.toml for `waits` (see [`Target::waits`]).
+fn config(waits: &[&str]) -> String {
+    waits
+        .iter()
+        .map(|name| {
+            format!(
+                "[[operations]]\ninclude-name-regex = {name:?}\nchecks.not_a_server_error.expected-statuses = [\"2xx\", \"3xx\", \"4xx\", \"504\"]\n\n"
+            )
+        })
+        .collect()
+}
+
+/// Runs schemathesis against `target`, every request carrying `Authorization: Bearer
+/// {token}`. Returns schemathesis' report when every check passed; fails with it otherwise.
+pub async fn schemathesis(target: &Target<'_>, budget: &Budget) -> anyhow::Result<String> {
+    let Target {
+        base_url,
+        document,
+        token,
+        exclude_path_regex,
+        waits,
+    } = *target;
     let seed = std::env::var("QUARTET_SCHEMATHESIS_SEED")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
@@ -68,9 +116,13 @@ pub async fn schemathesis(
                 .map_or(1, |d| d.as_secs())
         });
     let reports = tempfile::tempdir()?;
+    let config_file = reports.path().join("schemathesis.toml");
+    std::fs::write(&config_file, config(waits))?;
     let mut cmd = tokio::process::Command::new(st().await);
-    cmd.args(["--no-color", "run"])
-        .arg(format!("{base_url}/openapi.json"))
+    cmd.arg("--config-file")
+        .arg(&config_file)
+        .args(["--no-color", "run"])
+        .arg(format!("{base_url}{document}"))
         .args(["--url", base_url])
         .args(["--checks", budget.checks])
         .args(["--max-examples", &budget.max_examples.to_string()])
