@@ -58,6 +58,15 @@ impl MysqlError {
         }
     }
 
+    /// 1065: no statement in the text (nothing, or only comments), as MySQL answers.
+    pub fn empty_query() -> Self {
+        Self {
+            code: 1065,
+            sqlstate: "42000",
+            message: "Query was empty".into(),
+        }
+    }
+
     /// 1235: a construct this server does not support, named.
     pub fn unsupported(construct: impl std::fmt::Display) -> Self {
         Self {
@@ -185,11 +194,7 @@ pub enum Plan {
 pub fn translate(sql: &str, context: &Context) -> Result<Vec<Plan>, MysqlError> {
     let trimmed = sql.trim().trim_end_matches(';').trim();
     if trimmed.is_empty() {
-        return Err(MysqlError {
-            code: 1065,
-            sqlstate: "42000",
-            message: "Query was empty".into(),
-        });
+        return Err(MysqlError::empty_query());
     }
     // Drivers send `SET a = 1, NAMES utf8mb4, b = 2`, which sqlparser refuses; SET is simple
     // enough to read here.
@@ -203,6 +208,10 @@ pub fn translate(sql: &str, context: &Context) -> Result<Vec<Plan>, MysqlError> 
     check_nesting(trimmed)?;
     let statements = Parser::parse_sql(&MySqlDialect {}, trimmed)
         .map_err(|e| MysqlError::syntax(e.to_string()))?;
+    // Only comments: no plan would mean no answer at all, and the client would wait for one.
+    if statements.is_empty() {
+        return Err(MysqlError::empty_query());
+    }
     statements.into_iter().map(|s| plan(s, context)).collect()
 }
 
@@ -1264,6 +1273,26 @@ mod tests {
                 table: "t".into()
             })]
         );
+    }
+
+    /// Found by the sql_translate fuzz target (fuzz/): text that is only comments parsed to
+    /// no statement and translated to no plan, so the front sent no answer and the client
+    /// waited for one.
+    #[test]
+    fn text_of_only_comments_is_an_empty_query() {
+        for sql in [
+            "#ST;\0\0 \0\n",
+            "-- nothing",
+            "/* nothing */",
+            "/* a */; -- b",
+        ] {
+            let e = translate(sql, &context()).expect_err(sql);
+            assert_eq!(
+                (e.code, e.message.as_str()),
+                (1065, "Query was empty"),
+                "{sql:?}"
+            );
+        }
     }
 
     #[test]
