@@ -8,7 +8,7 @@ CRATE ?= quartet-kit
 SERVICES := quartet-auth quartet-task-gateway quartet-rpc-gateway quartet-db quartet-operator
 
 .DEFAULT_GOAL := help
-.PHONY: help setup dev build test test-fast lint fmt gen check-gen images images-test e2e bench envtest-up envtest-down clean
+.PHONY: help setup dev build test test-fast lint fmt gen check-gen images images-test e2e bench fuzz fuzz-smoke envtest-up envtest-down clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -22,7 +22,7 @@ dev: ## build and run every service on loopback with embedded defaults; Ctrl-C s
 build: ## build every binary (debug)
 	$(CARGO) build --workspace --bins --locked
 
-test: setup lint check-gen build images-test ## the whole suite: lint, generated-file drift, unit, integration (PostgreSQL, Redis, Shiro), Docker and Kubernetes tests
+test: setup lint check-gen build images-test fuzz-smoke ## the whole suite: lint, generated-file drift, a short fuzzing run, unit, integration (PostgreSQL, Redis, Shiro), Docker and Kubernetes tests
 	QUARTET_K8S_KCM=1 e2e/k8s/envtest.sh up
 	scripts/postgres.sh up
 	scripts/redis.sh up
@@ -61,6 +61,12 @@ e2e: images-test ## only the end-to-end tests (processes, tracing, Docker, Kuber
 
 bench: ## benchmarks against a peer in the same run, reported as ratios (docs/BENCHMARKS.md)
 	scripts/bench.sh
+
+fuzz: ## coverage-guided fuzzing of every decoder of untrusted input, FUZZ_SECONDS (180) per target (docs/fuzzing.md)
+	scripts/fuzz.sh
+
+fuzz-smoke: ## every fuzz target for FUZZ_SMOKE_SECONDS (10) each: the short run in make test
+	scripts/fuzz.sh --seconds $${FUZZ_SMOKE_SECONDS:-10}
 
 envtest-up: ## start the test Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager)
 	QUARTET_K8S_KCM=1 e2e/k8s/envtest.sh up
