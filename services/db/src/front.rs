@@ -1129,14 +1129,33 @@ impl Front {
     }
 }
 
-/// SQL `LIKE` with `%` and `_`.
+/// SQL `LIKE` with `%` and `_`, without recursion and in at most pattern × text steps: on a
+/// mismatch only the last `%` takes one more byte (an earlier one taking more could only
+/// leave the later one less to do), so a pattern of many `%` costs no more than one.
 fn like_match(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'%', rest)) => (0..=text.len()).any(|i| like_match(rest, &text[i..])),
-        Some((b'_', rest)) => !text.is_empty() && like_match(rest, &text[1..]),
-        Some((c, rest)) => text.first() == Some(c) && like_match(rest, &text[1..]),
+    let (mut p, mut t) = (0, 0);
+    // After the last `%` seen: where the pattern goes on, and where in the text it was tried.
+    let mut retry: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'%') => {
+                p += 1;
+                retry = Some((p, t));
+            }
+            Some(&c) if c == b'_' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match retry {
+                Some((after, from)) => {
+                    retry = Some((after, from + 1));
+                    (p, t) = (after, from + 1);
+                }
+                None => return false,
+            },
+        }
     }
+    pattern[p..].iter().all(|&c| c == b'%')
 }
 
 fn mysql_err(e: &MysqlError) -> Vec<u8> {
@@ -1215,5 +1234,77 @@ mod tests {
         assert!(like_match(b"a_c", b"abc"));
         assert!(!like_match(b"a_c", b"abbc"));
         assert!(like_match(b"%", b""));
+    }
+
+    /// `SHOW VARIABLES LIKE '%%…%x'` tried every way to share the text among the `%`s, one
+    /// recursion per pattern byte: 40 of them against a 40-byte name would take longer than
+    /// the universe has existed, and a million `%` (a 1 MB statement) overflowed the stack.
+    #[test]
+    fn like_patterns_of_many_wildcards_take_linear_time_and_no_stack() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let many = [b"%".repeat(40), b"x".to_vec()].concat();
+            let text = b"a".repeat(40);
+            let _ = done.send((
+                like_match(&many, &text),
+                like_match(&many, b"aaaax"),
+                like_match(&b"%".repeat(1_000_000), b""),
+                like_match(&b"_%".repeat(500_000), &b"a".repeat(500_000)),
+                like_match(b"a%b%c_", b"aXbYbcZ"),
+                like_match(b"a%b%c_", b"aXbYbc"),
+            ));
+        });
+        let answers = finished
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("matching answers within 20 s, without overflowing the stack");
+        assert_eq!(answers, (false, true, true, true, true, false));
+    }
+
+    /// Every pattern of up to 5 bytes of `a`, `b`, `%`, `_` against every text of up to 5
+    /// bytes of `a`, `b`, matched as by the table of which pattern prefix matches which text
+    /// prefix.
+    #[test]
+    fn like_matches_as_the_table_of_prefixes_says() {
+        fn by_table(pattern: &[u8], text: &[u8]) -> bool {
+            let mut row = vec![false; text.len() + 1];
+            row[0] = true;
+            for &c in pattern {
+                let mut next = vec![false; text.len() + 1];
+                for j in 0..=text.len() {
+                    next[j] = match c {
+                        b'%' => row[j] || (j > 0 && next[j - 1]),
+                        b'_' => j > 0 && row[j - 1],
+                        c => j > 0 && row[j - 1] && text[j - 1] == c,
+                    };
+                }
+                row = next;
+            }
+            row[text.len()]
+        }
+        fn all(alphabet: &[u8], longest: u32) -> Vec<Vec<u8>> {
+            let mut words = vec![Vec::new()];
+            for len in 1..=longest {
+                for mut n in 0..alphabet.len().pow(len) {
+                    let mut word = Vec::new();
+                    for _ in 0..len {
+                        word.push(alphabet[n % alphabet.len()]);
+                        n /= alphabet.len();
+                    }
+                    words.push(word);
+                }
+            }
+            words
+        }
+        for pattern in all(b"ab%_", 5) {
+            for text in all(b"ab", 5) {
+                assert_eq!(
+                    like_match(&pattern, &text),
+                    by_table(&pattern, &text),
+                    "{} LIKE {}",
+                    String::from_utf8_lossy(&text),
+                    String::from_utf8_lossy(&pattern)
+                );
+            }
+        }
     }
 }
