@@ -10,8 +10,9 @@
 //!   named `_zpc_…` is zerorpc's own traffic (heartbeats, stream credit), never a method.
 //! - **Arguments** ([`json_arguments`], [`msgpack_arguments`]): one array of positional
 //!   arguments, nesting arrays and maps at most [`MAX_DEPTH`] levels (the list itself is one).
-//! - **Deadlines** ([`timeout`]): a finite number of seconds above 0, at most the gateway's
-//!   maximum (larger asks get the maximum).
+//! - **Deadlines** ([`timeout`]): a finite number of seconds above 0 that is at least a
+//!   nanosecond once rounded (`5e-324` is no time at all), at most the gateway's maximum
+//!   (larger asks get the maximum).
 //!
 //! Each refusal is an [`InputError`] naming the value and the rule; [`InputError::problem`]
 //! gives the REST and gRPC answer, the zerorpc front names it by [`InputError::zerorpc_name`].
@@ -87,8 +88,11 @@ pub enum InputError {
         "the arguments nest arrays and maps deeper than {MAX_DEPTH} levels (the argument list is one): send flatter data"
     )]
     TooDeep,
-    /// A deadline that is not a number of seconds above 0.
-    #[error("timeout {given:?} is not a number of seconds above 0 (at most the gateway's {max:?})")]
+    /// A deadline that is not a number of seconds above 0, or rounds to no time at all
+    /// (under a nanosecond).
+    #[error(
+        "timeout {given:?} is not a number of seconds of at least 1 ns (1e-9); asks above the gateway's {max:?} get that"
+    )]
     Timeout {
         /// The value as given.
         given: String,
@@ -163,7 +167,8 @@ pub fn callable(service: &str, method: &str) -> Result<(), InputError> {
     name("method", method)
 }
 
-/// The time a call may take: `requested` seconds (finite, above 0), at most `max`; `None`
+/// The time a call may take: `requested` seconds (finite, at least a nanosecond once rounded),
+/// at most `max`; `None`
 /// (not asked) is `max`. The text is what the caller sent, for the refusal.
 pub fn timeout(requested: Option<&str>, max: Duration) -> Result<Duration, InputError> {
     let Some(text) = requested else {
@@ -181,7 +186,13 @@ pub fn timeout(requested: Option<&str>, max: Duration) -> Result<Duration, Input
     if seconds >= max.as_secs_f64() {
         return Ok(max);
     }
-    Ok(Duration::from_secs_f64(seconds))
+    // Above 0 but under a nanosecond (`5e-324`) is no time at all: the call would be over
+    // before it was sent.
+    let duration = Duration::from_secs_f64(seconds);
+    if duration.is_zero() {
+        return Err(refused());
+    }
+    Ok(duration)
 }
 
 /// Positional arguments from a JSON array (an empty body is no arguments). serde_json stops
@@ -327,12 +338,28 @@ mod tests {
             assert_eq!(timeout(Some(huge), max), Ok(max), "{huge}");
         }
         for bad in [
-            "NaN", "nan", "inf", "-inf", "infinity", "-1", "-0", "0", "1e-400", "", "x", "1s",
+            "NaN",
+            "nan",
+            "inf",
+            "-inf",
+            "infinity",
+            "-1",
+            "-0",
+            "0",
+            "1e-400",
+            "",
+            "x",
+            "1s",
+            // Above 0, but less than the nanosecond a deadline counts in: no time at all.
+            "5e-324",
+            "1e-10",
+            "0.0000000004",
         ] {
             let refused = timeout(Some(bad), max).expect_err(bad);
             assert!(refused.to_string().starts_with("timeout "), "{refused}");
             assert_eq!(refused.problem().status, 400);
         }
+        assert_eq!(timeout(Some("1e-9"), max), Ok(Duration::from_nanos(1)));
     }
 
     /// `levels` arrays nested around `leaf`, as MessagePack.

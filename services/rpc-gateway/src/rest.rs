@@ -20,7 +20,8 @@ use std::time::Duration;
 use actix_web::{HttpResponse, ResponseError as _, web};
 use quartet_kit::error::{ErrorKind, Problem};
 use quartet_kit::token::Bearer;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::router::{RouteError, Router, to_json};
 use crate::zerorpc::client::{CallError, Reply};
@@ -42,6 +43,42 @@ struct CallQuery {
     /// Seconds the call may take (at most the gateway's maximum); checked by
     /// [`crate::input::timeout`], so taken as text.
     timeout: Option<String>,
+}
+
+/// `GET /v1/services`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServiceList {
+    /// The services the gateway routes to (`rpc.backends`), whether or not the caller may call
+    /// them.
+    pub services: Vec<String>,
+}
+
+/// The 422 answer: a problem (`urn:quartet:problem:remote-error`) that also carries what the
+/// backend's exception said.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RemoteFailure {
+    /// `urn:quartet:problem:remote-error`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// `the method raised`.
+    pub title: String,
+    /// 422.
+    pub status: u16,
+    /// `service.method raised Name: message`.
+    pub detail: String,
+    /// The backend's exception.
+    pub error: RemoteException,
+}
+
+/// An exception a backend's method raised, as zerorpc carries it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RemoteException {
+    /// Its type name, e.g. `ValueError`.
+    pub name: String,
+    /// Its message.
+    pub message: String,
+    /// The backend's traceback, or an empty string.
+    pub traceback: String,
 }
 
 fn problem(kind: ErrorKind, code: &str, detail: impl Into<String>) -> Problem {
@@ -89,6 +126,27 @@ async fn read_body(
     Ok(body)
 }
 
+/// Calls a method of a service.
+///
+/// The positional arguments are the body's JSON array. The generated document
+/// (`GET /v1/openapi.json`) has one operation per method instead of this one.
+#[utoipa::path(post, path = "/v1/services/{service}/{method}", tag = "rpc", operation_id = "call",
+    params(("service" = String, Path, description = "The service, as named in rpc.backends"),
+           ("method" = String, Path, description = "The method"),
+           ("timeout" = Option<f64>, Query, description = "Seconds the call may take: at least 1 ns, at most the gateway's rpc.timeout_seconds (more gets that)")),
+    request_body(content = Option<Vec<serde_json::Value>>, content_type = "application/json", description = "The positional arguments as a JSON array; an empty body is none"),
+    responses(
+        (status = 200, description = "The method's result, or a stream's items", body = crate::openapi::Reply),
+        (status = 400, description = "The arguments are not one JSON array or nest deeper than 100 levels, timeout is not seconds of at least 1 ns, a name breaks the naming rule, or the query string does not parse", body = Problem),
+        (status = 403, description = "The token lacks rpc:call:<service>.<method>", body = Problem),
+        (status = 404, description = "No such service, or a zerorpc protocol event's name (_zpc_…) as the method", body = Problem),
+        (status = 412, description = "The method streamed more items than a REST answer holds (10 000): read it over gRPC or zerorpc", body = Problem),
+        (status = 413, description = "The body is larger than rpc.max_message_bytes", body = Problem),
+        (status = 422, description = "The method raised: its name, message and traceback", body = RemoteFailure, content_type = "application/problem+json"),
+        (status = 429, description = "Over the caller's rate limit", body = Problem),
+        (status = 503, description = "The backend was lost or answered garbage, none is healthy, the gateway is draining, or tokens cannot be verified now", body = Problem),
+        (status = 504, description = "No answer (a stream: not all of it) within the deadline", body = Problem)),
+    security(("bearer" = [])))]
 async fn call(
     front: web::Data<Arc<Front>>,
     caller: Bearer,
@@ -143,13 +201,18 @@ async fn call(
             format!("{service}.{method}: {e}"),
         )),
         Err(RouteError::Call(CallError::Remote(e))) => Ok(HttpResponse::UnprocessableEntity()
-            .json(serde_json::json!({
-                "type": "urn:quartet:problem:remote-error",
-                "title": "the method raised",
-                "status": 422,
-                "detail": format!("{service}.{method} raised {}: {}", e.name, e.message),
-                "error": {"name": e.name, "message": e.message, "traceback": e.traceback},
-            }))),
+            .content_type(quartet_kit::error::PROBLEM_JSON)
+            .json(RemoteFailure {
+                problem_type: "urn:quartet:problem:remote-error".into(),
+                title: "the method raised".into(),
+                status: 422,
+                detail: format!("{service}.{method} raised {}: {}", e.name, e.message),
+                error: RemoteException {
+                    name: e.name,
+                    message: e.message,
+                    traceback: e.traceback,
+                },
+            })),
         Err(RouteError::Call(e)) => Err(failure(&service, &method, e)),
     }
 }
@@ -197,13 +260,33 @@ fn failure(service: &str, method: &str, e: CallError) -> Problem {
     problem(kind, code, format!("{service}.{method}: {e}"))
 }
 
+/// The services the gateway routes to.
+#[utoipa::path(get, path = "/v1/services", tag = "rpc", operation_id = "listServices",
+    responses((status = 200, description = "Their names", body = ServiceList),
+              (status = 503, description = "Tokens cannot be verified now", body = Problem)),
+    security(("bearer" = [])))]
 async fn services(front: web::Data<Arc<Front>>, _caller: Bearer) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"services": front.router.services()}))
+    HttpResponse::Ok().json(ServiceList {
+        services: front.router.services(),
+    })
 }
 
 /// How long asking a backend to describe itself may take.
 const INSPECT_DEADLINE: Duration = Duration::from_secs(5);
 
+/// A service's methods, from its backends, and each backend's health.
+///
+/// Needs `rpc:describe:<service>` or `rpc:call:<service>.*`; costs one request of the rate
+/// limit. Answered from a description kept 30 s.
+#[utoipa::path(get, path = "/v1/services/{service}", tag = "rpc", operation_id = "describeService",
+    params(("service" = String, Path, description = "The service, as named in rpc.backends")),
+    responses((status = 200, description = "Its methods (null, with inspect_error, when no backend could say) and its backends", body = crate::openapi::Description),
+              (status = 400, description = "The name breaks the naming rule", body = Problem),
+              (status = 403, description = "The token lacks rpc:describe:<service> and rpc:call:<service>.*", body = Problem),
+              (status = 404, description = "No such service", body = Problem),
+              (status = 429, description = "Over the caller's rate limit", body = Problem),
+              (status = 503, description = "Tokens cannot be verified now", body = Problem)),
+    security(("bearer" = [])))]
 async fn service(
     front: web::Data<Arc<Front>>,
     caller: Bearer,
@@ -242,6 +325,15 @@ async fn service(
     Ok(HttpResponse::Ok().json(described))
 }
 
+/// This API's OpenAPI document, with an operation per method.
+///
+/// One operation per method of every service the caller may describe, generated from what
+/// the backends say of themselves. Costs one request of the rate limit.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "rpc", operation_id = "openapi",
+    responses((status = 200, description = "The document; services that could not be asked are listed under x-quartet-unavailable", body = Object),
+              (status = 429, description = "Over the caller's rate limit", body = Problem),
+              (status = 503, description = "Tokens cannot be verified now", body = Problem)),
+    security(("bearer" = [])))]
 async fn openapi(front: web::Data<Arc<Front>>, caller: Bearer) -> Result<HttpResponse, Problem> {
     front.router.charge(&caller.0)?;
     let deadline = INSPECT_DEADLINE.min(front.max_timeout);
@@ -279,6 +371,6 @@ pub fn rest(front: Arc<Front>) -> quartet_kit::RestApi {
                 .route("/v1/services/{service}", web::get().to(service))
                 .route("/v1/services/{service}/{method}", web::post().to(call));
         },
-        utoipa::openapi::OpenApiBuilder::new().build(),
+        <crate::openapi::GatewayDoc as utoipa::OpenApi>::openapi(),
     )
 }
