@@ -209,11 +209,12 @@ impl Progress {
     }
 }
 
-/// Stops a client's read that runs past its time limit or is named by `KILL QUERY`, through
-/// SQLite's progress handler (called every [`WATCH_EVERY`] virtual machine steps on the engine
-/// thread). Only reads are ever stopped: SQLite rolls back the whole enclosing transaction
-/// when a *write* is interrupted, and here that transaction holds other sessions' speculative
-/// writes. (MySQL's `max_execution_time` also applies to reads only.)
+/// Stops a client's statement that runs past its time limit or is named by `KILL QUERY`,
+/// through SQLite's progress handler (called every [`WATCH_EVERY`] virtual machine steps).
+/// Reads are always watched; a write only when it runs alone in its SQLite transaction
+/// (see `State::speculate`): SQLite rolls back the whole enclosing transaction when a write is
+/// interrupted, and a transaction shared with other sessions' speculative writes or applied
+/// entries must never be.
 #[derive(Debug)]
 struct Watch {
     /// The session whose read is running; [`SYSTEM`] while none is.
@@ -250,12 +251,12 @@ impl Watch {
                 || self.now_ms() >= self.deadline_ms.load(Ordering::Acquire))
     }
 
-    /// Runs `read` for `session` under `limit`, and names why it stopped if it was stopped.
-    fn read<T>(
+    /// Runs `statement` for `session` under `limit`, and names why it stopped if it was.
+    fn run<T>(
         &self,
         session: u64,
         limit: Duration,
-        read: impl FnOnce() -> Result<T, EngineError>,
+        statement: impl FnOnce() -> Result<T, EngineError>,
     ) -> Result<T, EngineError> {
         let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
         let _ = self
@@ -264,7 +265,7 @@ impl Watch {
         self.deadline_ms
             .store(self.now_ms().saturating_add(limit_ms), Ordering::Release);
         self.running.store(session, Ordering::Release);
-        let result = read();
+        let result = statement();
         self.running.store(SYSTEM, Ordering::Release);
         let killed = self
             .killed
@@ -331,7 +332,7 @@ impl Readers {
                         let next = inbox.lock().unwrap_or_else(|p| p.into_inner()).recv();
                         let Ok(request) = next else { return };
                         let limit = limits.of(request.session);
-                        let rows = watch_here.read(request.session, limit, || {
+                        let rows = watch_here.run(request.session, limit, || {
                             reader.query_snapshot(&request.sql, &request.params)
                         });
                         let _ = request.reply.send(rows);
@@ -445,7 +446,7 @@ impl EngineHandle {
         let (proposals, proposed) = mpsc::unbounded_channel();
         let shared = progress.clone();
         let thread_watch = watch.clone();
-        let read_limits = ReadLimits::new(limits.max_read);
+        let read_limits = ReadLimits::new(limits.max_statement);
         let thread_limits = read_limits.clone();
         let mut instance = [0u8; 8];
         getrandom::fill(&mut instance).expect("the OS random source is available");
@@ -655,8 +656,8 @@ pub struct Limits {
     /// How long a request waits behind another session's transaction or the write gate
     /// before 1205.
     pub lock_wait: Duration,
-    /// The longest a read may run (a session may lower it, never raise it).
-    pub max_read: Duration,
+    /// The longest a read, or a write running alone, may run (a session may lower it, never raise it).
+    pub max_statement: Duration,
     /// How long a transaction may sit with no statement from its session while another
     /// request waits for it; then it is rolled back.
     pub idle_transaction: Duration,
@@ -670,7 +671,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             lock_wait: Duration::from_secs(50),
-            max_read: Duration::from_secs(30),
+            max_statement: Duration::from_secs(30),
             idle_transaction: Duration::from_secs(10),
             max_entry: 8 << 20,
         }
@@ -802,7 +803,7 @@ impl Worker {
             Op::Begin => return Some(request),
             Op::Query { sql, params } => self
                 .watch
-                .read(request.session, read_limit, || {
+                .run(request.session, read_limit, || {
                     self.engine.query_bound(&sql, &params)
                 })
                 .map(|rows| {
@@ -813,7 +814,12 @@ impl Worker {
                 }),
             Op::Write { statements, params } => self
                 .st
-                .speculate(&self.engine, &statements, &params)
+                .speculate(
+                    &self.engine,
+                    &statements,
+                    &params,
+                    (&self.watch, request.session, read_limit),
+                )
                 .map(Answer::Written),
             Op::Describe { sql } => self.engine.describe(&sql).map(|(p, c)| Answer::Shape(p, c)),
             Op::Commit | Op::Rollback => Ok(Answer::Done),
@@ -965,7 +971,7 @@ impl Worker {
                 Op::Query { sql, params } => {
                     let rows = self
                         .watch
-                        .read(owner, read_limit, || Engine::query_on(conn, &sql, &params));
+                        .run(owner, read_limit, || Engine::query_on(conn, &sql, &params));
                     let _ = request
                         .reply
                         .send(rows.map(|rows| Answer::Rows(Read { rows, seen: None })));
@@ -1143,19 +1149,40 @@ impl State {
     }
 
     /// Executes an autocommit write under its own savepoint and proposes it.
+    ///
+    /// A write that runs alone — no speculative write, applied entry or client transaction
+    /// shares the SQLite transaction it opens — is stopped at its session's time limit or by
+    /// `KILL QUERY` (`watched`); SQLite then rolls back that transaction, which held only this
+    /// write. One that runs beside others is not stopped, as the rollback would take them too.
     fn speculate(
         &mut self,
         engine: &Engine,
         statements: &[String],
         params: &[Value],
+        watched: (&Watch, u64, Duration),
     ) -> Result<Written, EngineError> {
+        let alone = !self.outer_open && self.spec.is_empty() && self.client.is_none();
         self.open_outer(engine)?;
         let seq = self.next_seq;
         let name = savepoint(seq);
         engine.exec(&format!("SAVEPOINT {name}"))?;
         let bound: Vec<(&str, &[Value])> =
             statements.iter().map(|s| (s.as_str(), params)).collect();
-        let executed = engine.execute_kept(&bound);
+        let executed = if alone {
+            let (watch, session, limit) = watched;
+            watch.run(session, limit, || engine.execute_kept(&bound))
+        } else {
+            engine.execute_kept(&bound)
+        };
+        let executed = match executed {
+            Err(e) if alone && engine.connection().is_autocommit() => {
+                // Stopped, and SQLite rolled back the transaction it ran alone in.
+                self.outer_open = false;
+                self.remembered.clear();
+                return Err(e);
+            }
+            other => other,
+        };
         match executed {
             Ok(outcome) if outcome.entry.size() > self.limits.max_entry => {
                 engine.exec(&format!("ROLLBACK TO {name}; RELEASE {name}"))?;

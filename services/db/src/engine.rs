@@ -460,10 +460,12 @@ impl Engine {
         let recorded = Self::record(&self.conn, statements);
         if recorded.is_ok() && keep {
             self.conn.execute_batch("RELEASE quartet_write")?;
-        } else {
+        } else if !self.conn.is_autocommit() {
             self.conn
                 .execute_batch("ROLLBACK TO quartet_write; RELEASE quartet_write")?;
         }
+        // Otherwise SQLite rolled the whole transaction back itself (it does when a write is
+        // interrupted): nothing of it stays, the savepoint with it.
         recorded
     }
 

@@ -189,7 +189,7 @@ impl Front {
     }
 
     fn variables(&self) -> Vec<(String, String)> {
-        let max_execution_time = self.engine.limits().max_read.as_millis().to_string();
+        let max_execution_time = self.engine.limits().max_statement.as_millis().to_string();
         let max_allowed_packet = self.limits.max_allowed_packet.to_string();
         [
             ("version", self.version.as_str()),
@@ -716,7 +716,7 @@ impl Front {
                     {
                         match value.trim_matches(['\'', '"']).parse::<u64>() {
                             Ok(ms) => {
-                                let most = self.engine.limits().max_read;
+                                let most = self.engine.limits().max_statement;
                                 let limit = if ms == 0 {
                                     most
                                 } else {

@@ -58,7 +58,7 @@ pub struct MysqlSettings {
     pub connect_timeout_ms: u64,
     /// The longest statement packet accepted after login, in bytes (MySQL's `max_allowed_packet`); a longer one gets error 1153 and the connection is closed.
     pub max_allowed_packet: u64,
-    /// The longest a statement may run, in milliseconds; then it stops with error 3024. A session may lower it with `SET max_execution_time = N`, never raise it past this.
+    /// The longest a read, or an autocommit write that runs alone, may run, in milliseconds; then it stops with error 3024. A session may lower it with `SET max_execution_time = N`, never raise it past this.
     pub max_execution_time_ms: u64,
     /// The most bytes of row changes one write (a statement, or a transaction at COMMIT) may replicate; a larger one is rolled back with error 8025. An entry that takes longer to ship and store than the election timeout would cost the group its leader.
     pub max_write_bytes: u64,
@@ -352,7 +352,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         abstain_until_admitted: !settings.pod_name.is_empty(),
         limits: actor::Limits {
             lock_wait: replica::LOCK_WAIT,
-            max_read: Duration::from_millis(config.mysql.max_execution_time_ms.max(1)),
+            max_statement: Duration::from_millis(config.mysql.max_execution_time_ms.max(1)),
             idle_transaction: Duration::from_millis(
                 config.mysql.idle_transaction_timeout_ms.max(1),
             ),

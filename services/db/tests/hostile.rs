@@ -110,7 +110,7 @@ async fn expressions_nested_past_the_limit_are_refused_and_the_replica_keeps_ser
 async fn a_runaway_read_stops_at_its_time_limit_while_writes_go_on() {
     let server = start(
         Limits {
-            max_read: Duration::from_millis(1500),
+            max_statement: Duration::from_millis(1500),
             ..Limits::default()
         },
         front::Limits::default(),
@@ -497,4 +497,52 @@ async fn reads_of_other_sessions_do_not_wait_for_a_transaction_in_progress() {
     );
     busy.await.expect("writer");
     assert_eq!(one_i64(&mut reader, "SELECT COUNT(*) FROM t").await, 16);
+}
+
+#[tokio::test]
+async fn a_runaway_write_running_alone_stops_at_its_time_limit_and_leaves_nothing() {
+    let server = start(
+        Limits {
+            max_statement: Duration::from_millis(1500),
+            ..Limits::default()
+        },
+        front::Limits::default(),
+    )
+    .await;
+    let mut c = connect(&server).await;
+    for sql in [
+        "CREATE TABLE t (id BIGINT PRIMARY KEY)",
+        "INSERT INTO t VALUES (0)",
+    ] {
+        sqlx::raw_sql(sql).execute(&mut c).await.expect(sql);
+    }
+    // Ids from 100 up: clear of the rows the test writes itself.
+    let endless = "INSERT INTO t (id) SELECT n FROM (WITH RECURSIVE c(n) AS \
+                   (SELECT 100 UNION ALL SELECT n + 1 FROM c) SELECT n FROM c) AS x";
+    let started = Instant::now();
+    let (number, message) = error_of(&mut c, endless).await;
+    assert_eq!(number, Some(3024), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Nothing of it stays, and the engine's own transaction state is sound: writes and
+    // reads go on.
+    assert_eq!(one_i64(&mut c, "SELECT COUNT(*) FROM t").await, 1);
+    for id in 1..4 {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("INSERT INTO t VALUES ({id})")))
+            .execute(&mut c)
+            .await
+            .expect("a write after the stopped one");
+    }
+    assert_eq!(one_i64(&mut c, "SELECT COUNT(*) FROM t").await, 4);
+    // KILL QUERY stops a lone write too.
+    let id = one_i64(&mut c, "SELECT CONNECTION_ID()").await;
+    let write = tokio::spawn(async move { error_of(&mut c, endless).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut killer = connect(&server).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL QUERY {id}")))
+        .execute(&mut killer)
+        .await
+        .expect("kill query");
+    let (number, message) = write.await.expect("join");
+    assert_eq!(number, Some(1317), "{message}");
+    assert_eq!(one_i64(&mut killer, "SELECT COUNT(*) FROM t").await, 4);
 }
