@@ -65,8 +65,8 @@ bench: ## benchmarks against a peer in the same run, reported as ratios (docs/BE
 fuzz: ## coverage-guided fuzzing of every decoder of untrusted input, FUZZ_SECONDS (180) per target (docs/fuzzing.md)
 	scripts/fuzz.sh
 
-fuzz-smoke: ## every fuzz target for FUZZ_SMOKE_SECONDS (10) each: the short run in make test
-	scripts/fuzz.sh --seconds $${FUZZ_SMOKE_SECONDS:-10}
+fuzz-smoke: ## every fuzz target on FUZZ_SMOKE_RUNS (20000) inputs from the committed seeds, reproducibly: the short run in make test
+	scripts/fuzz.sh --smoke $${FUZZ_SMOKE_RUNS:-20000}
 
 envtest-up: ## start the test Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager)
 	QUARTET_K8S_KCM=1 e2e/k8s/envtest.sh up

@@ -4,6 +4,9 @@
 # short (`--seconds 10`).
 #
 #   scripts/fuzz.sh [--seconds N] [TARGET...]     fuzz each target (all by default) N seconds
+#   scripts/fuzz.sh --smoke RUNS [TARGET...]      RUNS inputs each from the committed seeds, with
+#                                                 a fixed seed: the same inputs every time for the
+#                                                 same code (make test's run; nothing is kept)
 #   scripts/fuzz.sh --build                       only build the targets
 #   scripts/fuzz.sh --list                        name the targets
 #
@@ -32,10 +35,12 @@ TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 BIN_DIR=$TARGET_DIR/$TRIPLE/release
 
 mode=run
+smoke_runs=
 targets=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     --seconds) SECONDS_EACH=$2; shift 2 ;;
+    --smoke) smoke_runs=$2; shift 2 ;;
     --build) mode=build; shift ;;
     --list) mode=list; shift ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
@@ -69,13 +74,24 @@ failed=()
 for t in "${targets[@]}"; do
   mkdir -p "$CORPUS_DIR/$t" "fuzz/corpus/$t" "fuzz/artifacts/$t"
   log=$(mktemp)
-  args=(-max_total_time="$SECONDS_EACH" -timeout="$TIMEOUT" -rss_limit_mb="$RSS_MB"
+  args=(-timeout="$TIMEOUT" -rss_limit_mb="$RSS_MB"
         -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1)
+  corpora=("$CORPUS_DIR/$t" "fuzz/corpus/$t")
+  if [[ -n $smoke_runs ]]; then
+    # Reproducible: the committed seeds only, a fixed seed, a count of inputs rather than a
+    # time, and what the run adds goes to a scratch directory.
+    scratch=$(mktemp -d)
+    args+=(-runs="$smoke_runs" -seed=1)
+    corpora=("$scratch" "fuzz/corpus/$t")
+  else
+    args+=(-max_total_time="$SECONDS_EACH")
+  fi
   [[ -n ${FUZZ_MAX_LEN:-} ]] && args+=(-max_len="$FUZZ_MAX_LEN")
   [[ -f fuzz/dict/$t.dict ]] && args+=(-dict="fuzz/dict/$t.dict")
-  say "$t: ${SECONDS_EACH}s"
+  say "$t: ${smoke_runs:+$smoke_runs inputs from the seeds}${smoke_runs:-${SECONDS_EACH}s}"
   status=0
-  "$BIN_DIR/$t" "${args[@]}" "$CORPUS_DIR/$t" "fuzz/corpus/$t" >"$log" 2>&1 || status=$?
+  "$BIN_DIR/$t" "${args[@]}" "${corpora[@]}" >"$log" 2>&1 || status=$?
+  [[ -n $smoke_runs ]] && rm -rf "$scratch"
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
   corpus=$(find "$CORPUS_DIR/$t" -type f | wc -l)
@@ -100,4 +116,4 @@ if [[ ${#failed[@]} -gt 0 ]]; then
   say "crashes in: ${failed[*]} (docs/fuzzing.md says how to reproduce and minimise)"
   exit 1
 fi
-say "no crash in ${#targets[@]} targets, ${SECONDS_EACH}s each"
+say "no crash in ${#targets[@]} targets, ${smoke_runs:+$smoke_runs inputs}${smoke_runs:-${SECONDS_EACH}s} each"

@@ -747,6 +747,30 @@ mod tests {
         out
     }
 
+    /// Found by the `celery_message` fuzz target: a header float lost its last digit each
+    /// time the gateway read and wrote a message, until serde_json parsed floats exactly.
+    #[test]
+    fn header_floats_keep_every_digit_through_decode_and_encode() {
+        let message = serde_json::json!({
+            "body": "W1tdLHt9LHt9XQ==",
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {"lang": "py", "task": "t", "id": "x", "weight": 444444944444444444440.0},
+            "properties": {"correlation_id": "x", "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": "celery"},
+                "priority": 0, "body_encoding": "base64", "delivery_tag": "t"}
+        })
+        .to_string();
+        let once = TaskMessage::decode(message.as_bytes())
+            .expect("decodes")
+            .encode();
+        let twice = TaskMessage::decode(once.as_bytes())
+            .expect("decodes")
+            .encode();
+        assert_eq!(once, twice);
+        assert!(once.contains("4.4444494444444444e+20"), "{once}");
+    }
+
     #[test]
     fn priorities_map_to_kombus_buckets_and_lists() {
         let cases = [
