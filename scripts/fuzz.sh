@@ -88,7 +88,7 @@ for t in "${targets[@]}"; do
   fi
   [[ -n ${FUZZ_MAX_LEN:-} ]] && args+=(-max_len="$FUZZ_MAX_LEN")
   [[ -f fuzz/dict/$t.dict ]] && args+=(-dict="fuzz/dict/$t.dict")
-  say "$t: ${smoke_runs:+$smoke_runs inputs from the seeds}${smoke_runs:-${SECONDS_EACH}s}"
+  if [[ -n $smoke_runs ]]; then say "$t: $smoke_runs inputs from the seeds"; else say "$t: ${SECONDS_EACH}s"; fi
   status=0
   "$BIN_DIR/$t" "${args[@]}" "${corpora[@]}" >"$log" 2>&1 || status=$?
   [[ -n $smoke_runs ]] && rm -rf "$scratch"
@@ -116,4 +116,5 @@ if [[ ${#failed[@]} -gt 0 ]]; then
   say "crashes in: ${failed[*]} (docs/fuzzing.md says how to reproduce and minimise)"
   exit 1
 fi
-say "no crash in ${#targets[@]} targets, ${smoke_runs:+$smoke_runs inputs}${smoke_runs:-${SECONDS_EACH}s} each"
+if [[ -n $smoke_runs ]]; then each="$smoke_runs inputs"; else each="${SECONDS_EACH}s"; fi
+say "no crash in ${#targets[@]} targets, $each each"

@@ -1040,7 +1040,7 @@ async fn unassign_role(
 /// Grants a user a permission directly (`auth:user:update`).
 #[utoipa::path(post, path = "/v1/admin/users/{name}/permissions", tag = "admin",
     params(("name" = String, Path, description = "The user's login name")), request_body = Grant,
-    responses((status = 204, description = "Granted"), (status = 400, description = "Invalid permission", body = Problem), (status = 404, description = "No such user", body = Problem)), security(("bearer" = [])))]
+    responses((status = 204, description = "Granted"), (status = 400, description = "Invalid permission", body = Problem), (status = 404, description = "No such user", body = Problem), (status = 409, description = "Already granted", body = Problem)), security(("bearer" = [])))]
 async fn grant_user_permission(
     req: HttpRequest,
     state: web::Data<State>,
@@ -1086,7 +1086,7 @@ async fn revoke_user_permission(
 /// Adds a permission to a role (`auth:role:update`).
 #[utoipa::path(post, path = "/v1/admin/roles/{name}/permissions", tag = "admin",
     params(("name" = String, Path, description = "The role's name")), request_body = Grant,
-    responses((status = 204, description = "Granted"), (status = 400, description = "Invalid permission", body = Problem), (status = 404, description = "No such role", body = Problem)), security(("bearer" = [])))]
+    responses((status = 204, description = "Granted"), (status = 400, description = "Invalid permission", body = Problem), (status = 404, description = "No such role", body = Problem), (status = 409, description = "Already granted", body = Problem)), security(("bearer" = [])))]
 async fn grant_role_permission(
     req: HttpRequest,
     state: web::Data<State>,
