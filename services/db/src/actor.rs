@@ -1185,10 +1185,11 @@ impl State {
         };
         match executed {
             Ok(outcome) if outcome.entry.size() > self.limits.max_entry => {
+                let size = outcome.entry.size();
                 engine.exec(&format!("ROLLBACK TO {name}; RELEASE {name}"))?;
                 self.close_outer_if_settled(engine)?;
                 Err(EngineError::EntryTooLarge {
-                    size: outcome.entry.size(),
+                    size,
                     limit: self.limits.max_entry,
                 })
             }

@@ -188,8 +188,11 @@ impl Front {
         }
     }
 
-    fn variables(&self) -> Vec<(String, String)> {
+    /// The variables a session starts with; `connection` is its id (`@@pseudo_thread_id`,
+    /// `CONNECTION_ID()`).
+    fn variables(&self, connection: u64) -> Vec<(String, String)> {
         let max_execution_time = self.engine.limits().max_statement.as_millis().to_string();
+        let connection = connection.to_string();
         let max_allowed_packet = self.limits.max_allowed_packet.to_string();
         [
             ("version", self.version.as_str()),
@@ -208,7 +211,7 @@ impl Front {
             ("lower_case_table_names", "0"),
             ("wait_timeout", "28800"),
             ("max_execution_time", &max_execution_time),
-            ("pseudo_thread_id", "0"),
+            ("pseudo_thread_id", &connection),
             ("interactive_timeout", "28800"),
             ("net_write_timeout", "60"),
             ("license", "Apache-2.0"),
@@ -367,12 +370,7 @@ impl Front {
             conn.flush().await?;
             return Ok(None);
         }
-        let mut variables = self.variables();
-        for (name, value) in &mut variables {
-            if name == "pseudo_thread_id" {
-                *value = id.to_string();
-            }
-        }
+        let variables = self.variables(u64::from(id));
         Ok(Some(Client {
             id: u64::from(id),
             context: Context {
@@ -1069,7 +1067,7 @@ impl Front {
                     None => true,
                     Some(p) => like_match(p.as_bytes(), name.as_bytes()),
                 };
-                let mut vars = self.variables();
+                let mut vars = self.variables(session);
                 vars.sort();
                 Ok(listing(
                     &["Variable_name", "Value"],

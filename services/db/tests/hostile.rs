@@ -76,6 +76,14 @@ async fn error_of(c: &mut MySqlConnection, sql: &str) -> (Option<u16>, String) {
     (code(&e), e.to_string())
 }
 
+/// Runs `sql`, which must succeed.
+async fn exec(c: &mut MySqlConnection, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut *c)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", sql.get(..60).unwrap_or(sql)));
+}
+
 async fn one_i64(c: &mut MySqlConnection, sql: &str) -> i64 {
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
         .fetch_one(&mut *c)
@@ -117,19 +125,13 @@ async fn a_runaway_read_stops_at_its_time_limit_while_writes_go_on() {
     )
     .await;
     let mut setup = connect(&server).await;
-    sqlx::raw_sql("CREATE TABLE t (id INT PRIMARY KEY)")
-        .execute(&mut setup)
-        .await
-        .expect("create");
+    exec(&mut setup, "CREATE TABLE t (id INT PRIMARY KEY)").await;
     let mut runaway = connect(&server).await;
     let started = Instant::now();
     let read = tokio::spawn(async move { error_of(&mut runaway, RUNAWAY).await });
     // Writes from another session are not held for the whole read.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    sqlx::raw_sql("INSERT INTO t VALUES (1)")
-        .execute(&mut setup)
-        .await
-        .expect("a write while the read runs");
+    exec(&mut setup, "INSERT INTO t VALUES (1)").await;
     let (number, message) = read.await.expect("join");
     let took = started.elapsed();
     assert_eq!(number, Some(3024), "{message}");
@@ -140,10 +142,7 @@ async fn a_runaway_read_stops_at_its_time_limit_while_writes_go_on() {
     );
     assert_eq!(one_i64(&mut setup, "SELECT COUNT(*) FROM t").await, 1);
     // A session may lower its own limit, not raise it past the server's.
-    sqlx::raw_sql("SET max_execution_time = 100")
-        .execute(&mut setup)
-        .await
-        .expect("set");
+    exec(&mut setup, "SET max_execution_time = 100").await;
     assert_eq!(
         one_i64(&mut setup, "SELECT @@max_execution_time").await,
         100
@@ -151,10 +150,7 @@ async fn a_runaway_read_stops_at_its_time_limit_while_writes_go_on() {
     let started = Instant::now();
     assert_eq!(error_of(&mut setup, RUNAWAY).await.0, Some(3024));
     assert!(started.elapsed() < Duration::from_millis(1400));
-    sqlx::raw_sql("SET max_execution_time = 999999")
-        .execute(&mut setup)
-        .await
-        .expect("set");
+    exec(&mut setup, "SET max_execution_time = 999999").await;
     assert_eq!(
         one_i64(&mut setup, "SELECT @@max_execution_time").await,
         1500
@@ -173,20 +169,14 @@ async fn kill_query_stops_another_sessions_read_and_kill_ends_its_connection() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut killer = connect(&server).await;
     let started = Instant::now();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL QUERY {id}")))
-        .execute(&mut killer)
-        .await
-        .expect("kill query");
+    exec(&mut killer, &format!("KILL QUERY {id}")).await;
     let ((number, message), mut victim) = read.await.expect("join");
     assert_eq!(number, Some(1317), "{message}");
     assert!(started.elapsed() < Duration::from_secs(5));
     // The session itself goes on.
     assert_eq!(one_i64(&mut victim, "SELECT 2").await, 2);
     // KILL ends the connection.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}")))
-        .execute(&mut killer)
-        .await
-        .expect("kill");
+    exec(&mut killer, &format!("KILL {id}")).await;
     let after = tokio::time::timeout(
         Duration::from_secs(5),
         sqlx::raw_sql("SELECT 3").execute(&mut victim),
@@ -209,26 +199,14 @@ async fn an_idle_transaction_is_rolled_back_when_others_wait_for_it() {
     )
     .await;
     let mut setup = connect(&server).await;
-    sqlx::raw_sql("CREATE TABLE t (id INT PRIMARY KEY)")
-        .execute(&mut setup)
-        .await
-        .expect("create");
+    exec(&mut setup, "CREATE TABLE t (id INT PRIMARY KEY)").await;
     let mut idle = connect(&server).await;
-    sqlx::raw_sql("BEGIN")
-        .execute(&mut idle)
-        .await
-        .expect("begin");
-    sqlx::raw_sql("INSERT INTO t VALUES (1)")
-        .execute(&mut idle)
-        .await
-        .expect("insert");
+    exec(&mut idle, "BEGIN").await;
+    exec(&mut idle, "INSERT INTO t VALUES (1)").await;
     // The other session is served within about the idle limit, not after 50 s.
     let started = Instant::now();
     assert_eq!(one_i64(&mut setup, "SELECT 5").await, 5);
-    sqlx::raw_sql("INSERT INTO t VALUES (2)")
-        .execute(&mut setup)
-        .await
-        .expect("a write after the idle transaction is rolled back");
+    exec(&mut setup, "INSERT INTO t VALUES (2)").await;
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -247,10 +225,7 @@ async fn an_idle_transaction_is_rolled_back_when_others_wait_for_it() {
         .collect();
     assert_eq!(ids, vec![2]);
     // The session goes on outside a transaction.
-    sqlx::raw_sql("INSERT INTO t VALUES (4)")
-        .execute(&mut idle)
-        .await
-        .expect("autocommit again");
+    exec(&mut idle, "INSERT INTO t VALUES (4)").await;
 }
 
 #[tokio::test]
@@ -263,7 +238,7 @@ async fn double_quoted_text_is_a_string_not_a_column() {
         "UPDATE dq SET v = \"n\" WHERE id = 1",
         "DELETE FROM dq WHERE n = \"n\"",
     ] {
-        sqlx::raw_sql(sql).execute(&mut c).await.expect(sql);
+        exec(&mut c, sql).await;
     }
     let rows: Vec<(i64, String, String)> = sqlx::raw_sql("SELECT id, n, v FROM dq ORDER BY id")
         .fetch_all(&mut c)
@@ -459,26 +434,17 @@ async fn reads_of_other_sessions_do_not_wait_for_a_transaction_in_progress() {
         "INSERT INTO t VALUES (1)",
         "INSERT INTO other VALUES (1)",
     ] {
-        sqlx::raw_sql(sql).execute(&mut setup).await.expect(sql);
+        exec(&mut setup, sql).await;
     }
     // A busy writer: a transaction that keeps issuing statements for three seconds.
     let mut writer = connect(&server).await;
     let busy = tokio::spawn(async move {
-        sqlx::raw_sql("BEGIN")
-            .execute(&mut writer)
-            .await
-            .expect("begin");
+        exec(&mut writer, "BEGIN").await;
         for id in 2..17 {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("INSERT INTO t VALUES ({id})")))
-                .execute(&mut writer)
-                .await
-                .expect("insert");
+            exec(&mut writer, &format!("INSERT INTO t VALUES ({id})")).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        sqlx::raw_sql("COMMIT")
-            .execute(&mut writer)
-            .await
-            .expect("commit");
+        exec(&mut writer, "COMMIT").await;
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut reader = connect(&server).await;
@@ -514,7 +480,7 @@ async fn a_runaway_write_running_alone_stops_at_its_time_limit_and_leaves_nothin
         "CREATE TABLE t (id BIGINT PRIMARY KEY)",
         "INSERT INTO t VALUES (0)",
     ] {
-        sqlx::raw_sql(sql).execute(&mut c).await.expect(sql);
+        exec(&mut c, sql).await;
     }
     // Ids from 100 up: clear of the rows the test writes itself.
     let endless = "INSERT INTO t (id) SELECT n FROM (WITH RECURSIVE c(n) AS \
@@ -527,10 +493,7 @@ async fn a_runaway_write_running_alone_stops_at_its_time_limit_and_leaves_nothin
     // reads go on.
     assert_eq!(one_i64(&mut c, "SELECT COUNT(*) FROM t").await, 1);
     for id in 1..4 {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("INSERT INTO t VALUES ({id})")))
-            .execute(&mut c)
-            .await
-            .expect("a write after the stopped one");
+        exec(&mut c, &format!("INSERT INTO t VALUES ({id})")).await;
     }
     assert_eq!(one_i64(&mut c, "SELECT COUNT(*) FROM t").await, 4);
     // KILL QUERY stops a lone write too.
@@ -538,10 +501,7 @@ async fn a_runaway_write_running_alone_stops_at_its_time_limit_and_leaves_nothin
     let write = tokio::spawn(async move { error_of(&mut c, endless).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut killer = connect(&server).await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL QUERY {id}")))
-        .execute(&mut killer)
-        .await
-        .expect("kill query");
+    exec(&mut killer, &format!("KILL QUERY {id}")).await;
     let (number, message) = write.await.expect("join");
     assert_eq!(number, Some(1317), "{message}");
     assert_eq!(one_i64(&mut killer, "SELECT COUNT(*) FROM t").await, 4);
